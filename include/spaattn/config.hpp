@@ -1,0 +1,68 @@
+// Configuration of the methods (ALGORITHM.md sections 4-6).
+#pragma once
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "spaattn/order.hpp"
+
+namespace spaattn {
+
+enum class Method : uint8_t {
+  dense,                 // full attention
+  sparse,                // selection + block-sparse attention, no correction (Jenga-style baseline)
+  rectified,             // Rectified SpaAttn: IPAR selection, GAPR, O = R O_spa + C
+  rettention,            // Re-ttention: cached rho and Delta from reference steps
+  rectified_rettention,  // IPAR selection with Re-ttention's cached correction
+};
+const char* to_string(Method m);
+// Parses "dense", "sparse", "rectified", "rettention", "rectified_rettention"; throws naming `arg`.
+Method parse_method(std::string_view name, const char* arg = "method");
+
+// Which key blocks are critical.
+enum class Selector : uint8_t {
+  automatic,  // the method's published choice: band for rettention, ipar otherwise
+  ipar,       // Rectified SpaAttn: top-k / cumulative-p over pooled implicit full attention
+  band,       // static band over video blocks, |i - j| <= floor(keep * NV) / 2, keep = 1 - sparsity
+  local,      // the block neighbour map alone (3D-local), needs a grid
+};
+const char* to_string(Selector s);
+
+struct SelectConfig {
+  Selector selector = Selector::automatic;
+  double sparsity = 0.9;       // target; k = floor((1 - sparsity) * NV) video blocks at least
+  double p = 0.3;              // ipar: keep the smallest prefix whose cumulative P exceeds p
+  bool neighbours = true;      // add the block neighbour map (needs order.grid); ignored if no grid
+  int64_t first_frame_blocks = 0;  // F: dense square of the first F video blocks in token order
+};
+
+struct RettentionConfig {
+  int ref_period = 5;          // r: a reference step every r steps after the dense warm-up
+  float drift = 0.04f;         // lambda: rho' = rho + (k - 1) lambda at the k-th sparse step
+  bool clamp = false;          // clamp rho' to 1
+  bool cache_delta = true;     // cache and add Delta; off: O = rho' O_spa
+};
+
+struct Schedule {
+  int dense_steps = 0;            // w: full attention for steps < w (Re-ttention: then references)
+  std::vector<int> dense_layers;  // layers always computed with full attention
+  int mask_period = 1;            // recompute the selection every r steps (1: every step)
+};
+
+struct Config {
+  Method method = Method::rectified;
+  int block_size = 128;        // B: 64 or 128
+  TokenOrder order;            // applied to the video tokens inside the call; raster = none
+  SelectConfig select;
+  bool gapr = true;            // rectified: compensate only blocks with gain > error
+  RettentionConfig rettention;
+  Schedule schedule;
+  float scale = 0.f;           // 0: 1/sqrt(d)
+
+  // The selector the method actually uses (resolves Selector::automatic).
+  Selector selector() const;
+  // Throws spaattn::Error naming the field ("config.select.sparsity: expected ...").
+  void validate() const;
+};
+
+}  // namespace spaattn
