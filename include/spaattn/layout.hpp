@@ -86,7 +86,8 @@ struct BlockMask {
 
   int64_t rows() const { return batch * heads * num_q_blocks; }
   int64_t row(int64_t b, int64_t h, int64_t i) const { return (b * heads + h) * num_q_blocks + i; }
-  BlockMaskView view();
+  // A view of this mask (the kernels only read it).
+  BlockMaskView view() const;
   // Every key block for every query block.
   static BlockMask full(int64_t batch, int64_t heads, int64_t num_q_blocks, int64_t num_k_blocks);
   // From a dense boolean matrix [batch, heads, num_q_blocks, num_k_blocks] (nonzero = selected).

@@ -53,6 +53,11 @@ struct RettentionCache {
   std::vector<float> rho, delta;
 };
 
+// k = floor((1 - sparsity) * NV), the fewest video blocks a selection keeps (section 4.3) and,
+// halved, the band's half width. A tolerance of 1e-9 absorbs the representation error of the
+// product ((1 - 0.9) * 10 is 0.9999999999999998 in doubles), so k is the intended integer.
+int64_t kept_video_blocks(double sparsity, int64_t num_video_blocks);
+
 namespace cpu {
 
 // Section 3: block-sparse attention over the mask's key blocks; out [b, S, H, d] (any float

@@ -1,0 +1,70 @@
+// Method names and the validation of Config.
+#include "spaattn/config.hpp"
+
+#include <cmath>
+#include <string>
+
+#include "spaattn/error.hpp"
+
+namespace spaattn {
+
+const char* to_string(Method m) {
+  switch (m) {
+    case Method::dense: return "dense";
+    case Method::sparse: return "sparse";
+    case Method::rectified: return "rectified";
+    case Method::rettention: return "rettention";
+    case Method::rectified_rettention: return "rectified_rettention";
+  }
+  return "unknown";
+}
+
+Method parse_method(std::string_view name, const char* arg) {
+  for (Method m : {Method::dense, Method::sparse, Method::rectified, Method::rettention,
+                   Method::rectified_rettention})
+    if (name == to_string(m)) return m;
+  throw Error(Error::Kind::invalid_argument,
+              detail::concat(arg, ": expected one of dense, sparse, rectified, rettention, "
+                                  "rectified_rettention, got '", std::string(name), "'"));
+}
+
+const char* to_string(Selector s) {
+  switch (s) {
+    case Selector::automatic: return "automatic";
+    case Selector::ipar: return "ipar";
+    case Selector::band: return "band";
+    case Selector::local: return "local";
+  }
+  return "unknown";
+}
+
+Selector Config::selector() const {
+  if (select.selector != Selector::automatic) return select.selector;
+  return method == Method::rettention ? Selector::band : Selector::ipar;
+}
+
+void Config::validate() const {
+  SPAATTN_CHECK_ARG(block_size == 64 || block_size == 128, "config.block_size",
+                    "expected 64 or 128, got ", block_size);
+  SPAATTN_CHECK_ARG(select.sparsity >= 0.0 && select.sparsity < 1.0, "config.select.sparsity",
+                    "expected 0 <= sparsity < 1, got ", select.sparsity);
+  SPAATTN_CHECK_ARG(select.p >= 0.0 && select.p <= 1.0, "config.select.p",
+                    "expected 0 <= p <= 1, got ", select.p);
+  SPAATTN_CHECK_ARG(select.first_frame_blocks >= 0, "config.select.first_frame_blocks",
+                    "expected >= 0, got ", select.first_frame_blocks);
+  SPAATTN_CHECK_ARG(rettention.ref_period >= 1, "config.rettention.ref_period",
+                    "expected >= 1, got ", rettention.ref_period);
+  SPAATTN_CHECK_ARG(std::isfinite(rettention.drift), "config.rettention.drift",
+                    "expected a finite value, got ", rettention.drift);
+  SPAATTN_CHECK_ARG(schedule.dense_steps >= 0, "config.schedule.dense_steps",
+                    "expected >= 0, got ", schedule.dense_steps);
+  SPAATTN_CHECK_ARG(schedule.mask_period >= 1, "config.schedule.mask_period",
+                    "expected >= 1, got ", schedule.mask_period);
+  SPAATTN_CHECK_ARG(std::isfinite(scale) && scale >= 0.f, "config.scale",
+                    "expected a finite value > 0 (or 0 for 1/sqrt(d)), got ", scale);
+  if (order.kind != OrderKind::raster || !order.grid.empty()) spaattn::validate(order);
+  SPAATTN_CHECK_ARG(selector() != Selector::local || !order.grid.empty(), "config.select.selector",
+                    "expected a grid (config.order.grid) for the local selector, got none");
+}
+
+}  // namespace spaattn

@@ -1,0 +1,190 @@
+// SparseAttention: one attention call of a configured method on host tensors, with the state it
+// keeps across denoising steps (ALGORITHM.md sections 4-6). The stages themselves live in
+// src/cpu; this file decides which of them run at a given (layer, step) and owns the caches.
+#include "spaattn/method.hpp"
+
+#include <algorithm>
+
+#include "cpu/parallel.hpp"
+#include "spaattn/error.hpp"
+
+namespace spaattn {
+namespace {
+
+bool uses_rettention(Method m) {
+  return m == Method::rettention || m == Method::rectified_rettention;
+}
+
+// Contiguous [b, S, H, d] host buffer of q's dtype holding the tokens in the configured order.
+struct Permuted {
+  std::vector<uint8_t> bytes;
+  TensorView view;
+};
+
+Permuted gather(const TensorView& src, std::span<const int32_t> perm, int64_t video_offset) {
+  Permuted p;
+  p.bytes.resize(static_cast<size_t>(src.numel()) * element_size(src.dtype));
+  p.view = TensorView::contiguous(p.bytes.data(), src.dtype,
+                                  {src.shape[0], src.shape[1], src.shape[2], src.shape[3]});
+  permute_tokens(src, p.view, perm, video_offset, /*inverse=*/false);
+  return p;
+}
+
+// out[b, n] = o[b, pos(n)] converted to out's dtype, where pos maps a caller token to its place
+// in the ordered sequence (identity when inv_perm is empty).
+void write_output(const std::vector<float>& o, const TensorView& out, const Layout& layout,
+                  std::span<const int32_t> inv_perm) {
+  const int64_t B = out.shape[0], S = out.shape[1], H = out.shape[2], D = out.shape[3];
+  const int64_t v0 = layout.video_offset();
+  cpu::parallel_for(B * S, [&](int64_t bs) {
+    const int64_t b = bs / S, n = bs % S;
+    int64_t src = n;
+    if (!inv_perm.empty() && n >= v0 && n < v0 + layout.num_video) src = v0 + inv_perm[n - v0];
+    for (int64_t h = 0; h < H; ++h) {
+      const float* row = o.data() + ((b * S + src) * H + h) * D;
+      const int64_t base = out.offset({b, n, h});
+      for (int64_t e = 0; e < D; ++e) store_from_float(out.data, out.dtype, base + e, row[e]);
+    }
+  }, 64);
+}
+
+}  // namespace
+
+SparseAttention::SparseAttention(Config config) : config_(std::move(config)) {
+  config_.validate();
+  if (config_.order.kind != OrderKind::raster) {
+    perm_ = token_permutation(config_.order);
+    inv_perm_ = invert_permutation(perm_);
+  }
+  if (!config_.order.grid.empty()) neighbours_ = block_neighbours(config_.order, config_.block_size);
+}
+
+void SparseAttention::reset() { states_.clear(); }
+
+CallStats SparseAttention::forward(const CallInfo& call, const AttentionArgs& args_in,
+                                   TensorView out) {
+  // ---- validation: everything is checked before any work and before any state changes ----
+  validate(args_in, &out, nullptr);
+  SPAATTN_CHECK_ARG(args_in.q.device == Device::cpu, "q",
+                    "SparseAttention runs on host tensors, got device cuda");
+  SPAATTN_CHECK_ARG(call.layer >= 0 && call.entry >= 0 && call.step >= 0, "call",
+                    "expected layer, entry and step >= 0, got ", call.layer, ", ", call.entry,
+                    ", ", call.step);
+  const Layout& layout = args_in.layout;
+  SPAATTN_CHECK_ARG(layout.block_size == config_.block_size, "args.layout.block_size",
+                    "expected config.block_size ", config_.block_size, ", got ",
+                    layout.block_size);
+  SPAATTN_CHECK_ARG(config_.order.grid.empty() || config_.order.grid.size() == layout.num_video,
+                    "args.layout.num_video", "expected the grid's t*h*w = ",
+                    config_.order.grid.size(), ", got ", layout.num_video);
+
+  const auto key = std::make_tuple(call.layer, call.entry);
+  const auto found = states_.find(key);
+  const LayerState* prev = found == states_.end() ? nullptr : &found->second;
+  const Schedule& sched = config_.schedule;
+  const bool dense_layer = std::find(sched.dense_layers.begin(), sched.dense_layers.end(),
+                                     call.layer) != sched.dense_layers.end();
+  CallStats stats;
+  if (config_.method == Method::dense || dense_layer || call.step < sched.dense_steps) {
+    stats.kind = CallStats::Kind::dense;
+  } else if (uses_rettention(config_.method)) {
+    const int since = call.step - sched.dense_steps;
+    const int last_ref = call.step - since % config_.rettention.ref_period;
+    stats.kind = since % config_.rettention.ref_period == 0 ? CallStats::Kind::reference
+                                                           : CallStats::Kind::sparse;
+    if (stats.kind == CallStats::Kind::sparse) {
+      SPAATTN_CHECK_ARG(prev && prev->ref_step == last_ref, "call.step",
+                        "Re-ttention needs the reference step ", last_ref, " of layer ",
+                        call.layer, " entry ", call.entry, " before step ", call.step,
+                        " (call reset() between runs and run every step)");
+      const RettentionCache& c = prev->cache;
+      SPAATTN_CHECK_ARG(c.batch == args_in.batch() && c.seq == args_in.seq_len() &&
+                            c.heads == args_in.heads() && c.dim == args_in.head_dim(),
+                        "q", "expected the shape of the reference step [", c.batch, ", ", c.seq,
+                        ", ", c.heads, ", ", c.dim, "]");
+    }
+  } else {
+    stats.kind = CallStats::Kind::sparse;
+  }
+
+  // ---- token order ----
+  AttentionArgs args = args_in;
+  Permuted pq, pk, pv;
+  if (!perm_.empty()) {
+    pq = gather(args_in.q, perm_, layout.video_offset());
+    pk = gather(args_in.k, perm_, layout.video_offset());
+    pv = gather(args_in.v, perm_, layout.video_offset());
+    args.q = pq.view;
+    args.k = pk.view;
+    args.v = pv.view;
+  }
+  const int64_t B = args.batch(), S = args.seq_len(), H = args.heads(), D = args.head_dim();
+  std::vector<float> o(static_cast<size_t>(B * S * H * D));
+  const TensorView o_view = TensorView::contiguous(o.data(), DType::f32, {B, S, H, D});
+
+  if (stats.kind == CallStats::Kind::dense) {
+    BlockMask full = BlockMask::full(B, H, layout.num_blocks(), layout.num_blocks());
+    cpu::block_sparse_attention(args, full.view(), o_view, TensorView{});
+    write_output(o, out, layout, inv_perm_);
+    return stats;
+  }
+
+  // ---- selection (reused within the mask period, or until the next reference step) ----
+  // New state is built beside the old one and committed only once the call has succeeded.
+  const Selector selector = config_.selector();
+  Pooled pooled;
+  BlockScores scores;
+  const bool rectify = config_.method == Method::rectified;
+  if (selector == Selector::ipar || rectify) {
+    pooled = cpu::pool(args);
+    scores = cpu::implicit_full_attention(args, pooled);
+  }
+  const bool fresh_mask =
+      uses_rettention(config_.method)
+          ? stats.kind == CallStats::Kind::reference
+          : (!prev || prev->mask_step < 0 || call.step < prev->mask_step ||
+             call.step - prev->mask_step >= sched.mask_period ||
+             prev->selection.mask.batch != B);
+  Selection fresh;
+  if (fresh_mask)
+    fresh = cpu::select_blocks(args, config_, selector == Selector::ipar ? &scores : nullptr,
+                               neighbours_.empty() ? nullptr : &neighbours_);
+  const Selection& selection = fresh_mask ? fresh : prev->selection;
+  const BlockMaskView mask = selection.mask.view();
+  stats.mask_reused = !fresh_mask;
+  stats.density = stats.kind == CallStats::Kind::reference ? 1.0 : selection.mask.density(layout);
+
+  RettentionCache fresh_cache;
+  if (stats.kind == CallStats::Kind::reference) {
+    std::vector<float> lse_full(static_cast<size_t>(B * S * H)), lse_spa(lse_full.size());
+    std::vector<float> o_spa(o.size());
+    const TensorView lf = TensorView::contiguous(lse_full.data(), DType::f32, {B, S, H});
+    const TensorView ls = TensorView::contiguous(lse_spa.data(), DType::f32, {B, S, H});
+    const TensorView os = TensorView::contiguous(o_spa.data(), DType::f32, {B, S, H, D});
+    cpu::reference_attention(args, mask, o_view, lf, os, ls);
+    fresh_cache = cpu::rettention_statistics(o_view, lf, os, ls, config_.rettention.cache_delta);
+  } else {
+    cpu::block_sparse_attention(args, mask, o_view, TensorView{});
+    if (rectify) {
+      const Correction corr = cpu::rectification(pooled, scores, selection, config_.gapr);
+      cpu::apply_correction(corr, layout, o_view, o_view);
+    } else if (uses_rettention(config_.method)) {
+      const Correction corr =
+          cpu::rettention_correction(prev->cache, call.step - prev->ref_step, config_.rettention);
+      cpu::apply_correction(corr, layout, o_view, o_view);
+    }
+  }
+  write_output(o, out, layout, inv_perm_);
+  LayerState& state = states_[key];
+  if (fresh_mask) {
+    state.selection = std::move(fresh);
+    state.mask_step = call.step;
+  }
+  if (stats.kind == CallStats::Kind::reference) {
+    state.cache = std::move(fresh_cache);
+    state.ref_step = call.step;
+  }
+  return stats;
+}
+
+}  // namespace spaattn

@@ -1,0 +1,26 @@
+// The CUDA entry points of a build without nvcc: they report that, never pretend to work.
+#include "spaattn/cuda.hpp"
+#include "spaattn/error.hpp"
+
+namespace spaattn::cuda {
+namespace {
+[[noreturn]] void unavailable(const char* what) {
+  throw Error(Error::Kind::runtime,
+              detail::concat(what, ": spaattn was built without CUDA (nvcc was not found)"));
+}
+}  // namespace
+
+bool available() { return false; }
+
+void block_sparse_attention(const AttentionArgs&, const BlockMaskView&, TensorView, TensorView,
+                            void*) {
+  unavailable("cuda::block_sparse_attention");
+}
+
+size_t dense_to_csr_workspace_size(int64_t) { unavailable("cuda::dense_to_csr_workspace_size"); }
+
+void dense_to_csr(const TensorView&, BlockMaskView, void*, void*) {
+  unavailable("cuda::dense_to_csr");
+}
+
+}  // namespace spaattn::cuda
