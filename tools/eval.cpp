@@ -1,0 +1,261 @@
+// `spaattn eval`: runs every method over a short run of denoising steps of the built-in workload
+// and reports, per method and target sparsity, the achieved density, the output error against
+// dense attention of the same step, and the time per call (CPU reference, wall clock).
+// Each row averages over all `--steps` calls of its run, Re-ttention's full-attention reference
+// steps included, so error and time are compared for the same amount of work.
+#include "eval.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "spaattn/error.hpp"
+#include "spaattn/method.hpp"
+#include "workload.hpp"
+
+namespace spaattn::tools {
+namespace {
+
+struct Options {
+  WorkloadSpec spec;
+  int block = 128;
+  int steps = 5;
+  int ref_period = 5;
+  double p = 0.3;
+  OrderKind order = OrderKind::gilbert;
+  std::vector<double> sparsities = {0.5, 0.75, 0.9, 0.95};
+  std::vector<std::string> methods = {"sparse", "rectified", "rectified-nogapr", "rettention",
+                                      "rectified_rettention"};
+  std::string json;
+};
+
+const char* kHelp =
+    "usage: spaattn eval [options]\n\n"
+    "Compares dense attention, plain block-sparse attention, Rectified SpaAttn (GAPR on and off),\n"
+    "Re-ttention and Rectified SpaAttn selection with Re-ttention's correction on a built-in,\n"
+    "deterministic video-like workload (see README: 'The eval workload'). Every method runs\n"
+    "--steps denoising steps; error is against dense attention of the same step, averaged over\n"
+    "the steps; time is wall clock per call of the CPU implementation.\n\n"
+    "options:\n"
+    "  --grid TxHxW        latent grid of the video tokens (default 8x16x24)\n"
+    "  --text N            text tokens after the video tokens (default 128)\n"
+    "  --text-len L        valid text tokens, L <= N (default 77)\n"
+    "  --heads H           attention heads (default 4)\n"
+    "  --dim D             head dim, 64 or 128 (default 64)\n"
+    "  --block B           block size, 64 or 128 (default 128)\n"
+    "  --order NAME        token order: gilbert, tiles or raster (default gilbert)\n"
+    "  --sparsity LIST     comma-separated target sparsities (default 0.5,0.75,0.9,0.95)\n"
+    "  --methods LIST      comma-separated from sparse, rectified, rectified-nogapr, rettention,\n"
+    "                      rectified_rettention (default all)\n"
+    "  --p P               cumulative attention share kept by selection (default 0.3)\n"
+    "  --steps N           denoising steps per run (default 5)\n"
+    "  --ref-period R      Re-ttention reference period, first reference at step 0 (default 5)\n"
+    "  --seed S            workload seed (default 2026)\n"
+    "  --json FILE         also write {\"rows\": [{method, sparsity, density, rel_l2, cos, ms}]}\n"
+    "  --help              this text\n";
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t end = s.find(',', start);
+    out.push_back(s.substr(start, end == std::string::npos ? std::string::npos : end - start));
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return out;
+}
+
+double parse_number(const std::string& s, const char* flag) {
+  char* end = nullptr;
+  const double v = std::strtod(s.c_str(), &end);
+  SPAATTN_CHECK_ARG(!s.empty() && end && *end == '\0', flag, "expected a number, got '", s, "'");
+  return v;
+}
+
+int64_t parse_int(const std::string& s, const char* flag) {
+  const double v = parse_number(s, flag);
+  SPAATTN_CHECK_ARG(v == std::floor(v) && v >= 0, flag, "expected a non-negative integer, got '",
+                    s, "'");
+  return static_cast<int64_t>(v);
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 0; i < argc; ++i) {
+    const std::string flag = argv[i];
+    SPAATTN_CHECK_ARG(i + 1 < argc, flag, "expected a value");
+    const std::string val = argv[++i];
+    const char* f = flag.c_str();
+    if (flag == "--grid") {
+      int64_t t = 0, h = 0, w = 0;
+      char x1 = 0, x2 = 0;
+      std::sscanf(val.c_str(), "%ld%c%ld%c%ld", &t, &x1, &h, &x2, &w);
+      SPAATTN_CHECK_ARG(t >= 1 && h >= 1 && w >= 1 && x1 == 'x' && x2 == 'x', f,
+                        "expected TxHxW with positive sizes, got '", val, "'");
+      o.spec.grid = Grid{t, h, w};
+    } else if (flag == "--text") o.spec.num_text = parse_int(val, f);
+    else if (flag == "--text-len") o.spec.text_len = parse_int(val, f);
+    else if (flag == "--heads") o.spec.heads = parse_int(val, f);
+    else if (flag == "--dim") o.spec.head_dim = parse_int(val, f);
+    else if (flag == "--block") o.block = static_cast<int>(parse_int(val, f));
+    else if (flag == "--steps") o.steps = static_cast<int>(parse_int(val, f));
+    else if (flag == "--ref-period") o.ref_period = static_cast<int>(parse_int(val, f));
+    else if (flag == "--seed") o.spec.seed = static_cast<uint64_t>(parse_int(val, f));
+    else if (flag == "--p") o.p = parse_number(val, f);
+    else if (flag == "--json") o.json = val;
+    else if (flag == "--order") {
+      SPAATTN_CHECK_ARG(val == "gilbert" || val == "tiles" || val == "raster", f,
+                        "expected gilbert, tiles or raster, got '", val, "'");
+      o.order = val == "gilbert" ? OrderKind::gilbert : val == "tiles" ? OrderKind::tiles
+                                                                       : OrderKind::raster;
+    } else if (flag == "--sparsity") {
+      o.sparsities.clear();
+      for (const auto& s : split(val)) o.sparsities.push_back(parse_number(s, f));
+    } else if (flag == "--methods") {
+      o.methods = split(val);
+      for (const auto& m : o.methods)
+        SPAATTN_CHECK_ARG(m == "sparse" || m == "rectified" || m == "rectified-nogapr" ||
+                              m == "rettention" || m == "rectified_rettention",
+                          f, "unknown method '", m, "'");
+    } else {
+      SPAATTN_CHECK_ARG(false, flag, "unknown option (see spaattn eval --help)");
+    }
+  }
+  SPAATTN_CHECK_ARG(o.steps >= 1, "--steps", "expected >= 1, got ", o.steps);
+  SPAATTN_CHECK_ARG(o.spec.heads >= 1, "--heads", "expected >= 1, got ", o.spec.heads);
+  SPAATTN_CHECK_ARG(o.spec.text_len <= o.spec.num_text, "--text-len", "expected <= --text (",
+                    o.spec.num_text, "), got ", o.spec.text_len);
+  return o;
+}
+
+struct Row {
+  std::string method;
+  double sparsity = 0, density = 0, rel_l2 = 0, cos = 0, ms = 0;
+};
+
+// Relative L2 error and mean cosine similarity over the rows that dense attention writes.
+void compare(const std::vector<float>& out, const std::vector<float>& ref, int64_t dim,
+             double& rel_l2, double& cos) {
+  double err = 0, norm = 0, cos_sum = 0;
+  int64_t rows = 0;
+  for (size_t r = 0; r < ref.size() / dim; ++r) {
+    double dot = 0, na = 0, nb = 0;
+    for (int64_t e = 0; e < dim; ++e) {
+      const double a = out[r * dim + e], b = ref[r * dim + e];
+      err += (a - b) * (a - b);
+      norm += b * b;
+      dot += a * b;
+      na += a * a;
+      nb += b * b;
+    }
+    if (nb == 0) continue;  // padding rows: zero in both
+    cos_sum += na > 0 ? dot / std::sqrt(na * nb) : 0.0;
+    ++rows;
+  }
+  rel_l2 = std::sqrt(err / norm);
+  cos = cos_sum / static_cast<double>(rows);
+}
+
+}  // namespace
+
+int run_eval(int argc, char** argv) {
+  for (int i = 0; i < argc; ++i)
+    if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
+      std::fputs(kHelp, stdout);
+      return 0;
+    }
+  const Options opt = parse(argc, argv);
+  const int64_t D = opt.spec.head_dim;
+  std::vector<Workload> steps;
+  for (int s = 0; s < opt.steps; ++s) steps.push_back(make_workload(opt.spec, s, opt.block));
+
+  auto run = [&](const Config& cfg, const std::string& name, double sparsity,
+                 const std::vector<std::vector<float>>* ref,
+                 std::vector<std::vector<float>>* outs) {
+    SparseAttention sa(cfg);
+    Row row{name, sparsity};
+    for (int s = 0; s < opt.steps; ++s) {
+      std::vector<float> out(steps[s].q.size());
+      const int64_t S = steps[s].layout.seq_len();
+      const auto t0 = std::chrono::steady_clock::now();
+      const CallStats st = sa.forward(CallInfo{0, 0, s}, steps[s].args(),
+                                      TensorView::contiguous(out.data(), DType::f32,
+                                                             {1, S, opt.spec.heads, D}));
+      row.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                    .count();
+      row.density += st.density;
+      if (ref) {
+        double e = 0, c = 0;
+        compare(out, (*ref)[s], D, e, c);
+        row.rel_l2 += e;
+        row.cos += c;
+      }
+      if (outs) outs->push_back(std::move(out));
+    }
+    const double n = opt.steps;
+    row.ms /= n;
+    row.density /= n;
+    row.rel_l2 = ref ? row.rel_l2 / n : 0.0;
+    row.cos = ref ? row.cos / n : 1.0;
+    return row;
+  };
+
+  Config base;
+  base.block_size = opt.block;
+  base.order.kind = opt.order;
+  base.order.grid = opt.spec.grid;
+  base.select.p = opt.p;
+  base.rettention.ref_period = opt.ref_period;
+
+  std::vector<Row> rows;
+  std::vector<std::vector<float>> dense_out;
+  Config dense_cfg = base;
+  dense_cfg.method = Method::dense;
+  rows.push_back(run(dense_cfg, "dense", 0.0, nullptr, &dense_out));
+
+  std::printf("workload: grid %ldx%ldx%ld (%ld video tokens), %ld text (%ld valid), %ld heads, "
+              "d=%ld, block %d, %s order, %d steps\n\n",
+              opt.spec.grid.t, opt.spec.grid.h, opt.spec.grid.w, opt.spec.grid.size(),
+              opt.spec.num_text, opt.spec.text_len, opt.spec.heads, D, opt.block,
+              opt.order == OrderKind::gilbert ? "gilbert" : opt.order == OrderKind::tiles ? "tiles"
+                                                                                         : "raster",
+              opt.steps);
+  for (double sp : opt.sparsities) {
+    for (const auto& m : opt.methods) {
+      Config cfg = base;
+      cfg.select.sparsity = sp;
+      cfg.method = m == "rectified-nogapr" ? Method::rectified : parse_method(m);
+      cfg.gapr = m != "rectified-nogapr";
+      rows.push_back(run(cfg, m, sp, &dense_out, nullptr));
+    }
+  }
+
+  std::printf("%-22s %8s %8s %10s %9s %10s\n", "method", "sparsity", "density", "rel_l2", "cos",
+              "ms/call");
+  for (const Row& r : rows)
+    std::printf("%-22s %8.3f %8.3f %10.5f %9.6f %10.2f\n", r.method.c_str(), r.sparsity,
+                r.density, r.rel_l2, r.cos, r.ms);
+  if (!opt.json.empty()) {
+    std::ofstream f(opt.json);
+    SPAATTN_CHECK_ARG(f.good(), "--json", "cannot write '", opt.json, "'");
+    f << "{\"rows\": [";
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const Row& r = rows[i];
+      char buf[512];
+      std::snprintf(buf, sizeof buf,
+                    "%s\n  {\"method\": \"%s\", \"sparsity\": %.4f, \"density\": %.6f, "
+                    "\"rel_l2\": %.8f, \"cos\": %.8f, \"ms\": %.4f}",
+                    i ? "," : "", r.method.c_str(), r.sparsity, r.density, r.rel_l2, r.cos, r.ms);
+      f << buf;
+    }
+    f << "\n]}\n";
+  }
+  return 0;
+}
+
+}  // namespace spaattn::tools

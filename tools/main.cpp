@@ -1,0 +1,36 @@
+// The spaattn command-line tool.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+
+#include "eval.hpp"
+#include "spaattn/error.hpp"
+
+namespace {
+void usage(std::FILE* f) {
+  std::fprintf(f,
+               "usage: spaattn <command> [options]\n\n"
+               "commands:\n"
+               "  eval    compare dense, block-sparse, Rectified SpaAttn and Re-ttention on the\n"
+               "          built-in video-like workload (spaattn eval --help for its options)\n");
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  try {
+    if (!std::strcmp(argv[1], "eval")) return spaattn::tools::run_eval(argc - 2, argv + 2);
+    std::fprintf(stderr, "spaattn: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+  } catch (const spaattn::Error& e) {
+    std::fprintf(stderr, "spaattn: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "spaattn: %s\n", e.what());
+    return 1;
+  }
+}
