@@ -1,0 +1,164 @@
+// SparseAttention: the method pipeline, its schedule and its per-(layer, entry) state.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "cpu/testing.hpp"
+
+namespace spaattn {
+namespace {
+
+using testing::Call;
+using testing::expect_error;
+
+double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    err += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    norm += static_cast<double>(b[i]) * b[i];
+  }
+  return std::sqrt(err / norm);
+}
+
+// A 3 x 5 x 7 latent grid (105 video tokens, two blocks of 64, the second partial) + 10 text.
+struct GridCall : Call {
+  Grid grid{3, 5, 7};
+  GridCall(uint32_t seed = 3) : Call(2, 105, 10, 2, 64, seed) {}
+  Config config(Method m) const {
+    Config c;
+    c.method = m;
+    c.block_size = 64;
+    c.order = TokenOrder{.kind = OrderKind::gilbert, .grid = grid};
+    return c;
+  }
+  std::vector<float> run(SparseAttention& sa, CallInfo info, CallStats* stats = nullptr) {
+    std::vector<float> o(out.size());
+    const CallStats st = sa.forward(info, args, TensorView::contiguous(o.data(), DType::f32,
+                                                                      {B, S, H, D}));
+    if (stats) *stats = st;
+    return o;
+  }
+};
+
+TEST(Method, DenseIsTheKernelWithEveryBlockAndIgnoresTokenOrder) {
+  GridCall c;
+  std::vector<float> direct(c.out.size());
+  BlockMask full = BlockMask::full(c.B, c.H, c.args.layout.num_blocks(), c.args.layout.num_blocks());
+  cpu::block_sparse_attention(c.args, full.view(),
+                              TensorView::contiguous(direct.data(), DType::f32, {c.B, c.S, c.H, c.D}),
+                              TensorView{});
+  SparseAttention gilbert(c.config(Method::dense));
+  Config raster_cfg = c.config(Method::dense);
+  raster_cfg.order.kind = OrderKind::raster;
+  SparseAttention raster(raster_cfg);
+  EXPECT_LT(rel_l2(c.run(gilbert, {}), direct), 1e-6);
+  EXPECT_LT(rel_l2(c.run(raster, {}), direct), 1e-6);
+}
+
+TEST(Method, RectifiedWithEveryBlockCriticalEqualsDense) {
+  GridCall c;
+  SparseAttention dense(c.config(Method::dense));
+  Config cfg = c.config(Method::rectified);
+  cfg.select.sparsity = 0.0;  // k = NV: every video block is critical, so R = 1 and C = 0
+  SparseAttention rect(cfg);
+  CallStats st;
+  const std::vector<float> out = c.run(rect, {}, &st);
+  EXPECT_LT(rel_l2(out, c.run(dense, {})), 1e-5);
+  EXPECT_EQ(st.kind, CallStats::Kind::sparse);
+}
+
+TEST(Method, RettentionReferenceStepThenSameInputsReproduceDense) {
+  GridCall c;
+  SparseAttention dense(c.config(Method::dense));
+  const std::vector<float> ref = c.run(dense, {});
+  Config cfg = c.config(Method::rettention);
+  cfg.select.sparsity = 0.5;
+  cfg.select.neighbours = false;  // with two video blocks the neighbour map would select all
+  cfg.rettention.ref_period = 3;
+  SparseAttention rt(cfg);
+  CallStats st;
+  EXPECT_LT(rel_l2(c.run(rt, {0, 0, 0}, &st), ref), 1e-6);
+  EXPECT_EQ(st.kind, CallStats::Kind::reference);
+  // Step 1 (k = 1, no drift) on the same inputs: rho O_spa + Delta = O_full.
+  EXPECT_LT(rel_l2(c.run(rt, {0, 0, 1}, &st), ref), 1e-5);
+  EXPECT_EQ(st.kind, CallStats::Kind::sparse);
+  EXPECT_LT(st.density, 1.0);
+  // Step 2 (k = 2): rho' = rho + lambda moves the output away from dense.
+  EXPECT_GT(rel_l2(c.run(rt, {0, 0, 2}, &st), ref), 1e-3);
+  EXPECT_EQ(c.run(rt, {0, 0, 3}, &st).size(), ref.size());
+  EXPECT_EQ(st.kind, CallStats::Kind::reference);
+}
+
+TEST(Method, MissingReferenceIsAnErrorThatChangesNothing) {
+  GridCall c;
+  SparseAttention rt(c.config(Method::rettention));
+  const std::vector<float> poison = c.out;
+  expect_error([&] { rt.forward({0, 0, 1}, c.args, c.out_view()); }, "call.step",
+               "needs the reference step 0 of layer 0 entry 0 before step 1");
+  EXPECT_EQ(rt.state_count(), 0u);
+  EXPECT_EQ(c.out, poison);
+}
+
+TEST(Method, BadInputLeavesCachesAndOutputUntouched) {
+  GridCall c;
+  SparseAttention dense(c.config(Method::dense));
+  const std::vector<float> ref = c.run(dense, {});
+  SparseAttention rt(c.config(Method::rectified_rettention));
+  c.run(rt, {0, 0, 0});
+  AttentionArgs bad = c.args;
+  bad.layout.num_text = 9;
+  bad.layout.num_video = 106;
+  const std::vector<float> poison = c.out;
+  expect_error([&] { rt.forward({0, 0, 1}, bad, c.out_view()); }, "args.layout.num_video",
+               "expected the grid's t*h*w = 105, got 106");
+  bad = c.args;
+  bad.v.stride[3] = 3;
+  expect_error([&] { rt.forward({0, 0, 1}, bad, c.out_view()); }, "v", "unit stride");
+  EXPECT_EQ(c.out, poison);
+  EXPECT_EQ(rt.state_count(), 1u);
+  EXPECT_LT(rel_l2(c.run(rt, {0, 0, 1}), ref), 1e-5);  // the cache of step 0 is intact
+}
+
+TEST(Method, ScheduleDenseStepsDenseLayersAndReferences) {
+  GridCall c;
+  Config cfg = c.config(Method::rettention);
+  cfg.schedule.dense_steps = 2;
+  cfg.schedule.dense_layers = {3};
+  cfg.rettention.ref_period = 2;
+  SparseAttention rt(cfg);
+  const CallStats::Kind D = CallStats::Kind::dense, R = CallStats::Kind::reference,
+                        S = CallStats::Kind::sparse;
+  const CallStats::Kind expected[] = {D, D, R, S, R, S};
+  for (int step = 0; step < 6; ++step) {
+    CallStats st;
+    c.run(rt, {0, 1, step}, &st);
+    EXPECT_EQ(st.kind, expected[step]) << "step " << step;
+    c.run(rt, {3, 1, step}, &st);
+    EXPECT_EQ(st.kind, D) << "dense layer, step " << step;
+  }
+  EXPECT_EQ(rt.state_count(), 1u);  // dense calls keep no state
+  rt.reset();
+  EXPECT_EQ(rt.state_count(), 0u);
+  expect_error([&] { rt.forward({0, 1, 3}, c.args, c.out_view()); }, "call.step");
+}
+
+TEST(Method, MaskPeriodReusesTheSelectionPerLayerAndEntry) {
+  GridCall c;
+  Config cfg = c.config(Method::rectified);
+  cfg.select.sparsity = 0.5;
+  cfg.schedule.mask_period = 3;
+  SparseAttention rect(cfg);
+  const bool reused[] = {false, true, true, false, true};
+  for (int step = 0; step < 5; ++step) {
+    CallStats st;
+    c.run(rect, {0, 0, step}, &st);
+    EXPECT_EQ(st.mask_reused, reused[step]) << "step " << step;
+    c.run(rect, {0, 1, step}, &st);  // the other CFG entry keeps its own mask
+    EXPECT_EQ(st.mask_reused, reused[step]) << "entry 1, step " << step;
+  }
+  EXPECT_EQ(rect.state_count(), 2u);
+}
+
+}  // namespace
+}  // namespace spaattn

@@ -1,0 +1,119 @@
+// ALGORITHM.md section 7: every invalid argument throws spaattn::Error naming it, before any work.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "cpu/testing.hpp"
+
+namespace spaattn {
+namespace {
+
+using testing::Call;
+using testing::expect_error;
+
+TEST(Validation, AcceptsAWellFormedCall) {
+  Call c(2, 100, 13, 3, 64);
+  TensorView out = c.out_view();
+  EXPECT_NO_THROW(validate(c.args, &out, nullptr));
+}
+
+TEST(Validation, HeadDimDtypeShapeAndStride) {
+  Call c(1, 70, 0, 2, 64);
+  AttentionArgs a = c.args;
+  a.q.shape[3] = a.k.shape[3] = a.v.shape[3] = 96;
+  expect_error([&] { validate(a); }, "q", "expected head_dim 64 or 128, got 96");
+  a = c.args;
+  a.k.dtype = DType::bf16;
+  expect_error([&] { validate(a); }, "k", "expected dtype float32 (as q), got bfloat16");
+  a = c.args;
+  a.v.shape[2] = 3;
+  expect_error([&] { validate(a); }, "v", "expected shape [1, 70, 2, 64], got [1, 70, 3, 64]");
+  a = c.args;
+  a.q.stride[3] = 2;
+  expect_error([&] { validate(a); }, "q", "expected unit stride on head_dim, got 2");
+  a = c.args;
+  a.q.dtype = a.k.dtype = a.v.dtype = DType::i32;
+  expect_error([&] { validate(a); }, "q", "got int32");
+}
+
+TEST(Validation, LayoutTextLengthsAndEmptySequences) {
+  Call c(2, 50, 20, 1, 64);
+  AttentionArgs a = c.args;
+  a.layout.num_text = 21;
+  expect_error([&] { validate(a); }, "layout", "expected num_video + num_text == seq_len 70");
+  a = c.args;
+  a.layout.block_size = 96;
+  expect_error([&] { validate(a); }, "layout.block_size", "expected 64 or 128, got 96");
+  int32_t lt[2] = {20, 21};
+  a = c.args;
+  a.text_lengths = TensorView::contiguous(lt, DType::i32, {2});
+  expect_error([&] { validate(a); }, "text_lengths", "got 21 for batch item 1");
+  a.text_lengths = TensorView::contiguous(lt, DType::i32, {1});
+  expect_error([&] { validate(a); }, "text_lengths", "expected shape [2], got [1]");
+  a = c.args;
+  a.q.shape[1] = a.k.shape[1] = a.v.shape[1] = 0;
+  a.layout = Layout{.num_video = 0, .num_text = 0, .block_size = 64};
+  expect_error([&] { validate(a); }, "q", "expected a non-empty sequence, got seq_len 0");
+  a = c.args;
+  a.scale = std::nanf("");
+  expect_error([&] { validate(a); }, "scale", "got nan");
+}
+
+TEST(Validation, OutputsAndMasks) {
+  Call c(1, 130, 5, 2, 64);
+  TensorView out = c.out_view();
+  out.shape[1] = 134;
+  expect_error([&] { validate(c.args, &out, nullptr); }, "out", "expected shape");
+  std::vector<float> lse_d(135 * 2);
+  TensorView lse = TensorView::contiguous(lse_d.data(), DType::f32, {1, 135, 2});
+  lse.dtype = DType::bf16;
+  expect_error([&] { validate(c.args, nullptr, &lse); }, "lse", "expected dtype float32");
+
+  const int64_t nb = c.args.layout.num_blocks();  // 3 video blocks of 64 + 1 text block
+  ASSERT_EQ(nb, 4);
+  BlockMask m = BlockMask::full(1, 2, nb, nb);
+  EXPECT_NO_THROW(validate(m.view(), c.args));
+  BlockMask wrong = BlockMask::full(1, 2, nb - 1, nb - 1);
+  expect_error([&] { validate(wrong.view(), c.args); }, "mask", "expected 4 x 4 blocks");
+  m.col_indices[1] = 0;  // row 0 now lists 0, 0, 2, 3
+  expect_error([&] { validate(m.view(), c.args); }, "mask.col_indices", "sorted unique");
+  m.col_indices[1] = 7;
+  expect_error([&] { validate(m.view(), c.args); }, "mask.col_indices", "got 7 in row 0");
+}
+
+TEST(Validation, ConfigFields) {
+  Config c;
+  c.select.sparsity = 1.2;
+  expect_error([&] { c.validate(); }, "config.select.sparsity", "got 1.2");
+  c = Config{};
+  c.select.p = -0.1;
+  expect_error([&] { c.validate(); }, "config.select.p", "got -0.1");
+  c = Config{};
+  c.block_size = 32;
+  expect_error([&] { c.validate(); }, "config.block_size", "expected 64 or 128, got 32");
+  c = Config{};
+  c.rettention.ref_period = 0;
+  expect_error([&] { c.validate(); }, "config.rettention.ref_period", "got 0");
+  c = Config{};
+  c.select.selector = Selector::local;
+  expect_error([&] { c.validate(); }, "config.select.selector", "expected a grid");
+  expect_error([&] { parse_method("flash"); }, "method", "got 'flash'");
+  EXPECT_EQ(parse_method("rectified_rettention"), Method::rectified_rettention);
+}
+
+TEST(Validation, Float16RoundTrip) {
+  // f16 conversion used by the CPU reference: exact for representable values, RNE otherwise.
+  for (float x : {0.f, -0.f, 1.f, -2.5f, 65504.f, 6.103515625e-05f, 5.960464477539063e-08f})
+    EXPECT_EQ(static_cast<float>(f16(x)), x) << x;
+  EXPECT_EQ(static_cast<float>(f16(1.0f + 1.0f / 2048)), 1.0f);  // ties to even
+  EXPECT_EQ(static_cast<float>(f16(1.0f + 3.0f / 2048)), 1.0f + 1.0f / 512);
+  EXPECT_TRUE(std::isinf(static_cast<float>(f16(70000.f))));
+  EXPECT_TRUE(std::isnan(static_cast<float>(f16(std::nanf("")))));
+  EXPECT_EQ(static_cast<float>(bf16(1.0f + 1.0f / 256)), 1.0f);  // ties to even
+  EXPECT_EQ(static_cast<float>(bf16(3.0f)), 3.0f);
+}
+
+}  // namespace
+}  // namespace spaattn
