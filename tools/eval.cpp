@@ -26,6 +26,7 @@ struct Options {
   int steps = 5;
   int ref_period = 5;
   double p = 0.3;
+  bool neighbours = false;
   OrderKind order = OrderKind::gilbert;
   std::vector<double> sparsities = {0.5, 0.75, 0.9, 0.95};
   std::vector<std::string> methods = {"sparse", "rectified", "rectified-nogapr", "rettention",
@@ -52,6 +53,8 @@ const char* kHelp =
     "  --methods LIST      comma-separated from sparse, rectified, rectified-nogapr, rettention,\n"
     "                      rectified_rettention (default all)\n"
     "  --p P               cumulative attention share kept by selection (default 0.3)\n"
+    "  --neighbours on|off add each block's 3D neighbour blocks to the selection (default off:\n"
+    "                      on this small grid they alone cover a large share of all blocks)\n"
     "  --steps N           denoising steps per run (default 5)\n"
     "  --ref-period R      Re-ttention reference period, first reference at step 0 (default 5)\n"
     "  --seed S            workload seed (default 2026)\n"
@@ -108,6 +111,10 @@ Options parse(int argc, char** argv) {
     else if (flag == "--seed") o.spec.seed = static_cast<uint64_t>(parse_int(val, f));
     else if (flag == "--p") o.p = parse_number(val, f);
     else if (flag == "--json") o.json = val;
+    else if (flag == "--neighbours") {
+      SPAATTN_CHECK_ARG(val == "on" || val == "off", f, "expected on or off, got '", val, "'");
+      o.neighbours = val == "on";
+    }
     else if (flag == "--order") {
       SPAATTN_CHECK_ARG(val == "gilbert" || val == "tiles" || val == "raster", f,
                         "expected gilbert, tiles or raster, got '", val, "'");
@@ -210,6 +217,7 @@ int run_eval(int argc, char** argv) {
   base.order.kind = opt.order;
   base.order.grid = opt.spec.grid;
   base.select.p = opt.p;
+  base.select.neighbours = opt.neighbours;
   base.rettention.ref_period = opt.ref_period;
 
   std::vector<Row> rows;
