@@ -17,8 +17,8 @@ void pack_kv(const AttentionArgs& args, int64_t b, int64_t h, int64_t text_len, 
   const int64_t nb = layout.num_blocks(), B = layout.block_size, d = args.head_dim();
   kv.dim = d;
   kv.block = B;
-  kv.kt.resize(nb * d * B);
-  kv.v.resize(nb * B * d);
+  kv.kt.assign(nb * d * B, 0.f);  // zeros past count[j]: whole lanes of logits stay finite
+  kv.v.assign(nb * B * d, 0.f);
   kv.count.resize(nb);
   std::vector<float> row(d);
   for (int64_t j = 0; j < nb; ++j) {
@@ -50,13 +50,14 @@ MaskRow mask_row(const BlockMaskView& mask, int64_t b, int64_t h, int64_t i) {
   return {mask.col_indices.ptr<const int32_t>() + offsets[r], offsets[r + 1] - offsets[r]};
 }
 
-// The rows of query block i of (b, h), multiplied by the scale, into q; returns how many of
-// them are real queries (padding text rows, index >= L_t, come last in a text block).
+// The rows of query block i of (b, h), multiplied by the scale, into q, zero-padded to a
+// multiple of kRows rows; returns how many of them are real queries (padding text rows, index
+// >= L_t, come last in a text block).
 int64_t load_queries(const AttentionArgs& args, int64_t b, int64_t h, int64_t i, int64_t text_len,
                      float scale, std::vector<float>& q) {
   const int64_t d = args.head_dim(), first = args.layout.block_begin(i);
   const int64_t valid = args.layout.valid_count(i, text_len);
-  q.resize(args.layout.block_count(i) * d);
+  q.assign((valid + kRows - 1) / kRows * kRows * d, 0.f);
   for (int64_t r = 0; r < valid; ++r) {
     float* qr = q.data() + r * d;
     load_row(args.q, b, first + r, h, d, qr);
@@ -118,18 +119,18 @@ void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask
   const int64_t d = args.head_dim();
   for_each_query_block(args, [&](int64_t b, int64_t h, int64_t i, int64_t text_len,
                                  const PackedKV& kv) {
-    std::vector<float> q, s(kv.block);
+    std::vector<float> q, s(kRows * kv.block);
     const int64_t valid = load_queries(args, b, h, i, text_len, scale, q);
     OnlineSoftmax state;
-    state.reset(valid, d);
+    state.reset(valid, d, kv.block);
     const MaskRow row = mask_row(mask, b, h, i);
     // Key block outermost: its K/V stay in cache while every query row of the block uses them.
     for (int64_t c = 0; c < row.size; ++c) {
       const int64_t j = row.cols[c], n = kv.count[j];
       if (n == 0) continue;
-      for (int64_t r = 0; r < valid; ++r) {
-        block_logits(q.data() + r * d, kv, j, s.data());
-        state.add(r, s.data(), n, kv.v_block(j));
+      for (int64_t r0 = 0; r0 < valid; r0 += kRows) {
+        block_logits(q.data() + r0 * d, kv, j, s.data());
+        state.add(r0, s.data(), n, kv.v_block(j));
       }
     }
     store_block(args, b, h, i, valid, state, out, lse);
@@ -147,23 +148,23 @@ void reference_attention(const AttentionArgs& args, const BlockMaskView& mask, T
   const int64_t d = args.head_dim(), nk = args.layout.num_blocks();
   for_each_query_block(args, [&](int64_t b, int64_t h, int64_t i, int64_t text_len,
                                  const PackedKV& kv) {
-    std::vector<float> q, s(kv.block);
+    std::vector<float> q, s(kRows * kv.block);
     const int64_t valid = load_queries(args, b, h, i, text_len, scale, q);
     std::vector<uint8_t> selected(nk, 0);
     const MaskRow row = mask_row(mask, b, h, i);
     for (int64_t c = 0; c < row.size; ++c) selected[row.cols[c]] = 1;
     OnlineSoftmax full, spa;
-    full.reset(valid, d);
-    if (side) spa.reset(valid, d);
+    full.reset(valid, d, kv.block);
+    if (side) spa.reset(valid, d, kv.block);
     // One pass over every key: the logits feed the full state and, for selected blocks, the
     // masked one, so a reference step costs one dense pass.
     for (int64_t j = 0; j < nk; ++j) {
       const int64_t n = kv.count[j];
       if (n == 0) continue;
-      for (int64_t r = 0; r < valid; ++r) {
-        block_logits(q.data() + r * d, kv, j, s.data());
-        full.add(r, s.data(), n, kv.v_block(j));
-        if (side && selected[j]) spa.add(r, s.data(), n, kv.v_block(j));
+      for (int64_t r0 = 0; r0 < valid; r0 += kRows) {
+        block_logits(q.data() + r0 * d, kv, j, s.data());
+        full.add(r0, s.data(), n, kv.v_block(j));
+        if (side && selected[j]) spa.add(r0, s.data(), n, kv.v_block(j));
       }
     }
     store_block(args, b, h, i, valid, full, out_full, lse_full);
