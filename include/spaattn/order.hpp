@@ -33,6 +33,9 @@ void validate(const TokenOrder& order);
 
 // The generalized Hilbert curve over a t x h x w cuboid: element k is the raster index of the
 // k-th point. A bijection on the grid whose consecutive points are grid neighbours.
+// The curve starts at raster index 0 and ends at the far end of its major axis, axes[0]; where no
+// neighbour-step curve can end there (odd extent and even cell count, or extent 1 on a larger
+// grid) the first axis of `axes` that allows one is the major axis instead.
 std::vector<int32_t> gilbert3d(const Grid& grid, std::array<char, 3> axes = {'w', 'h', 't'});
 
 // perm[k] = raster index of the k-th token in the order. Gather: x_ord[k] = x_raster[perm[k]].
