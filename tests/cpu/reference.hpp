@@ -144,10 +144,18 @@ inline Reference64 attention64(const AttentionArgs& args, const std::vector<uint
   Reference64 r;
   r.out.assign(static_cast<size_t>(B * S * H * D), 0.0);
   r.lse.assign(static_cast<size_t>(B * S * H), -std::numeric_limits<double>::infinity());
-  auto get = [](const TensorView& t, int64_t b, int64_t n, int64_t h, int64_t e) {
-    return static_cast<double>(
-        load_as_float(t.data, t.dtype, b * t.stride[0] + n * t.stride[1] + h * t.stride[2] + e));
+  // The inputs as float64 [b, H, S, d], read once.
+  auto read = [&](const TensorView& t) {
+    std::vector<double> x(static_cast<size_t>(B * H * S * D));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t n = 0; n < S; ++n)
+          for (int64_t e = 0; e < D; ++e)
+            x[((b * H + h) * S + n) * D + e] = load_as_float(
+                t.data, t.dtype, b * t.stride[0] + n * t.stride[1] + h * t.stride[2] + e);
+    return x;
   };
+  const std::vector<double> q = read(args.q), k = read(args.k), v = read(args.v);
   std::vector<double> s(S);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t lt = args.text_len(b);
@@ -163,8 +171,10 @@ inline Reference64 attention64(const AttentionArgs& args, const std::vector<uint
           const int64_t kb = token_block(L, m, &tk);
           if (tk >= lt) continue;
           if (!mask.empty() && !mask[((b * H + h) * nb + qb) * nb + kb]) continue;
+          const double* qn = q.data() + ((b * H + h) * S + n) * D;
+          const double* km = k.data() + ((b * H + h) * S + m) * D;
           double dot = 0;
-          for (int64_t e = 0; e < D; ++e) dot += get(args.q, b, n, h, e) * get(args.k, b, m, h, e);
+          for (int64_t e = 0; e < D; ++e) dot += qn[e] * km[e];
           s[m] = scale * dot;
           use[m] = 1;
           smax = std::max(smax, s[m]);
@@ -176,7 +186,8 @@ inline Reference64 attention64(const AttentionArgs& args, const std::vector<uint
           if (!use[m]) continue;
           const double p = std::exp(s[m] - smax);
           sum += p;
-          for (int64_t e = 0; e < D; ++e) o[e] += p * get(args.v, b, m, h, e);
+          const double* vm = v.data() + ((b * H + h) * S + m) * D;
+          for (int64_t e = 0; e < D; ++e) o[e] += p * vm[e];
         }
         for (int64_t e = 0; e < D; ++e) o[e] /= sum;
         r.lse[(b * S + n) * H + h] = smax + std::log(sum);
