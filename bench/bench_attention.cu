@@ -1,0 +1,179 @@
+// spaattn_bench: the block-sparse kernel on the shapes of PERFORMANCE.md at densities 1.0, 0.5,
+// 0.25, 0.11 and 0.05 (random block masks, fixed blocks per row), timed with time_calls().
+// eff TFLOP/s counts only computed blocks: density * 4 * S^2 * d * H * batch, with the
+// token-weighted density of the mask. With --baseline (sdpa_baseline.py's JSON from the same
+// run) it prints the ratios to PyTorch SDPA dense (cuDNN and flash back-ends).
+// Usage: spaattn_bench [--quick] [--dtype bf16|f16] [--head-dim 64|128] [--block 128|64]
+//                      [--iters N] [--baseline sdpa.json] [--json out.json]
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "baseline.hpp"
+#include "inputs.hpp"
+#include "spaattn/spaattn.hpp"
+#include "timing.hpp"
+
+namespace spaattn::bench {
+namespace {
+
+struct Shape {
+  const char* name;
+  int64_t video, text, heads;
+};
+
+struct Options {
+  bool quick = false;
+  DType dtype = DType::bf16;
+  int64_t dim = 128;
+  int block = 128;
+  int iters = 10;
+  std::string baseline, json;
+};
+
+struct Row {
+  std::string shape;
+  int64_t seq, heads;
+  double density, token_density, ms, tflops, csr_ms, cudnn_ms, flash_ms;
+};
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::runtime_error(a + ": expected a value");
+      return argv[++i];
+    };
+    if (a == "--quick") o.quick = true;
+    else if (a == "--dtype") o.dtype = value() == "f16" ? DType::f16 : DType::bf16;
+    else if (a == "--head-dim") o.dim = std::stoll(value());
+    else if (a == "--block") o.block = std::stoi(value());
+    else if (a == "--iters") o.iters = std::stoi(value());
+    else if (a == "--baseline") o.baseline = value();
+    else if (a == "--json") o.json = value();
+    else throw std::runtime_error("unknown argument " + a);
+  }
+  return o;
+}
+
+struct DeviceMem {
+  void* p = nullptr;
+  explicit DeviceMem(size_t bytes) { cuda_ok(cudaMalloc(&p, bytes), "cudaMalloc"); }
+  ~DeviceMem() { cudaFree(p); }
+  DeviceMem(const DeviceMem&) = delete;
+  DeviceMem& operator=(const DeviceMem&) = delete;
+};
+
+void run_shape(const Options& o, const Shape& sh, const std::vector<double>& densities,
+               const std::vector<BaselineEntry>& base, cudaStream_t stream, std::vector<Row>& rows) {
+  const Layout L{.num_video = sh.video, .num_text = sh.text, .block_size = o.block};
+  const int64_t S = L.seq_len(), H = sh.heads, D = o.dim, nb = L.num_blocks();
+  const int64_t n = S * H * D;
+  // Each tensor is hundreds of MB, far beyond the 50 MB L2: no input rotation is needed.
+  DeviceMem q(n * 2), k(n * 2), v(n * 2), out(n * 2), lse(S * H * 4);
+  fill_random(q.p, o.dtype, n, 1);
+  fill_random(k.p, o.dtype, n, 2);
+  fill_random(v.p, o.dtype, n, 3);
+  AttentionArgs args;
+  args.q = TensorView::contiguous(q.p, o.dtype, {1, S, H, D}, Device::cuda);
+  args.k = TensorView::contiguous(k.p, o.dtype, {1, S, H, D}, Device::cuda);
+  args.v = TensorView::contiguous(v.p, o.dtype, {1, S, H, D}, Device::cuda);
+  args.layout = L;
+  const TensorView out_v = TensorView::contiguous(out.p, o.dtype, {1, S, H, D}, Device::cuda);
+  const TensorView lse_v = TensorView::contiguous(lse.p, DType::f32, {1, S, H}, Device::cuda);
+  const int64_t mrows = H * nb;
+  DeviceMem dense(mrows * nb), offsets(4 * (mrows + 1)), cols(4 * mrows * nb),
+      ws(cuda::dense_to_csr_workspace_size(mrows));
+  for (double density : densities) {
+    const std::vector<uint8_t> host = random_block_mask(H, nb, density, 7);
+    const double token_density = BlockMask::from_dense(host.data(), 1, H, nb, nb).density(L);
+    cuda_ok(cudaMemcpy(dense.p, host.data(), host.size(), cudaMemcpyHostToDevice), "mask upload");
+    BlockMaskView mask{.batch = 1, .heads = H, .num_q_blocks = nb, .num_k_blocks = nb};
+    mask.row_offsets = TensorView::contiguous(offsets.p, DType::i32, {mrows + 1}, Device::cuda);
+    mask.col_indices = TensorView::contiguous(cols.p, DType::i32, {mrows * nb}, Device::cuda);
+    const TensorView dense_v = TensorView::contiguous(dense.p, DType::u8, {1, H, nb, nb}, Device::cuda);
+    const Timing csr = time_calls(
+        [&](cudaStream_t s) { cuda::dense_to_csr(dense_v, mask, ws.p, s); }, stream, 2, 10);
+    const Timing t = time_calls(
+        [&](cudaStream_t s) { cuda::block_sparse_attention(args, mask, out_v, lse_v, s); },
+        stream, 3, o.iters);
+    const double flop = token_density * 4.0 * double(S) * double(S) * double(D) * double(H);
+    Row r{sh.name, S, H, density, token_density, t.median_ms, flop / (t.median_ms * 1e9),
+          csr.median_ms, baseline_ms(base, S, H, D, "cudnn"), baseline_ms(base, S, H, D, "flash")};
+    std::fprintf(stderr, "%s density %.2f: %.3f ms (min %.3f, max %.3f), %.1f TFLOP/s\n", sh.name,
+                 density, t.median_ms, t.min_ms, t.max_ms, r.tflops);
+    rows.push_back(r);
+  }
+}
+
+void print_table(const Options& o, const std::vector<Row>& rows, const char* gpu) {
+  std::printf("\nspaattn block-sparse kernel, %s, %s, d = %lld, B = %d, batch 1, median of >= %d "
+              "calls (CUDA events)\n\n",
+              gpu, o.dtype == DType::f16 ? "f16" : "bf16", static_cast<long long>(o.dim), o.block,
+              std::max(o.iters, 10));
+  std::printf("| shape | density (token) | ms | eff TFLOP/s | cuDNN dense ms | flash dense ms | "
+              "eff / cuDNN | eff / flash | speed-up vs cuDNN dense | dense_to_csr ms |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  for (const Row& r : rows) {
+    const double dense_flop = 4.0 * double(r.seq) * double(r.seq) * double(o.dim) * double(r.heads);
+    const double cudnn_tf = r.cudnn_ms > 0 ? dense_flop / (r.cudnn_ms * 1e9) : 0;
+    const double flash_tf = r.flash_ms > 0 ? dense_flop / (r.flash_ms * 1e9) : 0;
+    std::printf("| %s | %.2f (%.4f) | %.2f | %.1f | ", r.shape.c_str(), r.density, r.token_density,
+                r.ms, r.tflops);
+    if (r.cudnn_ms > 0) std::printf("%.2f (%.0f TF/s) | ", r.cudnn_ms, cudnn_tf); else std::printf("- | ");
+    if (r.flash_ms > 0) std::printf("%.2f (%.0f TF/s) | ", r.flash_ms, flash_tf); else std::printf("- | ");
+    if (cudnn_tf > 0) std::printf("%.2f | ", r.tflops / cudnn_tf); else std::printf("- | ");
+    if (flash_tf > 0) std::printf("%.2f | ", r.tflops / flash_tf); else std::printf("- | ");
+    if (r.cudnn_ms > 0) std::printf("%.2fx | ", r.cudnn_ms / r.ms); else std::printf("- | ");
+    std::printf("%.3f |\n", r.csr_ms);
+  }
+}
+
+void write_json(const Options& o, const std::vector<Row>& rows, const char* gpu) {
+  std::ofstream f(o.json);
+  if (!f) throw std::runtime_error("--json: cannot write " + o.json);
+  f << "{\n  \"gpu\": \"" << gpu << "\",\n  \"dtype\": \"" << (o.dtype == DType::f16 ? "f16" : "bf16")
+    << "\",\n  \"d\": " << o.dim << ",\n  \"block\": " << o.block << ",\n  \"results\": [\n";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const Row& r = rows[i];
+    f << "    {\"shape\": \"" << r.shape << "\", \"S\": " << r.seq << ", \"H\": " << r.heads
+      << ", \"density\": " << r.density << ", \"token_density\": " << r.token_density
+      << ", \"ms\": " << r.ms << ", \"eff_tflops\": " << r.tflops << ", \"cudnn_ms\": "
+      << r.cudnn_ms << ", \"flash_ms\": " << r.flash_ms << ", \"dense_to_csr_ms\": " << r.csr_ms
+      << "}" << (i + 1 < rows.size() ? "," : "") << "\n";
+  }
+  f << "  ]\n}\n";
+}
+
+}  // namespace
+}  // namespace spaattn::bench
+
+int main(int argc, char** argv) {
+  using namespace spaattn::bench;
+  try {
+    const Options o = parse(argc, argv);
+    const std::vector<BaselineEntry> base = read_baseline(o.baseline);
+    cudaDeviceProp prop{};
+    cuda_ok(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+    // PERFORMANCE.md: Wan 2.1 720p-like and HunyuanVideo 720p (129 frames + 256 text tokens).
+    std::vector<Shape> shapes = {{"S=32768,H=24", 32768, 0, 24},
+                                 {"S=76800,H=40", 76800, 0, 40},
+                                 {"S=119056,H=24", 118800, 256, 24}};
+    std::vector<double> densities = {1.0, 0.5, 0.25, 0.11, 0.05};
+    if (o.quick) shapes.resize(1);
+    cudaStream_t stream;
+    cuda_ok(cudaStreamCreate(&stream), "cudaStreamCreate");
+    std::vector<Row> rows;
+    for (const Shape& s : shapes) run_shape(o, s, densities, base, stream, rows);
+    cuda_ok(cudaStreamDestroy(stream), "cudaStreamDestroy");
+    if (!o.json.empty()) write_json(o, rows, prop.name);
+    print_table(o, rows, prop.name);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "spaattn_bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

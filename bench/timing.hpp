@@ -1,0 +1,25 @@
+// The one timing helper of the benchmarks: warm-up calls, then CUDA events around each timed
+// call on the given stream, and the median.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <functional>
+#include <stdexcept>
+#include <string>
+
+namespace spaattn::bench {
+
+inline void cuda_ok(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+struct Timing {
+  double median_ms = 0, min_ms = 0, max_ms = 0;
+  int calls = 0;
+};
+
+// Runs fn(stream) `warmup` times untimed, then `iters` (>= 10) times, each between two events.
+Timing time_calls(const std::function<void(cudaStream_t)>& fn, cudaStream_t stream,
+                  int warmup = 3, int iters = 10);
+
+}  // namespace spaattn::bench

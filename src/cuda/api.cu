@@ -1,0 +1,136 @@
+// The public CUDA entry points of cuda.hpp for attention: host-side checks that need the device
+// (memory location, dtype, cp.async alignment), then one FwdParams and one launch on the
+// caller's stream. Nothing is allocated and nothing synchronises.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <limits>
+
+#include "check.cuh"
+#include "dispatch.cuh"
+#include "fwd_launch.hpp"
+#include "spaattn/cuda.hpp"
+
+namespace spaattn::cuda {
+namespace {
+
+using cuda_detail::FwdParams;
+
+// The pointer must be device memory of the current device (or managed memory).
+void check_device_pointer(const void* ptr, const char* name) {
+  cudaPointerAttributes attr{};
+  const cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear the error so it does not surface at the next launch check
+    SPAATTN_CHECK_ARG(false, name, "expected CUDA device memory (", cudaGetErrorString(err), ")");
+  }
+  int device = 0;
+  SPAATTN_CUDA_CHECK(cudaGetDevice(&device));
+  SPAATTN_CHECK_ARG(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged,
+                    name, "expected CUDA device memory, got host memory");
+  SPAATTN_CHECK_ARG(attr.device == device, name, "expected memory of the current device ",
+                    device, ", got device ", attr.device);
+}
+
+// q/k/v/out: the kernel moves rows with 16-byte cp.async / stores, so every row start must be
+// 16-byte aligned: the base pointer and the batch, sequence and head strides.
+void check_qkv_tensor(const TensorView& t, const char* name, DType dtype) {
+  SPAATTN_CHECK_ARG(t.device == Device::cuda, name, "expected a CUDA tensor, got ",
+                    to_string(t.device));
+  SPAATTN_CHECK_ARG(t.dtype == DType::bf16 || t.dtype == DType::f16, name,
+                    "expected dtype bfloat16 or float16 on the GPU, got ", to_string(t.dtype));
+  SPAATTN_CHECK_ARG(t.dtype == dtype, name, "expected dtype ", to_string(dtype), " (as q), got ",
+                    to_string(t.dtype));
+  check_device_pointer(t.data, name);
+  SPAATTN_CHECK_ARG(reinterpret_cast<uintptr_t>(t.data) % 16 == 0, name,
+                    "expected a 16-byte aligned base pointer for cp.async, got ", t.data);
+  for (int d = 0; d < 3; ++d)
+    SPAATTN_CHECK_ARG(t.stride[d] % 8 == 0, name,
+                      "expected strides that are multiples of 8 elements (16 bytes) for cp.async,"
+                      " got ", t.stride[d], " on dim ", d);
+}
+
+FwdParams make_fwd_params(const AttentionArgs& args, const BlockMaskView& mask,
+                          const TensorView& out, const TensorView& lse) {
+  FwdParams p{};
+  p.q = args.q.data;
+  p.k = args.k.data;
+  p.v = args.v.data;
+  p.out = out.data;
+  for (int d = 0; d < 3; ++d) {
+    p.q_stride[d] = args.q.stride[d];
+    p.k_stride[d] = args.k.stride[d];
+    p.v_stride[d] = args.v.stride[d];
+    p.out_stride[d] = out.stride[d];
+    p.lse_stride[d] = lse.empty() ? 0 : lse.stride[d];
+  }
+  p.lse = lse.empty() ? nullptr : static_cast<float*>(lse.data);
+  p.row_offsets = mask.row_offsets.ptr<const int32_t>();
+  p.col_indices = mask.col_indices.ptr<const int32_t>();
+  p.text_lengths =
+      args.text_lengths.empty() ? nullptr : args.text_lengths.ptr<const int32_t>();
+  const Layout& L = args.layout;
+  p.batch = static_cast<int>(args.batch());
+  p.heads = static_cast<int>(args.heads());
+  p.num_q_blocks = static_cast<int>(L.num_blocks());
+  p.num_video = static_cast<int>(L.num_video);
+  p.num_text = static_cast<int>(L.num_text);
+  p.video_offset = static_cast<int>(L.video_offset());
+  p.text_offset = static_cast<int>(L.text_offset());
+  p.num_video_blocks = static_cast<int>(L.num_video_blocks());
+  p.scale_log2 = args.softmax_scale() * 1.4426950408889634f;
+  return p;
+}
+
+}  // namespace
+
+bool available() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return count > 0;
+}
+
+void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask, TensorView out,
+                            TensorView lse, void* stream) {
+  validate(args, &out, lse.empty() ? nullptr : &lse);
+  validate(mask, args);
+  const DType dtype = args.q.dtype;
+  check_qkv_tensor(args.q, "q", dtype);
+  check_qkv_tensor(args.k, "k", dtype);
+  check_qkv_tensor(args.v, "v", dtype);
+  check_qkv_tensor(out, "out", dtype);
+  if (!lse.empty()) {
+    SPAATTN_CHECK_ARG(lse.device == Device::cuda, "lse", "expected a CUDA tensor");
+    check_device_pointer(lse.data, "lse");
+  }
+  SPAATTN_CHECK_ARG(mask.row_offsets.device == Device::cuda, "mask.row_offsets",
+                    "expected a CUDA tensor");
+  check_device_pointer(mask.row_offsets.data, "mask.row_offsets");
+  if (mask.col_indices.shape[0] > 0) check_device_pointer(mask.col_indices.data, "mask.col_indices");
+  if (!args.text_lengths.empty()) check_device_pointer(args.text_lengths.data, "text_lengths");
+  // Token and block indices are 32-bit in the kernel; grid y / z limit heads and batch.
+  constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
+  SPAATTN_CHECK_ARG(args.seq_len() < kMaxInt, "q", "expected seq_len < 2^31, got ",
+                    args.seq_len());
+  SPAATTN_CHECK_ARG(args.heads() <= 65535, "q", "expected at most 65535 heads, got ",
+                    args.heads());
+  SPAATTN_CHECK_ARG(args.batch() <= 65535, "q", "expected batch <= 65535, got ", args.batch());
+  SPAATTN_CHECK_ARG(mask.col_indices.shape[0] < kMaxInt, "mask.col_indices",
+                    "expected fewer than 2^31 entries, got ", mask.col_indices.shape[0]);
+
+  const FwdParams params = make_fwd_params(args, mask, out, lse);
+  const auto s = static_cast<cudaStream_t>(stream);
+  cuda_detail::dispatch_dtype(dtype, [&](auto t) {
+    using T = decltype(t);
+    cuda_detail::dispatch_head_dim(args.head_dim(), [&](auto d) {
+      cuda_detail::dispatch_block_size(args.layout.block_size, [&](auto b) {
+        cuda_detail::run_fwd<T, decltype(d)::value, decltype(b)::value>(params, s);
+      });
+    });
+  });
+}
+
+}  // namespace spaattn::cuda

@@ -1,0 +1,32 @@
+// Parameters of the portable block-sparse attention kernel (ALGORITHM.md section 3). Filled once
+// on the host by make_fwd_params() (api.cu) and passed by value as a __grid_constant__ argument.
+#pragma once
+#include <cstdint>
+
+namespace spaattn::cuda_detail {
+
+struct FwdParams {
+  // [b, S, H, d] tensors; strides in elements (unit stride on d).
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;
+  int64_t q_stride[3], k_stride[3], v_stride[3], out_stride[3];
+  float* lse;  // f32 [b, S, H], nullptr when not wanted
+  int64_t lse_stride[3];
+
+  // CSR block mask: row (b * heads + h) * num_q_blocks + i lists key blocks (logical ids).
+  const int32_t* row_offsets;
+  const int32_t* col_indices;
+  const int32_t* text_lengths;  // L_t per batch item, nullptr: all num_text valid
+
+  int batch, heads;
+  int num_q_blocks;  // = num_blocks (video blocks, then text blocks)
+  int num_video, num_text;
+  int video_offset, text_offset;  // sequence index of the first video / text token
+  int num_video_blocks;
+
+  float scale_log2;  // softmax scale * log2(e): logits are exponentiated with exp2
+};
+
+}  // namespace spaattn::cuda_detail

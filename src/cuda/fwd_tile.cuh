@@ -1,0 +1,88 @@
+// Tile shapes, shared-memory layout and the global <-> shared copies of the portable kernel.
+//
+// Shared memory holds Q (B x d) once and K, V (64 x d each) in two stages. Rows are d 16-bit
+// values = d/8 chunks of 16 bytes; chunk c of row r is stored at c ^ (r % 8), so the eight rows
+// an ldmatrix phase reads (same logical chunk) fall into eight different bank groups and the
+// 16-byte cp.async writes stay whole.
+#pragma once
+#include <cstdint>
+
+#include "ptx.cuh"
+
+namespace spaattn::cuda_detail {
+
+template <int D, int B>
+struct FwdTraits {
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = kWarps * 32;
+  // 64 keys per tile: a 128 x 64 fp32 score tile is 64 registers per thread next to the
+  // 128-register output accumulator (d = 128), which still fits 255 without spills.
+  static constexpr int kTileN = 64;
+  // Each warp owns B / 4 query rows (32 for B = 128): every K / V fragment read from shared
+  // memory feeds two m16 tiles, which halves shared-memory traffic per mma compared to 16 rows.
+  static constexpr int kMTiles = B / (16 * kWarps);
+  static constexpr int kNTiles = kTileN / 8;  // score n8 tiles
+  static constexpr int kDTiles = D / 8;       // output n8 tiles
+  static constexpr int kChunks = D / 8;       // 16-byte chunks per row
+  static constexpr int kQBytes = B * D * 2;
+  static constexpr int kKVBytes = kTileN * D * 2;
+  static constexpr int kSmemBytes = kQBytes + 4 * kKVBytes;  // Q + 2 stages x (K + V)
+  static_assert(kMTiles >= 1, "block size must be at least 64");
+};
+
+// Byte offset of (row, chunk) in a swizzled tile of D 16-bit columns.
+template <int D>
+__device__ __forceinline__ uint32_t swizzled(int row, int chunk) {
+  return static_cast<uint32_t>(row * D * 2 + ((chunk ^ (row & 7)) << 4));
+}
+
+// Copies ROWS rows starting at `src` (row stride in elements) into a swizzled tile; rows at or
+// beyond `valid` are zero-filled without reading global memory.
+template <class T, int ROWS, int D, int kThreads>
+__device__ __forceinline__ void load_rows(uint32_t dst, const T* src, int64_t row_stride,
+                                          int valid, int tid) {
+  constexpr int kChunks = D / 8;
+  constexpr int kRowsPerPass = kThreads / kChunks;
+  static_assert(ROWS % kRowsPerPass == 0, "tile rows must be a multiple of a pass");
+  const int chunk = tid % kChunks;
+  const int row0 = tid / kChunks;
+  const T* p = src + row0 * row_stride + chunk * 8;
+#pragma unroll
+  for (int pass = 0; pass < ROWS / kRowsPerPass; ++pass) {
+    const int row = row0 + pass * kRowsPerPass;
+    const bool ok = row < valid;
+    cp_async_16(dst + swizzled<D>(row, chunk), ok ? static_cast<const void*>(p) : src,
+                ok ? 16 : 0);
+    p += kRowsPerPass * row_stride;
+  }
+}
+
+// Stores rows [0, count) of a swizzled shared tile (`rows` rows starting at `first`) to global
+// memory with 16-byte stores; a warp covers two 256-byte rows per instruction for d = 128.
+template <class T, int D>
+__device__ __forceinline__ void store_rows(T* dst, int64_t row_stride, uint32_t smem_tile,
+                                           int first, int rows, int count, int lane) {
+  constexpr int kChunks = D / 8;
+  for (int c = lane; c < rows * kChunks; c += 32) {
+    const int row = first + c / kChunks;
+    const int chunk = c % kChunks;
+    if (row >= count) break;  // rows grow with c: every later chunk is past the block too
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(smem_tile + swizzled<D>(row, chunk))
+                 : "memory");
+    *reinterpret_cast<uint4*>(dst + row * row_stride + chunk * 8) = v;
+  }
+}
+
+// Writes zeros to rows [0, count) of a block (empty mask row or padding queries).
+template <class T, int D, int kThreads>
+__device__ __forceinline__ void store_zero_rows(T* dst, int64_t row_stride, int count, int tid) {
+  constexpr int kChunks = D / 8;
+  for (int c = tid; c < count * kChunks; c += kThreads)
+    *reinterpret_cast<uint4*>(dst + (c / kChunks) * row_stride + (c % kChunks) * 8) =
+        make_uint4(0, 0, 0, 0);
+}
+
+}  // namespace spaattn::cuda_detail
