@@ -119,7 +119,15 @@ class OnlineSoftmax {
       const float* sr = s + r * B;
       float* pr = p_.data() + r * B;
       float bmax = sr[0];
-      for (int64_t m = 1; m < n; ++m) bmax = sr[m] > bmax ? sr[m] : bmax;
+      if (n >= 4) {
+        f32x4 vmax = load4(sr);
+        for (int64_t m = 4; m + 4 <= n; m += 4) {
+          const f32x4 x = load4(sr + m);
+          vmax = x > vmax ? x : vmax;
+        }
+        for (int u = 0; u < 4; ++u) bmax = vmax[u] > bmax ? vmax[u] : bmax;
+      }
+      for (int64_t m = n & ~int64_t{3}; m < n; ++m) bmax = sr[m] > bmax ? sr[m] : bmax;
       if (bmax > m_[r0 + r]) {
         const float factor = std::exp(m_[r0 + r] - bmax);  // exp(-inf) = 0 for the first block
         l_[r0 + r] *= factor;
@@ -129,9 +137,15 @@ class OnlineSoftmax {
       }
       const float mx = m_[r0 + r];
       f32x4 sum = {};
-      for (int64_t m = 0; m < n_up; m += 4) {
+      int64_t m = 0;
+      for (; m + 4 <= n; m += 4) {
+        const f32x4 p = exp_nonpositive(load4(sr + m) - mx);
+        store4(pr + m, p);
+        sum += p;
+      }
+      for (; m < n_up; m += 4) {  // the last keys and the lanes past them, which count 0
         f32x4 p = exp_nonpositive(load4(sr + m) - mx);
-        for (int u = 0; u < 4; ++u) p[u] = m + u < n ? p[u] : 0.f;  // lanes past the keys
+        for (int u = 0; u < 4; ++u) p[u] = m + u < n ? p[u] : 0.f;
         store4(pr + m, p);
         sum += p;
       }
