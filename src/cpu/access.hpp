@@ -7,9 +7,19 @@
 #include <cstring>
 
 #include "spaattn/error.hpp"
+#include "spaattn/layout.hpp"
 #include "spaattn/tensor.hpp"
 
 namespace spaattn::cpu {
+
+// The CPU stages read and write host memory only. validate() has put k, v, text_lengths and the
+// outputs on q's device, so checking q covers them all.
+inline void check_host(const AttentionArgs& args) {
+  SPAATTN_CHECK_ARG(args.q.device == Device::cpu, "q",
+                    "the CPU reference needs host tensors, got device ", to_string(args.q.device));
+}
+
+inline bool is_float(DType dt) { return dt == DType::f32 || dt == DType::bf16 || dt == DType::f16; }
 
 // Element offset of row (b, n, h) of a [b, S, H, d] view.
 inline int64_t row_offset(const TensorView& t, int64_t b, int64_t n, int64_t h) {

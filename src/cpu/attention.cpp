@@ -93,8 +93,10 @@ void for_each_query_block(const AttentionArgs& args, Task&& task) {
   const int64_t nq = args.layout.num_blocks();
   std::vector<int64_t> text_len(args.batch());
   for (int64_t b = 0; b < args.batch(); ++b) text_len[b] = args.text_len(b);
-  const int64_t pair_floats = std::max<int64_t>(1, 2 * nq * args.layout.block_size * args.head_dim());
-  const int64_t group = std::clamp<int64_t>(kPackBudget / pair_floats, 1, std::max<int64_t>(pairs, 1));
+  const int64_t pair_floats =
+      std::max<int64_t>(1, 2 * nq * args.layout.block_size * args.head_dim());
+  const int64_t group =
+      std::clamp<int64_t>(kPackBudget / pair_floats, 1, std::max<int64_t>(pairs, 1));
   std::vector<PackedKV> packs(group);
   for (int64_t first = 0; first < pairs; first += group) {
     const int64_t count = std::min(group, pairs - first);
@@ -115,10 +117,10 @@ void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask
                             TensorView lse) {
   validate(args, &out, lse.empty() ? nullptr : &lse);
   validate(mask, args);
+  check_host(args);
   const float scale = args.softmax_scale();
   const int64_t d = args.head_dim();
-  for_each_query_block(args, [&](int64_t b, int64_t h, int64_t i, int64_t text_len,
-                                 const PackedKV& kv) {
+  auto task = [&](int64_t b, int64_t h, int64_t i, int64_t text_len, const PackedKV& kv) {
     std::vector<float> q, s(kRows * kv.block);
     const int64_t valid = load_queries(args, b, h, i, text_len, scale, q);
     OnlineSoftmax state;
@@ -134,7 +136,8 @@ void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask
       }
     }
     store_block(args, b, h, i, valid, state, out, lse);
-  });
+  };
+  for_each_query_block(args, task);
 }
 
 void reference_attention(const AttentionArgs& args, const BlockMaskView& mask, TensorView out_full,
@@ -143,11 +146,11 @@ void reference_attention(const AttentionArgs& args, const BlockMaskView& mask, T
   if (!out_spa.empty() || !lse_spa.empty())
     validate(args, out_spa.empty() ? nullptr : &out_spa, lse_spa.empty() ? nullptr : &lse_spa);
   validate(mask, args);
+  check_host(args);
   const bool side = !out_spa.empty() || !lse_spa.empty();
   const float scale = args.softmax_scale();
   const int64_t d = args.head_dim(), nk = args.layout.num_blocks();
-  for_each_query_block(args, [&](int64_t b, int64_t h, int64_t i, int64_t text_len,
-                                 const PackedKV& kv) {
+  auto task = [&](int64_t b, int64_t h, int64_t i, int64_t text_len, const PackedKV& kv) {
     std::vector<float> q, s(kRows * kv.block);
     const int64_t valid = load_queries(args, b, h, i, text_len, scale, q);
     std::vector<uint8_t> selected(nk, 0);
@@ -169,7 +172,8 @@ void reference_attention(const AttentionArgs& args, const BlockMaskView& mask, T
     }
     store_block(args, b, h, i, valid, full, out_full, lse_full);
     if (side) store_block(args, b, h, i, valid, spa, out_spa, lse_spa);
-  });
+  };
+  for_each_query_block(args, task);
 }
 
 }  // namespace spaattn::cpu

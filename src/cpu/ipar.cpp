@@ -23,13 +23,14 @@ float dot(const float* a, const float* b, int64_t d) {
 
 BlockScores implicit_full_attention(const AttentionArgs& args, const Pooled& pooled) {
   validate(args);
+  check_host(args);
   const Layout& layout = args.layout;
   const int64_t batch = args.batch(), heads = args.heads(), d = args.head_dim();
   const int64_t nv = layout.num_video_blocks(), nt = layout.num_text;
-  SPAATTN_CHECK_ARG(pooled.batch == batch && pooled.heads == heads && pooled.blocks == nv &&
-                        pooled.dim == d,
-                    "pooled", "expected [", batch, ", ", heads, ", ", nv, ", ", d, "], got [",
-                    pooled.batch, ", ", pooled.heads, ", ", pooled.blocks, ", ", pooled.dim, "]");
+  SPAATTN_CHECK_ARG(
+      pooled.batch == batch && pooled.heads == heads && pooled.blocks == nv && pooled.dim == d,
+      "pooled", "expected [", batch, ", ", heads, ", ", nv, ", ", d, "], got [", pooled.batch, ", ",
+      pooled.heads, ", ", pooled.blocks, ", ", pooled.dim, "]");
   BlockScores scores;
   scores.batch = batch;
   scores.heads = heads;

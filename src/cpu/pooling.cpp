@@ -34,6 +34,7 @@ void pool_rows(const TensorView& t, int64_t b, int64_t h, int64_t first, int64_t
 
 Pooled pool(const AttentionArgs& args) {
   validate(args);
+  check_host(args);
   const Layout& layout = args.layout;
   Pooled pooled;
   pooled.batch = args.batch();

@@ -43,9 +43,9 @@ std::vector<uint8_t> compensable(const Pooled& pooled) {
 Correction rectification(const Pooled& pooled, const BlockScores& scores, const Selection& sel,
                          bool gapr) {
   const int64_t batch = pooled.batch, heads = pooled.heads, nv = pooled.blocks, d = pooled.dim;
-  SPAATTN_CHECK_ARG(scores.batch == batch && scores.heads == heads && scores.blocks == nv,
-                    "scores", "expected [", batch, ", ", heads, ", ", nv, "] blocks, got [",
-                    scores.batch, ", ", scores.heads, ", ", scores.blocks, "]");
+  SPAATTN_CHECK_ARG(scores.batch == batch && scores.heads == heads && scores.blocks == nv, "scores",
+                    "expected [", batch, ", ", heads, ", ", nv, "] blocks, got [", scores.batch,
+                    ", ", scores.heads, ", ", scores.blocks, "]");
   SPAATTN_CHECK_ARG(sel.critical.size() == static_cast<size_t>(batch * heads * nv * nv),
                     "selection", "expected ", batch * heads * nv * nv, " critical flags, got ",
                     sel.critical.size());
@@ -85,21 +85,24 @@ void apply_correction(const Correction& corr, const Layout& layout, const Tensor
                     "expected the shape of o_spa");
   SPAATTN_CHECK_ARG(o_spa.device == Device::cpu && out.device == Device::cpu, "out",
                     "expected host tensors");
-  SPAATTN_CHECK_ARG(o_spa.stride[3] == 1 && out.stride[3] == 1, "out",
-                    "expected unit stride on d");
+  SPAATTN_CHECK_ARG(o_spa.stride[3] == 1 && out.stride[3] == 1, "out", "expected unit stride on d");
+  SPAATTN_CHECK_ARG(is_float(o_spa.dtype), "o_spa", "expected a floating dtype, got ",
+                    to_string(o_spa.dtype));
+  SPAATTN_CHECK_ARG(is_float(out.dtype), "out", "expected a floating dtype, got ",
+                    to_string(out.dtype));
   const int64_t batch = o_spa.shape[0], seq = o_spa.shape[1], heads = o_spa.shape[2];
   const int64_t d = o_spa.shape[3];
   const bool block = corr.granularity == Correction::Granularity::block;
   const int64_t rows = block ? layout.num_video_blocks() : seq;
   SPAATTN_CHECK_ARG(seq == layout.seq_len(), "o_spa", "expected ", layout.seq_len(),
                     " tokens, got ", seq);
-  SPAATTN_CHECK_ARG(corr.batch == batch && corr.heads == heads && corr.rows == rows &&
-                        corr.dim == d,
-                    "correction", "expected [", batch, ", ", heads, ", ", rows, ", ", d,
-                    "], got [", corr.batch, ", ", corr.heads, ", ", corr.rows, ", ", corr.dim, "]");
+  SPAATTN_CHECK_ARG(
+      corr.batch == batch && corr.heads == heads && corr.rows == rows && corr.dim == d,
+      "correction", "expected [", batch, ", ", heads, ", ", rows, ", ", d, "], got [", corr.batch,
+      ", ", corr.heads, ", ", corr.rows, ", ", corr.dim, "]");
   const size_t entries = static_cast<size_t>(batch * heads * rows);
-  SPAATTN_CHECK_ARG(corr.a.size() == entries, "correction.a", "expected ", entries,
-                    " values, got ", corr.a.size());
+  SPAATTN_CHECK_ARG(corr.a.size() == entries, "correction.a", "expected ", entries, " values, got ",
+                    corr.a.size());
   SPAATTN_CHECK_ARG(corr.c.empty() || corr.c.size() == entries * d, "correction.c", "expected ",
                     entries * d, " values or none, got ", corr.c.size());
 

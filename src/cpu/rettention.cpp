@@ -15,8 +15,7 @@ namespace {
 void check_rows(const TensorView& t, const char* name, int rank, const TensorView& like) {
   SPAATTN_CHECK_ARG(!t.empty(), name, "expected a tensor, got none");
   SPAATTN_CHECK_ARG(t.device == Device::cpu, name, "expected a host tensor");
-  SPAATTN_CHECK_ARG(t.dtype == DType::f32 || t.dtype == DType::bf16 || t.dtype == DType::f16,
-                    name, "expected a floating dtype, got ", to_string(t.dtype));
+  SPAATTN_CHECK_ARG(is_float(t.dtype), name, "expected a floating dtype, got ", to_string(t.dtype));
   SPAATTN_CHECK_ARG(t.rank == rank, name, "expected rank ", rank, ", got ", t.rank);
   for (int a = 0; a < 3; ++a)
     SPAATTN_CHECK_ARG(t.shape[a] == like.shape[a], name, "expected dim ", a, " = ", like.shape[a],
@@ -70,7 +69,8 @@ RettentionCache rettention_statistics(const TensorView& out_full, const TensorVi
 }
 
 Correction rettention_correction(const RettentionCache& cache, int k, const RettentionConfig& cfg) {
-  SPAATTN_CHECK_ARG(k >= 1, "k", "expected the index of a sparse step after the reference (>= 1), got ", k);
+  SPAATTN_CHECK_ARG(k >= 1, "k",
+                    "expected the index of a sparse step after the reference (>= 1), got ", k);
   const size_t rows = static_cast<size_t>(cache.batch * cache.seq * cache.heads);
   SPAATTN_CHECK_ARG(cache.rho.size() == rows, "cache.rho", "expected ", rows, " values, got ",
                     cache.rho.size());

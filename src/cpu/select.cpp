@@ -37,9 +37,8 @@ void ipar_row(const float* P, int64_t nv, float p, int64_t k, std::vector<int32_
               uint8_t* crit) {
   order.resize(nv + 1);
   std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [P](int32_t a, int32_t b) {
-    return P[a] > P[b] || (P[a] == P[b] && a < b);
-  });
+  std::sort(order.begin(), order.end(),
+            [P](int32_t a, int32_t b) { return P[a] > P[b] || (P[a] == P[b] && a < b); });
   int64_t keep = 0;
   float cumsum = 0.f;
   for (int32_t j : order) {
@@ -62,7 +61,7 @@ void ipar_row(const float* P, int64_t nv, float p, int64_t k, std::vector<int32_
 
 Selection select_blocks(const AttentionArgs& args, const Config& config, const BlockScores* scores,
                         const std::vector<std::vector<int32_t>>* neighbours) {
-  validate(args);
+  validate(args);  // reads no tensor data: device arguments are fine
   config.validate();
   const Layout& layout = args.layout;
   const int64_t batch = args.batch(), heads = args.heads();

@@ -76,8 +76,8 @@ inline HostTensor make_lse(int64_t b, int64_t s, int64_t h, Strides st = Strides
 }
 
 // Uniform values in [-scale, scale) (never all zero), rounded to dt.
-inline HostTensor random_tensor(DType dt, int64_t b, int64_t s, int64_t h, int64_t d,
-                                uint64_t seed, double scale = 1.0, Strides st = Strides::bshd) {
+inline HostTensor random_tensor(DType dt, int64_t b, int64_t s, int64_t h, int64_t d, uint64_t seed,
+                                double scale = 1.0, Strides st = Strides::bshd) {
   HostTensor t = make_tensor(dt, b, s, h, d, st);
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> u(-scale, scale);

@@ -75,6 +75,8 @@ TEST_P(AttentionSweep, RandomMaskMatchesMaskedFloat64) {
   check_against_reference(c, random_mask(c.batch * c.heads * nb, nb, 5));
 }
 
+// One case per two lines, kept as a table.
+// clang-format off
 const Case kCases[] = {
     {"f32_suffix_padding", DType::f32, DType::f32, 64, 64, 150, 37, TextPlacement::suffix,
      {37, 20}, Strides::bshd, 2, 3, 1e-5},
@@ -95,6 +97,7 @@ const Case kCases[] = {
     {"f16_in_f16_out", DType::f16, DType::f16, 128, 128, 129, 64, TextPlacement::prefix, {40},
      Strides::bshd, 1, 2, 2e-3},
 };
+// clang-format on
 
 INSTANTIATE_TEST_SUITE_P(Cases, AttentionSweep, ::testing::ValuesIn(kCases),
                          [](const auto& info) { return std::string(info.param.name); });
@@ -234,7 +237,14 @@ TEST(Attention, InvalidMaskThrowsBeforeWriting) {
   for (int64_t e = 0; e < 64; ++e) EXPECT_TRUE(std::isnan(out.get(0, 0, 0, e)));
   HostTensor bad_out = make_tensor(DType::f32, 1, 99, 2, 64);
   BlockMask full = BlockMask::full(1, 2, 2, 2);
-  EXPECT_THROW(cpu::block_sparse_attention(p.args, full.view(), bad_out.view, TensorView{}),
+  EXPECT_THROW(cpu::block_sparse_attention(p.args, full.view(), bad_out.view, TensorView{}), Error);
+  // Views that claim device memory are refused by the CPU reference, not dereferenced.
+  AttentionArgs on_device = p.args;
+  for (TensorView* t : {&on_device.q, &on_device.k, &on_device.v}) t->device = Device::cuda;
+  TensorView device_out = out.view;
+  device_out.device = Device::cuda;
+  EXPECT_THROW(cpu::pool(on_device), Error);
+  EXPECT_THROW(cpu::block_sparse_attention(on_device, full.view(), device_out, TensorView{}),
                Error);
 }
 

@@ -30,7 +30,8 @@ TEST(Rettention, ReferenceStepStatisticsReproduceFullAttention) {
   HostTensor of = make_tensor(DType::f32, 2, S, 3, 64), os = make_tensor(DType::f32, 2, S, 3, 64);
   HostTensor lf = make_lse(2, S, 3), ls = make_lse(2, S, 3);
   cpu::reference_attention(p.args, mask.view(), of.view, lf.view, os.view, ls.view);
-  const RettentionCache cache = cpu::rettention_statistics(of.view, lf.view, os.view, ls.view, true);
+  const RettentionCache cache =
+      cpu::rettention_statistics(of.view, lf.view, os.view, ls.view, true);
   ASSERT_EQ(cache.delta.size(), static_cast<size_t>(2 * S * 3 * 64));
   // At the reference step itself (k = 1), rho O_spa + Delta is O_full.
   const Correction corr = cpu::rettention_correction(cache, 1, RettentionConfig{});
@@ -115,7 +116,8 @@ TEST(Rettention, StatisticsWithoutDeltaAndShapeChecks) {
     lf.set(0, n, 0, 0, 2.0);
     ls.set(0, n, 0, 0, 2.0 + std::log(0.25));
   }
-  const RettentionCache cache = cpu::rettention_statistics(of.view, lf.view, os.view, ls.view, false);
+  const RettentionCache cache =
+      cpu::rettention_statistics(of.view, lf.view, os.view, ls.view, false);
   EXPECT_TRUE(cache.delta.empty());
   for (float rho : cache.rho) EXPECT_NEAR(rho, 0.25, 1e-6);
   HostTensor short_lse = make_lse(1, 19, 1);

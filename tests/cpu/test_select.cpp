@@ -125,7 +125,7 @@ TEST(Select, AddsNeighboursTextBlocksAndTheFirstFrameSquare) {
   Problem p;
   make_call(p, 6, 100);  // text blocks 6 and 7
   const BlockScores s = scores_of(1, {0.9f, 0.02f, 0.02f, 0.02f, 0.02f, 0.02f, 0.f});
-  const std::vector<std::vector<int32_t>> neighbours = {{0, 1}, {0, 1, 2}, {2, 3},
+  const std::vector<std::vector<int32_t>> neighbours = {{0, 1},    {0, 1, 2}, {2, 3},
                                                         {2, 3, 4}, {3, 4, 5}, {4, 5}};
   Config cfg = ipar_config(0.99, 0.3);
   cfg.select.neighbours = false;
@@ -153,14 +153,15 @@ TEST(Select, BandKeepsHalfOfKOnEachSide) {
   Config cfg;
   cfg.method = Method::rettention;  // automatic selector: band
   cfg.select.neighbours = false;
-  cfg.select.sparsity = 0.5;        // k = 5, half width 2
+  cfg.select.sparsity = 0.5;  // k = 5, half width 2
   Selection sel = cpu::select_blocks(p.args, cfg, nullptr, nullptr);
   for (int64_t i = 0; i < 10; ++i)
     for (int64_t j = 0; j < 10; ++j)
       EXPECT_EQ(sel.critical[i * 10 + j], std::abs(i - j) <= 2 ? 1 : 0) << i << " " << j;
   cfg.select.sparsity = 0.95;  // k = 0: the diagonal alone
   sel = cpu::select_blocks(p.args, cfg, nullptr, nullptr);
-  for (int64_t i = 0; i < 10; ++i) EXPECT_EQ(crit_of(sel, 10, 0, i), Blocks{static_cast<int32_t>(i)});
+  for (int64_t i = 0; i < 10; ++i)
+    EXPECT_EQ(crit_of(sel, 10, 0, i), Blocks{static_cast<int32_t>(i)});
 }
 
 TEST(Select, LocalIsTheNeighbourMapAlone) {

@@ -30,7 +30,8 @@ void make_blocks_constant(Problem& p) {
   for (HostTensor* t : {&p.q, &p.k, &p.v})
     for (int64_t b = 0; b < B; ++b)
       for (int64_t n = 0; n < L.num_video; ++n) {
-        const int64_t tok = L.video_offset() + n, first = L.video_offset() + n / L.block_size * L.block_size;
+        const int64_t tok = L.video_offset() + n,
+                      first = L.video_offset() + n / L.block_size * L.block_size;
         for (int64_t h = 0; h < H; ++h)
           for (int64_t e = 0; e < D; ++e) t->set(b, tok, h, e, t->get(b, first, h, e));
       }
