@@ -1,6 +1,8 @@
 // A whole sparse attention call with its state across denoising steps (ALGORITHM.md section 6).
 #pragma once
+#include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -28,33 +30,76 @@ struct CallStats {
   bool mask_reused = false;
 };
 
-// Runs the configured method on host tensors and keeps its state (masks reused across steps,
-// Re-ttention caches), keyed by (layer, entry). Call reset() between diffusion runs.
+// How the GPU path obtains device memory for its workspace and per-layer state. Empty functions
+// mean cudaMallocAsync / cudaFreeAsync on the call's stream. Memory is taken when a shape or a
+// (layer, entry) is first seen (and when a larger workspace is needed), never per call, and is
+// given back by reset() or the destructor.
+struct DeviceMemory {
+  std::function<void*(size_t bytes, void* stream)> allocate;
+  std::function<void(void* ptr, size_t bytes, void* stream)> release;
+};
+
+// What decides a call: the kind of step, whether the selection is recomputed, and for Re-ttention
+// sparse steps k (the k-th sparse step after the reference). Shared by the host and GPU paths.
+struct StepPlan {
+  CallStats::Kind kind = CallStats::Kind::dense;
+  bool fresh_mask = true;
+  int k = 0;
+};
+
+// The state of one (layer, entry) that decides the next call's plan.
+struct StateSummary {
+  int mask_step = -1;                    // step whose selection the state holds
+  int ref_step = -1;                     // last Re-ttention reference step
+  std::array<int64_t, 4> mask_shape{};   // [b, S, H, d] of the call that made the selection
+  std::array<int64_t, 4> cache_shape{};  // [b, S, H, d] of the reference step
+};
+
+// Decides the plan of `call` from the config and the state of its (layer, entry) (nullptr: none
+// yet); throws spaattn::Error when the call cannot be served (a Re-ttention sparse step without
+// its reference step, or with another shape).
+StepPlan plan_step(const Config& config, const CallInfo& call, const AttentionArgs& args,
+                   const StateSummary* state);
+
+namespace detail {
+class DevicePipeline;  // the GPU path, src/cuda/pipeline.cu
+}
+
+// Runs the configured method and keeps its state (masks reused across steps, Re-ttention caches),
+// keyed by (layer, entry). Host tensors run on the CPU reference; CUDA tensors run on the GPU on
+// `stream` without synchronising with the host. Call reset() between diffusion runs.
 class SparseAttention {
  public:
-  explicit SparseAttention(Config config);  // validates the config
+  explicit SparseAttention(Config config, DeviceMemory memory = {});  // validates the config
+  ~SparseAttention();
+  SparseAttention(SparseAttention&&) noexcept;
+  SparseAttention& operator=(SparseAttention&&) noexcept;
   const Config& config() const { return config_; }
-  // Drops every cached mask and Re-ttention statistic.
+  // Drops every cached mask and Re-ttention statistic (and frees the GPU state).
   void reset();
-  // out: [b, S, H, d] like q (any float dtype). Inputs and output are in the caller's token order
-  // (raster for the video tokens); config.order is applied inside the call. All arguments are
-  // validated before any work and before any state changes.
-  CallStats forward(const CallInfo& call, const AttentionArgs& args, TensorView out);
+  // out: [b, S, H, d] like q (host: any float dtype; GPU: q's dtype). Inputs and output are in
+  // the caller's token order (raster for the video tokens); config.order is applied inside the
+  // call. All arguments are validated before any work and before any state changes.
+  // On the GPU path CallStats::density is NaN: it would need a synchronisation to read.
+  CallStats forward(const CallInfo& call, const AttentionArgs& args, TensorView out,
+                    void* stream = nullptr);
   // Number of (layer, entry) states held.
-  size_t state_count() const { return states_.size(); }
+  size_t state_count() const;
 
  private:
   struct LayerState {
-    int mask_step = -1;           // step whose selection `selection` holds
+    StateSummary summary;
     Selection selection;
-    int ref_step = -1;            // last Re-ttention reference step
     RettentionCache cache;
   };
+  CallStats forward_host(const CallInfo& call, const AttentionArgs& args, TensorView out,
+                         const StepPlan& plan);
   Config config_;
+  DeviceMemory memory_;
   std::vector<int32_t> perm_, inv_perm_;
   std::vector<std::vector<int32_t>> neighbours_;
-  int64_t planned_video_ = -1;
   std::map<std::tuple<int, int>, LayerState> states_;
+  std::unique_ptr<detail::DevicePipeline> device_;
 };
 
 }  // namespace spaattn

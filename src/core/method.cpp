@@ -5,11 +5,16 @@
 
 #include <algorithm>
 
+#include "core/device_pipeline.hpp"
 #include "cpu/parallel.hpp"
 #include "spaattn/error.hpp"
 
 namespace spaattn {
 namespace {
+
+std::array<int64_t, 4> shape_of(const AttentionArgs& args) {
+  return {args.batch(), args.seq_len(), args.heads(), args.head_dim()};
+}
 
 bool uses_rettention(Method m) {
   return m == Method::rettention || m == Method::rectified_rettention;
@@ -50,7 +55,47 @@ void write_output(const std::vector<float>& o, const TensorView& out, const Layo
 
 }  // namespace
 
-SparseAttention::SparseAttention(Config config) : config_(std::move(config)) {
+StepPlan plan_step(const Config& config, const CallInfo& call, const AttentionArgs& args,
+                   const StateSummary* prev) {
+  const Schedule& sched = config.schedule;
+  const bool dense_layer = std::find(sched.dense_layers.begin(), sched.dense_layers.end(),
+                                     call.layer) != sched.dense_layers.end();
+  StepPlan plan;
+  if (config.method == Method::dense || dense_layer || call.step < sched.dense_steps) {
+    plan.kind = CallStats::Kind::dense;
+    plan.fresh_mask = false;
+    return plan;
+  }
+  if (!uses_rettention(config.method)) {
+    plan.kind = CallStats::Kind::sparse;
+    plan.fresh_mask = !prev || prev->mask_step < 0 || call.step < prev->mask_step ||
+                      call.step - prev->mask_step >= sched.mask_period ||
+                      prev->mask_shape != shape_of(args);
+    return plan;
+  }
+  // Re-ttention: references at w, w + r, ...; the mask of a reference step is kept until the
+  // next one, so rho always describes the mask it corrects.
+  const int since = call.step - sched.dense_steps;
+  const int last_ref = call.step - since % config.rettention.ref_period;
+  plan.k = call.step - last_ref;
+  plan.kind = plan.k == 0 ? CallStats::Kind::reference : CallStats::Kind::sparse;
+  plan.fresh_mask = plan.kind == CallStats::Kind::reference;
+  if (plan.kind == CallStats::Kind::sparse) {
+    SPAATTN_CHECK_ARG(prev && prev->ref_step == last_ref, "call.step",
+                      "Re-ttention needs the reference step ", last_ref, " of layer ", call.layer,
+                      " entry ", call.entry, " before step ", call.step,
+                      " (call reset() between runs and run every step)");
+    const auto& c = prev->cache_shape;
+    SPAATTN_CHECK_ARG(c[0] == args.batch() && c[1] == args.seq_len() && c[2] == args.heads() &&
+                          c[3] == args.head_dim(),
+                      "q", "expected the shape of the reference step [", c[0], ", ", c[1], ", ",
+                      c[2], ", ", c[3], "]");
+  }
+  return plan;
+}
+
+SparseAttention::SparseAttention(Config config, DeviceMemory memory)
+    : config_(std::move(config)), memory_(std::move(memory)) {
   config_.validate();
   if (config_.order.kind != OrderKind::raster) {
     perm_ = token_permutation(config_.order);
@@ -59,55 +104,54 @@ SparseAttention::SparseAttention(Config config) : config_(std::move(config)) {
   if (!config_.order.grid.empty()) neighbours_ = block_neighbours(config_.order, config_.block_size);
 }
 
-void SparseAttention::reset() { states_.clear(); }
+SparseAttention::~SparseAttention() = default;
+SparseAttention::SparseAttention(SparseAttention&&) noexcept = default;
+SparseAttention& SparseAttention::operator=(SparseAttention&&) noexcept = default;
 
-CallStats SparseAttention::forward(const CallInfo& call, const AttentionArgs& args_in,
-                                   TensorView out) {
-  // ---- validation: everything is checked before any work and before any state changes ----
-  validate(args_in, &out, nullptr);
-  SPAATTN_CHECK_ARG(args_in.q.device == Device::cpu, "q",
-                    "SparseAttention runs on host tensors, got device cuda");
+void SparseAttention::reset() {
+  states_.clear();
+  if (device_) device_->reset();
+}
+
+size_t SparseAttention::state_count() const {
+  return states_.size() + (device_ ? device_->state_count() : 0);
+}
+
+CallStats SparseAttention::forward(const CallInfo& call, const AttentionArgs& args, TensorView out,
+                                   void* stream) {
+  // Everything is checked before any work and before any state changes.
+  validate(args, &out, nullptr);
   SPAATTN_CHECK_ARG(call.layer >= 0 && call.entry >= 0 && call.step >= 0, "call",
                     "expected layer, entry and step >= 0, got ", call.layer, ", ", call.entry,
                     ", ", call.step);
-  const Layout& layout = args_in.layout;
+  const Layout& layout = args.layout;
   SPAATTN_CHECK_ARG(layout.block_size == config_.block_size, "args.layout.block_size",
                     "expected config.block_size ", config_.block_size, ", got ",
                     layout.block_size);
   SPAATTN_CHECK_ARG(config_.order.grid.empty() || config_.order.grid.size() == layout.num_video,
                     "args.layout.num_video", "expected the grid's t*h*w = ",
                     config_.order.grid.size(), ", got ", layout.num_video);
+  if (args.q.device == Device::cuda) {
+    if (!device_) device_ = detail::make_device_pipeline(config_, memory_, perm_, neighbours_);
+    const StepPlan plan =
+        plan_step(config_, call, args, device_->summary(call.layer, call.entry));
+    return device_->forward(call, args, out, plan, stream);
+  }
+  const auto it = states_.find(std::make_tuple(call.layer, call.entry));
+  const StepPlan plan =
+      plan_step(config_, call, args, it == states_.end() ? nullptr : &it->second.summary);
+  return forward_host(call, args, out, plan);
+}
 
+CallStats SparseAttention::forward_host(const CallInfo& call, const AttentionArgs& args_in,
+                                        TensorView out, const StepPlan& plan) {
+  const Layout& layout = args_in.layout;
   const auto key = std::make_tuple(call.layer, call.entry);
   const auto found = states_.find(key);
   const LayerState* prev = found == states_.end() ? nullptr : &found->second;
-  const Schedule& sched = config_.schedule;
-  const bool dense_layer = std::find(sched.dense_layers.begin(), sched.dense_layers.end(),
-                                     call.layer) != sched.dense_layers.end();
   CallStats stats;
-  if (config_.method == Method::dense || dense_layer || call.step < sched.dense_steps) {
-    stats.kind = CallStats::Kind::dense;
-  } else if (uses_rettention(config_.method)) {
-    const int since = call.step - sched.dense_steps;
-    const int last_ref = call.step - since % config_.rettention.ref_period;
-    stats.kind = since % config_.rettention.ref_period == 0 ? CallStats::Kind::reference
-                                                           : CallStats::Kind::sparse;
-    if (stats.kind == CallStats::Kind::sparse) {
-      SPAATTN_CHECK_ARG(prev && prev->ref_step == last_ref, "call.step",
-                        "Re-ttention needs the reference step ", last_ref, " of layer ",
-                        call.layer, " entry ", call.entry, " before step ", call.step,
-                        " (call reset() between runs and run every step)");
-      const RettentionCache& c = prev->cache;
-      SPAATTN_CHECK_ARG(c.batch == args_in.batch() && c.seq == args_in.seq_len() &&
-                            c.heads == args_in.heads() && c.dim == args_in.head_dim(),
-                        "q", "expected the shape of the reference step [", c.batch, ", ", c.seq,
-                        ", ", c.heads, ", ", c.dim, "]");
-    }
-  } else {
-    stats.kind = CallStats::Kind::sparse;
-  }
+  stats.kind = plan.kind;
 
-  // ---- token order ----
   AttentionArgs args = args_in;
   Permuted pq, pk, pv;
   if (!perm_.empty()) {
@@ -129,7 +173,6 @@ CallStats SparseAttention::forward(const CallInfo& call, const AttentionArgs& ar
     return stats;
   }
 
-  // ---- selection (reused within the mask period, or until the next reference step) ----
   // New state is built beside the old one and committed only once the call has succeeded.
   const Selector selector = config_.selector();
   Pooled pooled;
@@ -139,19 +182,13 @@ CallStats SparseAttention::forward(const CallInfo& call, const AttentionArgs& ar
     pooled = cpu::pool(args);
     scores = cpu::implicit_full_attention(args, pooled);
   }
-  const bool fresh_mask =
-      uses_rettention(config_.method)
-          ? stats.kind == CallStats::Kind::reference
-          : (!prev || prev->mask_step < 0 || call.step < prev->mask_step ||
-             call.step - prev->mask_step >= sched.mask_period ||
-             prev->selection.mask.batch != B);
   Selection fresh;
-  if (fresh_mask)
+  if (plan.fresh_mask)
     fresh = cpu::select_blocks(args, config_, selector == Selector::ipar ? &scores : nullptr,
                                neighbours_.empty() ? nullptr : &neighbours_);
-  const Selection& selection = fresh_mask ? fresh : prev->selection;
+  const Selection& selection = plan.fresh_mask ? fresh : prev->selection;
   const BlockMaskView mask = selection.mask.view();
-  stats.mask_reused = !fresh_mask;
+  stats.mask_reused = !plan.fresh_mask;
   stats.density = stats.kind == CallStats::Kind::reference ? 1.0 : selection.mask.density(layout);
 
   RettentionCache fresh_cache;
@@ -169,20 +206,21 @@ CallStats SparseAttention::forward(const CallInfo& call, const AttentionArgs& ar
       const Correction corr = cpu::rectification(pooled, scores, selection, config_.gapr);
       cpu::apply_correction(corr, layout, o_view, o_view);
     } else if (uses_rettention(config_.method)) {
-      const Correction corr =
-          cpu::rettention_correction(prev->cache, call.step - prev->ref_step, config_.rettention);
+      const Correction corr = cpu::rettention_correction(prev->cache, plan.k, config_.rettention);
       cpu::apply_correction(corr, layout, o_view, o_view);
     }
   }
   write_output(o, out, layout, inv_perm_);
   LayerState& state = states_[key];
-  if (fresh_mask) {
+  if (plan.fresh_mask) {
     state.selection = std::move(fresh);
-    state.mask_step = call.step;
+    state.summary.mask_step = call.step;
+    state.summary.mask_shape = shape_of(args);
   }
   if (stats.kind == CallStats::Kind::reference) {
     state.cache = std::move(fresh_cache);
-    state.ref_step = call.step;
+    state.summary.ref_step = call.step;
+    state.summary.cache_shape = shape_of(args);
   }
   return stats;
 }

@@ -1,4 +1,5 @@
 // The CUDA entry points of a build without nvcc: they report that, never pretend to work.
+#include "core/device_pipeline.hpp"
 #include "spaattn/cuda.hpp"
 #include "spaattn/error.hpp"
 
@@ -24,3 +25,14 @@ void dense_to_csr(const TensorView&, BlockMaskView, void*, void*) {
 }
 
 }  // namespace spaattn::cuda
+
+namespace spaattn::detail {
+
+std::unique_ptr<DevicePipeline> make_device_pipeline(const Config&, const DeviceMemory&,
+                                                     std::span<const int32_t>,
+                                                     const std::vector<std::vector<int32_t>>&) {
+  throw Error(Error::Kind::runtime,
+              "q: CUDA tensors need spaattn built with CUDA (nvcc was not found)");
+}
+
+}  // namespace spaattn::detail
