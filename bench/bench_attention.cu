@@ -3,9 +3,12 @@
 // eff TFLOP/s counts only computed blocks: density * 4 * S^2 * d * H * batch, with the
 // token-weighted density of the mask. With --baseline (sdpa_baseline.py's JSON from the same
 // run) it prints the ratios to PyTorch SDPA dense (cuDNN and flash back-ends).
-// Usage: spaattn_bench [--quick] [--dtype bf16|f16] [--head-dim 64|128] [--block 128|64]
-//                      [--iters N] [--baseline sdpa.json] [--json out.json]
+// Usage: spaattn_bench [--quick] [--shape S=76800] [--densities 1,0.05] [--dtype bf16|f16]
+//                      [--head-dim 64|128] [--block 128|64] [--iters N]
+//                      [--baseline sdpa.json] [--json out.json]
+// --shape keeps the shapes whose name contains the text; --quick keeps the first shape.
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -30,7 +33,7 @@ struct Options {
   int64_t dim = 128;
   int block = 128;
   int iters = 10;
-  std::string baseline, json;
+  std::string shape, densities, baseline, json;
 };
 
 struct Row {
@@ -52,6 +55,8 @@ Options parse(int argc, char** argv) {
     else if (a == "--head-dim") o.dim = std::stoll(value());
     else if (a == "--block") o.block = std::stoi(value());
     else if (a == "--iters") o.iters = std::stoi(value());
+    else if (a == "--shape") o.shape = value();
+    else if (a == "--densities") o.densities = value();
     else if (a == "--baseline") o.baseline = value();
     else if (a == "--json") o.json = value();
     else throw std::runtime_error("unknown argument " + a);
@@ -164,6 +169,16 @@ int main(int argc, char** argv) {
                                  {"S=119056,H=24", 118800, 256, 24}};
     std::vector<double> densities = {1.0, 0.5, 0.25, 0.11, 0.05};
     if (o.quick) shapes.resize(1);
+    if (!o.shape.empty())
+      std::erase_if(shapes, [&](const Shape& s) { return std::string(s.name).find(o.shape) == std::string::npos; });
+    if (!o.densities.empty()) {
+      densities.clear();
+      for (size_t pos = 0; pos < o.densities.size();) {
+        const size_t end = std::min(o.densities.find(',', pos), o.densities.size());
+        densities.push_back(std::stod(o.densities.substr(pos, end - pos)));
+        pos = end + 1;
+      }
+    }
     cudaStream_t stream;
     cuda_ok(cudaStreamCreate(&stream), "cudaStreamCreate");
     std::vector<Row> rows;

@@ -37,9 +37,10 @@ if ! { cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   exit 1
 fi
 grep -E "spill|error" "$OUT/build.log" | sort -u | tail -n 20
+echo "== kernel resources (registers, stack, local = spills, shared)" | tee -a "$OUT/build.log"
 cuobjdump --dump-resource-usage "$BUILD/src/libspaattn.a" 2>/dev/null |
-  grep -E "Function|REG" | paste - - | sed 's/Resource usage://' >"$OUT/resources.txt"
-cat "$OUT/resources.txt"
+  grep -E "Function|REG" | paste - - | sed 's/Resource usage://; s/TEXTURE.*//' |
+  tee -a "$OUT/build.log"
 
 if [[ $tests == 1 ]]; then
   "$BUILD/tests/spaattn_gpu_tests" 2>&1 | tee "$OUT/gpu_tests.log"

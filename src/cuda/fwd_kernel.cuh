@@ -8,6 +8,7 @@
 
 #include "fwd_blocks.cuh"
 #include "fwd_softmax.cuh"
+#include "fwd_step.cuh"
 #include "fwd_tile.cuh"
 
 namespace spaattn::cuda_detail {
@@ -16,7 +17,7 @@ template <class T, int D, int B>
 __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
     fwd_kernel(const __grid_constant__ FwdParams p) {
   using Tr = FwdTraits<D, B>;
-  constexpr int MT = Tr::kMTiles, NT = Tr::kNTiles, DT = Tr::kDTiles;
+  constexpr int MT = Tr::kMTiles, DT = Tr::kDTiles;
   extern __shared__ __align__(128) unsigned char smem[];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -25,9 +26,14 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
   const Span q = block_span<B>(p, qb, text_len);
   const int64_t row = (static_cast<int64_t>(b) * p.heads + h) * p.num_q_blocks + qb;
 
-  const T* q_bh = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[2];
-  const T* k_bh = static_cast<const T*>(p.k) + b * p.k_stride[0] + h * p.k_stride[2];
-  const T* v_bh = static_cast<const T*>(p.v) + b * p.v_stride[0] + h * p.v_stride[2];
+  // Q does not depend on the mask: its load goes out first, beside the two dependent reads
+  // (row offsets, then the first column index) that locate the first key tile.
+  const uint32_t q_smem = smem_addr(smem);
+  const uint32_t k_smem = q_smem + Tr::kQBytes;
+  const uint32_t v_smem = k_smem + 2 * Tr::kKVBytes;
+  if (q.valid > 0)
+    load_rows<T, B, D, Tr::kThreads>(q_smem, head_rows<T>(p.q, p.q_stride, q.begin),
+                                     p.q_stride[1], q.valid);
 
   using Cursor = KeyCursor<B, Tr::kTileN>;
   __shared__ typename Cursor::Shared cursor_shared;
@@ -38,6 +44,7 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
   KeyTile tile;
   if (q.valid == 0 || !keys.next(p, cursor_shared, tile)) {
     // Empty mask row or padding queries only: O = 0, lse = -inf, never NaN.
+    cp_async_wait<0>();
     store_zero_rows<T, D, Tr::kThreads>(out_rows<T>(p, b, h, q.begin), p.out_stride[1], q.count,
                                         tid);
     if (p.lse)
@@ -46,15 +53,10 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
     return;
   }
 
-  const uint32_t q_smem = smem_addr(smem);
-  const uint32_t k_smem = q_smem + Tr::kQBytes;
-  const uint32_t v_smem = k_smem + 2 * Tr::kKVBytes;
-  load_rows<T, B, D, Tr::kThreads>(q_smem, q_bh + q.begin * p.q_stride[1], p.q_stride[1],
-                                   q.valid, tid);
-  load_rows<T, Tr::kTileN, D, Tr::kThreads>(k_smem, k_bh + tile.begin * p.k_stride[1],
-                                            p.k_stride[1], tile.valid, tid);
-  load_rows<T, Tr::kTileN, D, Tr::kThreads>(v_smem, v_bh + tile.begin * p.v_stride[1],
-                                            p.v_stride[1], tile.valid, tid);
+  load_rows<T, Tr::kTileN, D, Tr::kThreads>(k_smem, head_rows<T>(p.k, p.k_stride, tile.begin),
+                                            p.k_stride[1], tile.valid);
+  load_rows<T, Tr::kTileN, D, Tr::kThreads>(v_smem, head_rows<T>(p.v, p.v_stride, tile.begin),
+                                            p.v_stride[1], tile.valid);
   cp_async_commit();
   int valid = tile.valid;  // keys of the tile being computed
 
@@ -83,56 +85,24 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
     if (more) {
       const uint32_t kn = k_smem + (stage ^ 1) * Tr::kKVBytes;
       const uint32_t vn = v_smem + (stage ^ 1) * Tr::kKVBytes;
-      load_rows<T, Tr::kTileN, D, Tr::kThreads>(kn, k_bh + tile.begin * p.k_stride[1],
-                                                p.k_stride[1], tile.valid, tid);
-      load_rows<T, Tr::kTileN, D, Tr::kThreads>(vn, v_bh + tile.begin * p.v_stride[1],
-                                                p.v_stride[1], tile.valid, tid);
+      load_rows<T, Tr::kTileN, D, Tr::kThreads>(kn, head_rows<T>(p.k, p.k_stride, tile.begin),
+                                                p.k_stride[1], tile.valid);
+      load_rows<T, Tr::kTileN, D, Tr::kThreads>(vn, head_rows<T>(p.v, p.v_stride, tile.begin),
+                                                p.v_stride[1], tile.valid);
       cp_async_commit();
     }
 
-    // S = Q K^T for this warp's MT x 16 rows and the tile's 64 keys.
+    // Two steps of 32 keys per 64-key tile: the 32-key score tile keeps the peak register use
+    // (128 output + 32 score accumulators + fragments) clear of 255 without spills, at the
+    // price of reading the Q fragments twice per tile.
     const uint32_t k_tile = k_smem + stage * Tr::kKVBytes + b_row;
-    float s[MT][NT][4];
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-      for (int n = 0; n < NT; ++n) s[m][n][0] = s[m][n][1] = s[m][n][2] = s[m][n][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[MT][4];
-#pragma unroll
-      for (int m = 0; m < MT; ++m)
-        ldmatrix_x4(a[m], q_warp + m * 16 * D * 2 + (((2 * kk) ^ xa) << 4));
-#pragma unroll
-      for (int np = 0; np < NT / 2; ++np) {
-        uint32_t kb[4];
-        ldmatrix_x4(kb, k_tile + np * 16 * D * 2 + (((2 * kk) ^ xb) << 4));
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          Mma<T>::run(s[m][2 * np], a[m], kb[0], kb[1]);
-          Mma<T>::run(s[m][2 * np + 1], a[m], kb[2], kb[3]);
-        }
-      }
-    }
-    if (valid < Tr::kTileN) mask_keys<MT, NT>(s, valid, lane);
-
-    uint32_t pa[MT][NT / 2][4];
-    sm.template update<T>(s, o, pa, p.scale_log2);
-
-    // O += P V: V fragments through ldmatrix.trans (V is [key][d], the mma wants it by column).
     const uint32_t v_tile = v_smem + stage * Tr::kKVBytes + a_row;
 #pragma unroll
-    for (int kk = 0; kk < NT / 2; ++kk) {
-#pragma unroll
-      for (int dp = 0; dp < DT / 2; ++dp) {
-        uint32_t vb[4];
-        ldmatrix_x4_trans(vb, v_tile + kk * 16 * D * 2 + (((2 * dp) ^ xa) << 4));
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          Mma<T>::run(o[m][2 * dp], pa[m][kk], vb[0], vb[1]);
-          Mma<T>::run(o[m][2 * dp + 1], pa[m][kk], vb[2], vb[3]);
-        }
-      }
+    for (int step = 0; step < Tr::kTileN / Tr::kStepN; ++step) {
+      if (step > 0 && valid <= step * Tr::kStepN) break;  // the rest of the tile is padding
+      attend_step<T, D, MT, Tr::kStepN>(
+          sm, o, q_warp, k_tile + step * Tr::kStepN * D * 2, v_tile + step * Tr::kStepN * D * 2,
+          xa, xb, valid - step * Tr::kStepN, lane, p.scale_log2);
     }
     if (!more) break;
     valid = tile.valid;
@@ -140,9 +110,12 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
 
   // Epilogue: normalise, zero the padding query rows, write lse, then stage O through this
   // warp's own rows of the Q tile (no other warp reads them) for coalesced 16-byte stores.
+  // The query span is recomputed here rather than kept in registers through the main loop.
+  const Span qe = block_span<B>(p, fresh_ctaid_x(), cursor_shared.text_len);
   const int warp_row = warp * MT * 16;
-  sm.finish(o, q.valid, warp_row, lane, p.scale_log2,
-            p.lse ? lse_rows(p, b, h, q.begin) : nullptr, p.lse_stride[1], q.count);
+  sm.finish(o, qe.valid, warp_row, lane, p.scale_log2,
+            p.lse ? lse_rows(p, fresh_ctaid_z(), fresh_ctaid_y(), qe.begin) : nullptr,
+            p.lse_stride[1], qe.count);
   __syncwarp();
 #pragma unroll
   for (int m = 0; m < MT; ++m)
@@ -159,7 +132,8 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
       }
     }
   __syncwarp();
-  store_rows<T, D>(out_rows<T>(p, b, h, q.begin), p.out_stride[1], q_smem, warp_row, MT * 16, q.count, lane);
+  store_rows<T, D>(out_rows<T>(p, fresh_ctaid_z(), fresh_ctaid_y(), qe.begin), p.out_stride[1],
+                   q_smem, warp_row, MT * 16, qe.count, lane);
 }
 
 }  // namespace spaattn::cuda_detail

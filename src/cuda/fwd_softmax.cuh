@@ -41,6 +41,8 @@ struct OnlineSoftmax {
   template <class T, int NT, int DT>
   __device__ __forceinline__ void update(float (&s)[MT][NT][4], float (&o)[MT][DT][4],
                                          uint32_t (&pa)[MT][NT / 2][4], float scale_log2) {
+    float alpha[MT][2];
+    bool raised = false;
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
@@ -53,7 +55,8 @@ struct OnlineSoftmax {
         // A row that has seen only masked keys keeps max -inf: subtract 0 instead of -inf so
         // that exp2 gives 0, not NaN.
         const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
-        const float alpha = exp2_approx(row_max[m][hf] * scale_log2 - m_scaled);
+        alpha[m][hf] = exp2_approx(row_max[m][hf] * scale_log2 - m_scaled);  // 1 if unchanged
+        raised |= mx != row_max[m][hf];
         row_max[m][hf] = mx;
         float sum = 0.f;
 #pragma unroll
@@ -64,13 +67,21 @@ struct OnlineSoftmax {
             s[m][n][2 * hf + j] = e;
             sum += e;
           }
-        row_sum[m][hf] = row_sum[m][hf] * alpha + sum;
+        row_sum[m][hf] = row_sum[m][hf] * alpha[m][hf] + sum;
+      }
+    // Once the running maxima settle, most tiles raise none of a warp's rows: skip rescaling
+    // the output accumulator then (a warp-uniform branch).
+    if (__any_sync(0xffffffffu, raised)) {
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
 #pragma unroll
         for (int t = 0; t < DT; ++t) {
-          o[m][t][2 * hf] *= alpha;
-          o[m][t][2 * hf + 1] *= alpha;
+          o[m][t][0] *= alpha[m][0];
+          o[m][t][1] *= alpha[m][0];
+          o[m][t][2] *= alpha[m][1];
+          o[m][t][3] *= alpha[m][1];
         }
-      }
+    }
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll

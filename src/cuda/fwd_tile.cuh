@@ -21,7 +21,7 @@ struct FwdTraits {
   // Each warp owns B / 4 query rows (32 for B = 128): every K / V fragment read from shared
   // memory feeds two m16 tiles, which halves shared-memory traffic per mma compared to 16 rows.
   static constexpr int kMTiles = B / (16 * kWarps);
-  static constexpr int kNTiles = kTileN / 8;  // score n8 tiles
+  static constexpr int kStepN = 32;           // keys per softmax step (fwd_step.cuh)
   static constexpr int kDTiles = D / 8;       // output n8 tiles
   static constexpr int kChunks = D / 8;       // 16-byte chunks per row
   static constexpr int kQBytes = B * D * 2;
@@ -40,10 +40,11 @@ __device__ __forceinline__ uint32_t swizzled(int row, int chunk) {
 // beyond `valid` are zero-filled without reading global memory.
 template <class T, int ROWS, int D, int kThreads>
 __device__ __forceinline__ void load_rows(uint32_t dst, const T* src, int64_t row_stride,
-                                          int valid, int tid) {
+                                          int valid) {
   constexpr int kChunks = D / 8;
   constexpr int kRowsPerPass = kThreads / kChunks;
   static_assert(ROWS % kRowsPerPass == 0, "tile rows must be a multiple of a pass");
+  const int tid = fresh_tid();
   const int chunk = tid % kChunks;
   const int row0 = tid / kChunks;
   const T* p = src + row0 * row_stride + chunk * 8;
@@ -55,6 +56,14 @@ __device__ __forceinline__ void load_rows(uint32_t dst, const T* src, int64_t ro
                 ok ? 16 : 0);
     p += kRowsPerPass * row_stride;
   }
+}
+
+// Row `begin` of (batch, head) of a [b, S, H, d] tensor, from freshly read block indices.
+template <class T>
+__device__ __forceinline__ const T* head_rows(const void* base, const int64_t (&stride)[3],
+                                              int begin) {
+  return static_cast<const T*>(base) + fresh_ctaid_z() * stride[0] + fresh_ctaid_y() * stride[2] +
+         begin * stride[1];
 }
 
 // Stores rows [0, count) of a swizzled shared tile (`rows` rows starting at `first`) to global

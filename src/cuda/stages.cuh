@@ -1,0 +1,156 @@
+// The GPU stages that run outside the attention kernel (ALGORITHM.md section 4): pooling with
+// GAPR's deviations, IPAR block scores with the GAPR decisions, the selection written as the
+// kernel's CSR lists, and the rectification terms R, C. Internal launch functions for the GPU
+// pipeline: each kernel family has one params struct, filled by one host function and passed by
+// value; launches run on the given stream, allocate nothing and never synchronise.
+//
+// Data flow (all fp32 unless noted, [bh] = batch * heads, NV video blocks, W = ceil(NV / 32)):
+//   pool:    Q, K, V (through the token permutation) -> q̄, k̄, v̄, δq, δk   [bh, NV, d]
+//   scores:  q̄, k̄, δq, δk, text keys of K          -> P [bh, NV, NV + 1], compensable bits [bh, NV, W]
+//   select:  P (ipar) or nothing (band, local)      -> critical bits [bh, NV, W], CSR lists
+//   rectify: P, critical, compensable, v̄            -> R [bh, NV], C [bh, NV, d]
+// The layouts of q̄ .. δk, P, R and C are those of the CPU Pooled, BlockScores and Correction, so
+// the CPU reference and the GPU can be compared array by array. Bit j % 32 of word j / 32 of a
+// row's bitmask stands for video key block j.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "spaattn/config.hpp"
+#include "spaattn/layout.hpp"
+
+namespace spaattn::cuda::stages {
+
+// Sizes every stage derives from the call's shapes alone (all fit 32 bits; make_dims checks).
+struct Dims {
+  int batch = 0, heads = 0, dim = 0, block = 0;
+  int num_video = 0, num_text = 0;        // N_v, N_t
+  int video_offset = 0, text_offset = 0;  // sequence index of the first video / text token
+  int nv = 0;                             // NV video blocks
+  int nb = 0;                             // all logical blocks: NV video, then the text blocks
+  int words = 0;                          // W: 32-bit words of one row's video-block bitmask
+  __host__ __device__ int64_t bh() const { return static_cast<int64_t>(batch) * heads; }
+  __host__ __device__ int64_t video_rows() const { return bh() * nv; }  // rows (b, h, i) over video query blocks
+  __host__ __device__ int64_t mask_rows() const { return bh() * nb; }   // CSR rows over all logical query blocks
+  // CSR capacity that any selection fits in: every row listing every key block.
+  __host__ __device__ int64_t max_nnz() const { return mask_rows() * nb; }
+};
+
+// Throws spaattn::Error naming the argument for unsupported or too large shapes.
+Dims make_dims(const Layout& layout, int64_t batch, int64_t heads, int64_t head_dim);
+
+// Which stages a workspace serves (bit flags): the band and local selectors need no pooling or
+// scores, plain sparse attention no correction.
+enum Part : unsigned { kPooled = 1u, kScores = 2u, kSelection = 4u, kCorrection = 8u, kAll = 15u };
+
+// The device arrays the stages exchange. carve_workspace() points them into one allocation; a
+// caller may point any of them elsewhere (e.g. the CSR lists into buffers it owns).
+struct Buffers {
+  float *q_mean = nullptr, *k_mean = nullptr, *v_mean = nullptr;  // q̄, k̄, v̄
+  float *q_dev = nullptr, *k_dev = nullptr;                        // δq, δk
+  float* P = nullptr;                 // [bh, NV, NV + 1]
+  float2* partial = nullptr;          // scores' per-tile row (max, sum of exp) [bh, NV, tiles]
+  uint32_t* compensable = nullptr;    // [bh, NV, W]
+  uint32_t* critical = nullptr;       // [bh, NV, W]
+  int32_t* row_counts = nullptr;      // [mask_rows + 1]
+  void* scan_temp = nullptr;          // CUB scan scratch of scan_temp_bytes
+  size_t scan_temp_bytes = 0;
+  int32_t* row_offsets = nullptr;     // CSR [mask_rows + 1]
+  int32_t* col_indices = nullptr;     // CSR, room for max_nnz entries
+  float* R = nullptr;                 // [bh, NV]
+  float* C = nullptr;                 // [bh, NV, d]
+};
+
+// Bytes of one allocation that holds every array of `parts` (each 256-byte aligned).
+size_t workspace_size(const Dims& dims, unsigned parts = kAll);
+// Points the arrays of `parts` into `base` (workspace_size bytes, 256-byte aligned); the others
+// stay null.
+Buffers carve_workspace(const Dims& dims, void* base, unsigned parts = kAll);
+
+// The block neighbour map as a device CSR: video block i's neighbours are
+// cols[offsets[i] .. offsets[i + 1]), offsets has NV + 1 entries.
+struct NeighbourMap {
+  const int32_t* offsets = nullptr;
+  const int32_t* cols = nullptr;
+};
+// Host side of the upload: the lists of spaattn::block_neighbours() flattened into offsets
+// (first) and cols (second).
+std::pair<std::vector<int32_t>, std::vector<int32_t>> flatten_neighbours(
+    const std::vector<std::vector<int32_t>>& lists);
+
+// ---- pooling --------------------------------------------------------------------------------
+struct PoolParams {
+  Dims dims;
+  DType dtype = DType::bf16;
+  const void *q = nullptr, *k = nullptr, *v = nullptr;
+  int64_t q_stride[3] = {}, k_stride[3] = {}, v_stride[3] = {};  // elements, dims b, S, H
+  const int32_t* perm = nullptr;  // ordered video token k sits at row video_offset + perm[k]
+  float *q_mean = nullptr, *k_mean = nullptr, *v_mean = nullptr;
+  float *q_dev = nullptr, *k_dev = nullptr;
+};
+// args: device bf16/f16 q, k, v (16-byte aligned rows); perm: device int32 [N_v] or nullptr.
+PoolParams make_pool_params(const AttentionArgs& args, const int32_t* perm, const Buffers& buf);
+void launch_pool(const PoolParams& p, cudaStream_t stream);
+
+// ---- IPAR scores and GAPR decisions -------------------------------------------------------------
+struct ScoreParams {
+  Dims dims;
+  DType dtype = DType::bf16;
+  const float *q_mean = nullptr, *k_mean = nullptr, *q_dev = nullptr, *k_dev = nullptr;
+  const void* k = nullptr;  // the text keys are read from K itself
+  int64_t k_stride[3] = {};
+  const int32_t* text_lengths = nullptr;  // device int32 [b] or nullptr: all N_t valid
+  int64_t text_lengths_stride = 1;
+  float scale = 0.f;
+  bool gapr = true;  // false: no compensable bits are computed or written
+  float* P = nullptr;
+  float2* partial = nullptr;
+  uint32_t* compensable = nullptr;
+};
+// Tiles of the score grid along the key axis (video tiles, then text tiles): `partial` holds
+// this many entries per row.
+__host__ __device__ int score_tiles(const Dims& dims);
+ScoreParams make_score_params(const AttentionArgs& args, bool gapr, const Buffers& buf);
+void launch_scores(const ScoreParams& p, cudaStream_t stream);
+
+// ---- selection ----------------------------------------------------------------------------------
+struct SelectParams {
+  Dims dims;
+  Selector selector = Selector::ipar;  // ipar, band or local (automatic is resolved on the host)
+  const float* P = nullptr;            // ipar only
+  float p = 0.3f;
+  int k = 0;                           // kept_video_blocks(sparsity, NV)
+  int first_frame = 0;                 // F, clamped to NV
+  NeighbourMap neighbours;             // null offsets: no neighbours added
+  uint32_t* critical = nullptr;
+  int32_t* row_counts = nullptr;
+  void* scan_temp = nullptr;
+  size_t scan_temp_bytes = 0;
+  int32_t* row_offsets = nullptr;
+  int32_t* col_indices = nullptr;
+};
+// neighbours: the device map, or null offsets; it is used as cpu::select_blocks uses its map
+// (always for local, with config.select.neighbours for ipar and band).
+SelectParams make_select_params(const Dims& dims, const Config& config,
+                                const NeighbourMap& neighbours, const Buffers& buf);
+void launch_select(const SelectParams& p, cudaStream_t stream);
+
+// ---- rectification terms ----------------------------------------------------------------------
+struct RectifyParams {
+  Dims dims;
+  bool gapr = true;  // false: every non-critical block is compensated
+  const float* P = nullptr;
+  const uint32_t* critical = nullptr;
+  const uint32_t* compensable = nullptr;  // read only with gapr
+  const float* v_mean = nullptr;
+  float* R = nullptr;
+  float* C = nullptr;
+};
+RectifyParams make_rectify_params(const Dims& dims, bool gapr, const Buffers& buf);
+void launch_rectify(const RectifyParams& p, cudaStream_t stream);
+
+}  // namespace spaattn::cuda::stages

@@ -1,0 +1,446 @@
+// The GPU stages outside the attention kernel (src/cuda/stages.cuh) against the CPU stages on the
+// same rounded inputs: pooling through the token permutation, IPAR scores and GAPR decisions, the
+// selection as CSR lists, and the rectification terms. Every stage is checked on its own (given
+// the CPU's inputs) and the chain end to end; awkward shapes: partial last blocks, S < B, text
+// with L_t < N_t, L_t = 0 and N_t = 0, both head dims and block sizes, gilbert order on and off,
+// batch 2, ties in P, p = 0 and 1, and a few thousand video blocks.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "cuda/stages.cuh"
+#include "gpu_testing.hpp"
+#include "spaattn/stages.hpp"
+
+namespace spaattn::gpu_test {
+namespace {
+
+namespace st = cuda::stages;
+
+template <class T>
+std::vector<T> fetch(const T* device, size_t n) {
+  std::vector<T> host(n);
+  if (n) cuda_ok(cudaMemcpy(host.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost), "fetch");
+  return host;
+}
+template <class T>
+void put(T* device, const std::vector<T>& host) {
+  if (!host.empty())
+    cuda_ok(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), "put");
+}
+
+double rel_err(const std::vector<float>& x, const std::vector<float>& ref) {
+  EXPECT_EQ(x.size(), ref.size());
+  double num = 0, den = 0;
+  for (size_t n = 0; n < ref.size(); ++n) {
+    const double d = static_cast<double>(x[n]) - ref[n];
+    num += d * d;
+    den += static_cast<double>(ref[n]) * ref[n];
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+// A dense [rows, NV] byte matrix as [rows, W] bitmask words, and back.
+std::vector<uint32_t> to_bits(const std::vector<uint8_t>& dense, int64_t rows, int nv) {
+  const int words = (nv + 31) / 32;
+  std::vector<uint32_t> bits(static_cast<size_t>(rows * words), 0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int j = 0; j < nv; ++j)
+      if (dense[r * nv + j]) bits[r * words + j / 32] |= 1u << (j % 32);
+  return bits;
+}
+std::vector<uint8_t> from_bits(const std::vector<uint32_t>& bits, int64_t rows, int nv) {
+  const int words = (nv + 31) / 32;
+  std::vector<uint8_t> dense(static_cast<size_t>(rows * nv));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int j = 0; j < nv; ++j) dense[r * nv + j] = (bits[r * words + j / 32] >> (j % 32)) & 1u;
+  return dense;
+}
+
+// A workspace for every stage, NaN-poisoned so that unwritten outputs fail the comparisons.
+struct Workspace {
+  st::Dims dims;
+  DeviceBuffer mem;
+  st::Buffers buf;
+  explicit Workspace(const st::Dims& d) : dims(d), mem(st::workspace_size(d)) {
+    buf = st::carve_workspace(dims, mem.get());
+    cuda_ok(cudaMemset(mem.get(), 0xff, mem.bytes()), "poison");
+  }
+  size_t pooled_size() const { return static_cast<size_t>(dims.video_rows() * dims.dim); }
+  size_t score_size() const { return static_cast<size_t>(dims.video_rows() * (dims.nv + 1)); }
+  size_t bits_size() const { return static_cast<size_t>(dims.video_rows() * dims.words); }
+  BlockMask mask() const {
+    BlockMask m;
+    m.batch = dims.batch;
+    m.heads = dims.heads;
+    m.num_q_blocks = m.num_k_blocks = dims.nb;
+    m.row_offsets = fetch(buf.row_offsets, static_cast<size_t>(dims.mask_rows() + 1));
+    m.col_indices = fetch(buf.col_indices, static_cast<size_t>(m.row_offsets.back()));
+    return m;
+  }
+};
+
+// Rows (b, h, i) of two crit matrices that differ.
+int64_t differing_rows(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b, int nv) {
+  int64_t rows = 0;
+  for (size_t r = 0; r * nv < a.size(); ++r)
+    rows += !std::equal(a.begin() + r * nv, a.begin() + (r + 1) * nv, b.begin() + r * nv);
+  return rows;
+}
+
+struct StageCase {
+  const char* name;
+  DType dtype = DType::bf16;
+  int64_t batch = 1, heads = 2, dim = 128;
+  Layout layout;
+  std::vector<int32_t> text_len;  // empty: all N_t valid
+  Grid grid;                      // empty: raster order, no neighbours
+  double qk_scale = 1.0;
+  double sparsity = 0.9, p = 0.3;
+  int64_t first_frame = 0;
+  bool small = true;
+  uint64_t seed = 1;
+};
+
+Layout layout(int64_t nv, int64_t nt, int block, TextPlacement place = TextPlacement::suffix) {
+  return Layout{.num_video = nv, .num_text = nt, .text_placement = place, .block_size = block};
+}
+
+std::vector<StageCase> stage_cases() {
+  const auto hf = DType::f16;
+  std::vector<StageCase> v;
+  v.push_back({.name = "raster_bf16_d128_B64_text", .batch = 2, .heads = 3,
+               .layout = layout(1000, 77, 64), .text_len = {77, 30}, .seed = 2});
+  v.push_back({.name = "gilbert_f16_d64_B128_prefix", .dtype = hf, .batch = 2, .dim = 64,
+               .layout = layout(2000, 13, 128, TextPlacement::prefix), .text_len = {0, 13},
+               .grid = {5, 20, 20}, .seed = 3});
+  v.push_back({.name = "gilbert_bf16_d128_B128_no_text", .heads = 2,
+               .layout = layout(3000, 0, 128), .grid = {6, 20, 25}, .sparsity = 0.75, .seed = 4});
+  v.push_back({.name = "S_lt_B_f16_d64", .dtype = hf, .dim = 64, .layout = layout(50, 20, 128),
+               .text_len = {5}, .seed = 5});
+  v.push_back({.name = "gilbert_bf16_d64_B64_first_frame", .dim = 64,
+               .layout = layout(8190, 100, 64), .text_len = {64}, .grid = {6, 35, 39},
+               .first_frame = 10, .seed = 6});
+  v.push_back({.name = "peaked_bf16_d128_B64", .batch = 2, .layout = layout(4000, 200, 64),
+               .qk_scale = 8.0, .p = 0.5, .seed = 7});
+  v.push_back({.name = "wan_like_bf16_d128_B128", .heads = 4, .layout = layout(30720, 0, 128),
+               .grid = {8, 48, 80}, .small = false, .seed = 8});
+  v.push_back({.name = "hunyuan_like_f16_d128_B128", .dtype = hf, .batch = 2, .heads = 2,
+               .layout = layout(24576, 256, 128), .text_len = {256, 100}, .grid = {6, 64, 64},
+               .sparsity = 0.8, .small = false, .seed = 9});
+  return v;
+}
+
+class StagesChain : public ::testing::TestWithParam<StageCase> {};
+
+TEST_P(StagesChain, MatchCpuStages) {
+  const StageCase& c = GetParam();
+  if (small_mode() && !c.small) GTEST_SKIP() << "large case";
+  const Layout& L = c.layout;
+  test::Problem prob;
+  test::make_problem(prob, c.dtype, c.batch, c.heads, c.dim, L, c.seed, c.text_len,
+                     test::Strides::bshd, c.qk_scale);
+
+  // The token order and, with a grid, the neighbour map; the CPU stages see gathered tensors.
+  std::vector<int32_t> perm;
+  std::vector<std::vector<int32_t>> nbrs;
+  if (!c.grid.empty()) {
+    TokenOrder order;
+    order.kind = OrderKind::gilbert;
+    order.grid = c.grid;
+    perm = token_permutation(order);
+    nbrs = block_neighbours(order, L.block_size);
+  }
+  auto gathered = [&](const test::HostTensor& src) {
+    test::HostTensor dst = src;
+    dst.view.data = dst.storage.data();
+    if (!perm.empty()) permute_tokens(src.view, dst.view, perm, L.video_offset(), false);
+    return dst;
+  };
+  const test::HostTensor oq = gathered(prob.q), ok = gathered(prob.k), ov = gathered(prob.v);
+  AttentionArgs cpu_args = prob.args;
+  cpu_args.q = oq.view;
+  cpu_args.k = ok.view;
+  cpu_args.v = ov.view;
+  Config cfg;
+  cfg.method = Method::rectified;
+  cfg.block_size = L.block_size;
+  cfg.select.selector = Selector::ipar;
+  cfg.select.sparsity = c.sparsity;
+  cfg.select.p = c.p;
+  cfg.select.neighbours = !nbrs.empty();
+  cfg.select.first_frame_blocks = c.first_frame;
+  const auto* cpu_nbrs = nbrs.empty() ? nullptr : &nbrs;
+  const Pooled pooled = cpu::pool(cpu_args);
+  const BlockScores scores = cpu::implicit_full_attention(cpu_args, pooled);
+  const Selection sel = cpu::select_blocks(cpu_args, cfg, &scores, cpu_nbrs);
+  const std::vector<uint8_t> comp = cpu::compensable(pooled);
+
+  // Device inputs: the raster-order tensors, the permutation, the map, L_t.
+  DeviceTensor dq(prob.q), dk(prob.k), dv(prob.v);
+  DeviceBuffer dperm(perm.size() * 4), dtext(c.text_len.size() * 4);
+  dperm.upload(perm.data(), dperm.bytes());
+  dtext.upload(c.text_len.data(), dtext.bytes());
+  const auto [nbr_off, nbr_cols] = st::flatten_neighbours(nbrs);
+  DeviceBuffer doff(nbr_off.size() * 4), dcols(nbr_cols.size() * 4);
+  doff.upload(nbr_off.data(), doff.bytes());
+  dcols.upload(nbr_cols.data(), dcols.bytes());
+  const st::NeighbourMap map{nbrs.empty() ? nullptr : static_cast<const int32_t*>(doff.get()),
+                             static_cast<const int32_t*>(dcols.get())};
+  AttentionArgs gpu_args = prob.args;
+  gpu_args.q = dq.view;
+  gpu_args.k = dk.view;
+  gpu_args.v = dv.view;
+  if (!c.text_len.empty())
+    gpu_args.text_lengths =
+        TensorView::contiguous(dtext.get(), DType::i32, {c.batch}, Device::cuda);
+
+  const st::Dims dims = st::make_dims(L, c.batch, c.heads, c.dim);
+  const int nv = dims.nv;
+  const int64_t rows = dims.video_rows();
+  cudaStream_t stream;
+  cuda_ok(cudaStreamCreate(&stream), "stream");
+
+  // 1. The chain end to end.
+  Workspace ws(dims);
+  const auto* perm_ptr = perm.empty() ? nullptr : static_cast<const int32_t*>(dperm.get());
+  st::launch_pool(st::make_pool_params(gpu_args, perm_ptr, ws.buf), stream);
+  st::launch_scores(st::make_score_params(gpu_args, cfg.gapr, ws.buf), stream);
+  st::launch_select(st::make_select_params(dims, cfg, map, ws.buf), stream);
+  st::launch_rectify(st::make_rectify_params(dims, cfg.gapr, ws.buf), stream);
+  cuda_ok(cudaStreamSynchronize(stream), "chain");
+  const size_t np = ws.pooled_size();
+  EXPECT_LE(rel_err(fetch(ws.buf.q_mean, np), pooled.q), 1e-5) << "q_mean";
+  EXPECT_LE(rel_err(fetch(ws.buf.k_mean, np), pooled.k), 1e-5) << "k_mean";
+  EXPECT_LE(rel_err(fetch(ws.buf.v_mean, np), pooled.v), 1e-5) << "v_mean";
+  EXPECT_LE(rel_err(fetch(ws.buf.q_dev, np), pooled.dq), 1e-5) << "q_dev";
+  EXPECT_LE(rel_err(fetch(ws.buf.k_dev, np), pooled.dk), 1e-5) << "k_dev";
+  const double p_err = rel_err(fetch(ws.buf.P, ws.score_size()), scores.P);
+  EXPECT_LE(p_err, 1e-4) << "P";
+  const std::vector<uint8_t> chain_crit = from_bits(fetch(ws.buf.critical, ws.bits_size()), rows, nv);
+  const int64_t chain_diff = differing_rows(chain_crit, sel.critical, nv);
+  EXPECT_LE(chain_diff, rows / 100) << "selection rows that differ end to end";
+  const BlockMask chain_mask = ws.mask();
+  int64_t chain_row_diff = 0;  // CSR rows (all blocks, text rows too) that differ
+  for (int64_t r = 0; r < chain_mask.rows(); ++r) {
+    const auto a = chain_mask.col_indices.begin() + chain_mask.row_offsets[r];
+    const auto b = sel.mask.col_indices.begin() + sel.mask.row_offsets[r];
+    const int64_t na = chain_mask.row_offsets[r + 1] - chain_mask.row_offsets[r];
+    const int64_t nb = sel.mask.row_offsets[r + 1] - sel.mask.row_offsets[r];
+    chain_row_diff += na != nb || !std::equal(a, a + na, b);
+  }
+  EXPECT_EQ(chain_row_diff, chain_diff);
+  const Correction chain_ref = cpu::rectification(pooled, scores, sel, cfg.gapr);
+  const double chain_r = rel_err(fetch(ws.buf.R, static_cast<size_t>(rows)), chain_ref.a);
+  const double chain_c = rel_err(fetch(ws.buf.C, np), chain_ref.c);
+
+  // 2. Scores and GAPR decisions from the CPU's pooled arrays.
+  Workspace ws2(dims);
+  put(ws2.buf.q_mean, pooled.q);
+  put(ws2.buf.k_mean, pooled.k);
+  put(ws2.buf.q_dev, pooled.dq);
+  put(ws2.buf.k_dev, pooled.dk);
+  st::launch_scores(st::make_score_params(gpu_args, true, ws2.buf), stream);
+  cuda_ok(cudaStreamSynchronize(stream), "scores");
+  EXPECT_LE(rel_err(fetch(ws2.buf.P, ws2.score_size()), scores.P), 1e-5) << "P from CPU pooled";
+  const std::vector<uint8_t> gpu_comp =
+      from_bits(fetch(ws2.buf.compensable, ws2.bits_size()), rows, nv);
+  int64_t comp_diff = 0, comp_far = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int j = 0; j < nv; ++j) {
+      if (gpu_comp[r * nv + j] == comp[r * nv + j]) continue;
+      ++comp_diff;
+      // A disagreement must be a near tie: G and E equal to within fp32 rounding of the dots.
+      const int64_t bh = r / nv, i = r % nv, d = c.dim;
+      const float* q = pooled.q.data() + (bh * nv + i) * d;
+      const float* dq_ = pooled.dq.data() + (bh * nv + i) * d;
+      const float* k = pooled.k.data() + (bh * nv + j) * d;
+      const float* dk_ = pooled.dk.data() + (bh * nv + j) * d;
+      double g = 0, e1 = 0, e2 = 0, scale = 0;
+      for (int64_t e = 0; e < d; ++e) {
+        g += double(q[e]) * k[e];
+        e1 += double(dq_[e]) * k[e];
+        e2 += double(q[e]) * dk_[e];
+        scale += std::fabs(double(q[e]) * k[e]) + std::fabs(double(dq_[e]) * k[e]) +
+                 std::fabs(double(q[e]) * dk_[e]);
+      }
+      comp_far += std::fabs(std::fabs(g) - std::fabs(e1) - std::fabs(e2)) > 1e-5 * scale;
+    }
+  EXPECT_EQ(comp_far, 0) << "GAPR decisions that differ beyond rounding";
+
+  // 3. The selection from the CPU's P: exactly cpu::select_blocks.
+  Workspace ws3(dims);
+  put(ws3.buf.P, scores.P);
+  st::launch_select(st::make_select_params(dims, cfg, map, ws3.buf), stream);
+  cuda_ok(cudaStreamSynchronize(stream), "select");
+  const BlockMask mask = ws3.mask();
+  EXPECT_EQ(mask.row_offsets, sel.mask.row_offsets);
+  EXPECT_EQ(mask.col_indices, sel.mask.col_indices);
+  EXPECT_EQ(from_bits(fetch(ws3.buf.critical, ws3.bits_size()), rows, nv), sel.critical);
+
+  // 4. R and C from the CPU's P, selection, decisions and v̄, with and without GAPR.
+  double rc_err[2][2] = {};
+  for (const bool gapr : {true, false}) {
+    Workspace ws4(dims);
+    put(ws4.buf.P, scores.P);
+    put(ws4.buf.v_mean, pooled.v);
+    put(ws4.buf.critical, to_bits(sel.critical, rows, nv));
+    put(ws4.buf.compensable, to_bits(comp, rows, nv));
+    st::launch_rectify(st::make_rectify_params(dims, gapr, ws4.buf), stream);
+    cuda_ok(cudaStreamSynchronize(stream), "rectify");
+    const Correction ref = cpu::rectification(pooled, scores, sel, gapr);
+    rc_err[gapr][0] = rel_err(fetch(ws4.buf.R, static_cast<size_t>(rows)), ref.a);
+    rc_err[gapr][1] = rel_err(fetch(ws4.buf.C, np), ref.c);
+    EXPECT_LE(rc_err[gapr][0], 1e-4) << "R, gapr " << gapr;
+    EXPECT_LE(rc_err[gapr][1], 1e-4) << "C, gapr " << gapr;
+  }
+  cuda_ok(cudaStreamDestroy(stream), "stream");
+  std::printf("[ stages ] %s: NV %d, P rel err %.2e, chain selection rows differing %lld of %lld, "
+              "GAPR near-tie flips %lld of %lld, R/C rel err (CPU inputs) %.1e/%.1e, "
+              "R/C rel err (chain) %.1e/%.1e\n",
+              c.name, nv, p_err, static_cast<long long>(chain_diff), static_cast<long long>(rows),
+              static_cast<long long>(comp_diff), static_cast<long long>(rows * nv),
+              rc_err[1][0], rc_err[1][1], chain_r, chain_c);
+}
+
+INSTANTIATE_TEST_SUITE_P(Stages, StagesChain, ::testing::ValuesIn(stage_cases()),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// Selection alone, on made-up P rows: ties (values from a small set, equal rows, the text column
+// tied with video blocks), p = 0 and p = 1, k = 0, many blocks; the band and local selectors.
+struct SelectCase {
+  const char* name;
+  int64_t nv_blocks, nt;
+  int block = 64;
+  Selector selector = Selector::ipar;
+  double sparsity = 0.9, p = 0.3;
+  int levels = 0;         // > 0: P drawn from `levels` distinct values (ties), else continuous
+  bool neighbours = false;
+  int64_t first_frame = 0;
+  bool small = true;
+};
+
+std::vector<SelectCase> select_cases() {
+  return {
+      {.name = "ties_few_levels", .nv_blocks = 37, .nt = 70, .levels = 3},
+      {.name = "ties_two_levels_p0", .nv_blocks = 300, .nt = 64, .p = 0.0, .levels = 2},
+      {.name = "all_equal_p1", .nv_blocks = 50, .nt = 10, .p = 1.0, .levels = 1},
+      {.name = "diffuse_p09", .nv_blocks = 600, .nt = 0, .block = 128, .p = 0.9},
+      {.name = "k0_sparse", .nv_blocks = 9, .nt = 5, .sparsity = 0.95, .p = 0.1},
+      {.name = "dense_k", .nv_blocks = 40, .nt = 0, .sparsity = 0.0, .p = 0.3, .levels = 4},
+      {.name = "many_blocks", .nv_blocks = 3000, .nt = 256, .p = 0.3, .small = false},
+      {.name = "many_blocks_ties", .nv_blocks = 2500, .nt = 0, .p = 0.3, .levels = 5,
+       .small = false},
+      {.name = "band_neighbours_first", .nv_blocks = 100, .nt = 70, .selector = Selector::band,
+       .sparsity = 0.9, .neighbours = true, .first_frame = 7},
+      {.name = "band_no_text", .nv_blocks = 33, .nt = 0, .block = 128, .selector = Selector::band,
+       .sparsity = 0.8},
+      {.name = "local", .nv_blocks = 64, .nt = 1, .selector = Selector::local},
+      {.name = "ipar_neighbours_first", .nv_blocks = 120, .nt = 3, .levels = 6,
+       .neighbours = true, .first_frame = 12},
+      {.name = "text_only", .nv_blocks = 0, .nt = 300, .selector = Selector::band},
+  };
+}
+
+class StagesSelect : public ::testing::TestWithParam<SelectCase> {};
+
+TEST_P(StagesSelect, MatchesCpuExactly) {
+  const SelectCase& c = GetParam();
+  if (small_mode() && !c.small) GTEST_SKIP() << "large case";
+  const int64_t batch = 2, heads = 2, dim = 64;
+  const Layout L = layout(c.nv_blocks * c.block, c.nt, c.block);
+  // q, k, v do not matter to the selection: zero-stride views of one row.
+  std::vector<float> row(dim, 1.f);
+  AttentionArgs args;
+  args.q = TensorView::contiguous(row.data(), DType::f32, {batch, L.seq_len(), heads, dim});
+  args.q.stride = {0, 0, 0, 1};
+  args.k = args.v = args.q;
+  args.layout = L;
+  const st::Dims dims = st::make_dims(L, batch, heads, dim);
+  const int nv = dims.nv;
+  const int64_t rows = dims.video_rows();
+
+  BlockScores scores;
+  scores.batch = batch;
+  scores.heads = heads;
+  scores.blocks = nv;
+  scores.P.resize(static_cast<size_t>(rows * (nv + 1)));
+  std::mt19937_64 rng(static_cast<uint64_t>(c.nv_blocks * 131 + c.nt));
+  std::normal_distribution<double> normal;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* P = scores.P.data() + r * (nv + 1);
+    double total = 0;
+    for (int j = 0; j <= nv; ++j) {
+      const double x = c.levels > 0 ? 1.0 + static_cast<double>(rng() % c.levels)
+                                    : std::exp(2.0 * normal(rng));
+      P[j] = static_cast<float>(x);
+      total += x;
+    }
+    for (int j = 0; j <= nv; ++j) P[j] = static_cast<float>(P[j] / total);
+  }
+  // A square-ish grid for the neighbour map: nv_blocks * block tokens.
+  std::vector<std::vector<int32_t>> nbrs;
+  Config cfg;
+  if (c.neighbours || c.selector == Selector::local) {
+    cfg.order.kind = OrderKind::gilbert;
+    cfg.order.grid = {c.nv_blocks, 8, c.block / 8};
+    nbrs = block_neighbours(cfg.order, c.block);
+  }
+  cfg.block_size = c.block;
+  cfg.select.selector = c.selector;
+  cfg.select.sparsity = c.sparsity;
+  cfg.select.p = c.p;
+  cfg.select.neighbours = c.neighbours;
+  cfg.select.first_frame_blocks = c.first_frame;
+  const Selection sel =
+      cpu::select_blocks(args, cfg, &scores, nbrs.empty() ? nullptr : &nbrs);
+
+  const auto [nbr_off, nbr_cols] = st::flatten_neighbours(nbrs);
+  DeviceBuffer doff(nbr_off.size() * 4), dcols(nbr_cols.size() * 4);
+  doff.upload(nbr_off.data(), doff.bytes());
+  dcols.upload(nbr_cols.data(), dcols.bytes());
+  const st::NeighbourMap map{nbrs.empty() ? nullptr : static_cast<const int32_t*>(doff.get()),
+                             static_cast<const int32_t*>(dcols.get())};
+  Workspace ws(dims);
+  put(ws.buf.P, scores.P);
+  st::launch_select(st::make_select_params(dims, cfg, map, ws.buf), nullptr);
+  cuda_ok(cudaDeviceSynchronize(), "select");
+  const BlockMask mask = ws.mask();
+  EXPECT_EQ(mask.row_offsets, sel.mask.row_offsets);
+  EXPECT_EQ(mask.col_indices, sel.mask.col_indices);
+  if (nv > 0)
+    EXPECT_EQ(from_bits(fetch(ws.buf.critical, ws.bits_size()), rows, nv), sel.critical);
+}
+
+INSTANTIATE_TEST_SUITE_P(Stages, StagesSelect, ::testing::ValuesIn(select_cases()),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(StagesErrors, NameTheArgument) {
+  auto expect = [](auto&& fn, const std::string& arg) {
+    try {
+      fn();
+      ADD_FAILURE() << "no error for " << arg;
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()).rfind(arg + ":", 0), 0u) << e.what();
+    }
+  };
+  expect([] { st::make_dims(layout(100, 0, 32), 1, 1, 64); }, "layout.block_size");
+  expect([] { st::make_dims(layout(100, 0, 64), 1, 1, 96); }, "q");
+  const st::Dims dims = st::make_dims(layout(640, 0, 64), 1, 1, 64);
+  Config local;
+  local.select.selector = Selector::local;
+  local.order.kind = OrderKind::gilbert;
+  local.order.grid = {10, 8, 8};
+  expect([&] { st::make_select_params(dims, local, st::NeighbourMap{}, st::Buffers{}); },
+         "neighbours");
+  Config ipar;
+  ipar.select.selector = Selector::ipar;
+  expect([&] { st::make_select_params(dims, ipar, st::NeighbourMap{}, st::Buffers{}); },
+         "buffers");
+}
+
+}  // namespace
+}  // namespace spaattn::gpu_test
