@@ -181,6 +181,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="at most this many steps in this call")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (optional)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--moments", choices=("bf16", "fp32"), default="bf16", help="dtype of saved AdamW moments")
     p.add_argument("--save-every", type=float, default=3.0, help="minutes between intermediate saves")
     p.add_argument("--log-every", type=int, default=25, help="steps per loss.csv row")
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
     """Run one training call; returns a summary (also printed)."""
     args = _parse_args(argv)
     device = torch.device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     cfg = TrainConfig(**{k: getattr(args, k) for k in vars(TrainConfig())})
@@ -215,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
         model_cfg = ModelConfig(width=args.width, depth=args.depth, heads=args.heads, mlp_hidden=args.mlp_hidden,
                                 patch=tuple(int(v) for v in args.patch.split("x")),
                                 rope_split=tuple(int(v) for v in args.rope_split.split(",")))
+    torch.manual_seed(cfg.seed)
     model = VideoDiT(model_cfg).to(device)
     optimizer = make_optimizer(model, cfg)
     step, samples, tokens, train_seconds = 0, 0, 0, 0.0
