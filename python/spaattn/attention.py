@@ -1,0 +1,187 @@
+"""One-call attention functions: block-sparse attention over a given mask, and Rectified SpaAttn.
+
+Both take q, k, v as [b, S, H, d] (``layout="bshd"``, as diffusers' processors hold them) or
+[b, H, S, d] (``layout="bhsd"``, as torch's scaled_dot_product_attention takes them); the layout
+only changes the strides the C++ core is given, nothing is copied. Outputs are allocated in the
+framework, device and layout of q. CPU tensors run on the C++ reference (float32, float16,
+bfloat16), CUDA torch tensors on the GPU kernel (bfloat16, float16) on torch's current stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _C
+from . import _tensors as T
+from ._tensors import ArrayT
+from .method import CallStats, SparseAttention
+
+Mask = Any
+"""A dense boolean block mask [b, H, num_blocks, num_blocks] or a (row_offsets, col_indices) pair."""
+
+
+def dense_to_csr(mask: Any) -> tuple[Any, Any]:
+    """CSR index lists (row_offsets, col_indices) of a dense boolean block mask.
+
+    ``mask`` is [b, H, num_q_blocks, num_k_blocks] (bool or uint8). Row
+    ``r = (batch * H + head) * num_q_blocks + i`` lists the selected key blocks of query block
+    ``i`` in ``col_indices[row_offsets[r]:row_offsets[r + 1]]``. Host masks give int32 numpy
+    arrays; CUDA masks are converted on the GPU (``col_indices`` then has room for every block,
+    only the first ``row_offsets[-1]`` entries are used).
+
+    >>> import numpy as np, spaattn
+    >>> mask = np.array([[[[1, 0], [1, 1]]]], dtype=bool)
+    >>> row_offsets, col_indices = spaattn.dense_to_csr(mask)
+    >>> row_offsets.tolist(), col_indices.tolist()
+    ([0, 1, 3], [0, 0, 1])
+    """
+    T.check_array(mask, "mask")
+    if T.is_cuda(mask):
+        with T.device_of(mask) as stream:
+            return _device_csr(mask, stream)
+    dense = mask.detach().cpu().contiguous() if T.is_torch(mask) else np.ascontiguousarray(mask)
+    return _C.dense_to_csr_host(dense)
+
+
+def _device_csr(mask: Any, stream: int) -> tuple[Any, Any]:
+    torch = T._torch()
+    dense = mask.detach()
+    dense = (dense.view(torch.uint8) if dense.dtype == torch.bool else dense).contiguous()
+    rows, nk = (int(np.prod(dense.shape[:3])), dense.shape[3]) if dense.ndim == 4 else (0, 0)
+    row_offsets = torch.empty(rows + 1, dtype=torch.int32, device=dense.device)
+    col_indices = torch.empty(max(rows * nk, 1), dtype=torch.int32, device=dense.device)
+    workspace = torch.empty(
+        max(_C.dense_to_csr_workspace_size(rows), 1), dtype=torch.uint8, device=dense.device
+    )
+    _C.dense_to_csr(dense, row_offsets, col_indices, workspace, stream)
+    return row_offsets, col_indices
+
+
+def _mask_csr(mask: Mask, q: Any, stream: int) -> tuple[Any, Any]:
+    """The mask as CSR lists on q's device."""
+    if isinstance(mask, (tuple, list)):
+        if len(mask) != 2:
+            raise ValueError(
+                f"mask: expected a dense block mask or a (row_offsets, col_indices) pair, "
+                f"got a sequence of {len(mask)}"
+            )
+        row_offsets = T.int32_on(mask[0], q, "mask.row_offsets")
+        col_indices = T.int32_on(mask[1], q, "mask.col_indices")
+        if not T.is_cuda(q) and row_offsets.shape[0] > 0:
+            # Lists made on the GPU have room for every block; the host checks want nnz.
+            col_indices = col_indices[: int(row_offsets[-1])]
+        return row_offsets, col_indices
+    T.check_array(mask, "mask")
+    if T.is_cuda(q):
+        return _device_csr(mask.to(q.device) if T.is_torch(mask) else T._torch().from_numpy(
+            np.ascontiguousarray(mask)).to(q.device), stream)
+    return dense_to_csr(mask.cpu() if T.is_torch(mask) else mask)
+
+
+def block_sparse_attention(
+    q: ArrayT,
+    k: ArrayT,
+    v: ArrayT,
+    mask: Mask,
+    *,
+    num_text: int = 0,
+    text_lengths: Any = None,
+    text_placement: str = "suffix",
+    block_size: int = 128,
+    scale: float | None = None,
+    layout: str = "bshd",
+    return_lse: bool = False,
+) -> ArrayT | tuple[ArrayT, ArrayT]:
+    """Attention restricted to the key blocks a block mask selects (ALGORITHM.md section 3).
+
+    The sequence holds ``S - num_text`` video tokens and ``num_text`` text tokens after them
+    (``text_placement="suffix"``, HunyuanVideo) or before them (``"prefix"``, CogVideoX), cut
+    into blocks of ``block_size`` (64 or 128) tokens. Mask indices are logical blocks: video
+    blocks first, then text blocks, whatever the placement. ``text_lengths`` (an int or one
+    per batch item) marks the valid text tokens; padding keys are skipped and padding query
+    rows are zero. A row whose mask selects nothing is zero with ``lse = -inf``.
+
+    Args:
+        q, k, v: [b, S, H, d] (or [b, H, S, d] with ``layout="bhsd"``), d = 64 or 128.
+        mask: dense boolean [b, H, n, n] over the n logical blocks, or (row_offsets,
+            col_indices) CSR lists as :func:`dense_to_csr` returns them.
+        scale: softmax scale, default 1/sqrt(d).
+        return_lse: also return the float32 log-sum-exp per row, [b, S, H] (or [b, H, S]).
+
+    >>> import numpy as np, spaattn
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (rng.standard_normal((1, 200, 2, 64), dtype=np.float32) for _ in range(3))
+    >>> mask = np.ones((1, 2, 2, 2), dtype=bool)   # 200 tokens = 2 blocks of 128
+    >>> out = spaattn.block_sparse_attention(q, k, v, mask)
+    >>> s = np.einsum("bqhd,bkhd->bhqk", q, k) / 8.0
+    >>> p = np.exp(s - s.max(-1, keepdims=True))
+    >>> ref = np.einsum("bhqk,bkhd->bqhd", p / p.sum(-1, keepdims=True), v)
+    >>> bool(np.abs(out - ref).max() < 1e-4)
+    True
+    """
+    T.check_layout(layout)
+    qv, kv, vv = T.bshd(q, layout, "q"), T.bshd(k, layout, "k"), T.bshd(v, layout, "v")
+    out, out_view = T.output(q, None, layout)
+    lse, lse_view = T.lse_output(q, layout) if return_lse else (None, None)
+    lengths, lengths_host = T.text_lengths(text_lengths, q)
+    with T.device_of(q) as stream:
+        row_offsets, col_indices = _mask_csr(mask, q, stream)
+        _C.block_sparse_attention(
+            qv, kv, vv, row_offsets, col_indices, out_view, lse_view, lengths, lengths_host,
+            num_text, text_placement, block_size, 0.0 if scale is None else scale, stream,
+        )
+    return (out, lse) if return_lse else out
+
+
+def rectified_attention(
+    q: ArrayT,
+    k: ArrayT,
+    v: ArrayT,
+    *,
+    sparsity: float = 0.9,
+    p: float = 0.3,
+    grid: Sequence[int] | None = None,
+    order: str | None = None,
+    num_text: int = 0,
+    text_lengths: Any = None,
+    text_placement: str = "suffix",
+    gapr: bool = True,
+    neighbours: bool = True,
+    first_frame_blocks: int = 0,
+    block_size: int = 128,
+    scale: float | None = None,
+    layout: str = "bshd",
+    return_stats: bool = False,
+) -> ArrayT | tuple[ArrayT, CallStats]:
+    """One call of Rectified SpaAttn (ALGORITHM.md section 4).
+
+    Pooled implicit full attention picks at least ``floor((1 - sparsity) * NV)`` critical key
+    blocks per query block (and the smallest prefix holding more than ``p`` of its mass), plus
+    the block neighbours of the latent ``grid`` (T, H, W) and every text block; the sparse
+    output is then rectified, ``O = R_i O_spa + C_i``, with gain-aware pooling (``gapr``).
+    With a grid the video tokens are visited in ``order`` ("gilbert" by default, "tiles" or
+    "raster") inside the call; inputs and output stay in raster order. For repeated calls
+    (layers, steps) use :class:`SparseAttention`, which keeps the token order and state.
+
+    >>> import numpy as np, spaattn
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (rng.standard_normal((1, 4 * 16 * 16, 2, 64), dtype=np.float32)
+    ...            for _ in range(3))
+    >>> out, stats = spaattn.rectified_attention(q, k, v, sparsity=0.9, grid=(4, 16, 16),
+    ...                                          block_size=64, return_stats=True)
+    >>> out.shape, stats.kind, bool(stats.density < 1.0)
+    ((1, 1024, 2, 64), 'sparse', True)
+    """
+    attention = SparseAttention(
+        "rectified", sparsity=sparsity, p=p, grid=grid, order=order, gapr=gapr,
+        neighbours=neighbours, first_frame_blocks=first_frame_blocks, block_size=block_size,
+        scale=scale,
+    )
+    out = attention.forward(
+        q, k, v, num_text=num_text, text_lengths=text_lengths, text_placement=text_placement,
+        layout=layout,
+    )
+    return (out, attention.last_stats) if return_stats else out

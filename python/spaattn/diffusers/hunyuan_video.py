@@ -1,0 +1,97 @@
+"""HunyuanVideo (diffusers' HunyuanVideoTransformer3DModel): joint video + text attention.
+
+Every dual-stream block (``transformer_blocks[i].attn``) and single-stream block
+(``single_transformer_blocks[j].attn``) gets the processor below; layers are numbered in that
+order. q, k and v are computed as diffusers' HunyuanVideoAttnProcessor2_0 computes them (QK
+norms, RoPE on the video tokens); the sequence is the video tokens followed by the text tokens
+(``text_placement="suffix"``), and the text lengths come from the key mask the transformer
+builds from ``encoder_attention_mask``. Padding text queries get zero output where the stock
+processor computes them; no valid token ever attends to them, so the model's output is the same.
+The token refiner's attention over the text alone stays diffusers' own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.models.embeddings import apply_rotary_emb
+
+from ._control import ModelControl
+
+
+class HunyuanVideoProcessor:
+    """spaattn's attention for one layer of a HunyuanVideo transformer."""
+
+    def __init__(self, control: ModelControl, layer: int) -> None:
+        self.control = control
+        self.layer = layer
+
+    def __call__(
+        self,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        num_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        joint = attn.add_q_proj is None and encoder_hidden_states is not None  # single-stream
+        if joint:
+            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
+        q, k, v = (proj(hidden_states).unflatten(2, (attn.heads, -1))
+                   for proj in (attn.to_q, attn.to_k, attn.to_v))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        if image_rotary_emb is not None:
+            video = q.shape[1] - (num_text if joint else 0)
+            q = _rope_video(q, video, image_rotary_emb)
+            k = _rope_video(k, video, image_rotary_emb)
+        if attn.add_q_proj is not None and encoder_hidden_states is not None:
+            eq, ek, ev = (proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+                          for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+            if attn.norm_added_q is not None:
+                eq = attn.norm_added_q(eq)
+            if attn.norm_added_k is not None:
+                ek = attn.norm_added_k(ek)
+            q, k, v = torch.cat([q, eq], 1), torch.cat([k, ek], 1), torch.cat([v, ev], 1)
+
+        num_video = q.shape[1] - num_text
+        lengths = (None if attention_mask is None or num_text == 0
+                   else self.control.text_lengths(attention_mask, num_video))
+        out = self.control.attend(self.layer, q, k, v, num_text=num_text, text_lengths=lengths)
+        out = out.flatten(2, 3).to(q.dtype)
+
+        if encoder_hidden_states is None:
+            return out, None
+        out, text_out = out[:, :num_video], out[:, num_video:]
+        if getattr(attn, "to_out", None) is not None:
+            out = attn.to_out[1](attn.to_out[0](out))
+        if getattr(attn, "to_add_out", None) is not None:
+            text_out = attn.to_add_out(text_out)
+        return out, text_out
+
+
+def _rope_video(x: torch.Tensor, video: int, rope: Any) -> torch.Tensor:
+    """RoPE on the first `video` tokens of a [b, S, H, d] tensor, the rest unchanged."""
+    if video == x.shape[1]:
+        return apply_rotary_emb(x, rope, sequence_dim=1)
+    return torch.cat([apply_rotary_emb(x[:, :video], rope, sequence_dim=1), x[:, video:]], dim=1)
+
+
+class HunyuanVideoAdapter:
+    name = "HunyuanVideo"
+
+    def grid(self, model: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[int, int, int]:
+        _, _, frames, height, width = hidden_states.shape  # [b, c, F, H, W]
+        p, p_t = model.config.patch_size, model.config.patch_size_t
+        return frames // p_t, height // p, width // p
+
+    def layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
+        return [block.attn for block in blocks]
+
+    def processor(self, control: ModelControl, layer: int) -> HunyuanVideoProcessor:
+        return HunyuanVideoProcessor(control, layer)

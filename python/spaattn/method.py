@@ -1,0 +1,177 @@
+"""SparseAttention: a configured method with its state across layers and denoising steps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import _C
+from . import _tensors as T
+from ._tensors import ArrayT
+
+METHODS = ("dense", "sparse", "rectified", "rettention", "rectified_rettention")
+
+
+@dataclass(frozen=True)
+class CallStats:
+    """What one call did.
+
+    kind: "dense" (full attention), "sparse" or "reference" (a Re-ttention reference step,
+    full attention that refreshes the cached statistics). density: the share of (query, key)
+    token pairs the sparse kernel computed; NaN on the GPU, where reading it would synchronise.
+    mask_reused: the selection came from an earlier step (``mask_period``).
+    """
+
+    kind: str
+    density: float
+    mask_reused: bool
+
+
+class SparseAttention:
+    """Rectified SpaAttn, Re-ttention, their combination or a baseline, with per-layer state.
+
+    One object serves every attention layer of a model: state (selections reused across steps,
+    Re-ttention's cached ``rho`` and ``Delta``) is keyed by ``(layer, entry)``, where ``entry``
+    tells apart calls of one layer at one step (classifier-free guidance run as two separate
+    forwards: cond and uncond). Call :meth:`reset` between diffusion runs.
+
+    Methods: ``"rectified"`` (Rectified SpaAttn), ``"sparse"`` (the same selection without
+    correction), ``"dense"``, ``"rettention"`` (Re-ttention: reference steps every
+    ``ref_period`` steps after ``dense_steps`` dense ones, band selection by default) and
+    ``"rectified_rettention"`` (Rectified SpaAttn's selection with Re-ttention's correction).
+
+    Args:
+        sparsity: target share of video key blocks skipped, ``0 <= sparsity < 1``.
+        p: cumulative pooled attention the kept blocks must exceed.
+        block_size: 64 or 128 tokens.
+        grid: latent video grid (T, H, W); with it the video tokens are visited in ``order``
+            inside each call and the block neighbour map is added to the selection.
+        order: "gilbert" (default with a grid), "tiles" or "raster"; ``axes`` orders the
+            gilbert curve's axes from major to minor, ``tile`` gives the tiles' (t, h, w).
+        selector: "automatic" (the method's published choice), "ipar", "band" or "local".
+        neighbours: add the block neighbour map of the grid to every selection.
+        first_frame_blocks: a dense square over the first F video blocks in token order.
+        gapr: compensate only non-critical blocks whose gain exceeds the pooling error.
+        dense_steps, dense_layers: steps ``< dense_steps`` and the listed layers use full
+            attention.
+        mask_period: recompute the selection every ``mask_period`` steps.
+        ref_period, drift, clamp, cache_delta: Re-ttention's reference period, the drift
+            ``lambda`` of ``rho``, clamping ``rho'`` to 1, and caching ``Delta``.
+        scale: softmax scale, default 1/sqrt(d).
+
+    Inputs and outputs are in the caller's token order (raster for the video tokens). CPU
+    tensors run on the C++ reference; CUDA torch tensors run on the GPU on torch's current
+    stream, with workspace and state allocated through torch.
+
+    >>> import numpy as np, spaattn
+    >>> rng = np.random.default_rng(0)
+    >>> attention = spaattn.SparseAttention("rettention", sparsity=0.75, dense_steps=1,
+    ...                                     ref_period=2, block_size=64)
+    >>> q, k, v = (rng.standard_normal((1, 512, 2, 64), dtype=np.float32) for _ in range(3))
+    >>> for step in range(4):
+    ...     out = attention.forward(q, k, v, layer=0, step=step)
+    ...     print(step, attention.last_stats.kind)
+    0 dense
+    1 reference
+    2 sparse
+    3 reference
+    >>> attention.reset()
+    """
+
+    def __init__(
+        self,
+        method: str = "rectified",
+        *,
+        sparsity: float = 0.9,
+        p: float = 0.3,
+        block_size: int = 128,
+        grid: Sequence[int] | None = None,
+        order: str | None = None,
+        axes: str = "wht",
+        tile: Sequence[int] = (2, 8, 8),
+        selector: str = "automatic",
+        neighbours: bool = True,
+        first_frame_blocks: int = 0,
+        gapr: bool = True,
+        dense_steps: int = 0,
+        dense_layers: Sequence[int] = (),
+        mask_period: int = 1,
+        ref_period: int = 5,
+        drift: float = 0.04,
+        clamp: bool = False,
+        cache_delta: bool = True,
+        scale: float | None = None,
+    ) -> None:
+        grid3 = (0, 0, 0) if grid is None else tuple(int(g) for g in grid)
+        if len(grid3) != 3:
+            raise ValueError(f"grid: expected (T, H, W), got {tuple(grid)}")  # type: ignore[arg-type]
+        self._memory = T.TorchMemory()
+        self._impl = _C.SparseAttention(
+            method=method, sparsity=sparsity, p=p, block_size=block_size,
+            order=order if order is not None else ("raster" if grid is None else "gilbert"),
+            grid=grid3, axes=axes, tile=tuple(tile), selector=selector, neighbours=neighbours,
+            first_frame_blocks=first_frame_blocks, gapr=gapr, dense_steps=dense_steps,
+            dense_layers=list(dense_layers), mask_period=mask_period, ref_period=ref_period,
+            drift=drift, clamp=clamp, cache_delta=cache_delta,
+            scale=0.0 if scale is None else scale,
+            allocate=self._memory.allocate, release=self._memory.release,
+        )
+        self.method = method
+        self.block_size = block_size
+        self.grid = None if grid is None else grid3
+        self.last_stats: CallStats | None = None
+
+    @property
+    def selector(self) -> str:
+        """The selector in use ("ipar", "band" or "local"; "automatic" resolved)."""
+        return self._impl.selector
+
+    @property
+    def state_count(self) -> int:
+        """Number of (layer, entry) states held."""
+        return self._impl.state_count
+
+    def reset(self) -> None:
+        """Drops every cached selection and Re-ttention statistic (and frees GPU state)."""
+        self._impl.reset()
+
+    def forward(
+        self,
+        q: ArrayT,
+        k: ArrayT,
+        v: ArrayT,
+        *,
+        layer: int = 0,
+        step: int = 0,
+        entry: int = 0,
+        num_text: int = 0,
+        text_lengths: Any = None,
+        text_placement: str = "suffix",
+        layout: str = "bshd",
+        out: ArrayT | None = None,
+    ) -> ArrayT:
+        """Attention of one layer at one denoising step; returns the output (also ``out``).
+
+        q, k, v: [b, S, H, d] (``layout="bhsd"``: [b, H, S, d]) with ``num_text`` text
+        tokens after (``text_placement="suffix"``) or before (``"prefix"``) the
+        ``S - num_text`` video tokens, which must number T*H*W of the grid. ``text_lengths``:
+        valid text tokens per batch item (an int, a sequence or an int tensor). ``out``: an
+        optional preallocated output in the same layout (any float dtype on the CPU, q's dtype
+        on the GPU). Everything is checked before any work and before any state changes;
+        :attr:`last_stats` describes the call.
+        """
+        T.check_layout(layout)
+        qv, kv, vv = T.bshd(q, layout, "q"), T.bshd(k, layout, "k"), T.bshd(v, layout, "v")
+        out, out_view = T.output(q, out, layout)
+        lengths, lengths_host = T.text_lengths(text_lengths, q)
+        with T.device_of(q) as stream:
+            self._memory.device = q.device if T.is_cuda(q) else None  # type: ignore[attr-defined]
+            kind, density, reused = self._impl.forward(
+                qv, kv, vv, out_view, lengths, lengths_host, layer, entry, step, num_text,
+                text_placement, stream,
+            )
+        self.last_stats = CallStats(kind, density, reused)
+        return out
+
+    __call__ = forward

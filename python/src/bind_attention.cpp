@@ -1,0 +1,95 @@
+// Block-sparse attention (ALGORITHM.md section 3) on the CPU reference or the CUDA kernel,
+// chosen by q's device, and the conversion of dense block masks into CSR index lists.
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+
+#include <vector>
+
+#include "bindings.hpp"
+#include "views.hpp"
+
+namespace spaattn::python {
+namespace {
+
+void attention(const In& q, const In& k, const In& v, const In& row_offsets,
+               const In& col_indices, const Out& out, const std::optional<Out>& lse,
+               const std::optional<In>& text_lengths, const std::optional<In>& text_lengths_host,
+               int64_t num_text, const std::string& text_placement, int block_size, float scale,
+               uintptr_t stream) {
+  const AttentionArgs args = make_args(q, k, v, text_lengths, text_lengths_host, num_text,
+                                       text_placement, block_size, scale);
+  BlockMaskView mask;
+  mask.batch = args.q.shape[0];
+  mask.heads = args.q.shape[2];
+  mask.num_q_blocks = mask.num_k_blocks = args.layout.num_blocks();
+  mask.row_offsets = to_view(row_offsets, "mask.row_offsets");
+  mask.col_indices = to_view(col_indices, "mask.col_indices");
+  const TensorView o = to_view(out, "out");
+  const TensorView l = to_view(lse, "lse");
+  nb::gil_scoped_release release;
+  if (args.q.device == Device::cuda)
+    cuda::block_sparse_attention(args, mask, o, l, to_stream(stream));
+  else
+    cpu::block_sparse_attention(args, mask, o, l);
+}
+
+// Mask rows (b * H * num_q_blocks) of a dense [b, H, nq, nk] mask.
+BlockMaskView mask_dims(const TensorView& dense) {
+  SPAATTN_CHECK_ARG(dense.rank == 4, "mask",
+                    "expected a dense [batch, heads, num_q_blocks, num_k_blocks] mask, got ",
+                    dense.rank, " dimensions");
+  BlockMaskView m;
+  m.batch = dense.shape[0];
+  m.heads = dense.shape[1];
+  m.num_q_blocks = dense.shape[2];
+  m.num_k_blocks = dense.shape[3];
+  return m;
+}
+
+void dense_to_csr_device(const In& dense, const Out& row_offsets, const Out& col_indices,
+                         const Out& workspace, uintptr_t stream) {
+  const TensorView d = to_view(dense, "mask");
+  BlockMaskView out = mask_dims(d);
+  out.row_offsets = to_view(row_offsets, "row_offsets");
+  out.col_indices = to_view(col_indices, "col_indices");
+  const size_t need = cuda::dense_to_csr_workspace_size(out.batch * out.heads * out.num_q_blocks);
+  SPAATTN_CHECK_ARG(workspace.nbytes() >= need, "workspace", "expected at least ", need,
+                    " bytes, got ", workspace.nbytes());
+  void* ws = workspace.data();
+  nb::gil_scoped_release release;
+  cuda::dense_to_csr(d, out, ws, to_stream(stream));
+}
+
+std::pair<Int32Array, Int32Array> dense_to_csr_host(const In& dense) {
+  const TensorView d = to_view(dense, "mask");
+  const BlockMaskView dims = mask_dims(d);
+  SPAATTN_CHECK_ARG(d.device == Device::cpu, "mask", "expected host memory, got ",
+                    to_string(d.device));
+  SPAATTN_CHECK_ARG(d.dtype == DType::u8, "mask", "expected dtype bool or uint8, got ",
+                    to_string(d.dtype));
+  SPAATTN_CHECK_ARG(d.is_contiguous(), "mask", "expected a contiguous tensor");
+  BlockMask mask = BlockMask::from_dense(d.ptr<const uint8_t>(), dims.batch, dims.heads,
+                                         dims.num_q_blocks, dims.num_k_blocks);
+  return {to_numpy(std::move(mask.row_offsets)), to_numpy(std::move(mask.col_indices))};
+}
+
+}  // namespace
+
+void bind_attention(nb::module_& m) {
+  using namespace nb::literals;
+  m.def("cuda_available", &cuda::available,
+        "True when spaattn was built with CUDA and a CUDA device is present.");
+  m.def("block_sparse_attention", &attention, "q"_a, "k"_a, "v"_a, "row_offsets"_a,
+        "col_indices"_a, "out"_a, "lse"_a.none(), "text_lengths"_a.none(),
+        "text_lengths_host"_a.none(), "num_text"_a, "text_placement"_a, "block_size"_a,
+        "scale"_a, "stream"_a,
+        "Block-sparse attention over CSR block lists into `out` (and `lse` when given).");
+  m.def("dense_to_csr_workspace_size", &cuda::dense_to_csr_workspace_size, "rows"_a);
+  m.def("dense_to_csr", &dense_to_csr_device, "mask"_a, "row_offsets"_a, "col_indices"_a,
+        "workspace"_a, "stream"_a, "Dense CUDA block mask -> CSR lists on the GPU.");
+  m.def("dense_to_csr_host", &dense_to_csr_host, "mask"_a,
+        "Dense host block mask -> (row_offsets, col_indices) int32 numpy arrays.");
+}
+
+}  // namespace spaattn::python

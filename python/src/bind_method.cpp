@@ -1,0 +1,128 @@
+// SparseAttention (method.hpp): the configured method with its state across denoising steps.
+// On CUDA tensors its workspace and per-layer state come from Python callables (torch's
+// caching allocator), called with the GIL held; calls on one object are serialised.
+#include <nanobind/stl/array.h>
+#include <nanobind/stl/function.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "bindings.hpp"
+#include "views.hpp"
+
+namespace spaattn::python {
+namespace {
+
+using AllocateFn = std::function<uintptr_t(size_t bytes, uintptr_t stream)>;
+using ReleaseFn = std::function<void(uintptr_t ptr, size_t bytes, uintptr_t stream)>;
+
+// The C++ object and the lock that keeps two Python threads out of one forward. The lock is
+// taken after the GIL is released, so a memory callback (which takes the GIL) cannot deadlock.
+struct Attention {
+  SparseAttention impl;
+  std::mutex mutex;
+};
+
+DeviceMemory make_memory(std::optional<AllocateFn> allocate, std::optional<ReleaseFn> release) {
+  DeviceMemory memory;
+  if (allocate)
+    memory.allocate = [f = std::move(*allocate)](size_t bytes, void* stream) {
+      return reinterpret_cast<void*>(f(bytes, reinterpret_cast<uintptr_t>(stream)));
+    };
+  if (release)
+    memory.release = [f = std::move(*release)](void* ptr, size_t bytes, void* stream) {
+      f(reinterpret_cast<uintptr_t>(ptr), bytes, reinterpret_cast<uintptr_t>(stream));
+    };
+  return memory;
+}
+
+void init(Attention* self, const std::string& method, double sparsity, double p, int block_size,
+          const std::string& order, std::array<int64_t, 3> grid, const std::string& axes,
+          std::array<int64_t, 3> tile, const std::string& selector, bool neighbours,
+          int64_t first_frame_blocks, bool gapr, int dense_steps, std::vector<int> dense_layers,
+          int mask_period, int ref_period, float drift, bool clamp, bool cache_delta,
+          float scale, std::optional<AllocateFn> allocate, std::optional<ReleaseFn> release) {
+  Config c;
+  c.method = parse_method(method, "method");
+  c.block_size = block_size;
+  c.order.kind = parse_order(order);
+  c.order.grid = Grid{grid[0], grid[1], grid[2]};
+  c.order.axes = parse_axes(axes);
+  c.order.tile = tile;
+  c.select.selector = parse_selector(selector);
+  c.select.sparsity = sparsity;
+  c.select.p = p;
+  c.select.neighbours = neighbours;
+  c.select.first_frame_blocks = first_frame_blocks;
+  c.gapr = gapr;
+  c.rettention.ref_period = ref_period;
+  c.rettention.drift = drift;
+  c.rettention.clamp = clamp;
+  c.rettention.cache_delta = cache_delta;
+  c.schedule.dense_steps = dense_steps;
+  c.schedule.dense_layers = std::move(dense_layers);
+  c.schedule.mask_period = mask_period;
+  c.scale = scale;
+  new (self) Attention{
+      SparseAttention(std::move(c), make_memory(std::move(allocate), std::move(release))), {}};
+}
+
+// Returns (kind, density, mask_reused) of the call.
+std::tuple<std::string, double, bool> forward(Attention& self, const In& q, const In& k,
+                                              const In& v, const Out& out,
+                                              const std::optional<In>& text_lengths,
+                                              const std::optional<In>& text_lengths_host,
+                                              int layer, int entry, int step, int64_t num_text,
+                                              const std::string& text_placement,
+                                              uintptr_t stream) {
+  const AttentionArgs args =
+      make_args(q, k, v, text_lengths, text_lengths_host, num_text, text_placement,
+                self.impl.config().block_size, self.impl.config().scale);
+  const TensorView o = to_view(out, "out");
+  CallStats stats;
+  {
+    nb::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(self.mutex);
+    stats = self.impl.forward(CallInfo{.layer = layer, .entry = entry, .step = step}, args, o,
+                              to_stream(stream));
+  }
+  static constexpr const char* kKinds[] = {"dense", "sparse", "reference"};
+  return {kKinds[static_cast<int>(stats.kind)], stats.density, stats.mask_reused};
+}
+
+void reset(Attention& self) {
+  nb::gil_scoped_release release;
+  std::lock_guard<std::mutex> lock(self.mutex);
+  self.impl.reset();
+}
+
+}  // namespace
+
+void bind_method(nb::module_& m) {
+  using namespace nb::literals;
+  nb::class_<Attention>(m, "SparseAttention")
+      .def("__init__", &init, nb::kw_only(), "method"_a, "sparsity"_a, "p"_a, "block_size"_a,
+           "order"_a, "grid"_a, "axes"_a, "tile"_a, "selector"_a, "neighbours"_a,
+           "first_frame_blocks"_a, "gapr"_a, "dense_steps"_a, "dense_layers"_a,
+           "mask_period"_a, "ref_period"_a, "drift"_a, "clamp"_a, "cache_delta"_a, "scale"_a,
+           "allocate"_a.none(), "release"_a.none())
+      .def("forward", &forward, "q"_a, "k"_a, "v"_a, "out"_a, "text_lengths"_a.none(),
+           "text_lengths_host"_a.none(), "layer"_a, "entry"_a, "step"_a, "num_text"_a,
+           "text_placement"_a, "stream"_a)
+      .def("reset", &reset)
+      .def_prop_ro("state_count",
+                   [](Attention& self) {
+                     nb::gil_scoped_release release;
+                     std::lock_guard<std::mutex> lock(self.mutex);
+                     return self.impl.state_count();
+                   })
+      .def_prop_ro("selector",
+                   [](const Attention& self) { return to_string(self.impl.config().selector()); });
+}
+
+}  // namespace spaattn::python

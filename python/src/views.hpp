@@ -1,0 +1,55 @@
+// Conversions between the Python side and spaattn's C++ types: DLPack arrays (numpy, torch, any
+// framework that exports DLPack) become TensorViews without copying, strings become enums.
+// Every conversion error is a spaattn::Error naming the Python argument, so it reaches Python
+// as a ValueError with the same wording as the library's own checks.
+#pragma once
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "spaattn/spaattn.hpp"
+
+namespace spaattn::python {
+
+namespace nb = nanobind;
+
+// Inputs are only read; outputs must be writable.
+using In = nb::ndarray<nb::ro>;
+using Out = nb::ndarray<>;
+using Int32Array = nb::ndarray<nb::numpy, int32_t, nb::ndim<1>>;
+
+// Moves a vector into a numpy array that owns it.
+Int32Array to_numpy(std::vector<int32_t>&& values);
+
+// A view of `array` (1 to 4 dims, dtype f32/f16/bf16/i32/u8/bool, cpu or cuda memory). DLPack
+// strides are already in elements, as TensorView wants them.
+TensorView to_view(const In& array, const char* name);
+TensorView to_view(const Out& array, const char* name);
+// An empty view for None.
+TensorView to_view(const std::optional<In>& array, const char* name);
+TensorView to_view(const std::optional<Out>& array, const char* name);
+
+TextPlacement parse_placement(const std::string& name);
+OrderKind parse_order(const std::string& name);
+Selector parse_selector(const std::string& name);
+// "wht" -> {'w', 'h', 't'}; the letters themselves are checked by the library.
+std::array<char, 3> parse_axes(const std::string& axes);
+
+// Sequence layout of a call: q's seq_len minus num_text video tokens.
+Layout make_layout(const TensorView& q, int64_t num_text, const std::string& placement,
+                   int block_size);
+
+// Attention arguments; `text_lengths_host`, when given, is the host copy of device text lengths
+// and is checked as the library checks host text lengths (device values are never read).
+AttentionArgs make_args(const In& q, const In& k, const In& v,
+                        const std::optional<In>& text_lengths,
+                        const std::optional<In>& text_lengths_host, int64_t num_text,
+                        const std::string& placement, int block_size, float scale);
+
+inline void* to_stream(uintptr_t stream) { return reinterpret_cast<void*>(stream); }
+
+}  // namespace spaattn::python
