@@ -1,6 +1,6 @@
 """PyTorch SDPA dense baseline for spaattn_bench: the cuDNN and flash back-ends on the shapes
-of PERFORMANCE.md, timed like bench/timing.cu (warm-up, CUDA events around each call, median of
->= 10 calls), written as JSON that `spaattn_bench --baseline` reads.
+of PERFORMANCE.md, timed like bench/timing.cu (warm-up, CUDA events around each call, calls queued
+back to back, median of >= 10 calls), written as JSON that `spaattn_bench --baseline` reads.
 
 Example: python3 bench/sdpa_baseline.py --json sdpa.json
 """
@@ -18,20 +18,29 @@ SHAPES = [("S=32768,H=24", 32768, 24), ("S=76800,H=40", 76800, 40), ("S=119056,H
 BACKENDS = [("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)]
 
 
-def time_calls(fn, warmup=3, iters=10):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(max(iters, 10)):
+def time_calls(fn, warmup=3, iters=10, warmup_ms=300.0):
+    """As bench/timing.cu: warm-up (>= warmup calls and warmup_ms), then the timed calls queued
+    back to back with an event pair each and one synchronisation, and their median."""
+    spent, done = 0.0, 0
+    while done < warmup or spent < warmup_ms:
         start = torch.cuda.Event(enable_timing=True)
         stop = torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
         stop.record()
         stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
+        spent += start.elapsed_time(stop)
+        done += 1
+    events = []
+    for _ in range(max(iters, 10)):
+        start = torch.cuda.Event(enable_timing=True)
+        stop = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        events.append((start, stop))
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in events)
 
 
 def main():

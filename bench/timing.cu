@@ -7,25 +7,34 @@
 namespace spaattn::bench {
 
 Timing time_calls(const std::function<void(cudaStream_t)>& fn, cudaStream_t stream, int warmup,
-                  int iters) {
+                  int iters, double warmup_ms) {
   iters = std::max(iters, 10);
-  for (int i = 0; i < warmup; ++i) fn(stream);
-  cuda_ok(cudaStreamSynchronize(stream), "warm-up");
-  cudaEvent_t start, stop;
-  cuda_ok(cudaEventCreate(&start), "cudaEventCreate");
-  cuda_ok(cudaEventCreate(&stop), "cudaEventCreate");
+  std::vector<cudaEvent_t> ev(2 * static_cast<size_t>(iters));
+  for (auto& e : ev) cuda_ok(cudaEventCreate(&e), "cudaEventCreate");
+  // Warm-up: at least `warmup` calls and `warmup_ms` of GPU time.
+  float spent = 0;
+  for (int done = 0; done < warmup || spent < warmup_ms; ++done) {
+    cuda_ok(cudaEventRecord(ev[0], stream), "cudaEventRecord");
+    fn(stream);
+    cuda_ok(cudaEventRecord(ev[1], stream), "cudaEventRecord");
+    cuda_ok(cudaEventSynchronize(ev[1]), "warm-up");
+    float t = 0;
+    cuda_ok(cudaEventElapsedTime(&t, ev[0], ev[1]), "cudaEventElapsedTime");
+    spent += t;
+  }
+  for (int i = 0; i < iters; ++i) {
+    cuda_ok(cudaEventRecord(ev[2 * i], stream), "cudaEventRecord");
+    fn(stream);
+    cuda_ok(cudaEventRecord(ev[2 * i + 1], stream), "cudaEventRecord");
+  }
+  cuda_ok(cudaStreamSynchronize(stream), "timed calls");
   std::vector<double> ms;
   for (int i = 0; i < iters; ++i) {
-    cuda_ok(cudaEventRecord(start, stream), "cudaEventRecord");
-    fn(stream);
-    cuda_ok(cudaEventRecord(stop, stream), "cudaEventRecord");
-    cuda_ok(cudaEventSynchronize(stop), "timed call");
     float t = 0;
-    cuda_ok(cudaEventElapsedTime(&t, start, stop), "cudaEventElapsedTime");
+    cuda_ok(cudaEventElapsedTime(&t, ev[2 * i], ev[2 * i + 1]), "cudaEventElapsedTime");
     ms.push_back(t);
   }
-  cuda_ok(cudaEventDestroy(start), "cudaEventDestroy");
-  cuda_ok(cudaEventDestroy(stop), "cudaEventDestroy");
+  for (auto& e : ev) cuda_ok(cudaEventDestroy(e), "cudaEventDestroy");
   std::sort(ms.begin(), ms.end());
   const size_t n = ms.size();
   Timing r;

@@ -1,5 +1,7 @@
 // The one timing helper of the benchmarks: warm-up calls, then CUDA events around each timed
-// call on the given stream, and the median.
+// call on the given stream, and the median. The timed calls are queued back to back (one
+// synchronisation at the end), so each event pair measures the GPU time of its call and not
+// the host work of enqueueing it (argument checks), which overlaps the previous call.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -18,8 +20,9 @@ struct Timing {
   int calls = 0;
 };
 
-// Runs fn(stream) `warmup` times untimed, then `iters` (>= 10) times, each between two events.
+// Runs fn(stream) untimed for at least `warmup` calls and `warmup_ms` (clocks settle), then
+// `iters` (>= 10) times, each between two events.
 Timing time_calls(const std::function<void(cudaStream_t)>& fn, cudaStream_t stream,
-                  int warmup = 3, int iters = 10);
+                  int warmup = 3, int iters = 10, double warmup_ms = 300);
 
 }  // namespace spaattn::bench
