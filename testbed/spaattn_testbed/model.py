@@ -132,8 +132,8 @@ class Block(nn.Module):
         b, s, _ = x.shape
         h = self.norm1(x) * (1 + scale1) + shift1
         q, k, v = self.qkv(h).view(b, s, 3, self.heads, self.head_dim).unbind(2)
-        q = apply_rope(self.q_norm(q), ctx.cos, ctx.sin).to(v.dtype)
-        k = apply_rope(self.k_norm(k), ctx.cos, ctx.sin).to(v.dtype)
+        q = apply_rope(self.q_norm(q.float()), ctx.cos, ctx.sin).to(v.dtype)
+        k = apply_rope(self.k_norm(k.float()), ctx.cos, ctx.sin).to(v.dtype)
         o = ctx.attention(q, k, v, self.layer_idx, ctx.step_idx, ctx.text_lengths, grid=ctx.grid)
         x = x + gate1 * self.proj(o.reshape(b, s, -1))
         h = self.norm2(x) * (1 + scale2) + shift2
@@ -223,7 +223,8 @@ class VideoDiT(nn.Module):
         c = F.silu(c)
         mod = self.adaln(c).view(b, 6, -1)
 
-        x = torch.cat([self.patch_embed(self.patchify(video)), words + self.text_pos[:n_text]], dim=1)
+        video_tokens = self.patch_embed(self.patchify(video)).float()
+        x = torch.cat([video_tokens, (words + self.text_pos[:n_text]).float()], dim=1)
         cos, sin = rope_tables(grid, n_text, self.cfg.rope_split, self.cfg.rope_theta, video.device)
         ctx = ForwardContext(self.attention, step_idx, text_lengths, grid, cos, sin)
         for block in self.blocks:

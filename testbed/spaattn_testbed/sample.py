@@ -102,8 +102,10 @@ def frame_row(video: np.ndarray, columns: int, gap: int = 2) -> np.ndarray:
     return row
 
 
-def save_strip(path: str | Path, rows: Sequence[tuple[str, np.ndarray]], columns: int = 8, scale: float = 1.5) -> None:
-    """PNG with one labelled row of frames per ``(label, video [T, H, W, 3])``."""
+def save_strip(path: str | Path, rows: Sequence[tuple[str, np.ndarray]], columns: int = 8, scale: float = 2.0) -> None:
+    """PNG with one labelled row of frames per ``(label, video [T, H, W, 3])``; labels are wrapped."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,14 +114,20 @@ def save_strip(path: str | Path, rows: Sequence[tuple[str, np.ndarray]], columns
     images = [frame_row(v, columns) for _, v in rows]
     h, w = images[0].shape[:2]
     dpi = 100
-    fig_w = w * scale / dpi
-    row_h = (h * scale + 28) / dpi
-    fig, axes = plt.subplots(len(images), 1, figsize=(fig_w, row_h * len(images)), dpi=dpi, squeeze=False)
-    for ax, (label, _), img in zip(axes[:, 0], rows, images):
-        ax.imshow(img, interpolation="nearest")
+    chars = max(20, int(w * scale / 5.2))
+    labels = [textwrap.fill(label, chars) for label, _ in rows]
+    lines = [label.count("\n") + 1 for label in labels]
+    heights = [h * scale + 12 * n + 6 for n in lines]
+    fig = plt.figure(figsize=(w * scale / dpi, sum(heights) / dpi), dpi=dpi)
+    top = 1.0
+    for label, img, height, n in zip(labels, images, heights, lines):
+        frac = height / sum(heights)
+        image_frac = h * scale / sum(heights)
+        ax = fig.add_axes((0.0, top - frac, 1.0, image_frac))
+        ax.imshow(img, interpolation="nearest", aspect="auto")
         ax.set_axis_off()
-        ax.set_title(label, fontsize=7, loc="left", pad=2)
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.99, bottom=0.01, hspace=0.35)
+        fig.text(0.005, top - 0.002, label, fontsize=7.5, va="top", ha="left", family="monospace")
+        top -= frac
     fig.savefig(str(path), dpi=dpi)
     plt.close(fig)
 

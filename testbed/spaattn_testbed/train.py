@@ -73,7 +73,7 @@ class TrainConfig:
     grids: str = "16x64x64:32@0.6,32x64x64:16@0.4"
     lr: float = 5e-4
     warmup: int = 300
-    total_steps: int = 5000
+    total_steps: int = 4000
     cooldown: float = 0.2
     final_lr: float = 0.05
     weight_decay: float = 0.01
@@ -164,13 +164,58 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: i
     return loss.detach()
 
 
-def _append_log(path: Path, rows: list[dict]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+class LossLog:
+    """Accumulates step losses on the device (no sync per step) into ``loss.csv`` rows."""
+
+    def __init__(self, path: Path, device: torch.device, seconds_before: float) -> None:
+        self.path = path
+        self.seconds_before = seconds_before
+        self.call_start = time.monotonic()
+        self.total = torch.zeros((), device=device)
+        self.rows: list[dict] = []
+        self.last_loss = float("nan")
+        self._reset()
+
+    def _reset(self) -> None:
+        self.total.zero_()
+        self.steps, self.tokens = 0, 0
+        self.start = time.monotonic()
+
+    def add(self, loss: torch.Tensor, video_tokens: int) -> None:
+        self.total += loss
+        self.steps += 1
+        self.tokens += video_tokens
+
+    def seconds(self) -> float:
+        """Training seconds of the whole run so far."""
+        return self.seconds_before + time.monotonic() - self.call_start
+
+    def close_interval(self, step: int, lr: float, samples: int, video_tokens: int) -> float:
+        """Turn the steps since the last row into a row; returns the seconds per step of the interval."""
+        if self.steps == 0:
+            return 0.0
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        self.last_loss = self.total.item() / self.steps
+        self.rows.append({
+            "step": step, "loss": f"{self.last_loss:.5f}", "lr": f"{lr:.3e}", "samples": samples,
+            "video_tokens": video_tokens, "train_seconds": f"{self.seconds():.1f}",
+            "steps_per_s": f"{self.steps / elapsed:.3f}", "tokens_per_s": f"{self.tokens / elapsed:.0f}",
+        })
+        per_step = elapsed / self.steps
+        self._reset()
+        return per_step
+
+    def flush(self) -> None:
+        """Append the pending rows to the CSV file (header on a new file)."""
+        if not self.rows:
+            return
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerows(self.rows)
+        self.rows = []
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -241,16 +286,19 @@ def main(argv: list[str] | None = None) -> dict:
     budget = args.minutes * 60.0
     last_target = cfg.total_steps if args.steps is None else min(cfg.total_steps, step + args.steps)
     progress = Progress(total=cfg.total_steps, start=step)
-    first_step = step
-    call_start = time.monotonic()
-    last_save = call_start
-    loss_sum = torch.zeros((), device=device)
-    loss_n, log_rows, last_loss = 0, [], float("nan")
-    interval_start, interval_steps, interval_tokens = time.monotonic(), 0, 0
-    step_time = 0.0
+    log = LossLog(out / "loss.csv", device, train_seconds)
+    first_step, first_samples, first_tokens = step, samples, tokens
+    last_save, step_time = time.monotonic(), 0.0
+
+    def save() -> None:
+        info = {"step": step, "samples": samples, "video_tokens": tokens,
+                "train_seconds": round(log.seconds(), 1), "train_config": vars(cfg)}
+        save_train_state(out, model, optimizer, info, torch.bfloat16 if args.moments == "bf16" else torch.float32)
+        save_model(model, out / MODEL_FILE, step, {"train_config": json.dumps(vars(cfg)), "samples": str(samples)})
+        log.flush()
+
     while step < last_target:
-        now = time.monotonic()
-        if now - _PROCESS_START + 2.0 * step_time + 15.0 > budget:
+        if time.monotonic() - _PROCESS_START + 2.0 * step_time + 15.0 > budget:
             break
         grid = grid_for_step(step, cfg)
         loss = train_step(model, optimizer, step, cfg, device, forward)
@@ -258,63 +306,33 @@ def main(argv: list[str] | None = None) -> dict:
         n_tok = grid.batch * math.prod(model.token_grid(*grid.pixels))
         samples += grid.batch
         tokens += n_tok
-        loss_sum += loss
-        loss_n += 1
-        interval_steps += 1
-        interval_tokens += n_tok
-        if step % args.log_every == 0 or step == last_target:
-            last_loss = loss_sum.item() / loss_n
-            elapsed = time.monotonic() - interval_start
-            log_rows.append({
-                "step": step, "loss": f"{last_loss:.5f}", "lr": f"{lr_at(step - 1, cfg):.3e}", "samples": samples,
-                "video_tokens": tokens, "train_seconds": f"{train_seconds + time.monotonic() - call_start:.1f}",
-                "steps_per_s": f"{interval_steps / elapsed:.3f}", "tokens_per_s": f"{interval_tokens / elapsed:.0f}",
-            })
-            step_time = elapsed / interval_steps
-            loss_sum.zero_()
-            loss_n, interval_steps, interval_tokens = 0, 0, 0
-            interval_start = time.monotonic()
-            progress.update(step, loss=f"{last_loss:.4f}", lr=f"{lr_at(step - 1, cfg):.2e}")
+        log.add(loss, n_tok)
+        if step % args.log_every == 0:
+            step_time = log.close_interval(step, lr_at(step - 1, cfg), samples, tokens)
+            progress.update(step, loss=f"{log.last_loss:.4f}", lr=f"{lr_at(step - 1, cfg):.2e}")
         elif step_time == 0.0 and step - first_step >= 2:
-            step_time = (time.monotonic() - call_start) / (step - first_step)
+            step_time = (time.monotonic() - log.call_start) / (step - first_step)
         if time.monotonic() - last_save > args.save_every * 60.0:
-            _save(out, model, optimizer, step, samples, tokens, train_seconds + time.monotonic() - call_start,
-                  args, cfg, log_rows)
-            log_rows = []
+            save()
             last_save = time.monotonic()
-    progress.update(step, force=True, loss=f"{last_loss:.4f}")
+    log.close_interval(step, lr_at(step - 1, cfg), samples, tokens)
+    progress.update(step, force=True, loss=f"{log.last_loss:.4f}")
     progress.close()
-    call_seconds = time.monotonic() - call_start
-    if loss_n:
-        log_rows.append({
-            "step": step, "loss": f"{loss_sum.item() / loss_n:.5f}", "lr": f"{lr_at(step - 1, cfg):.3e}",
-            "samples": samples, "video_tokens": tokens, "train_seconds": f"{train_seconds + call_seconds:.1f}",
-            "steps_per_s": "", "tokens_per_s": "",
-        })
-    _save(out, model, optimizer, step, samples, tokens, train_seconds + call_seconds, args, cfg, log_rows)
-    done = step - first_step
+    call_seconds = time.monotonic() - log.call_start
+    save()
+    seconds = max(call_seconds, 1e-9)
     summary = {
-        "step": step, "steps_this_call": done, "seconds": round(call_seconds, 1),
-        "steps_per_s": round(done / call_seconds, 3) if call_seconds > 0 else 0.0,
-        "samples_per_s": round((samples - (int(info["samples"]) if info else 0)) / call_seconds, 1) if call_seconds else 0.0,
-        "video_tokens_per_s": round((tokens - (int(info["video_tokens"]) if info else 0)) / call_seconds) if call_seconds else 0,
-        "loss": last_loss,
+        "step": step, "steps_this_call": step - first_step, "seconds": round(call_seconds, 1),
+        "steps_per_s": round((step - first_step) / seconds, 3),
+        "samples_per_s": round((samples - first_samples) / seconds, 1),
+        "video_tokens_per_s": round((tokens - first_tokens) / seconds),
+        "loss": log.last_loss,
     }
     if device.type == "cuda":
         summary["max_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 1)
     print("summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()), flush=True)
     print(f"saved {out / MODEL_FILE} at step {step}; total {format_seconds(train_seconds + call_seconds)} trained", flush=True)
     return summary
-
-
-def _save(out: Path, model: VideoDiT, optimizer: torch.optim.Optimizer, step: int, samples: int, tokens: int,
-          train_seconds: float, args: argparse.Namespace, cfg: TrainConfig, log_rows: list[dict]) -> None:
-    info = {"step": step, "samples": samples, "video_tokens": tokens, "train_seconds": round(train_seconds, 1),
-            "train_config": vars(cfg)}
-    save_train_state(out, model, optimizer, info, torch.bfloat16 if args.moments == "bf16" else torch.float32)
-    save_model(model, out / MODEL_FILE, step, {"train_config": json.dumps(vars(cfg)), "samples": str(samples)})
-    if log_rows:
-        _append_log(out / "loss.csv", log_rows)
 
 
 if __name__ == "__main__":

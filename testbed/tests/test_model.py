@@ -115,3 +115,21 @@ def test_default_config_fits_budget(tmp_path):
     assert path.stat().st_size <= 16 * 2**20
     assert 5e6 < count_parameters(model) < 8e6
     assert model.token_grid(32, 64, 64) == (32, 16, 16)
+
+
+def test_bf16_autocast_forward_and_backward(tiny_model):
+    video, t, tokens, lengths = _inputs()
+    seen = []
+
+    def spy(q, k, v, layer_idx, step_idx, text_lengths, *, grid):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return dense_attention(q, k, v, layer_idx, step_idx, text_lengths, grid=grid)
+
+    tiny_model.set_attention(spy)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = tiny_model(video, t, tokens, lengths)
+    out.float().square().mean().backward()
+    tiny_model.set_attention(None)
+    assert seen and all(d == (torch.bfloat16,) * 3 for d in seen)
+    assert torch.isfinite(out).all()
+    assert all(p.grad is not None for p in tiny_model.parameters())
