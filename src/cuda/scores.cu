@@ -6,7 +6,7 @@
 // (read straight from K; only the valid t < L_t count). A video tile computes for every pair the
 // raw dots q̄_i.k̄_j, δq_i.k̄_j and q̄_i.δk_j (fp32 FMA chains over e in order, 4 x 4 pairs per
 // thread, operands staged transposed in shared memory 32 dims at a time); it writes the logit
-// z_ij + log n_j into P, the bit "G_ij >= E_ij" (the common factor n_i n_j dropped, as on the CPU)
+// z_ij + log n_j into P, the bit "G_ij > E_ij" (the common factor n_i n_j dropped, as on the CPU)
 // into the compensable bitmask, and the row's (max, sum of exp) over the tile into `partial`.
 // A text tile only adds its (max, sum of exp). Computing GAPR here shares the q̄.k̄ dot with IPAR
 // and leaves the rectification a pure weighted sum. Splitting the key axis across CTAs (instead
@@ -154,7 +154,7 @@ __global__ void __launch_bounds__(kThreads, 2) score_tiles(const __grid_constant
           // n_j: B, or the true count of the last (partial) video block.
           z[c] = p.scale * dot[r][c] + logf(j == nv - 1 ? last_count : static_cast<float>(dims.block));
           p.P[(bh * nv + i) * (nv + 1) + j] = z[c];
-          if (kGapr && fabsf(dot[r][c]) >= fabsf(e1[r][c]) + fabsf(e2[r][c]))
+          if (kGapr && fabsf(dot[r][c]) > fabsf(e1[r][c]) + fabsf(e2[r][c]))
             bits |= 1u << ((tx % 8) * 4 + c);
         } else {
           z[c] = p.scale * dot[r][c];

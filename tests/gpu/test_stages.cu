@@ -182,12 +182,12 @@ TEST_P(StagesChain, MatchCpuStages) {
   // Device inputs: the raster-order tensors, the permutation, the map, L_t.
   DeviceTensor dq(prob.q), dk(prob.k), dv(prob.v);
   DeviceBuffer dperm(perm.size() * 4), dtext(c.text_len.size() * 4);
-  dperm.upload(perm.data(), dperm.bytes());
-  dtext.upload(c.text_len.data(), dtext.bytes());
+  put(static_cast<int32_t*>(dperm.get()), perm);
+  put(static_cast<int32_t*>(dtext.get()), c.text_len);
   const auto [nbr_off, nbr_cols] = st::flatten_neighbours(nbrs);
   DeviceBuffer doff(nbr_off.size() * 4), dcols(nbr_cols.size() * 4);
-  doff.upload(nbr_off.data(), doff.bytes());
-  dcols.upload(nbr_cols.data(), dcols.bytes());
+  put(static_cast<int32_t*>(doff.get()), nbr_off);
+  put(static_cast<int32_t*>(dcols.get()), nbr_cols);
   const st::NeighbourMap map{nbrs.empty() ? nullptr : static_cast<const int32_t*>(doff.get()),
                              static_cast<const int32_t*>(dcols.get())};
   AttentionArgs gpu_args = prob.args;
@@ -400,8 +400,8 @@ TEST_P(StagesSelect, MatchesCpuExactly) {
 
   const auto [nbr_off, nbr_cols] = st::flatten_neighbours(nbrs);
   DeviceBuffer doff(nbr_off.size() * 4), dcols(nbr_cols.size() * 4);
-  doff.upload(nbr_off.data(), doff.bytes());
-  dcols.upload(nbr_cols.data(), dcols.bytes());
+  put(static_cast<int32_t*>(doff.get()), nbr_off);
+  put(static_cast<int32_t*>(dcols.get()), nbr_cols);
   const st::NeighbourMap map{nbrs.empty() ? nullptr : static_cast<const int32_t*>(doff.get()),
                              static_cast<const int32_t*>(dcols.get())};
   Workspace ws(dims);
