@@ -127,11 +127,13 @@ def block_sparse_attention(
     out, out_view = T.output(q, None, layout)
     lse, lse_view = T.lse_output(q, layout) if return_lse else (None, None)
     lengths, lengths_host = T.text_lengths(text_lengths, q)
+    dense = not isinstance(mask, (tuple, list)) and getattr(mask, "ndim", 0) == 4
     with T.device_of(q) as stream:
         row_offsets, col_indices = _mask_csr(mask, q, stream)
         _C.block_sparse_attention(
             qv, kv, vv, row_offsets, col_indices, out_view, lse_view, lengths, lengths_host,
-            num_text, text_placement, block_size, 0.0 if scale is None else scale, stream,
+            num_text, text_placement, block_size, 0.0 if scale is None else scale,
+            tuple(mask.shape) if dense else None, stream,
         )
     return (out, lse) if return_lse else out
 

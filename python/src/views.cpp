@@ -38,8 +38,12 @@ template <class Array>
 TensorView view_of(const Array& a, const char* name) {
   SPAATTN_CHECK_ARG(a.ndim() >= 1 && a.ndim() <= 4, name, "expected 1 to 4 dimensions, got ",
                     a.ndim());
+  // Frameworks may give empty arrays no memory; a placeholder address (never read) lets the
+  // library's shape checks report the empty dimension instead of a null pointer.
+  alignas(16) static char empty_placeholder[16];
   TensorView t;
   t.data = const_cast<void*>(static_cast<const void*>(a.data()));
+  if (t.data == nullptr && a.size() == 0) t.data = empty_placeholder;
   t.dtype = to_dtype(a.dtype(), name);
   t.device = to_device(a.device_type(), name);
   t.rank = static_cast<int>(a.ndim());

@@ -1,0 +1,213 @@
+"""spaattn's diffusers processors on tiny randomly initialised HunyuanVideo, Wan and CogVideoX
+transformers (no downloaded weights): the same output as the stock processors at density 1, runs
+at sparsity 0.9, step and guidance accounting, removal. CPU float32; CUDA bfloat16 on a GPU."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+import spaattn  # noqa: E402
+import spaattn.diffusers as sd  # noqa: E402
+from diffusers.models.embeddings import get_3d_rotary_pos_embed  # noqa: E402
+
+FRAMES, HEIGHT, WIDTH = 4, 32, 32  # latent input; 4 x 16 x 16 = 1,024 video tokens (patch 2)
+GRID = (4, 16, 16)
+
+
+@dataclass
+class Case:
+    name: str
+    build: Callable[[], torch.nn.Module]
+    inputs: Callable[[int, float, str, torch.dtype], dict[str, Any]]
+    num_layers: int
+
+
+def _hunyuan() -> torch.nn.Module:
+    return diffusers.HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=64,
+        num_layers=1, num_single_layers=1, num_refiner_layers=1, patch_size=2, patch_size_t=1,
+        text_embed_dim=32, pooled_projection_dim=16, rope_axes_dim=(16, 24, 24),
+    )
+
+
+def _hunyuan_inputs(batch: int, t: float, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(batch)
+    text_mask = torch.ones(batch, 12, dtype=torch.long)
+    text_mask[-1, 9:] = 0  # padding text tokens on the last item
+    inputs = dict(
+        hidden_states=torch.randn(batch, 4, FRAMES, HEIGHT, WIDTH, generator=g),
+        encoder_hidden_states=torch.randn(batch, 12, 32, generator=g),
+        pooled_projections=torch.randn(batch, 16, generator=g),
+        guidance=torch.full((batch,), 6000.0),
+    )
+    inputs = {k: x.to(device, dtype) for k, x in inputs.items()}
+    return dict(inputs, encoder_attention_mask=text_mask.to(device),
+                timestep=torch.full((batch,), t, device=device))
+
+
+def _wan() -> torch.nn.Module:
+    return diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=4,
+        out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, rope_max_seq_len=32,
+    )
+
+
+def _wan_inputs(batch: int, t: float, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(batch)
+    return dict(
+        hidden_states=torch.randn(batch, 4, FRAMES, HEIGHT, WIDTH, generator=g).to(device, dtype),
+        encoder_hidden_states=torch.randn(batch, 10, 32, generator=g).to(device, dtype),
+        timestep=torch.full((batch,), t, device=device),
+    )
+
+
+def _cogvideox() -> torch.nn.Module:
+    return diffusers.CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=64, in_channels=4, out_channels=4,
+        time_embed_dim=32, text_embed_dim=32, num_layers=2, sample_width=WIDTH,
+        sample_height=HEIGHT, sample_frames=4 * (FRAMES - 1) + 1, patch_size=2,
+        max_text_seq_length=8, use_rotary_positional_embeddings=True,
+    )
+
+
+def _cogvideox_inputs(batch: int, t: float, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(batch)
+    cos, sin = get_3d_rotary_pos_embed(embed_dim=64, crops_coords=((0, 0), GRID[1:]),
+                                       grid_size=GRID[1:], temporal_size=FRAMES)
+    return dict(
+        hidden_states=torch.randn(batch, FRAMES, 4, HEIGHT, WIDTH, generator=g).to(device, dtype),
+        encoder_hidden_states=torch.randn(batch, 8, 32, generator=g).to(device, dtype),
+        timestep=torch.full((batch,), t, device=device),
+        image_rotary_emb=(cos.to(device), sin.to(device)),
+    )
+
+
+CASES = {
+    "hunyuan_video": Case("hunyuan_video", _hunyuan, _hunyuan_inputs, 2),
+    "wan": Case("wan", _wan, _wan_inputs, 2),
+    "cogvideox": Case("cogvideox", _cogvideox, _cogvideox_inputs, 2),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request):
+    torch.manual_seed(0)
+    return CASES[request.param], CASES[request.param].build().eval()
+
+
+def run(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs, return_dict=False)[0]
+
+
+def processors(model) -> list[Any]:
+    return [m.processor for m in sd._adapter(model).layers(model)]
+
+
+@pytest.mark.parametrize("method", ["dense", "rectified", "sparse"])
+def test_density_one_matches_the_stock_processor(case, method):
+    spec, model = case
+    inputs = spec.inputs(2, 900.0, "cpu", torch.float32)
+    stock = run(model, inputs)
+    with sd.apply(model, method=method, sparsity=0.0, block_size=64) as handle:
+        out = run(model, inputs)
+        stats = handle.stats()
+    assert sorted(stats) == list(range(spec.num_layers))
+    assert all(s.density == 1.0 for s in stats.values())
+    torch.testing.assert_close(out, stock, atol=2e-5 * stock.abs().max().item(), rtol=0)
+
+
+def test_sparsity_09_runs_and_removal_restores_the_stock_model(case):
+    spec, model = case
+    stock_processors = processors(model)
+    inputs = spec.inputs(1, 900.0, "cpu", torch.float32)
+    stock = run(model, inputs)
+    handle = sd.apply(model, sparsity=0.9, block_size=64)
+    assert all(type(p).__module__.startswith("spaattn.") for p in processors(model))
+    out = run(model, inputs)
+    assert out.shape == stock.shape and torch.isfinite(out).all()
+    assert all(s.kind == "sparse" and s.density < 1.0 for s in handle.stats().values())
+    sd.remove(model)
+    assert all(a is b for a, b in zip(processors(model), stock_processors))
+    assert not model._forward_pre_hooks
+    torch.testing.assert_close(run(model, inputs), stock, atol=0, rtol=0)
+
+
+def test_steps_entries_and_new_runs(case):
+    spec, model = case
+    handle = sd.apply(model, method="rettention", sparsity=0.75, dense_steps=1, ref_period=2,
+                      dense_layers=[1], block_size=64)
+    try:
+        seen = []
+        for run_index in range(2):
+            for t in (999.0, 800.0, 600.0, 400.0):
+                for _ in range(2):  # guidance as two separate forwards of one step
+                    run(model, spec.inputs(1, t, "cpu", torch.float32))
+                    stats = handle.stats()
+                    seen.append((handle.step, handle.entry, stats[0].kind, stats[1].kind))
+        first = seen[:8]
+        assert [s[:2] for s in first] == [(i, e) for i in range(4) for e in (0, 1)]
+        assert [s[2] for s in first[::2]] == ["dense", "reference", "sparse", "reference"]
+        assert all(s[3] == "dense" for s in seen)
+        assert seen[8:] == first  # a larger timestep started a new run from step 0
+    finally:
+        handle.remove()
+
+
+def test_options_are_checked_before_anything_changes(case):
+    spec, model = case
+    before = processors(model)
+    with pytest.raises(ValueError, match="config.select.sparsity: expected 0 <= sparsity < 1"):
+        sd.apply(model, sparsity=1.5)
+    with pytest.raises(ValueError, match="grid: set by spaattn"):
+        sd.apply(model, grid=(1, 2, 3))
+    assert all(a is b for a, b in zip(processors(model), before))
+    with sd.apply(model):
+        with pytest.raises(ValueError, match="already applied"):
+            sd.apply(model)
+    with pytest.raises(ValueError, match="pipe: expected a pipeline or transformer"):
+        sd.apply(object())
+
+
+def test_first_frame_blocks_per_frame(case):
+    spec, model = case
+    handle = sd.apply(model, sparsity=0.9, first_frame_blocks="frame", block_size=64)
+    try:
+        run(model, spec.inputs(1, 900.0, "cpu", torch.float32))
+        control = model._spaattn_control
+        assert control.grid == GRID
+        assert handle.stats()[0].kind == "sparse"
+    finally:
+        handle.remove()
+
+
+@pytest.fixture
+def gpu_pipeline():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    q = torch.zeros(1, 128, 1, 64, dtype=torch.bfloat16, device="cuda")
+    try:
+        spaattn.SparseAttention("dense", block_size=64).forward(q, q, q)
+    except RuntimeError as error:
+        if "not available in this version" in str(error):
+            pytest.skip(f"SparseAttention's GPU path: {error}")
+        raise
+
+
+def test_cuda_bfloat16_density_one_and_sparse(case, gpu_pipeline):
+    spec, model = case
+    model = copy.deepcopy(model).to("cuda", torch.bfloat16)
+    inputs = spec.inputs(2, 900.0, "cuda", torch.bfloat16)
+    stock = run(model, inputs).float()
+    with sd.apply(model, sparsity=0.0, block_size=64):
+        out = run(model, inputs).float()
+    assert (out - stock).norm() / stock.norm() < 2e-2
+    with sd.apply(model, sparsity=0.9, block_size=64):
+        assert torch.isfinite(run(model, inputs)).all()

@@ -1,0 +1,103 @@
+"""SparseAttention on numpy arrays: methods, schedules and the state kept across steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import qkv, randn, reference
+
+import spaattn
+
+SHAPE = (2, 512 + 32, 2, 64)  # grid 2 x 16 x 16 video tokens, 32 text tokens
+
+
+def test_dense_method_matches_float64():
+    q, k, v = qkv(SHAPE)
+    attention = spaattn.SparseAttention("dense", block_size=64)
+    out = attention.forward(q, k, v, num_text=32, text_lengths=[32, 10])
+    np.testing.assert_allclose(out, reference(q, k, v, num_text=32, text_lengths=[32, 10])[0],
+                               atol=2e-5)
+    assert attention.last_stats == spaattn.CallStats("dense", 1.0, False)
+
+
+def test_rettention_schedule_and_correction():
+    q, k, v = qkv(SHAPE, seed=2)
+    dense = reference(q, k, v, num_text=32)[0]
+    attention = spaattn.SparseAttention("rettention", sparsity=0.75, dense_steps=1,
+                                        ref_period=2, block_size=64, grid=(2, 16, 16))
+    kinds = []
+    for step in range(5):
+        out = attention.forward(q, k, v, layer=3, step=step, num_text=32)
+        kinds.append(attention.last_stats.kind)
+        if kinds[-1] != "sparse":
+            np.testing.assert_allclose(out, dense, atol=2e-5)
+        else:
+            # The step after a reference on the same inputs: rho O_spa + Delta = O_full.
+            np.testing.assert_allclose(out, dense, atol=1e-4)
+            assert attention.last_stats.density < 1.0
+    assert kinds == ["dense", "reference", "sparse", "reference", "sparse"]
+    assert attention.state_count == 1
+
+
+def test_rettention_sparse_step_needs_its_reference():
+    q, k, v = qkv(SHAPE, seed=3)
+    attention = spaattn.SparseAttention("rettention", sparsity=0.75, ref_period=4, block_size=64)
+    attention.forward(q, k, v, step=0, num_text=32)
+    attention.reset()
+    assert attention.state_count == 0
+    with pytest.raises(ValueError) as error:
+        attention.forward(q, k, v, step=2, num_text=32)
+    assert str(error.value) == (
+        "call.step: Re-ttention needs the reference step 0 of layer 0 entry 0 before step 2 "
+        "(call reset() between runs and run every step)"
+    )
+    assert attention.state_count == 0
+
+
+def test_state_is_kept_per_layer_and_entry():
+    q, k, v = qkv(SHAPE, seed=4)
+    attention = spaattn.SparseAttention("sparse", sparsity=0.5, block_size=64, mask_period=2)
+    reused = []
+    for step in range(3):
+        for entry in (0, 1):
+            attention.forward(q, k, v, layer=1, entry=entry, step=step, num_text=32)
+            reused.append(attention.last_stats.mask_reused)
+    assert reused == [False, False, True, True, False, False]
+    assert attention.state_count == 2
+    attention.reset()
+    assert attention.state_count == 0
+
+
+def test_dense_layers_and_steps():
+    q, k, v = qkv(SHAPE, seed=5)
+    attention = spaattn.SparseAttention(sparsity=0.8, block_size=64, dense_steps=2,
+                                        dense_layers=[1])
+    kinds = {}
+    for step in range(3):
+        for layer in range(3):
+            attention.forward(q, k, v, layer=layer, step=step, num_text=32)
+            kinds[step, layer] = attention.last_stats.kind
+    assert [kinds[s, 0] for s in range(3)] == ["dense", "dense", "sparse"]
+    assert [kinds[2, layer] for layer in range(3)] == ["sparse", "dense", "sparse"]
+
+
+@pytest.mark.parametrize("method", ["sparse", "rectified", "rectified_rettention"])
+def test_methods_and_output_dtypes(method):
+    q, k, v = qkv(SHAPE, seed=6)
+    attention = spaattn.SparseAttention(method, sparsity=0.75, block_size=64, grid=(2, 16, 16),
+                                        ref_period=2, order="tiles", tile=(1, 8, 8))
+    out = np.empty(SHAPE, dtype=np.float16)
+    result = attention.forward(q, k, v, num_text=32, out=out)
+    assert result is out and np.isfinite(out).all()
+    assert attention.selector == "ipar"
+
+
+def test_failed_call_leaves_the_state_untouched():
+    q, k, v = qkv(SHAPE, seed=8)
+    attention = spaattn.SparseAttention("rettention", sparsity=0.75, block_size=64)
+    attention.forward(q, k, v, step=0, num_text=32)
+    bad = randn((2, 512 + 32, 2, 96), seed=9)
+    with pytest.raises(ValueError, match="q: expected head_dim 64 or 128, got 96"):
+        attention.forward(bad, bad, bad, step=1, num_text=32)
+    attention.forward(q, k, v, step=1, num_text=32)
+    assert attention.last_stats.kind == "sparse"
