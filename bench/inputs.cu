@@ -45,17 +45,27 @@ void fill_random(void* data, DType dtype, int64_t n, uint64_t seed) {
   cuda_ok(cudaGetLastError(), "fill_kernel");
 }
 
-std::vector<uint8_t> random_block_mask(int64_t heads, int64_t nb, double density, uint64_t seed) {
+std::vector<uint8_t> random_block_mask(int64_t heads, int64_t nb, double density, uint64_t seed,
+                                       bool text_dense, int64_t nv) {
   std::vector<uint8_t> dense(static_cast<size_t>(heads * nb * nb), 0);
-  const int64_t keep = std::max<int64_t>(1, std::llround(density * static_cast<double>(nb)));
+  const int64_t pool = text_dense ? nv : nb;  // blocks drawn at random
+  const int64_t keep = std::max<int64_t>(1, std::llround(density * static_cast<double>(pool)));
   std::mt19937_64 rng(seed);
-  std::vector<int32_t> ids(static_cast<size_t>(nb));
+  std::vector<int32_t> ids(static_cast<size_t>(pool));
   for (int64_t r = 0; r < heads * nb; ++r) {
+    uint8_t* row = dense.data() + r * nb;
+    if (text_dense) {
+      std::fill(row + nv, row + nb, 1);  // every text block
+      if (r % nb >= nv) {                // text query row: dense
+        std::fill(row, row + nv, 1);
+        continue;
+      }
+    }
     std::iota(ids.begin(), ids.end(), 0);
     for (int64_t i = 0; i < keep; ++i) {  // partial Fisher-Yates: the first `keep` are a sample
-      const int64_t j = i + static_cast<int64_t>(rng() % static_cast<uint64_t>(nb - i));
+      const int64_t j = i + static_cast<int64_t>(rng() % static_cast<uint64_t>(pool - i));
       std::swap(ids[i], ids[j]);
-      dense[r * nb + ids[i]] = 1;
+      row[ids[i]] = 1;
     }
   }
   return dense;

@@ -12,6 +12,10 @@ namespace spaattn::bench {
 void fill_random(void* data, DType dtype, int64_t n, uint64_t seed);
 
 // Dense [1, heads, nb, nb] mask: every row keeps max(1, round(density * nb)) random blocks.
-std::vector<uint8_t> random_block_mask(int64_t heads, int64_t nb, double density, uint64_t seed);
+// With text_dense, shaped like Rectified SpaAttn's selection instead: text query rows (blocks
+// nv and up) keep every block, video rows keep round(density * nv) random video blocks plus
+// every text block.
+std::vector<uint8_t> random_block_mask(int64_t heads, int64_t nb, double density, uint64_t seed,
+                                       bool text_dense = false, int64_t nv = 0);
 
 }  // namespace spaattn::bench

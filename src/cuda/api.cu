@@ -111,13 +111,13 @@ void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask
   check_device_pointer(mask.row_offsets.data, "mask.row_offsets");
   if (mask.col_indices.shape[0] > 0) check_device_pointer(mask.col_indices.data, "mask.col_indices");
   if (!args.text_lengths.empty()) check_device_pointer(args.text_lengths.data, "text_lengths");
-  // Token and block indices are 32-bit in the kernel; grid y / z limit heads and batch.
+  // Token, block and CTA indices are 32-bit in the kernel (one CTA per query block and head).
   constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
   SPAATTN_CHECK_ARG(args.seq_len() < kMaxInt, "q", "expected seq_len < 2^31, got ",
                     args.seq_len());
-  SPAATTN_CHECK_ARG(args.heads() <= 65535, "q", "expected at most 65535 heads, got ",
-                    args.heads());
-  SPAATTN_CHECK_ARG(args.batch() <= 65535, "q", "expected batch <= 65535, got ", args.batch());
+  SPAATTN_CHECK_ARG(args.batch() * args.heads() * args.layout.num_blocks() < kMaxInt, "q",
+                    "expected batch * heads * blocks < 2^31, got ",
+                    args.batch() * args.heads() * args.layout.num_blocks());
   SPAATTN_CHECK_ARG(mask.col_indices.shape[0] < kMaxInt, "mask.col_indices",
                     "expected fewer than 2^31 entries, got ", mask.col_indices.shape[0]);
 

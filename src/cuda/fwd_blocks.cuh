@@ -5,6 +5,33 @@
 
 namespace spaattn::cuda_detail {
 
+// What one CTA computes: query block qb of head h of batch item b.
+struct Work {
+  int b, h, qb;
+};
+
+// CTA index -> work. Text query blocks of every (batch item, head) come first, then the video
+// blocks head by head: text query rows are usually dense (Rectified SpaAttn, CogVideoX masks),
+// so the heaviest CTAs start in the first wave instead of trailing at the end, while the video
+// blocks of one head, resident together, share that head's K and V in L2.
+__device__ __forceinline__ Work decode_work(const FwdParams& p, int index) {
+  const int nt = p.num_q_blocks - p.num_video_blocks;
+  const int text_items = p.batch * p.heads * nt;
+  if (index < text_items) {
+    const int bh = index / nt;
+    return Work{bh / p.heads, bh % p.heads, p.num_video_blocks + index % nt};
+  }
+  index -= text_items;
+  const int bh = index / p.num_video_blocks;
+  return Work{bh / p.heads, bh % p.heads, index % p.num_video_blocks};
+}
+
+// Per-CTA values the threads need only now and then (when a key block is entered, in the
+// epilogue): kept in shared memory rather than in registers, the main loop's scarce resource.
+struct CtaShared {
+  int b, h, qb, text_len, e_end;
+};
+
 // Tokens of one block: sequence index of the first, real count n_j, and how many may be used
 // (text padding beyond L_t excluded).
 struct Span {
@@ -54,10 +81,6 @@ template <int B, int kTileN>
 struct KeyCursor {
   int e, j_next, u, begin, valid;
 
-  struct Shared {
-    int e_end, text_len;
-  };
-
   __device__ __forceinline__ KeyCursor(const FwdParams& p, int e_begin, int e_end) {
     e = e_begin - 1;
     j_next = e_begin < e_end ? __ldg(p.col_indices + e_begin) : -1;
@@ -65,7 +88,7 @@ struct KeyCursor {
     begin = valid = 0;
   }
 
-  __device__ __forceinline__ bool next(const FwdParams& p, const Shared& sh, KeyTile& t) {
+  __device__ __forceinline__ bool next(const FwdParams& p, const CtaShared& sh, KeyTile& t) {
     while (true) {
       if (u < B / kTileN && u * kTileN < valid) {
         t.begin = begin + u * kTileN;

@@ -1,5 +1,5 @@
 // The portable block-sparse attention kernel (ALGORITHM.md section 3), FlashAttention-2 scheme:
-// one CTA per (query block, head, batch item), 4 warps; Q stays in shared memory, K and V tiles
+// one CTA per (query block, head, batch item) (decode_work: text query blocks first), 4 warps; Q stays in shared memory, K and V tiles
 // of 64 keys stream through two cp.async stages while the previous tile is computed; scores and
 // output accumulate in fp32 registers with an online softmax in the exp2 domain; P is rounded
 // to the input type in registers and fed straight back to the tensor cores.
@@ -21,10 +21,11 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
   extern __shared__ __align__(128) unsigned char smem[];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int qb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int text_len = p.text_lengths ? min(max(p.text_lengths[b], 0), p.num_text) : p.num_text;
-  const Span q = block_span<B>(p, qb, text_len);
-  const int64_t row = (static_cast<int64_t>(b) * p.heads + h) * p.num_q_blocks + qb;
+  const Work w = decode_work(p, blockIdx.x);
+  const int text_len =
+      p.text_lengths ? min(max(p.text_lengths[w.b], 0), p.num_text) : p.num_text;
+  const Span q = block_span<B>(p, w.qb, text_len);
+  const int64_t row = (static_cast<int64_t>(w.b) * p.heads + w.h) * p.num_q_blocks + w.qb;
 
   // Q does not depend on the mask: its load goes out first, beside the two dependent reads
   // (row offsets, then the first column index) that locate the first key tile.
@@ -32,30 +33,29 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
   const uint32_t k_smem = q_smem + Tr::kQBytes;
   const uint32_t v_smem = k_smem + 2 * Tr::kKVBytes;
   if (q.valid > 0)
-    load_rows<T, B, D, Tr::kThreads>(q_smem, head_rows<T>(p.q, p.q_stride, q.begin),
+    load_rows<T, B, D, Tr::kThreads>(q_smem, head_rows<T>(p.q, p.q_stride, w.b, w.h, q.begin),
                                      p.q_stride[1], q.valid);
 
-  using Cursor = KeyCursor<B, Tr::kTileN>;
-  __shared__ typename Cursor::Shared cursor_shared;
+  __shared__ CtaShared cta;
   const int e_begin = p.row_offsets[row], e_end = p.row_offsets[row + 1];
-  if (tid == 0) cursor_shared = {e_end, text_len};
+  if (tid == 0) cta = {w.b, w.h, w.qb, text_len, e_end};
   __syncthreads();
-  Cursor keys(p, e_begin, e_end);
+  KeyCursor<B, Tr::kTileN> keys(p, e_begin, e_end);
   KeyTile tile;
-  if (q.valid == 0 || !keys.next(p, cursor_shared, tile)) {
+  if (q.valid == 0 || !keys.next(p, cta, tile)) {
     // Empty mask row or padding queries only: O = 0, lse = -inf, never NaN.
     cp_async_wait<0>();
-    store_zero_rows<T, D, Tr::kThreads>(out_rows<T>(p, b, h, q.begin), p.out_stride[1], q.count,
-                                        tid);
+    store_zero_rows<T, D, Tr::kThreads>(out_rows<T>(p, w.b, w.h, q.begin), p.out_stride[1],
+                                        q.count, tid);
     if (p.lse)
       for (int r = tid; r < q.count; r += Tr::kThreads)
-        lse_rows(p, b, h, q.begin)[r * p.lse_stride[1]] = -INFINITY;
+        lse_rows(p, w.b, w.h, q.begin)[r * p.lse_stride[1]] = -INFINITY;
     return;
   }
 
-  load_rows<T, Tr::kTileN, D, Tr::kThreads>(k_smem, head_rows<T>(p.k, p.k_stride, tile.begin),
+  load_rows<T, Tr::kTileN, D, Tr::kThreads>(k_smem, head_rows<T>(p.k, p.k_stride, cta.b, cta.h, tile.begin),
                                             p.k_stride[1], tile.valid);
-  load_rows<T, Tr::kTileN, D, Tr::kThreads>(v_smem, head_rows<T>(p.v, p.v_stride, tile.begin),
+  load_rows<T, Tr::kTileN, D, Tr::kThreads>(v_smem, head_rows<T>(p.v, p.v_stride, cta.b, cta.h, tile.begin),
                                             p.v_stride[1], tile.valid);
   cp_async_commit();
   int valid = tile.valid;  // keys of the tile being computed
@@ -81,13 +81,13 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
   for (int stage = 0;; stage ^= 1) {
     cp_async_wait<0>();
     __syncthreads();  // tile `stage` visible to all; everyone is done with the other stage
-    const bool more = keys.next(p, cursor_shared, tile);
+    const bool more = keys.next(p, cta, tile);
     if (more) {
       const uint32_t kn = k_smem + (stage ^ 1) * Tr::kKVBytes;
       const uint32_t vn = v_smem + (stage ^ 1) * Tr::kKVBytes;
-      load_rows<T, Tr::kTileN, D, Tr::kThreads>(kn, head_rows<T>(p.k, p.k_stride, tile.begin),
+      load_rows<T, Tr::kTileN, D, Tr::kThreads>(kn, head_rows<T>(p.k, p.k_stride, cta.b, cta.h, tile.begin),
                                                 p.k_stride[1], tile.valid);
-      load_rows<T, Tr::kTileN, D, Tr::kThreads>(vn, head_rows<T>(p.v, p.v_stride, tile.begin),
+      load_rows<T, Tr::kTileN, D, Tr::kThreads>(vn, head_rows<T>(p.v, p.v_stride, cta.b, cta.h, tile.begin),
                                                 p.v_stride[1], tile.valid);
       cp_async_commit();
     }
@@ -111,10 +111,10 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
   // Epilogue: normalise, zero the padding query rows, write lse, then stage O through this
   // warp's own rows of the Q tile (no other warp reads them) for coalesced 16-byte stores.
   // The query span is recomputed here rather than kept in registers through the main loop.
-  const Span qe = block_span<B>(p, fresh_ctaid_x(), cursor_shared.text_len);
+  const Span qe = block_span<B>(p, cta.qb, cta.text_len);
   const int warp_row = warp * MT * 16;
   sm.finish(o, qe.valid, warp_row, lane, p.scale_log2,
-            p.lse ? lse_rows(p, fresh_ctaid_z(), fresh_ctaid_y(), qe.begin) : nullptr,
+            p.lse ? lse_rows(p, cta.b, cta.h, qe.begin) : nullptr,
             p.lse_stride[1], qe.count);
   __syncwarp();
 #pragma unroll
@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
       }
     }
   __syncwarp();
-  store_rows<T, D>(out_rows<T>(p, fresh_ctaid_z(), fresh_ctaid_y(), qe.begin), p.out_stride[1],
+  store_rows<T, D>(out_rows<T>(p, cta.b, cta.h, qe.begin), p.out_stride[1],
                    q_smem, warp_row, MT * 16, qe.count, lane);
 }
 

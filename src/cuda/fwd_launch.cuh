@@ -1,5 +1,5 @@
-// Definition of run_fwd: grid (query blocks, heads, batch) with the query blocks of one head
-// adjacent, so CTAs resident together read the same head's K and V and share them in L2.
+// Definition of run_fwd: a 1-D grid of batch * heads * query blocks CTAs, ordered by
+// decode_work (fwd_blocks.cuh).
 #pragma once
 #include "check.cuh"
 #include "fwd_kernel.cuh"
@@ -14,7 +14,7 @@ void run_fwd(const FwdParams& params, cudaStream_t stream) {
   // Above 48 KB of dynamic shared memory a kernel must opt in (per device, so every call).
   SPAATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           Tr::kSmemBytes));
-  const dim3 grid(params.num_q_blocks, params.heads, params.batch);
+  const dim3 grid(params.batch * params.heads * params.num_q_blocks);
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(params);
   check_launch("fwd_kernel");
 }

@@ -58,12 +58,11 @@ __device__ __forceinline__ void load_rows(uint32_t dst, const T* src, int64_t ro
   }
 }
 
-// Row `begin` of (batch, head) of a [b, S, H, d] tensor, from freshly read block indices.
+// Row `begin` of (batch b, head h) of a [b, S, H, d] tensor.
 template <class T>
-__device__ __forceinline__ const T* head_rows(const void* base, const int64_t (&stride)[3],
-                                              int begin) {
-  return static_cast<const T*>(base) + fresh_ctaid_z() * stride[0] + fresh_ctaid_y() * stride[2] +
-         begin * stride[1];
+__device__ __forceinline__ const T* head_rows(const void* base, const int64_t (&stride)[3], int b,
+                                              int h, int begin) {
+  return static_cast<const T*>(base) + b * stride[0] + h * stride[2] + begin * stride[1];
 }
 
 // Stores rows [0, count) of a swizzled shared tile (`rows` rows starting at `first`) to global

@@ -13,27 +13,12 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// %tid.x and %ctaid read with volatile asm: the compiler re-reads them where they are used
-// instead of keeping values derived from them in registers across the main loop, which runs at
-// the 255-register limit (a kept address would be spilled).
+// %tid.x read with volatile asm: the compiler re-reads it where it is used instead of keeping
+// the addresses derived from it in registers across the main loop, which runs at the
+// 255-register limit (a kept address would be spilled).
 __device__ __forceinline__ int fresh_tid() {
   int v;
   asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(v));
-  return v;
-}
-__device__ __forceinline__ int fresh_ctaid_x() {
-  int v;
-  asm volatile("mov.u32 %0, %%ctaid.x;\n" : "=r"(v));
-  return v;
-}
-__device__ __forceinline__ int fresh_ctaid_y() {
-  int v;
-  asm volatile("mov.u32 %0, %%ctaid.y;\n" : "=r"(v));
-  return v;
-}
-__device__ __forceinline__ int fresh_ctaid_z() {
-  int v;
-  asm volatile("mov.u32 %0, %%ctaid.z;\n" : "=r"(v));
   return v;
 }
 

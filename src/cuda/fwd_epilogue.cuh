@@ -1,0 +1,47 @@
+// What the attention kernel's epilogue does with a row's normalised output O_spa and its lse
+// (ALGORITHM.md sections 4.5, 5 and 8): the corrections are affine per row, so they are applied
+// where O already sits in registers, never as extra passes over O.
+//   none:            O = O_spa
+//   block_affine:    Rectified SpaAttn, O = R_i O_spa + C_i for the rows of video query block i
+//                    (a = R [b*H, NV], c = C [b*H, NV, d], fp32); text query rows: O = O_spa
+//   row_affine:      Re-ttention sparse step, O = a O_spa + Delta with a = rho + drift
+//                    (min(a, 1) when clamp), rho f32 [b, S, H] and Delta (the kernel's element
+//                    type, [b, S, H, d], may be null) indexed by the token's sequence position
+//   merge_reference: the second launch of a Re-ttention reference step. The first launch wrote
+//                    (O_spa, lse_spa) of the mask into prev_out / prev_lse; this launch covers the
+//                    complement keys (O_c, lse_c) and writes, per row,
+//                      lse_full = logaddexp(lse_spa, lse_c), rho = exp(lse_spa - lse_full),
+//                      O_full = rho O_spa + (1 - rho) O_c  -> out (and lse_full -> lse),
+//                      Delta  = (1 - rho) O_c              -> delta_out, rho -> rho_out;
+//                    rows with lse_full = -inf get O = 0, rho = 0, Delta = 0.
+// Rows whose mask row is empty or holds no valid key still go through the epilogue, with
+// O_spa = 0 and lse = -inf (so block_affine gives C_i, merge_reference gives O_spa's row).
+// Padding query rows (text beyond L_t) are always written as O = 0, lse = -inf.
+#pragma once
+#include <cstdint>
+
+namespace spaattn::cuda_detail {
+
+enum class EpilogueKind : uint8_t { none, block_affine, row_affine, merge_reference };
+
+struct FwdEpilogue {
+  EpilogueKind kind = EpilogueKind::none;
+  // block_affine
+  const float* R = nullptr;
+  const float* C = nullptr;
+  // row_affine: rho and Delta of the layer's cache
+  const float* rho = nullptr;
+  const void* delta = nullptr;
+  int64_t rho_stride[3] = {};    // elements, dims b, S, H
+  int64_t delta_stride[3] = {};  // elements, dims b, S, H (unit stride on d)
+  float drift = 0.f;             // (k - 1) * lambda
+  bool clamp = false;
+  // merge_reference: inputs from the masked launch (same strides as out / lse) and the cache
+  // written by this launch (strides as rho_stride / delta_stride)
+  const void* prev_out = nullptr;
+  const float* prev_lse = nullptr;
+  float* rho_out = nullptr;
+  void* delta_out = nullptr;
+};
+
+}  // namespace spaattn::cuda_detail
