@@ -67,16 +67,19 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer
 class CaptureAttention:
     """Wraps an attention function and keeps q/k/v of chosen ``(layer, step)`` pairs.
 
-    Tensors are stored on the CPU as ``layer{L}.step{S}.{q,k,v}`` (``[b', S, H, d]``, ``b'`` the
-    selected batch items) with ``layer{L}.step{S}.text_lengths``; ``save`` writes them to one
-    safetensors file whose metadata holds the grid, ``N_v``, ``N_t`` and the pairs.
+    Tensors are stored on the CPU as ``layer{L}.step{S}.{q,k,v}`` (``[b', S, H', d]``, ``b'`` the
+    selected batch items, ``H'`` the selected heads) with ``layer{L}.step{S}.text_lengths``; ``save``
+    writes them to one safetensors file whose metadata holds the grid, ``N_v``, ``N_t``, the pairs and
+    the heads.
     """
 
     def __init__(self, inner: AttentionFn, pairs: Iterable[tuple[int, int]],
-                 batch_items: Sequence[int] | None = None, dtype: torch.dtype = torch.bfloat16) -> None:
+                 batch_items: Sequence[int] | None = None, heads: Sequence[int] | None = None,
+                 dtype: torch.dtype = torch.bfloat16) -> None:
         self.inner = inner
         self.pairs = set(pairs)
         self.batch_items = list(batch_items) if batch_items is not None else None
+        self.heads = list(heads) if heads is not None else None
         self.dtype = dtype
         self.tensors: dict[str, torch.Tensor] = {}
         self.grid: tuple[int, int, int] | None = None
@@ -87,9 +90,10 @@ class CaptureAttention:
                  grid: tuple[int, int, int]) -> torch.Tensor:
         if step_idx is not None and (layer_idx, step_idx) in self.pairs:
             rows = self.batch_items if self.batch_items is not None else list(range(q.shape[0]))
+            heads = self.heads if self.heads is not None else list(range(q.shape[2]))
             prefix = f"layer{layer_idx}.step{step_idx}"
             for name, t in (("q", q), ("k", k), ("v", v)):
-                self.tensors[f"{prefix}.{name}"] = t[rows].detach().to("cpu", self.dtype).contiguous()
+                self.tensors[f"{prefix}.{name}"] = t[rows][:, :, heads].detach().to("cpu", self.dtype).contiguous()
             self.tensors[f"{prefix}.text_lengths"] = text_lengths[rows].detach().to("cpu", torch.int32)
             self.grid = grid
             self.n_text = q.shape[1] - grid[0] * grid[1] * grid[2]
@@ -106,6 +110,7 @@ class CaptureAttention:
             "n_text": str(self.n_text),
             "layout": "[b, S, H, d], video tokens in raster order T x H x W, then text tokens",
             "pairs": json.dumps(sorted(p for p in self.pairs if p not in missing)),
+            "heads": json.dumps(self.heads) if self.heads is not None else "all",
         }
         meta.update(metadata or {})
         save_file(self.tensors, path, metadata=meta)

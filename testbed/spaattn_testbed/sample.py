@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--capture-layers", help="layers whose q/k/v to capture, e.g. 0,4,9")
     p.add_argument("--capture-steps", help="steps to capture at, e.g. 0,15,29")
     p.add_argument("--capture-items", default="0", help="batch items to keep (0..n-1 conditional, n..2n-1 not)")
-    p.add_argument("--capture-out", help="safetensors file for the captured q/k/v")
+    p.add_argument("--capture-heads", help="heads to keep, e.g. 0,2 (default: all)")
+    p.add_argument("--capture-out", help="safetensors file for the captured q/k/v (default: OUT/qkv.safetensors)")
     args = p.parse_args(argv)
 
     out = Path(args.out)
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     capture = None
     if args.capture_layers or args.capture_steps:
         pairs = [(layer, step) for layer in _ints(args.capture_layers) for step in _ints(args.capture_steps)]
-        capture = CaptureAttention(dense_attention, pairs, batch_items=_ints(args.capture_items))
+        heads = _ints(args.capture_heads) or None
+        capture = CaptureAttention(dense_attention, pairs, batch_items=_ints(args.capture_items), heads=heads)
         attention = capture
     n_video = grid[0] * grid[1] * grid[2]
     print(f"model step {meta.get('step')}, grid {grid} = {n_video} video tokens + {model.cfg.text_tokens} text tokens, "
