@@ -92,9 +92,9 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
       cp_async_commit();
     }
 
-    // Two steps of 32 keys per 64-key tile: the 32-key score tile keeps the peak register use
-    // (128 output + 32 score accumulators + fragments) clear of 255 without spills, at the
-    // price of reading the Q fragments twice per tile.
+    // kStepN keys per softmax step. For d = 128, two steps of 32 per tile: the 32-key score
+    // tile keeps the peak register use (128 output + 32 score accumulators + fragments) under
+    // 255 without spills, at the price of reading the Q fragments twice per tile.
     const uint32_t k_tile = k_smem + stage * Tr::kKVBytes + b_row;
     const uint32_t v_tile = v_smem + stage * Tr::kKVBytes + a_row;
 #pragma unroll

@@ -21,7 +21,9 @@ struct FwdTraits {
   // Each warp owns B / 4 query rows (32 for B = 128): every K / V fragment read from shared
   // memory feeds two m16 tiles, which halves shared-memory traffic per mma compared to 16 rows.
   static constexpr int kMTiles = B / (16 * kWarps);
-  static constexpr int kStepN = 32;           // keys per softmax step (fwd_step.cuh)
+  // Keys per softmax step (fwd_step.cuh): 32 keeps d = 128 under 255 registers without spills;
+  // d = 64 has registers to spare and halves its per-key softmax overhead with 64.
+  static constexpr int kStepN = D == 128 ? 32 : 64;
   static constexpr int kDTiles = D / 8;       // output n8 tiles
   static constexpr int kChunks = D / 8;       // 16-byte chunks per row
   static constexpr int kQBytes = B * D * 2;
