@@ -210,9 +210,9 @@ def render(scenes: Sequence[SceneSpec], frames: int, height: int, width: int,
 
     for slot in range(k_max):
         rows = [s.shapes[slot] if slot < len(s.shapes) else None for s in scenes]
-        present = torch.tensor([r is not None for r in rows], **f32)
-        if not bool(present.any()):
+        if all(r is None for r in rows):
             break
+        present = torch.tensor([r is not None for r in rows], **f32)
         filled = [r if r is not None else scenes[0].shapes[0] for r in rows]
         poly = torch.tensor([_POLYGONS[r.words.shape] for r in filled], **f32)
         ring = torch.tensor([r.words.shape == "ring" for r in filled], device=dev)
