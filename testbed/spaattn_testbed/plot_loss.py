@@ -20,16 +20,17 @@ def read_log(path: str | Path) -> dict[str, list[float]]:
     return cols
 
 
-def smooth(values: list[float], weight: float) -> list[float]:
-    """Exponential moving average with bias correction."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values):
-        avg = weight * avg + (1 - weight) * v
-        out.append(avg / (1 - weight ** (i + 1)))
+def smooth(values: list[float], window: int) -> list[float]:
+    """Centred moving average over ``window`` points (shorter at the ends)."""
+    half = window // 2
+    out = []
+    for i in range(len(values)):
+        part = values[max(0, i - half): i + half + 1]
+        out.append(sum(part) / len(part))
     return out
 
 
-def plot(log: str | Path, png: str | Path, title: str | None = None, smoothing: float = 0.9) -> None:
+def plot(log: str | Path, png: str | Path, title: str | None = None) -> None:
     """Write the loss curve of ``log`` to ``png``."""
     import matplotlib
 
@@ -39,7 +40,8 @@ def plot(log: str | Path, png: str | Path, title: str | None = None, smoothing: 
     cols = read_log(log)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     ax.plot(cols["step"], cols["loss"], color="tab:blue", alpha=0.3, lw=1, label="loss (per log interval)")
-    ax.plot(cols["step"], smooth(cols["loss"], smoothing), color="tab:blue", lw=2, label="smoothed")
+    window = max(1, len(cols["loss"]) // 15) | 1
+    ax.plot(cols["step"], smooth(cols["loss"], window), color="tab:blue", lw=2, label=f"moving average of {window}")
     ax.set_xlabel("step")
     ax.set_ylabel("rectified-flow loss (MSE of velocity)")
     ax.set_yscale("log")
