@@ -2,19 +2,27 @@
 // kernel's CSR lists; the rules are those of cpu::select_blocks (src/cpu/select.cpp), reproduced
 // exactly: the same P gives the same lists.
 //
-// select_rows: one CTA of 128 threads per CSR row; text query rows only record their count
-// (every key block). For an ipar video row, sorting all NV + 1 entries would cost more than the
-// whole rest of the stage, yet only a short prefix of the descending order matters: the entries
-// up to where the cumulative sum passes p, and enough of them to hold k video blocks. So:
-//  1. threshold search: the largest T (a float bit pattern with the low 16 bits zero, found bit by
-//     bit in 15 block-wide count/sum reductions) such that the entries with P >= T number at least
-//     k + 1 and sum (in any order) to at least p + 1e-4. Those entries are a prefix of the order.
-//  2. they are sorted in shared memory by a bitonic sort on 64-bit keys (P's bits, then the
+// select_rows: one warp (a CTA of 32 threads) per CSR row; text query rows only record their
+// count (every key block). For an ipar video row, sorting all NV + 1 entries would cost more than
+// the rest of the stage, yet only a short prefix of the descending order matters: the entries up
+// to where the cumulative sum passes p, and enough of them to hold k video blocks. So:
+//  1. threshold search: the largest T (a float bit pattern, found bit by bit with warp-wide
+//     count/sum reductions) such that the entries with P >= T number at least k + 1 and sum (in
+//     any order) to at least p + 1e-4; those entries are a prefix of the order. The search stops
+//     early once at most 256 entries remain: the smallest register sort below takes up to 256
+//     keys at one cost.
+//  2. the candidates are compacted (ballots) and sorted on 64-bit keys (P's bits, then the
 //     complement of the column index), descending: larger P first, equal P lower index first,
-//     which is the CPU's tie-break (the text column, index NV, loses ties).
-//  3. one thread adds the sorted values in fp32 in that order and counts cumsum <= p exactly as
-//     the CPU loop does: keep = count + 1. Should the sum not pass p inside the candidates (the
-//     margin makes that a rounding corner case), steps 2-3 are redone on the whole row.
+//     which is the CPU's tie-break (the text column, index NV, loses ties). Up to 512 keys are
+//     sorted by a bitonic network in registers (8 or 16 keys a lane, partners in other lanes by
+//     shuffles), so the sort costs no shared-memory bandwidth (a shared-memory bitonic sort of
+//     ~1000 keys per row, the first version, was bound by shared-memory bandwidth and made this
+//     stage 0.7 ms at NV = 600). More candidates (only possible with NV >= 512: diffuse rows with
+//     p * NV > 512, or k > 511) fall back to a bitonic sort in shared memory; 32 keys a lane would
+//     need 168 registers and cut the occupancy of every row for that case.
+//  3. one lane adds the sorted values in fp32 in that order and counts cumsum <= p exactly as the
+//     CPU loop does: keep = count + 1. Should the sum not pass p inside the candidates (the margin
+//     makes that a rounding corner case), steps 2-3 are redone on the whole row.
 //  4. the kept prefix has max(keep, m_k) entries, m_k being where the k-th video block falls
 //     (k, or k + 1 when the text column ranks before it); its video blocks are marked.
 // Band and local rows mark their static blocks; then the neighbour map (device CSR) and the
@@ -34,9 +42,9 @@
 namespace spaattn::cuda::stages {
 namespace {
 
-constexpr int kThreads = 128;
-constexpr int kWarps = kThreads / 32;
+constexpr unsigned kFull = 0xffffffffu;
 constexpr float kSumMargin = 1e-4f;  // candidate sum beyond p that absorbs the order's rounding
+constexpr int kSmallSort = 256;      // candidates the threshold search settles for
 
 __host__ __device__ int pow2_ceil(int n) {
   int x = 1;
@@ -44,52 +52,15 @@ __host__ __device__ int pow2_ceil(int n) {
   return x;
 }
 
-// Dynamic shared memory of select_rows: keys (ipar), values (ipar), the row's bitmask.
+// Keys of one ipar row: room for the register sorts and for a shared-memory sort of all n.
+__host__ __device__ int key_capacity(int n) { return max(pow2_ceil(n), kSmallSort); }
+
+// Dynamic shared memory of select_rows: keys and values (ipar), the row's bitmask.
 size_t select_smem_bytes(const Dims& d, Selector s) {
-  const size_t n = s == Selector::ipar ? static_cast<size_t>(d.nv) + 1 : 0;
-  const size_t keys = s == Selector::ipar ? pow2_ceil(static_cast<int>(n)) : 0;
-  return keys * sizeof(uint64_t) + (n + 3) / 4 * 4 * sizeof(float) +
+  const int n = s == Selector::ipar ? d.nv + 1 : 0;
+  const size_t keys = s == Selector::ipar ? key_capacity(n) : 0;
+  return keys * sizeof(uint64_t) + static_cast<size_t>((n + 3) / 4 * 4) * sizeof(float) +
          static_cast<size_t>(d.words) * sizeof(uint32_t);
-}
-
-// Block-wide sum of (count, value), returned to every thread. Two parities of the scratch let
-// consecutive calls run with a single barrier each.
-struct Reducer {
-  int counts[2][kWarps];
-  float sums[2][kWarps];
-};
-__device__ void block_sum(Reducer& red, int parity, int& count, float& sum) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  count = __reduce_add_sync(0xffffffffu, count);
-  sum = group_sum<32>(sum);
-  if (lane == 0) {
-    red.counts[parity][warp] = count;
-    red.sums[parity][warp] = sum;
-  }
-  __syncthreads();
-  count = 0;
-  sum = 0.f;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) {
-    count += red.counts[parity][w];
-    sum += red.sums[parity][w];
-  }
-}
-
-// Descending bitonic sort of keys[0 .. n2), n2 a power of two; ends with a barrier.
-__device__ void bitonic_sort_desc(uint64_t* keys, int n2) {
-  for (int size = 2; size <= n2; size *= 2)
-    for (int stride = size / 2; stride > 0; stride /= 2) {
-      for (int t = threadIdx.x; t < n2 / 2; t += kThreads) {
-        const int lo = 2 * t - (t & (stride - 1)), hi = lo + stride;
-        const uint64_t a = keys[lo], b = keys[hi];
-        if ((a < b) == ((lo & size) == 0)) {
-          keys[lo] = b;
-          keys[hi] = a;
-        }
-      }
-      __syncthreads();
-    }
 }
 
 __device__ __forceinline__ float key_value(uint64_t key) {
@@ -99,51 +70,122 @@ __device__ __forceinline__ int key_index(uint64_t key) {
   return static_cast<int>(~static_cast<uint32_t>(key));
 }
 
-// Marks crit(i) of IPAR in `crit` (shared bitmask) from row P (NV + 1 entries).
-__device__ void ipar_row(const SelectParams& p, const float* P, uint64_t* keys, float* vals,
-                         uint32_t* crit, Reducer& red) {
-  __shared__ int s_count, s_keep, s_retry, s_text;
-  const int nv = p.dims.nv, n = nv + 1, tid = threadIdx.x;
-  for (int j = tid; j < n; j += kThreads) vals[j] = P[j];
-  __syncthreads();
+// Descending bitonic sort of keys[0 .. 32 * K) in registers, K keys a lane (lane l holds
+// positions l * K .. l * K + K - 1); partners closer than K sit in the same lane, farther ones in
+// lane l ^ (stride / K). The loops unroll completely, so every register index is a constant.
+template <int K>
+__device__ void sort_registers(uint64_t* keys, int count) {
+  constexpr int kLog = __builtin_ctz(32 * K);
+  const int lane = threadIdx.x % 32;
+  uint64_t v[K];
+#pragma unroll
+  for (int x = 0; x < K; ++x) v[x] = lane * K + x < count ? keys[lane * K + x] : 0;  // 0: last
+#pragma unroll
+  for (int ls = 1; ls <= kLog; ++ls) {
+#pragma unroll
+    for (int lt = ls - 1; lt >= 0; --lt) {
+      const int size = 1 << ls, stride = 1 << lt;
+      if (stride < K) {
+#pragma unroll
+        for (int x = 0; x < K; ++x) {
+          if (x & stride) continue;
+          const bool desc = ((lane * K + x) & size) == 0;
+          const uint64_t a = v[x], b = v[x + stride];
+          if ((a < b) == desc) {
+            v[x] = b;
+            v[x + stride] = a;
+          }
+        }
+      } else {
+        const bool lo = (lane & (stride / K)) == 0;
+#pragma unroll
+        for (int x = 0; x < K; ++x) {
+          const uint64_t b = __shfl_xor_sync(kFull, v[x], stride / K);
+          const bool desc = ((lane * K + x) & size) == 0;
+          v[x] = (lo == desc) ? max(v[x], b) : min(v[x], b);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int x = 0; x < K; ++x) keys[lane * K + x] = v[x];
+  __syncwarp();
+}
 
-  // 1. The threshold: greedy on bits 30..16 keeps the largest T meeting both conditions.
+// Descending bitonic sort of keys[0 .. count) in shared memory by one warp (the rare case of more
+// than 512 candidates).
+__device__ void sort_shared(uint64_t* keys, int count) {
+  const int n2 = pow2_ceil(count), lane = threadIdx.x % 32;
+  for (int x = count + lane; x < n2; x += 32) keys[x] = 0;
+  __syncwarp();
+  for (int size = 2; size <= n2; size *= 2)
+    for (int stride = size / 2; stride > 0; stride /= 2) {
+      for (int t = lane; t < n2 / 2; t += 32) {
+        const int lo = 2 * t - (t & (stride - 1)), hi = lo + stride;
+        const uint64_t a = keys[lo], b = keys[hi];
+        if ((a < b) == ((lo & size) == 0)) {
+          keys[lo] = b;
+          keys[hi] = a;
+        }
+      }
+      __syncwarp();
+    }
+}
+
+// Marks crit(i) of IPAR in `crit` (shared bitmask) from row P (NV + 1 entries). One warp.
+__device__ void ipar_row(const SelectParams& p, const float* P, uint64_t* keys, float* vals,
+                         uint32_t* crit) {
+  const int nv = p.dims.nv, n = nv + 1, lane = threadIdx.x % 32;
+  for (int j = lane; j < n; j += 32) vals[j] = P[j];
+  __syncwarp();
+
+  // 1. The threshold: greedy from bit 30 down keeps the largest T meeting both conditions.
   const int need = min(p.k + 1, n);
   const float target = p.p + kSumMargin;
   uint32_t T = 0;
-  for (int bit = 30, parity = 0; bit >= 16; --bit, parity ^= 1) {
+  int count_T = n;
+  for (int bit = 30; bit >= 0 && count_T > kSmallSort; --bit) {
     const uint32_t cand = T | (1u << bit);
     int count = 0;
     float sum = 0.f;
-    for (int j = tid; j < n; j += kThreads)
-      if (__float_as_uint(vals[j]) >= cand) {
+#pragma unroll 4
+    for (int j = lane; j < n; j += 32) {
+      const float x = vals[j];
+      if (__float_as_uint(x) >= cand) {
         ++count;
-        sum += vals[j];
+        sum += x;
       }
-    block_sum(red, parity, count, sum);
-    if (count >= need && sum >= target) T = cand;
+    }
+    count = __reduce_add_sync(kFull, count);
+    sum = group_sum<32>(sum);
+    if (count >= need && sum >= target) {
+      T = cand;
+      count_T = count;
+    }
   }
 
-  int c = 0;
+  int c = 0, keep = 0;
   for (;;) {
-    // 2. Candidates (P >= T) as keys, sorted descending.
-    if (tid == 0) s_count = 0;
-    __syncthreads();
-    for (int j = tid; j < n; j += kThreads) {
-      const uint32_t u = __float_as_uint(vals[j]);
-      if (u >= T) keys[atomicAdd(&s_count, 1)] = (static_cast<uint64_t>(u) << 32) | ~static_cast<uint32_t>(j);
+    // 2. The candidates (P >= T) as keys, compacted in column order, then sorted.
+    c = 0;
+    for (int j0 = 0; j0 < n; j0 += 32) {
+      const int j = j0 + lane;
+      const uint32_t u = j < n ? __float_as_uint(vals[j]) : 0u;
+      const bool take = j < n && u >= T;
+      const unsigned ballot = __ballot_sync(kFull, take);
+      if (take)
+        keys[c + __popc(ballot & ((1u << lane) - 1u))] =
+            (static_cast<uint64_t>(u) << 32) | ~static_cast<uint32_t>(j);
+      c += __popc(ballot);
     }
-    __syncthreads();
-    c = s_count;
-    const int n2 = pow2_ceil(c);
-    for (int x = c + tid; x < n2; x += kThreads) keys[x] = 0;  // below every real key
-    __syncthreads();
-    bitonic_sort_desc(keys, n2);
-    // 3. The CPU's fp32 cumulative sum, in order, 8 values per batch of independent loads.
-    if (tid == 0) {
+    __syncwarp();
+    if (c <= kSmallSort) sort_registers<8>(keys, c);
+    else if (c <= 512) sort_registers<16>(keys, c);
+    else sort_shared(keys, c);
+    // 3. The CPU's fp32 cumulative sum, in order, by lane 0 (8 independent loads per batch).
+    int counted = 0, passed = 0;
+    if (lane == 0) {
       float cumsum = 0.f;
-      int count = 0;
-      bool passed = false;
       for (int r0 = 0; r0 < c && !passed; r0 += 8) {
         float v[8];
 #pragma unroll
@@ -152,78 +194,76 @@ __device__ void ipar_row(const SelectParams& p, const float* P, uint64_t* keys, 
         for (int q = 0; q < 8; ++q) {
           if (passed || r0 + q >= c) break;
           cumsum = __fadd_rn(cumsum, v[q]);
-          if (!(cumsum <= p.p)) passed = true;
-          else ++count;
+          if (!(cumsum <= p.p)) passed = 1;
+          else ++counted;
         }
       }
-      s_keep = min(count + 1, n);
-      s_retry = !passed && c < n;
-      s_text = c;  // rank of the text column; c when it is not a candidate
     }
-    __syncthreads();
-    if (!s_retry) break;
-    T = 0;
+    counted = __shfl_sync(kFull, counted, 0);
+    passed = __shfl_sync(kFull, passed, 0);
+    keep = min(counted + 1, n);
+    if (passed || c == n) break;
+    T = 0;  // a rounding corner case: the whole row
   }
 
   // 4. Where the text column ranks decides where the k-th video block falls.
-  for (int r = tid; r < c; r += kThreads)
-    if (key_index(keys[r]) == nv) s_text = r;
-  __syncthreads();
-  const int mk = p.k == 0 ? 0 : (s_text < p.k ? p.k + 1 : p.k);
-  const int kept = max(s_keep, mk);
-  for (int r = tid; r < kept; r += kThreads) {
+  unsigned text = static_cast<unsigned>(c);
+  for (int r = lane; r < c; r += 32)
+    if (key_index(keys[r]) == nv) text = static_cast<unsigned>(r);
+  text = __reduce_min_sync(kFull, text);
+  const int mk = p.k == 0 ? 0 : (static_cast<int>(text) < p.k ? p.k + 1 : p.k);
+  const int kept = max(keep, mk);
+  for (int r = lane; r < kept; r += 32) {
     const int j = key_index(keys[r]);
     if (j < nv) atomicOr(&crit[j / 32], 1u << (j % 32));
   }
 }
 
-__global__ void __launch_bounds__(kThreads) select_rows(const __grid_constant__ SelectParams p) {
+__global__ void __launch_bounds__(32) select_rows(const __grid_constant__ SelectParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ Reducer red;
   const Dims& d = p.dims;
   const int64_t r = blockIdx.x;
-  const int i = static_cast<int>(r % d.nb), tid = threadIdx.x;
-  if (r == 0 && tid == 0) p.row_counts[d.mask_rows()] = 0;  // the scan's total
+  const int i = static_cast<int>(r % d.nb), lane = threadIdx.x;
+  if (r == 0 && lane == 0) p.row_counts[d.mask_rows()] = 0;  // the scan's total
   if (i >= d.nv) {
-    if (tid == 0) p.row_counts[r] = d.nb;
+    if (lane == 0) p.row_counts[r] = d.nb;
     return;
   }
   const int64_t vrow = r / d.nb * d.nv + i;
   const bool ipar = p.selector == Selector::ipar;
   const int n = ipar ? d.nv + 1 : 0;
   uint64_t* keys = reinterpret_cast<uint64_t*>(smem);
-  float* vals = reinterpret_cast<float*>(keys + (ipar ? pow2_ceil(n) : 0));
+  float* vals = reinterpret_cast<float*>(keys + (ipar ? key_capacity(n) : 0));
   uint32_t* crit = reinterpret_cast<uint32_t*>(vals + (n + 3) / 4 * 4);
-  for (int w = tid; w < d.words; w += kThreads) crit[w] = 0;
-  __syncthreads();
+  for (int w = lane; w < d.words; w += 32) crit[w] = 0;
+  __syncwarp();
 
   if (ipar) {
-    ipar_row(p, p.P + vrow * n, keys, vals, crit, red);
+    ipar_row(p, p.P + vrow * n, keys, vals, crit);
   } else if (p.selector == Selector::band) {
     const int half = p.k / 2;
-    for (int j = max(0, i - half) + tid; j <= min(d.nv - 1, i + half); j += kThreads)
+    for (int j = max(0, i - half) + lane; j <= min(d.nv - 1, i + half); j += 32)
       atomicOr(&crit[j / 32], 1u << (j % 32));
   }
   if (p.neighbours.offsets) {
     const int end = p.neighbours.offsets[i + 1];
-    for (int x = p.neighbours.offsets[i] + tid; x < end; x += kThreads) {
+    for (int x = p.neighbours.offsets[i] + lane; x < end; x += 32) {
       const int j = p.neighbours.cols[x];
       atomicOr(&crit[j / 32], 1u << (j % 32));
     }
   }
   if (i < p.first_frame)
-    for (int j = tid; j < p.first_frame; j += kThreads) atomicOr(&crit[j / 32], 1u << (j % 32));
-  __syncthreads();
+    for (int j = lane; j < p.first_frame; j += 32) atomicOr(&crit[j / 32], 1u << (j % 32));
+  __syncwarp();
 
   int count = 0;
-  float unused = 0.f;
-  for (int w = tid; w < d.words; w += kThreads) {
+  for (int w = lane; w < d.words; w += 32) {
     const uint32_t bits = crit[w];
     p.critical[vrow * d.words + w] = bits;
     count += __popc(bits);
   }
-  block_sum(red, 0, count, unused);
-  if (tid == 0) p.row_counts[r] = count + (d.nb - d.nv);
+  count = __reduce_add_sync(kFull, count);
+  if (lane == 0) p.row_counts[r] = count + (d.nb - d.nv);
 }
 
 // One warp per CSR row: the marked video blocks in ascending order, then the text blocks.
@@ -297,7 +337,7 @@ SelectParams make_select_params(const Dims& dims, const Config& config,
   int device = 0, optin = 0;
   SPAATTN_CUDA_CHECK(cudaGetDevice(&device));
   SPAATTN_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  const size_t smem = select_smem_bytes(dims, p.selector) + sizeof(Reducer) + 64;
+  const size_t smem = select_smem_bytes(dims, p.selector);
   SPAATTN_CHECK_ARG(smem <= static_cast<size_t>(optin), "layout",
                     "too many video blocks for the ipar selection's shared memory: NV = ", dims.nv,
                     " needs ", smem, " bytes, the device has ", optin);
@@ -310,7 +350,7 @@ void launch_select(const SelectParams& p, cudaStream_t stream) {
   const size_t smem = select_smem_bytes(d, p.selector);
   SPAATTN_CUDA_CHECK(cudaFuncSetAttribute(select_rows, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(smem)));
-  select_rows<<<static_cast<unsigned>(rows), kThreads, smem, stream>>>(p);
+  select_rows<<<static_cast<unsigned>(rows), 32, smem, stream>>>(p);
   cuda_detail::check_launch("select_rows");
   size_t bytes = p.scan_temp_bytes;
   SPAATTN_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(p.scan_temp, bytes, p.row_counts,

@@ -83,6 +83,20 @@ struct Workspace {
   }
 };
 
+// Equality of two arrays, reported as the number of differing entries and the first of them
+// (gtest would print both arrays whole).
+template <class T>
+::testing::AssertionResult same(const std::vector<T>& got, const std::vector<T>& want) {
+  if (got.size() != want.size())
+    return ::testing::AssertionFailure() << "size " << got.size() << ", expected " << want.size();
+  int64_t diff = 0, first = -1;
+  for (size_t n = 0; n < got.size(); ++n)
+    if (got[n] != want[n] && diff++ == 0) first = static_cast<int64_t>(n);
+  if (diff == 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << diff << " of " << got.size() << " entries differ, first at "
+                                       << first << ": " << +got[first] << " vs " << +want[first];
+}
+
 // Rows (b, h, i) of two crit matrices that differ.
 int64_t differing_rows(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b, int nv) {
   int64_t rows = 0;
@@ -277,9 +291,10 @@ TEST_P(StagesChain, MatchCpuStages) {
   st::launch_select(st::make_select_params(dims, cfg, map, ws3.buf), stream);
   cuda_ok(cudaStreamSynchronize(stream), "select");
   const BlockMask mask = ws3.mask();
-  EXPECT_EQ(mask.row_offsets, sel.mask.row_offsets);
-  EXPECT_EQ(mask.col_indices, sel.mask.col_indices);
-  EXPECT_EQ(from_bits(fetch(ws3.buf.critical, ws3.bits_size()), rows, nv), sel.critical);
+  EXPECT_TRUE(same(mask.row_offsets, sel.mask.row_offsets)) << "row offsets";
+  EXPECT_TRUE(same(mask.col_indices, sel.mask.col_indices)) << "column indices";
+  EXPECT_TRUE(same(from_bits(fetch(ws3.buf.critical, ws3.bits_size()), rows, nv), sel.critical))
+      << "critical";
 
   // 4. R and C from the CPU's P, selection, decisions and v̄, with and without GAPR.
   double rc_err[2][2] = {};
@@ -409,10 +424,11 @@ TEST_P(StagesSelect, MatchesCpuExactly) {
   st::launch_select(st::make_select_params(dims, cfg, map, ws.buf), nullptr);
   cuda_ok(cudaDeviceSynchronize(), "select");
   const BlockMask mask = ws.mask();
-  EXPECT_EQ(mask.row_offsets, sel.mask.row_offsets);
-  EXPECT_EQ(mask.col_indices, sel.mask.col_indices);
+  EXPECT_TRUE(same(mask.row_offsets, sel.mask.row_offsets)) << "row offsets";
+  EXPECT_TRUE(same(mask.col_indices, sel.mask.col_indices)) << "column indices";
   if (nv > 0)
-    EXPECT_EQ(from_bits(fetch(ws.buf.critical, ws.bits_size()), rows, nv), sel.critical);
+    EXPECT_TRUE(same(from_bits(fetch(ws.buf.critical, ws.bits_size()), rows, nv), sel.critical))
+        << "critical";
 }
 
 INSTANTIATE_TEST_SUITE_P(Stages, StagesSelect, ::testing::ValuesIn(select_cases()),
