@@ -9,8 +9,8 @@
 //                      [--head-dim 64|128] [--block 128|64] [--iters N]
 //                      [--baseline sdpa.json] [--json out.json]
 // --shape keeps the shapes whose name contains the text; --quick keeps the first shape.
-#include <cstdio>
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -53,16 +53,26 @@ Options parse(int argc, char** argv) {
       if (i + 1 >= argc) throw std::runtime_error(a + ": expected a value");
       return argv[++i];
     };
-    if (a == "--quick") o.quick = true;
-    else if (a == "--dtype") o.dtype = value() == "f16" ? DType::f16 : DType::bf16;
-    else if (a == "--head-dim") o.dim = std::stoll(value());
-    else if (a == "--block") o.block = std::stoi(value());
-    else if (a == "--iters") o.iters = std::stoi(value());
-    else if (a == "--shape") o.shape = value();
-    else if (a == "--densities") o.densities = value();
-    else if (a == "--baseline") o.baseline = value();
-    else if (a == "--json") o.json = value();
-    else throw std::runtime_error("unknown argument " + a);
+    if (a == "--quick")
+      o.quick = true;
+    else if (a == "--dtype")
+      o.dtype = value() == "f16" ? DType::f16 : DType::bf16;
+    else if (a == "--head-dim")
+      o.dim = std::stoll(value());
+    else if (a == "--block")
+      o.block = std::stoi(value());
+    else if (a == "--iters")
+      o.iters = std::stoi(value());
+    else if (a == "--shape")
+      o.shape = value();
+    else if (a == "--densities")
+      o.densities = value();
+    else if (a == "--baseline")
+      o.baseline = value();
+    else if (a == "--json")
+      o.json = value();
+    else
+      throw std::runtime_error("unknown argument " + a);
   }
   return o;
 }
@@ -76,7 +86,8 @@ struct DeviceMem {
 };
 
 void run_shape(const Options& o, const Shape& sh, const std::vector<double>& densities,
-               const std::vector<BaselineEntry>& base, cudaStream_t stream, std::vector<Row>& rows) {
+               const std::vector<BaselineEntry>& base, cudaStream_t stream,
+               std::vector<Row>& rows) {
   const Layout L{.num_video = sh.video, .num_text = sh.text, .block_size = o.block};
   const int64_t S = L.seq_len(), H = sh.heads, D = o.dim, nb = L.num_blocks();
   const int64_t n = S * H * D;
@@ -104,15 +115,24 @@ void run_shape(const Options& o, const Shape& sh, const std::vector<double>& den
     BlockMaskView mask{.batch = 1, .heads = H, .num_q_blocks = nb, .num_k_blocks = nb};
     mask.row_offsets = TensorView::contiguous(offsets.p, DType::i32, {mrows + 1}, Device::cuda);
     mask.col_indices = TensorView::contiguous(cols.p, DType::i32, {mrows * nb}, Device::cuda);
-    const TensorView dense_v = TensorView::contiguous(dense.p, DType::u8, {1, H, nb, nb}, Device::cuda);
+    const TensorView dense_v =
+        TensorView::contiguous(dense.p, DType::u8, {1, H, nb, nb}, Device::cuda);
     const Timing csr = time_calls(
         [&](cudaStream_t s) { cuda::dense_to_csr(dense_v, mask, ws.p, s); }, stream, 2, 10, 20);
     const Timing t = time_calls(
-        [&](cudaStream_t s) { cuda::block_sparse_attention(args, mask, out_v, lse_v, s); },
-        stream, 3, o.iters);
+        [&](cudaStream_t s) { cuda::block_sparse_attention(args, mask, out_v, lse_v, s); }, stream,
+        3, o.iters);
     const double flop = token_density * 4.0 * double(S) * double(S) * double(D) * double(H);
-    Row r{sh.name, S, H, density, token_density, t.median_ms, flop / (t.median_ms * 1e9),
-          csr.median_ms, baseline_ms(base, S, H, D, "cudnn"), baseline_ms(base, S, H, D, "flash")};
+    Row r{sh.name,
+          S,
+          H,
+          density,
+          token_density,
+          t.median_ms,
+          flop / (t.median_ms * 1e9),
+          csr.median_ms,
+          baseline_ms(base, S, H, D, "cudnn"),
+          baseline_ms(base, S, H, D, "flash")};
     std::fprintf(stderr, "%s density %.2f: %.3f ms (min %.3f, max %.3f), %.1f TFLOP/s\n", sh.name,
                  density, t.median_ms, t.min_ms, t.max_ms, r.tflops);
     rows.push_back(r);
@@ -120,12 +140,14 @@ void run_shape(const Options& o, const Shape& sh, const std::vector<double>& den
 }
 
 void print_table(const Options& o, const std::vector<Row>& rows, const char* gpu) {
-  std::printf("\nspaattn block-sparse kernel, %s, %s, d = %lld, B = %d, batch 1, median of >= %d "
-              "calls (CUDA events)\n\n",
-              gpu, o.dtype == DType::f16 ? "f16" : "bf16", static_cast<long long>(o.dim), o.block,
-              std::max(o.iters, 10));
-  std::printf("| shape | density (token) | ms | eff TFLOP/s | cuDNN dense ms | flash dense ms | "
-              "eff / cuDNN | eff / flash | speed-up vs cuDNN dense | dense_to_csr ms |\n");
+  std::printf(
+      "\nspaattn block-sparse kernel, %s, %s, d = %lld, B = %d, batch 1, median of >= %d "
+      "calls (CUDA events)\n\n",
+      gpu, o.dtype == DType::f16 ? "f16" : "bf16", static_cast<long long>(o.dim), o.block,
+      std::max(o.iters, 10));
+  std::printf(
+      "| shape | density (token) | ms | eff TFLOP/s | cuDNN dense ms | flash dense ms | "
+      "eff / cuDNN | eff / flash | speed-up vs cuDNN dense | dense_to_csr ms |\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
   for (const Row& r : rows) {
     const double dense_flop = 4.0 * double(r.seq) * double(r.seq) * double(o.dim) * double(r.heads);
@@ -133,11 +155,26 @@ void print_table(const Options& o, const std::vector<Row>& rows, const char* gpu
     const double flash_tf = r.flash_ms > 0 ? dense_flop / (r.flash_ms * 1e9) : 0;
     std::printf("| %s | %.2f (%.4f) | %.2f | %.1f | ", r.shape.c_str(), r.density, r.token_density,
                 r.ms, r.tflops);
-    if (r.cudnn_ms > 0) std::printf("%.2f (%.0f TF/s) | ", r.cudnn_ms, cudnn_tf); else std::printf("- | ");
-    if (r.flash_ms > 0) std::printf("%.2f (%.0f TF/s) | ", r.flash_ms, flash_tf); else std::printf("- | ");
-    if (cudnn_tf > 0) std::printf("%.2f | ", r.tflops / cudnn_tf); else std::printf("- | ");
-    if (flash_tf > 0) std::printf("%.2f | ", r.tflops / flash_tf); else std::printf("- | ");
-    if (r.cudnn_ms > 0) std::printf("%.2fx | ", r.cudnn_ms / r.ms); else std::printf("- | ");
+    if (r.cudnn_ms > 0)
+      std::printf("%.2f (%.0f TF/s) | ", r.cudnn_ms, cudnn_tf);
+    else
+      std::printf("- | ");
+    if (r.flash_ms > 0)
+      std::printf("%.2f (%.0f TF/s) | ", r.flash_ms, flash_tf);
+    else
+      std::printf("- | ");
+    if (cudnn_tf > 0)
+      std::printf("%.2f | ", r.tflops / cudnn_tf);
+    else
+      std::printf("- | ");
+    if (flash_tf > 0)
+      std::printf("%.2f | ", r.tflops / flash_tf);
+    else
+      std::printf("- | ");
+    if (r.cudnn_ms > 0)
+      std::printf("%.2fx | ", r.cudnn_ms / r.ms);
+    else
+      std::printf("- | ");
     std::printf("%.3f |\n", r.csr_ms);
   }
 }
@@ -145,15 +182,16 @@ void print_table(const Options& o, const std::vector<Row>& rows, const char* gpu
 void write_json(const Options& o, const std::vector<Row>& rows, const char* gpu) {
   std::ofstream f(o.json);
   if (!f) throw std::runtime_error("--json: cannot write " + o.json);
-  f << "{\n  \"gpu\": \"" << gpu << "\",\n  \"dtype\": \"" << (o.dtype == DType::f16 ? "f16" : "bf16")
-    << "\",\n  \"d\": " << o.dim << ",\n  \"block\": " << o.block << ",\n  \"results\": [\n";
+  f << "{\n  \"gpu\": \"" << gpu << "\",\n  \"dtype\": \""
+    << (o.dtype == DType::f16 ? "f16" : "bf16") << "\",\n  \"d\": " << o.dim
+    << ",\n  \"block\": " << o.block << ",\n  \"results\": [\n";
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
     f << "    {\"shape\": \"" << r.shape << "\", \"S\": " << r.seq << ", \"H\": " << r.heads
       << ", \"density\": " << r.density << ", \"token_density\": " << r.token_density
-      << ", \"ms\": " << r.ms << ", \"eff_tflops\": " << r.tflops << ", \"cudnn_ms\": "
-      << r.cudnn_ms << ", \"flash_ms\": " << r.flash_ms << ", \"dense_to_csr_ms\": " << r.csr_ms
-      << "}" << (i + 1 < rows.size() ? "," : "") << "\n";
+      << ", \"ms\": " << r.ms << ", \"eff_tflops\": " << r.tflops
+      << ", \"cudnn_ms\": " << r.cudnn_ms << ", \"flash_ms\": " << r.flash_ms
+      << ", \"dense_to_csr_ms\": " << r.csr_ms << "}" << (i + 1 < rows.size() ? "," : "") << "\n";
   }
   f << "  ]\n}\n";
 }
@@ -176,7 +214,9 @@ int main(int argc, char** argv) {
     std::vector<double> densities = {1.0, 0.5, 0.25, 0.11, 0.05};
     if (o.quick) shapes.resize(1);
     if (!o.shape.empty())
-      std::erase_if(shapes, [&](const Shape& s) { return std::string(s.name).find(o.shape) == std::string::npos; });
+      std::erase_if(shapes, [&](const Shape& s) {
+        return std::string(s.name).find(o.shape) == std::string::npos;
+      });
     if (!o.densities.empty()) {
       densities.clear();
       for (size_t pos = 0; pos < o.densities.size();) {

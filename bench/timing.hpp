@@ -12,7 +12,8 @@
 namespace spaattn::bench {
 
 inline void cuda_ok(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
 
 struct Timing {
@@ -22,7 +23,7 @@ struct Timing {
 
 // Runs fn(stream) untimed for at least `warmup` calls and `warmup_ms` (clocks settle), then
 // `iters` (>= 10) times, each between two events.
-Timing time_calls(const std::function<void(cudaStream_t)>& fn, cudaStream_t stream,
-                  int warmup = 3, int iters = 10, double warmup_ms = 300);
+Timing time_calls(const std::function<void(cudaStream_t)>& fn, cudaStream_t stream, int warmup = 3,
+                  int iters = 10, double warmup_ms = 300);
 
 }  // namespace spaattn::bench

@@ -16,38 +16,37 @@ namespace {
 
 using cuda_detail::FwdParams;
 
-// The pointer must be device memory of the current device (or managed memory).
-void check_device_pointer(const void* ptr, const char* name) {
+// The pointer must be device memory of `device`, the current device (or managed memory).
+void check_device_pointer(const void* ptr, const char* name, int device) {
   cudaPointerAttributes attr{};
   const cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
   if (err != cudaSuccess) {
     cudaGetLastError();  // clear the error so it does not surface at the next launch check
     SPAATTN_CHECK_ARG(false, name, "expected CUDA device memory (", cudaGetErrorString(err), ")");
   }
-  int device = 0;
-  SPAATTN_CUDA_CHECK(cudaGetDevice(&device));
-  SPAATTN_CHECK_ARG(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged,
-                    name, "expected CUDA device memory, got host memory");
-  SPAATTN_CHECK_ARG(attr.device == device, name, "expected memory of the current device ",
-                    device, ", got device ", attr.device);
+  SPAATTN_CHECK_ARG(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, name,
+                    "expected CUDA device memory, got host memory");
+  SPAATTN_CHECK_ARG(attr.device == device, name, "expected memory of the current device ", device,
+                    ", got device ", attr.device);
 }
 
 // q/k/v/out: the kernel moves rows with 16-byte cp.async / stores, so every row start must be
 // 16-byte aligned: the base pointer and the batch, sequence and head strides.
-void check_qkv_tensor(const TensorView& t, const char* name, DType dtype) {
+void check_qkv_tensor(const TensorView& t, const char* name, DType dtype, int device) {
   SPAATTN_CHECK_ARG(t.device == Device::cuda, name, "expected a CUDA tensor, got ",
                     to_string(t.device));
   SPAATTN_CHECK_ARG(t.dtype == DType::bf16 || t.dtype == DType::f16, name,
                     "expected dtype bfloat16 or float16 on the GPU, got ", to_string(t.dtype));
   SPAATTN_CHECK_ARG(t.dtype == dtype, name, "expected dtype ", to_string(dtype), " (as q), got ",
                     to_string(t.dtype));
-  check_device_pointer(t.data, name);
+  check_device_pointer(t.data, name, device);
   SPAATTN_CHECK_ARG(reinterpret_cast<uintptr_t>(t.data) % 16 == 0, name,
                     "expected a 16-byte aligned base pointer for cp.async, got ", t.data);
   for (int d = 0; d < 3; ++d)
     SPAATTN_CHECK_ARG(t.stride[d] % 8 == 0, name,
                       "expected strides that are multiples of 8 elements (16 bytes) for cp.async,"
-                      " got ", t.stride[d], " on dim ", d);
+                      " got ",
+                      t.stride[d], " on dim ", d);
 }
 
 FwdParams make_fwd_params(const AttentionArgs& args, const BlockMaskView& mask,
@@ -67,8 +66,7 @@ FwdParams make_fwd_params(const AttentionArgs& args, const BlockMaskView& mask,
   p.lse = lse.empty() ? nullptr : static_cast<float*>(lse.data);
   p.row_offsets = mask.row_offsets.ptr<const int32_t>();
   p.col_indices = mask.col_indices.ptr<const int32_t>();
-  p.text_lengths =
-      args.text_lengths.empty() ? nullptr : args.text_lengths.ptr<const int32_t>();
+  p.text_lengths = args.text_lengths.empty() ? nullptr : args.text_lengths.ptr<const int32_t>();
   const Layout& L = args.layout;
   p.batch = static_cast<int>(args.batch());
   p.heads = static_cast<int>(args.heads());
@@ -98,23 +96,26 @@ void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask
   validate(args, &out, lse.empty() ? nullptr : &lse);
   validate(mask, args);
   const DType dtype = args.q.dtype;
-  check_qkv_tensor(args.q, "q", dtype);
-  check_qkv_tensor(args.k, "k", dtype);
-  check_qkv_tensor(args.v, "v", dtype);
-  check_qkv_tensor(out, "out", dtype);
+  int device = 0;
+  SPAATTN_CUDA_CHECK(cudaGetDevice(&device));
+  check_qkv_tensor(args.q, "q", dtype, device);
+  check_qkv_tensor(args.k, "k", dtype, device);
+  check_qkv_tensor(args.v, "v", dtype, device);
+  check_qkv_tensor(out, "out", dtype, device);
   if (!lse.empty()) {
     SPAATTN_CHECK_ARG(lse.device == Device::cuda, "lse", "expected a CUDA tensor");
-    check_device_pointer(lse.data, "lse");
+    check_device_pointer(lse.data, "lse", device);
   }
   SPAATTN_CHECK_ARG(mask.row_offsets.device == Device::cuda, "mask.row_offsets",
                     "expected a CUDA tensor");
-  check_device_pointer(mask.row_offsets.data, "mask.row_offsets");
-  if (mask.col_indices.shape[0] > 0) check_device_pointer(mask.col_indices.data, "mask.col_indices");
-  if (!args.text_lengths.empty()) check_device_pointer(args.text_lengths.data, "text_lengths");
+  check_device_pointer(mask.row_offsets.data, "mask.row_offsets", device);
+  if (mask.col_indices.shape[0] > 0)
+    check_device_pointer(mask.col_indices.data, "mask.col_indices", device);
+  if (!args.text_lengths.empty())
+    check_device_pointer(args.text_lengths.data, "text_lengths", device);
   // Token, block and CTA indices are 32-bit in the kernel (one CTA per query block and head).
   constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
-  SPAATTN_CHECK_ARG(args.seq_len() < kMaxInt, "q", "expected seq_len < 2^31, got ",
-                    args.seq_len());
+  SPAATTN_CHECK_ARG(args.seq_len() < kMaxInt, "q", "expected seq_len < 2^31, got ", args.seq_len());
   SPAATTN_CHECK_ARG(args.batch() * args.heads() * args.layout.num_blocks() < kMaxInt, "q",
                     "expected batch * heads * blocks < 2^31, got ",
                     args.batch() * args.heads() * args.layout.num_blocks());

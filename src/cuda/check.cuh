@@ -5,13 +5,13 @@
 
 #include "spaattn/error.hpp"
 
-#define SPAATTN_CUDA_CHECK(call)                                                        \
-  do {                                                                                  \
-    const cudaError_t spaattn_err_ = (call);                                            \
-    if (spaattn_err_ != cudaSuccess)                                                    \
-      throw ::spaattn::Error(::spaattn::Error::Kind::runtime,                           \
-                             ::spaattn::detail::concat(#call, ": ",                     \
-                                                       cudaGetErrorString(spaattn_err_))); \
+#define SPAATTN_CUDA_CHECK(call)                                                     \
+  do {                                                                               \
+    const cudaError_t spaattn_err_ = (call);                                         \
+    if (spaattn_err_ != cudaSuccess)                                                 \
+      throw ::spaattn::Error(                                                        \
+          ::spaattn::Error::Kind::runtime,                                           \
+          ::spaattn::detail::concat(#call, ": ", cudaGetErrorString(spaattn_err_))); \
   } while (0)
 
 namespace spaattn::cuda_detail {

@@ -3,7 +3,6 @@
 // exclusive scan turns counts into row offsets, and a second pass writes the column indices in
 // ascending order, so the result equals BlockMask::from_dense on the host.
 #include <cub/device/device_scan.cuh>
-
 #include <limits>
 
 #include "check.cuh"
@@ -31,8 +30,7 @@ __global__ void count_rows(const uint8_t* dense, int rows, int nk, int* counts) 
   if (lane == 0) counts[row] = n;
 }
 
-__global__ void write_rows(const uint8_t* dense, int rows, int nk, const int* offsets,
-                           int* cols) {
+__global__ void write_rows(const uint8_t* dense, int rows, int nk, const int* offsets, int* cols) {
   const int row = blockIdx.x * kWarpsPerCta + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;
@@ -87,8 +85,8 @@ void dense_to_csr(const TensorView& dense, BlockMaskView out, void* workspace, v
   SPAATTN_CHECK_ARG(ci.dtype == DType::i32 && ci.device == Device::cuda && ci.rank == 1 &&
                         ci.shape[0] >= rows * nk && ci.stride[0] == 1 &&
                         (ci.data || rows * nk == 0),
-                    "out.col_indices", "expected contiguous CUDA int32 with room for ",
-                    rows * nk, " entries, got ", ci.shape[0]);
+                    "out.col_indices", "expected contiguous CUDA int32 with room for ", rows * nk,
+                    " entries, got ", ci.shape[0]);
   SPAATTN_CHECK_ARG(workspace != nullptr, "workspace",
                     "expected dense_to_csr_workspace_size(rows) bytes, got a null pointer");
 
@@ -102,8 +100,8 @@ void dense_to_csr(const TensorView& dense, BlockMaskView out, void* workspace, v
   count_rows<<<ctas, kWarpsPerCta * 32, 0, s>>>(d, static_cast<int>(rows), static_cast<int>(nk),
                                                 counts);
   cuda_detail::check_launch("count_rows");
-  SPAATTN_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scan_temp, scan_bytes, counts,
-                                                   ro.ptr<int>(), items, s));
+  SPAATTN_CUDA_CHECK(
+      cub::DeviceScan::ExclusiveSum(scan_temp, scan_bytes, counts, ro.ptr<int>(), items, s));
   if (rows == 0) return;
   write_rows<<<(rows + kWarpsPerCta - 1) / kWarpsPerCta, kWarpsPerCta * 32, 0, s>>>(
       d, static_cast<int>(rows), static_cast<int>(nk), ro.ptr<const int>(), ci.ptr<int>());

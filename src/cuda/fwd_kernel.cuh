@@ -1,8 +1,9 @@
 // The portable block-sparse attention kernel (ALGORITHM.md section 3), FlashAttention-2 scheme:
-// one CTA per (query block, head, batch item) (decode_work: text query blocks first), 4 warps; Q stays in shared memory, K and V tiles
-// of 64 keys stream through two cp.async stages while the previous tile is computed; scores and
-// output accumulate in fp32 registers with an online softmax in the exp2 domain; P is rounded
-// to the input type in registers and fed straight back to the tensor cores.
+// one CTA per (query block, head, batch item) (decode_work: text query blocks first), 4 warps; Q
+// stays in shared memory, K and V tiles of 64 keys stream through two cp.async stages while the
+// previous tile is computed; scores and output accumulate in fp32 registers with an online softmax
+// in the exp2 domain; P is rounded to the input type in registers and fed straight back to the
+// tensor cores.
 #pragma once
 #include <cmath>
 
@@ -22,8 +23,7 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const Work w = decode_work(p, blockIdx.x);
-  const int text_len =
-      p.text_lengths ? min(max(p.text_lengths[w.b], 0), p.num_text) : p.num_text;
+  const int text_len = p.text_lengths ? min(max(p.text_lengths[w.b], 0), p.num_text) : p.num_text;
   const Span q = block_span<B>(p, w.qb, text_len);
   const int64_t row = (static_cast<int64_t>(w.b) * p.heads + w.h) * p.num_q_blocks + w.qb;
 
@@ -45,18 +45,18 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
   if (q.valid == 0 || !keys.next(p, cta, tile)) {
     // Empty mask row or padding queries only: O = 0, lse = -inf, never NaN.
     cp_async_wait<0>();
-    store_zero_rows<T, D, Tr::kThreads>(out_rows<T>(p, w.b, w.h, q.begin), p.out_stride[1],
-                                        q.count, tid);
+    store_zero_rows<T, D, Tr::kThreads>(out_rows<T>(p, w.b, w.h, q.begin), p.out_stride[1], q.count,
+                                        tid);
     if (p.lse)
       for (int r = tid; r < q.count; r += Tr::kThreads)
         lse_rows(p, w.b, w.h, q.begin)[r * p.lse_stride[1]] = -INFINITY;
     return;
   }
 
-  load_rows<T, Tr::kTileN, D, Tr::kThreads>(k_smem, head_rows<T>(p.k, p.k_stride, cta.b, cta.h, tile.begin),
-                                            p.k_stride[1], tile.valid);
-  load_rows<T, Tr::kTileN, D, Tr::kThreads>(v_smem, head_rows<T>(p.v, p.v_stride, cta.b, cta.h, tile.begin),
-                                            p.v_stride[1], tile.valid);
+  load_rows<T, Tr::kTileN, D, Tr::kThreads>(
+      k_smem, head_rows<T>(p.k, p.k_stride, cta.b, cta.h, tile.begin), p.k_stride[1], tile.valid);
+  load_rows<T, Tr::kTileN, D, Tr::kThreads>(
+      v_smem, head_rows<T>(p.v, p.v_stride, cta.b, cta.h, tile.begin), p.v_stride[1], tile.valid);
   cp_async_commit();
   int valid = tile.valid;  // keys of the tile being computed
 
@@ -85,10 +85,10 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
     if (more) {
       const uint32_t kn = k_smem + (stage ^ 1) * Tr::kKVBytes;
       const uint32_t vn = v_smem + (stage ^ 1) * Tr::kKVBytes;
-      load_rows<T, Tr::kTileN, D, Tr::kThreads>(kn, head_rows<T>(p.k, p.k_stride, cta.b, cta.h, tile.begin),
-                                                p.k_stride[1], tile.valid);
-      load_rows<T, Tr::kTileN, D, Tr::kThreads>(vn, head_rows<T>(p.v, p.v_stride, cta.b, cta.h, tile.begin),
-                                                p.v_stride[1], tile.valid);
+      load_rows<T, Tr::kTileN, D, Tr::kThreads>(
+          kn, head_rows<T>(p.k, p.k_stride, cta.b, cta.h, tile.begin), p.k_stride[1], tile.valid);
+      load_rows<T, Tr::kTileN, D, Tr::kThreads>(
+          vn, head_rows<T>(p.v, p.v_stride, cta.b, cta.h, tile.begin), p.v_stride[1], tile.valid);
       cp_async_commit();
     }
 
@@ -100,9 +100,9 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
 #pragma unroll
     for (int step = 0; step < Tr::kTileN / Tr::kStepN; ++step) {
       if (step > 0 && valid <= step * Tr::kStepN) break;  // the rest of the tile is padding
-      attend_step<T, D, MT, Tr::kStepN>(
-          sm, o, q_warp, k_tile + step * Tr::kStepN * D * 2, v_tile + step * Tr::kStepN * D * 2,
-          xa, xb, valid - step * Tr::kStepN, lane, p.scale_log2);
+      attend_step<T, D, MT, Tr::kStepN>(sm, o, q_warp, k_tile + step * Tr::kStepN * D * 2,
+                                        v_tile + step * Tr::kStepN * D * 2, xa, xb,
+                                        valid - step * Tr::kStepN, lane, p.scale_log2);
     }
     if (!more) break;
     valid = tile.valid;
@@ -114,8 +114,7 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
   const Span qe = block_span<B>(p, cta.qb, cta.text_len);
   const int warp_row = warp * MT * 16;
   sm.finish(o, qe.valid, warp_row, lane, p.scale_log2,
-            p.lse ? lse_rows(p, cta.b, cta.h, qe.begin) : nullptr,
-            p.lse_stride[1], qe.count);
+            p.lse ? lse_rows(p, cta.b, cta.h, qe.begin) : nullptr, p.lse_stride[1], qe.count);
   __syncwarp();
 #pragma unroll
   for (int m = 0; m < MT; ++m)
@@ -125,15 +124,14 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
 #pragma unroll
       for (int t = 0; t < DT; ++t) {
         const uint32_t v = Mma<T>::pack(o[m][t][2 * hf], o[m][t][2 * hf + 1]);
-        asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(q_smem + swizzled<D>(r, t) +
-                                                       (lane & 3) * 4),
+        asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(q_smem + swizzled<D>(r, t) + (lane & 3) * 4),
                      "r"(v)
                      : "memory");
       }
     }
   __syncwarp();
-  store_rows<T, D>(out_rows<T>(p, cta.b, cta.h, qe.begin), p.out_stride[1],
-                   q_smem, warp_row, MT * 16, qe.count, lane);
+  store_rows<T, D>(out_rows<T>(p, cta.b, cta.h, qe.begin), p.out_stride[1], q_smem, warp_row,
+                   MT * 16, qe.count, lane);
 }
 
 }  // namespace spaattn::cuda_detail

@@ -12,8 +12,8 @@ void run_fwd(const FwdParams& params, cudaStream_t stream) {
   using Tr = FwdTraits<D, B>;
   const auto kernel = fwd_kernel<T, D, B>;
   // Above 48 KB of dynamic shared memory a kernel must opt in (per device, so every call).
-  SPAATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          Tr::kSmemBytes));
+  SPAATTN_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   const dim3 grid(params.batch * params.heads * params.num_q_blocks);
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(params);
   check_launch("fwd_kernel");

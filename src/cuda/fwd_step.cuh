@@ -11,20 +11,20 @@ namespace spaattn::cuda_detail {
 template <class T, int D, int MT, int N>
 __device__ __forceinline__ void attend_step(OnlineSoftmax<MT>& sm, float (&o)[MT][D / 8][4],
                                             uint32_t q_warp, uint32_t k_rows, uint32_t v_rows,
-                                            int xa, int xb, int valid, int lane,
-                                            float scale_log2) {
+                                            int xa, int xb, int valid, int lane, float scale_log2) {
   constexpr int NT = N / 8;
   float s[MT][NT][4];
 #pragma unroll
   for (int m = 0; m < MT; ++m)
 #pragma unroll
     for (int n = 0; n < NT; ++n) s[m][n][0] = s[m][n][1] = s[m][n][2] = s[m][n][3] = 0.f;
-  // Each K fragment feeds all MT m16 tiles of the warp.
+      // Each K fragment feeds all MT m16 tiles of the warp.
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     uint32_t a[MT][4];
 #pragma unroll
-    for (int m = 0; m < MT; ++m) ldmatrix_x4(a[m], q_warp + m * 16 * D * 2 + (((2 * kk) ^ xa) << 4));
+    for (int m = 0; m < MT; ++m)
+      ldmatrix_x4(a[m], q_warp + m * 16 * D * 2 + (((2 * kk) ^ xa) << 4));
 #pragma unroll
     for (int np = 0; np < NT / 2; ++np) {
       uint32_t kb[4];

@@ -24,8 +24,8 @@ struct FwdTraits {
   // Keys per softmax step (fwd_step.cuh): 32 keeps d = 128 under 255 registers without spills;
   // d = 64 has registers to spare and halves its per-key softmax overhead with 64.
   static constexpr int kStepN = D == 128 ? 32 : 64;
-  static constexpr int kDTiles = D / 8;       // output n8 tiles
-  static constexpr int kChunks = D / 8;       // 16-byte chunks per row
+  static constexpr int kDTiles = D / 8;  // output n8 tiles
+  static constexpr int kChunks = D / 8;  // 16-byte chunks per row
   static constexpr int kQBytes = B * D * 2;
   static constexpr int kKVBytes = kTileN * D * 2;
   static constexpr int kSmemBytes = kQBytes + 4 * kKVBytes;  // Q + 2 stages x (K + V)
@@ -54,8 +54,7 @@ __device__ __forceinline__ void load_rows(uint32_t dst, const T* src, int64_t ro
   for (int pass = 0; pass < ROWS / kRowsPerPass; ++pass) {
     const int row = row0 + pass * kRowsPerPass;
     const bool ok = row < valid;
-    cp_async_16(dst + swizzled<D>(row, chunk), ok ? static_cast<const void*>(p) : src,
-                ok ? 16 : 0);
+    cp_async_16(dst + swizzled<D>(row, chunk), ok ? static_cast<const void*>(p) : src, ok ? 16 : 0);
     p += kRowsPerPass * row_stride;
   }
 }

@@ -90,9 +90,10 @@ CaseResult run_case(const Case& c) {
   cuda_ok(cudaStreamCreate(&stream), "cudaStreamCreate");
   DeviceMask mask(dense, B, H, nb, nb, stream);
 
-  test::HostTensor out = c.gapped_out ? make_gapped(c.dtype, B, S, H, D)
-                                      : test::make_tensor(c.dtype, B, S, H, D);
-  test::HostTensor lse = c.gapped_out ? make_gapped(DType::f32, B, S, H, 0) : test::make_lse(B, S, H);
+  test::HostTensor out =
+      c.gapped_out ? make_gapped(c.dtype, B, S, H, D) : test::make_tensor(c.dtype, B, S, H, D);
+  test::HostTensor lse =
+      c.gapped_out ? make_gapped(DType::f32, B, S, H, 0) : test::make_lse(B, S, H);
   out.poison();
   lse.poison();
   DeviceTensor out_d(out), lse_d(lse);

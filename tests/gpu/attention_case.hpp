@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "spaattn/spaattn.hpp"
 #include "cpu/reference.hpp"
+#include "spaattn/spaattn.hpp"
 
 namespace spaattn::gpu_test {
 
@@ -16,15 +16,15 @@ struct Case {
   DType dtype = DType::bf16;
   int64_t batch = 1, heads = 1, dim = 128;
   Layout layout;
-  std::vector<int32_t> text_len;            // L_t per batch item; empty: all valid
+  std::vector<int32_t> text_len;  // L_t per batch item; empty: all valid
   test::Strides strides = test::Strides::bshd;
-  bool gapped_out = false;                  // out and lse with gaps that must stay untouched
-  double density = 0.5;                     // chance that a block is selected
-  double empty_rows = 0.1;                  // share of mask rows that select nothing
-  double qk_scale = 1.0;                    // q, k uniform in [-qk_scale, qk_scale)
-  bool equal_keys = false;                  // every key of a (batch, head) the same
-  bool cpu_reference = true;                // false: float64 sampled rows only (large cases)
-  bool small = false;                       // part of the small set (sanitizer runs)
+  bool gapped_out = false;    // out and lse with gaps that must stay untouched
+  double density = 0.5;       // chance that a block is selected
+  double empty_rows = 0.1;    // share of mask rows that select nothing
+  double qk_scale = 1.0;      // q, k uniform in [-qk_scale, qk_scale)
+  bool equal_keys = false;    // every key of a (batch, head) the same
+  bool cpu_reference = true;  // false: float64 sampled rows only (large cases)
+  bool small = false;         // part of the small set (sanitizer runs)
   // Largest |lse - reference|. With |s q.k| near 1e4 the fp32 dot products of two correct
   // implementations differ by a few ulps of 1e4 (1e-3 each), so huge-logit cases allow more.
   double lse_tol = 1e-2;
@@ -36,12 +36,12 @@ inline void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 // Measured errors of one run (tests assert on them).
 struct CaseResult {
-  double rel_l2_cpu = 0, lse_err_cpu = 0;   // against the CPU reference
-  double rel_l2_f64 = 0, lse_err_f64 = 0;   // against float64 on sampled rows
+  double rel_l2_cpu = 0, lse_err_cpu = 0;  // against the CPU reference
+  double rel_l2_f64 = 0, lse_err_f64 = 0;  // against float64 on sampled rows
   int64_t sampled_rows = 0;
   int64_t unwritten_out = 0, outside_out = 0, unwritten_lse = 0, outside_lse = 0;
-  int64_t nonzero_empty_rows = 0;           // rows that must be exactly zero but are not
-  bool csr_matches = false;                 // dense_to_csr == BlockMask::from_dense
+  int64_t nonzero_empty_rows = 0;  // rows that must be exactly zero but are not
+  bool csr_matches = false;        // dense_to_csr == BlockMask::from_dense
 };
 
 CaseResult run_case(const Case& c);

@@ -16,7 +16,8 @@
 namespace spaattn::gpu_test {
 
 inline void cuda_ok(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
 
 // SPAATTN_GPU_TESTS_SMALL=1 keeps only the small cases (for compute-sanitizer runs).
@@ -35,7 +36,9 @@ class DeviceBuffer {
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   void* get() const { return ptr_; }
   size_t bytes() const { return bytes_; }
-  void upload(const void* src, size_t n) { cuda_ok(cudaMemcpy(ptr_, src, n, cudaMemcpyHostToDevice), "upload"); }
+  void upload(const void* src, size_t n) {
+    cuda_ok(cudaMemcpy(ptr_, src, n, cudaMemcpyHostToDevice), "upload");
+  }
   void download(void* dst, size_t n) const {
     cuda_ok(cudaMemcpy(dst, ptr_, n, cudaMemcpyDeviceToHost), "download");
   }
@@ -115,9 +118,12 @@ struct DeviceMask {
     view.heads = h;
     view.num_q_blocks = nq;
     view.num_k_blocks = nk;
-    view.row_offsets = TensorView::contiguous(offsets.get(), DType::i32, {b * h * nq + 1}, Device::cuda);
-    view.col_indices = TensorView::contiguous(cols.get(), DType::i32, {b * h * nq * nk}, Device::cuda);
-    const TensorView d = TensorView::contiguous(dense.get(), DType::u8, {b, h, nq, nk}, Device::cuda);
+    view.row_offsets =
+        TensorView::contiguous(offsets.get(), DType::i32, {b * h * nq + 1}, Device::cuda);
+    view.col_indices =
+        TensorView::contiguous(cols.get(), DType::i32, {b * h * nq * nk}, Device::cuda);
+    const TensorView d =
+        TensorView::contiguous(dense.get(), DType::u8, {b, h, nq, nk}, Device::cuda);
     cuda::dense_to_csr(d, view, workspace.get(), stream);
   }
   // The CSR lists as the host sees them (nnz entries of col_indices).
@@ -130,7 +136,8 @@ struct DeviceMask {
     m.row_offsets.resize(static_cast<size_t>(m.rows() + 1));
     offsets.download(m.row_offsets.data(), m.row_offsets.size() * sizeof(int32_t));
     m.col_indices.resize(static_cast<size_t>(m.row_offsets.back()));
-    if (!m.col_indices.empty()) cols.download(m.col_indices.data(), m.col_indices.size() * sizeof(int32_t));
+    if (!m.col_indices.empty())
+      cols.download(m.col_indices.data(), m.col_indices.size() * sizeof(int32_t));
     return m;
   }
 };

@@ -16,8 +16,8 @@ struct Dims {
 };
 
 TEST(DenseToCsr, MatchesHost) {
-  std::vector<Dims> dims = {{1, 1, 1, 1, 1.0},   {1, 1, 1, 1, 0.0},  {2, 3, 5, 33, 0.5},
-                            {1, 2, 9, 32, 0.9},  {1, 1, 7, 64, 0.0}, {2, 2, 17, 1000, 0.05},
+  std::vector<Dims> dims = {{1, 1, 1, 1, 1.0},     {1, 1, 1, 1, 0.0},  {2, 3, 5, 33, 0.5},
+                            {1, 2, 9, 32, 0.9},    {1, 1, 7, 64, 0.0}, {2, 2, 17, 1000, 0.05},
                             {1, 1, 600, 600, 0.11}};
   if (!small_mode()) dims.push_back({1, 40, 600, 600, 0.25});
   std::mt19937_64 rng(5);
@@ -51,10 +51,12 @@ TEST(DenseToCsr, RejectsBadArguments) {
   testing::expect_error([&] { cuda::dense_to_csr(bad, out, ws.get(), nullptr); }, "dense", "uint8");
   bad = d;
   bad.stride = {48, 24, 8, 2};
-  testing::expect_error([&] { cuda::dense_to_csr(bad, out, ws.get(), nullptr); }, "dense", "contiguous");
+  testing::expect_error([&] { cuda::dense_to_csr(bad, out, ws.get(), nullptr); }, "dense",
+                        "contiguous");
   BlockMaskView small = out;
   small.col_indices.shape[0] = 23;
-  testing::expect_error([&] { cuda::dense_to_csr(d, small, ws.get(), nullptr); }, "out.col_indices");
+  testing::expect_error([&] { cuda::dense_to_csr(d, small, ws.get(), nullptr); },
+                        "out.col_indices");
   small = out;
   small.num_k_blocks = 5;
   testing::expect_error([&] { cuda::dense_to_csr(d, small, ws.get(), nullptr); }, "out");

@@ -41,29 +41,40 @@ TEST(AttentionErrors, NameTheArgument) {
   ErrorCase s;
   const TensorView out = s.out->view, lse = s.lse->view;
   const BlockMaskView mask = s.mask->view;
-  auto expect = [&](std::function<void(AttentionArgs&, BlockMaskView&, TensorView&, TensorView&)> mutate,
-                    const std::string& arg, const std::string& detail) {
-    AttentionArgs a = s.args;
-    BlockMaskView m = mask;
-    TensorView o = out, l = lse;
-    mutate(a, m, o, l);
-    testing::expect_error([&] { s.call(a, m, o, l); }, arg, detail);
-  };
-  expect([](auto& a, auto&, auto&, auto&) { a.q.shape[3] = a.k.shape[3] = a.v.shape[3] = 96; }, "q", "96");
+  auto expect =
+      [&](std::function<void(AttentionArgs&, BlockMaskView&, TensorView&, TensorView&)> mutate,
+          const std::string& arg, const std::string& detail) {
+        AttentionArgs a = s.args;
+        BlockMaskView m = mask;
+        TensorView o = out, l = lse;
+        mutate(a, m, o, l);
+        testing::expect_error([&] { s.call(a, m, o, l); }, arg, detail);
+      };
+  expect([](auto& a, auto&, auto&, auto&) { a.q.shape[3] = a.k.shape[3] = a.v.shape[3] = 96; }, "q",
+         "96");
   expect([](auto& a, auto&, auto&, auto&) { a.k.dtype = DType::f16; }, "k", "dtype");
-  expect([](auto& a, auto&, auto& o, auto&) { a.q.dtype = a.k.dtype = a.v.dtype = o.dtype = DType::f32; },
+  expect([](auto& a, auto&, auto& o,
+            auto&) { a.q.dtype = a.k.dtype = a.v.dtype = o.dtype = DType::f32; },
          "q", "bfloat16 or float16");
   expect([](auto&, auto&, auto& o, auto&) { o.dtype = DType::f16; }, "out", "dtype");
-  expect([](auto& a, auto&, auto&, auto&) { a.v.data = static_cast<char*>(a.v.data) + 2; }, "v", "16-byte");
-  expect([](auto& a, auto&, auto&, auto&) { a.k.stride[2] = 68; a.k.stride[1] = 136; }, "k", "multiples of 8");
+  expect([](auto& a, auto&, auto&, auto&) { a.v.data = static_cast<char*>(a.v.data) + 2; }, "v",
+         "16-byte");
+  expect(
+      [](auto& a, auto&, auto&, auto&) {
+        a.k.stride[2] = 68;
+        a.k.stride[1] = 136;
+      },
+      "k", "multiples of 8");
   expect([&](auto& a, auto&, auto&, auto&) { a.q.data = s.p.q.view.data; }, "q", "device memory");
   expect([](auto&, auto&, auto&, auto& l) { l.dtype = DType::bf16; }, "lse", "float32");
   expect([](auto&, auto& m, auto&, auto&) { m.num_q_blocks = 2; }, "mask", "blocks");
   expect([](auto& a, auto&, auto&, auto&) { a.layout.block_size = 32; }, "layout.block_size", "32");
-  expect([](auto& a, auto&, auto&, auto&) { a.q.device = a.k.device = a.v.device = Device::cpu; }, "out", "device");
+  expect([](auto& a, auto&, auto&, auto&) { a.q.device = a.k.device = a.v.device = Device::cpu; },
+         "out", "device");
   cuda_ok(cudaDeviceSynchronize(), "no launch");
   s.out->to_host(s.out_h);
-  EXPECT_EQ(check_writes(s.out_h).unwritten, s.out_h.view.numel()) << "a rejected call wrote to out";
+  EXPECT_EQ(check_writes(s.out_h).unwritten, s.out_h.view.numel())
+      << "a rejected call wrote to out";
   EXPECT_NO_THROW(s.call(s.args, mask, out, lse));
   cuda_ok(cudaDeviceSynchronize(), "valid call");
 }
