@@ -96,6 +96,10 @@ void run_shape(const Options& o, const Shape& sh, cudaStream_t stream) {
   const st::ScoreParams scores = st::make_score_params(args, cfg.gapr, buf);
   const st::SelectParams select = st::make_select_params(dims, cfg, map, buf);
   const st::RectifyParams rectify = st::make_rectify_params(dims, cfg.gapr, buf);
+  // Re-ttention's published selector on the same buffers: the part of `select` that is not IPAR.
+  Config band_cfg = cfg;
+  band_cfg.select.selector = Selector::band;
+  const st::SelectParams band = st::make_select_params(dims, band_cfg, map, buf);
 
   struct Stage {
     const char* name;
@@ -106,6 +110,7 @@ void run_shape(const Options& o, const Shape& sh, cudaStream_t stream) {
       {"scores (IPAR P + GAPR bits)", [&](cudaStream_t s) { st::launch_scores(scores, s); }},
       {"select (ipar, CSR)", [&](cudaStream_t s) { st::launch_select(select, s); }},
       {"rectify (R, C)", [&](cudaStream_t s) { st::launch_rectify(rectify, s); }},
+      {"select (band + neighbours, CSR; Re-ttention)", [&](cudaStream_t s) { st::launch_select(band, s); }},
       {"all four", [&](cudaStream_t s) {
          st::launch_pool(pool, s);
          st::launch_scores(scores, s);

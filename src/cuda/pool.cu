@@ -175,6 +175,7 @@ void launch_pool(const PoolParams& p, cudaStream_t stream) {
         constexpr int smem = 3 * B * D * 2;  // the block's Q, K and V rows, 16-bit
         SPAATTN_CUDA_CHECK(cudaFuncSetAttribute(pool_kernel<T, D, B>,
                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        prefer_shared_memory(pool_kernel<T, D, B>);
         pool_kernel<T, D, B><<<grid, kThreads, smem, stream>>>(p);
       });
     });

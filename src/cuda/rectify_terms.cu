@@ -122,10 +122,9 @@ void launch_rectify(const RectifyParams& p, cudaStream_t stream) {
   const dim3 grid((d.nv + kRows - 1) / kRows, static_cast<unsigned>(d.bh()));
   cuda_detail::dispatch_head_dim(d.dim, [&](auto dim) {
     constexpr int D = decltype(dim)::value;
-    if (p.gapr)
-      rectify_kernel<D, true><<<grid, kThreads, 0, stream>>>(p);
-    else
-      rectify_kernel<D, false><<<grid, kThreads, 0, stream>>>(p);
+    const auto kernel = p.gapr ? rectify_kernel<D, true> : rectify_kernel<D, false>;
+    prefer_shared_memory(kernel);
+    kernel<<<grid, kThreads, 0, stream>>>(p);
   });
   cuda_detail::check_launch("rectify_kernel");
 }

@@ -249,10 +249,9 @@ void launch_scores(const ScoreParams& p, cudaStream_t stream) {
     using T = decltype(t);
     cuda_detail::dispatch_head_dim(d.dim, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      if (p.gapr)
-        score_tiles<T, D, true><<<grid, kThreads, 0, stream>>>(p);
-      else
-        score_tiles<T, D, false><<<grid, kThreads, 0, stream>>>(p);
+      const auto kernel = p.gapr ? score_tiles<T, D, true> : score_tiles<T, D, false>;
+      prefer_shared_memory(kernel);
+      kernel<<<grid, kThreads, 0, stream>>>(p);
     });
   });
   cuda_detail::check_launch("score_tiles");

@@ -157,8 +157,9 @@ __device__ void ipar_row(const SelectParams& p, const float* P, uint64_t* keys, 
       }
     }
     count = __reduce_add_sync(kFull, count);
+    if (count < need) continue;  // warp-uniform: the sum is not needed
     sum = group_sum<32>(sum);
-    if (count >= need && sum >= target) {
+    if (sum >= target) {
       T = cand;
       count_T = count;
     }
@@ -182,7 +183,9 @@ __device__ void ipar_row(const SelectParams& p, const float* P, uint64_t* keys, 
     if (c <= kSmallSort) sort_registers<8>(keys, c);
     else if (c <= 512) sort_registers<16>(keys, c);
     else sort_shared(keys, c);
-    // 3. The CPU's fp32 cumulative sum, in order, by lane 0 (8 independent loads per batch).
+    // 3. The CPU's fp32 cumulative sum, in order, by lane 0, 8 values per step without branches:
+    //    the sum never decreases, so counting every prefix with cumsum <= p counts the CPU's
+    //    prefix; padding past c adds 0 and is not counted.
     int counted = 0, passed = 0;
     if (lane == 0) {
       float cumsum = 0.f;
@@ -192,11 +195,10 @@ __device__ void ipar_row(const SelectParams& p, const float* P, uint64_t* keys, 
         for (int q = 0; q < 8; ++q) v[q] = r0 + q < c ? key_value(keys[r0 + q]) : 0.f;
 #pragma unroll
         for (int q = 0; q < 8; ++q) {
-          if (passed || r0 + q >= c) break;
           cumsum = __fadd_rn(cumsum, v[q]);
-          if (!(cumsum <= p.p)) passed = 1;
-          else ++counted;
+          counted += (cumsum <= p.p) & (r0 + q < c);
         }
+        passed = !(cumsum <= p.p);
       }
     }
     counted = __shfl_sync(kFull, counted, 0);
@@ -266,7 +268,38 @@ __global__ void __launch_bounds__(32) select_rows(const __grid_constant__ Select
   if (lane == 0) p.row_counts[r] = count + (d.nb - d.nv);
 }
 
-// One warp per CSR row: the marked video blocks in ascending order, then the text blocks.
+// Word w of video row `vrow`'s listed blocks: its crit bits (all video blocks when critical is
+// null), or their complement over the NV video blocks.
+__device__ __forceinline__ uint32_t listed_bits(const SelectParams& p, int64_t vrow, int w) {
+  const Dims& d = p.dims;
+  if (w >= d.words) return 0u;
+  const uint32_t valid = w == d.words - 1 && d.nv % 32 ? (1u << (d.nv % 32)) - 1u : kFull;
+  const uint32_t crit = p.critical ? p.critical[vrow * d.words + w] : kFull;
+  return (p.complement ? ~crit : crit) & valid;
+}
+
+// One warp per CSR row: its count, for CSR lists made from stored crit bits.
+__global__ void __launch_bounds__(256) count_cols(const __grid_constant__ SelectParams p) {
+  const Dims& d = p.dims;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (r > d.mask_rows()) return;
+  if (r == d.mask_rows()) {  // the scan's total
+    if (lane == 0) p.row_counts[r] = 0;
+    return;
+  }
+  const int i = static_cast<int>(r % d.nb);
+  int count = 0;
+  if (i < d.nv) {
+    for (int w = lane; w < d.words; w += 32) count += __popc(listed_bits(p, r / d.nb * d.nv + i, w));
+    count = __reduce_add_sync(kFull, count);
+  }
+  const int text_blocks = p.complement ? 0 : d.nb - d.nv;
+  if (lane == 0) p.row_counts[r] = i < d.nv ? count + text_blocks : (p.complement ? 0 : d.nb);
+}
+
+// One warp per CSR row: the listed video blocks in ascending order, then (unless complement) the
+// text blocks; a text query row lists every block (complement: none).
 __global__ void __launch_bounds__(256) write_cols(const __grid_constant__ SelectParams p) {
   const Dims& d = p.dims;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
@@ -275,19 +308,20 @@ __global__ void __launch_bounds__(256) write_cols(const __grid_constant__ Select
   const int i = static_cast<int>(r % d.nb);
   int32_t* out = p.col_indices + p.row_offsets[r];
   if (i >= d.nv) {
-    for (int j = lane; j < d.nb; j += 32) out[j] = j;
+    if (!p.complement)
+      for (int j = lane; j < d.nb; j += 32) out[j] = j;
     return;
   }
-  const uint32_t* crit = p.critical + (r / d.nb * d.nv + i) * d.words;
+  const int64_t vrow = r / d.nb * d.nv + i;
   int base = 0;
   for (int w0 = 0; w0 < d.words; w0 += 32) {
     const int w = w0 + lane;
-    uint32_t bits = w < d.words ? crit[w] : 0u;
+    uint32_t bits = listed_bits(p, vrow, w);
     const int count = __popc(bits);
     int incl = count;
 #pragma unroll
     for (int o = 1; o < 32; o *= 2) {
-      const int x = __shfl_up_sync(0xffffffffu, incl, o);
+      const int x = __shfl_up_sync(kFull, incl, o);
       if (lane >= o) incl += x;
     }
     int pos = base + incl - count;
@@ -295,9 +329,21 @@ __global__ void __launch_bounds__(256) write_cols(const __grid_constant__ Select
       out[pos++] = w * 32 + __ffs(bits) - 1;
       bits &= bits - 1;
     }
-    base += __shfl_sync(0xffffffffu, incl, 31);
+    base += __shfl_sync(kFull, incl, 31);
   }
-  for (int t = lane; t < d.nb - d.nv; t += 32) out[base + t] = d.nv + t;
+  if (!p.complement)
+    for (int t = lane; t < d.nb - d.nv; t += 32) out[base + t] = d.nv + t;
+}
+
+// Row offsets from row_counts (CUB scan), then the column lists.
+void scan_and_write(const SelectParams& p, cudaStream_t stream) {
+  const int64_t rows = p.dims.mask_rows();
+  size_t bytes = p.scan_temp_bytes;
+  SPAATTN_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(p.scan_temp, bytes, p.row_counts,
+                                                   p.row_offsets, static_cast<int>(rows + 1),
+                                                   stream));
+  write_cols<<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(p);
+  cuda_detail::check_launch("write_cols");
 }
 
 }  // namespace
@@ -350,14 +396,29 @@ void launch_select(const SelectParams& p, cudaStream_t stream) {
   const size_t smem = select_smem_bytes(d, p.selector);
   SPAATTN_CUDA_CHECK(cudaFuncSetAttribute(select_rows, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(smem)));
+  prefer_shared_memory(select_rows);
   select_rows<<<static_cast<unsigned>(rows), 32, smem, stream>>>(p);
   cuda_detail::check_launch("select_rows");
-  size_t bytes = p.scan_temp_bytes;
-  SPAATTN_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(p.scan_temp, bytes, p.row_counts,
-                                                   p.row_offsets, static_cast<int>(rows + 1),
-                                                   stream));
-  write_cols<<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(p);
-  cuda_detail::check_launch("write_cols");
+  scan_and_write(p, stream);
+}
+
+void launch_csr_from_critical(const Dims& dims, const uint32_t* critical, bool complement,
+                              const Buffers& out, cudaStream_t stream) {
+  SPAATTN_CHECK_ARG(out.row_counts && out.scan_temp && out.row_offsets && out.col_indices,
+                    "out", "expected the selection arrays (kSelection)");
+  SelectParams p;
+  p.dims = dims;
+  p.critical = const_cast<uint32_t*>(critical);  // count_cols and write_cols only read it
+  p.complement = complement;
+  p.row_counts = out.row_counts;
+  p.scan_temp = out.scan_temp;
+  p.scan_temp_bytes = out.scan_temp_bytes;
+  p.row_offsets = out.row_offsets;
+  p.col_indices = out.col_indices;
+  const int64_t rows = dims.mask_rows();
+  count_cols<<<static_cast<unsigned>((rows + 1 + 7) / 8), 256, 0, stream>>>(p);
+  cuda_detail::check_launch("count_cols");
+  scan_and_write(p, stream);
 }
 
 }  // namespace spaattn::cuda::stages

@@ -132,12 +132,20 @@ struct SelectParams {
   size_t scan_temp_bytes = 0;
   int32_t* row_offsets = nullptr;
   int32_t* col_indices = nullptr;
+  bool complement = false;             // launch_csr_from_critical only
 };
 // neighbours: the device map, or null offsets; it is used as cpu::select_blocks uses its map
 // (always for local, with config.select.neighbours for ipar and band).
 SelectParams make_select_params(const Dims& dims, const Config& config,
                                 const NeighbourMap& neighbours, const Buffers& buf);
 void launch_select(const SelectParams& p, cudaStream_t stream);
+// CSR lists (out's row_counts, scan_temp, row_offsets, col_indices) from stored crit bits
+// [bh, NV, W] without a new selection: the mask that launch_select wrote for them (video rows:
+// crit(i) and every text block; text rows: every block), every block with critical == nullptr,
+// or with `complement` the video key blocks outside crit(i) alone (text query rows list none),
+// which is what a reference step's second pass over the keys needs.
+void launch_csr_from_critical(const Dims& dims, const uint32_t* critical, bool complement,
+                              const Buffers& out, cudaStream_t stream);
 
 // ---- rectification terms ----------------------------------------------------------------------
 struct RectifyParams {

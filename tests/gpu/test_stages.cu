@@ -325,7 +325,8 @@ INSTANTIATE_TEST_SUITE_P(Stages, StagesChain, ::testing::ValuesIn(stage_cases())
                          [](const auto& info) { return std::string(info.param.name); });
 
 // Selection alone, on made-up P rows: ties (values from a small set, equal rows, the text column
-// tied with video blocks), p = 0 and p = 1, k = 0, many blocks; the band and local selectors.
+// tied with video blocks), p = 0 and p = 1, k = 0, many blocks; the band and local selectors;
+// and the CSR lists rebuilt from the stored crit bits (as is, complement, full).
 struct SelectCase {
   const char* name;
   int64_t nv_blocks, nt;
@@ -429,6 +430,27 @@ TEST_P(StagesSelect, MatchesCpuExactly) {
   if (nv > 0)
     EXPECT_TRUE(same(from_bits(fetch(ws.buf.critical, ws.bits_size()), rows, nv), sel.critical))
         << "critical";
+
+  // The same lists again from the stored crit bits, their complement, and the full mask.
+  const int nb = dims.nb;
+  std::vector<uint8_t> complement(static_cast<size_t>(batch * heads * nb * nb), 0);
+  for (int64_t bh = 0; bh < batch * heads; ++bh)
+    for (int i = 0; i < nv; ++i)
+      for (int j = 0; j < nv; ++j)
+        complement[(bh * nb + i) * nb + j] = !sel.critical[(bh * nv + i) * nv + j];
+  const BlockMask want_complement = BlockMask::from_dense(complement.data(), batch, heads, nb, nb);
+  const BlockMask want_full = BlockMask::full(batch, heads, nb, nb);
+  Workspace again(dims);
+  const uint32_t* crit = nv > 0 ? ws.buf.critical : nullptr;
+  for (const int variant : {0, 1, 2}) {
+    st::launch_csr_from_critical(dims, variant == 2 ? nullptr : crit, variant == 1, again.buf,
+                                 nullptr);
+    cuda_ok(cudaDeviceSynchronize(), "csr_from_critical");
+    const BlockMask got = again.mask();
+    const BlockMask& want = variant == 0 ? sel.mask : variant == 1 ? want_complement : want_full;
+    EXPECT_TRUE(same(got.row_offsets, want.row_offsets)) << "csr_from_critical " << variant;
+    EXPECT_TRUE(same(got.col_indices, want.col_indices)) << "csr_from_critical " << variant;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Stages, StagesSelect, ::testing::ValuesIn(select_cases()),
