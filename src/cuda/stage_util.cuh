@@ -2,7 +2,6 @@
 // 16-bit to fp32 conversion of 16-byte vectors and warp reductions over lane groups.
 #pragma once
 #include <cuda_bf16.h>
-#include <cuda_runtime.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
@@ -58,19 +57,6 @@ __device__ __forceinline__ uint32_t group_or(uint32_t x) {
 #pragma unroll
   for (int o = width / 2; o > 0; o /= 2) x |= __shfl_xor_sync(0xffffffffu, x, o);
   return x;
-}
-
-// Host: asks for the largest shared-memory carveout for `kernel`. These kernels gain nothing from
-// L1 (every byte they read from device memory is used once per CTA), while the default carveout
-// may hold fewer of their CTAs per SM than registers and threads allow.
-template <class Kernel>
-inline void prefer_shared_memory(Kernel kernel) {
-  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                               cudaSharedmemCarveoutMaxShared);
-  if (err != cudaSuccess)
-    throw Error(Error::Kind::runtime,
-                detail::concat("cudaFuncSetAttribute(PreferredSharedMemoryCarveout): ",
-                               cudaGetErrorString(err)));
 }
 
 // Host: the checks every stage runs on a Q/K/V-like device tensor it reads with 16-byte loads.

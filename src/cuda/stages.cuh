@@ -5,10 +5,10 @@
 // value; launches run on the given stream, allocate nothing and never synchronise.
 //
 // Data flow (all fp32 unless noted, [bh] = batch * heads, NV video blocks, W = ceil(NV / 32)):
-//   pool:    Q, K, V (through the token permutation) -> q̄, k̄, v̄, δq, δk   [bh, NV, d]
-//   scores:  q̄, k̄, δq, δk, text keys of K          -> P [bh, NV, NV + 1], compensable bits [bh, NV, W]
-//   select:  P (ipar) or nothing (band, local)      -> critical bits [bh, NV, W], CSR lists
-//   rectify: P, critical, compensable, v̄            -> R [bh, NV], C [bh, NV, d]
+//   pool:    Q, K, V (through the token permutation) -> q̄, k̄, v̄, δq, δk [bh, NV, d]
+//   scores:  q̄, k̄, δq, δk, text keys of K -> P [bh, NV, NV + 1], compensable bits [bh, NV, W]
+//   select:  P (ipar) or nothing (band, local) -> critical bits [bh, NV, W], CSR lists
+//   rectify: P, critical, compensable, v̄ -> R [bh, NV], C [bh, NV, d]
 // The layouts of q̄ .. δk, P, R and C are those of the CPU Pooled, BlockScores and Correction, so
 // the CPU reference and the GPU can be compared array by array. Bit j % 32 of word j / 32 of a
 // row's bitmask stands for video key block j.
@@ -34,8 +34,9 @@ struct Dims {
   int nb = 0;                             // all logical blocks: NV video, then the text blocks
   int words = 0;                          // W: 32-bit words of one row's video-block bitmask
   __host__ __device__ int64_t bh() const { return static_cast<int64_t>(batch) * heads; }
-  __host__ __device__ int64_t video_rows() const { return bh() * nv; }  // rows (b, h, i) over video query blocks
-  __host__ __device__ int64_t mask_rows() const { return bh() * nb; }   // CSR rows over all logical query blocks
+  // Rows (b, h, i) over the video query blocks, and CSR rows over all logical query blocks.
+  __host__ __device__ int64_t video_rows() const { return bh() * nv; }
+  __host__ __device__ int64_t mask_rows() const { return bh() * nb; }
   // CSR capacity that any selection fits in: every row listing every key block.
   __host__ __device__ int64_t max_nnz() const { return mask_rows() * nb; }
 };
@@ -51,18 +52,18 @@ enum Part : unsigned { kPooled = 1u, kScores = 2u, kSelection = 4u, kCorrection 
 // caller may point any of them elsewhere (e.g. the CSR lists into buffers it owns).
 struct Buffers {
   float *q_mean = nullptr, *k_mean = nullptr, *v_mean = nullptr;  // q̄, k̄, v̄
-  float *q_dev = nullptr, *k_dev = nullptr;                        // δq, δk
-  float* P = nullptr;                 // [bh, NV, NV + 1]
-  float2* partial = nullptr;          // scores' per-tile row (max, sum of exp) [bh, NV, tiles]
-  uint32_t* compensable = nullptr;    // [bh, NV, W]
-  uint32_t* critical = nullptr;       // [bh, NV, W]
-  int32_t* row_counts = nullptr;      // [mask_rows + 1]
-  void* scan_temp = nullptr;          // CUB scan scratch of scan_temp_bytes
+  float *q_dev = nullptr, *k_dev = nullptr;                       // δq, δk
+  float* P = nullptr;                                             // [bh, NV, NV + 1]
+  float2* partial = nullptr;        // scores' per-tile row (max, sum of exp) [bh, NV, tiles]
+  uint32_t* compensable = nullptr;  // [bh, NV, W]
+  uint32_t* critical = nullptr;     // [bh, NV, W]
+  int32_t* row_counts = nullptr;    // [mask_rows + 1]
+  void* scan_temp = nullptr;        // CUB scan scratch of scan_temp_bytes
   size_t scan_temp_bytes = 0;
-  int32_t* row_offsets = nullptr;     // CSR [mask_rows + 1]
-  int32_t* col_indices = nullptr;     // CSR, room for max_nnz entries
-  float* R = nullptr;                 // [bh, NV]
-  float* C = nullptr;                 // [bh, NV, d]
+  int32_t* row_offsets = nullptr;  // CSR [mask_rows + 1]
+  int32_t* col_indices = nullptr;  // CSR, room for max_nnz entries
+  float* R = nullptr;              // [bh, NV]
+  float* C = nullptr;              // [bh, NV, d]
 };
 
 // Bytes of one allocation that holds every array of `parts` (each 256-byte aligned).
@@ -123,16 +124,16 @@ struct SelectParams {
   Selector selector = Selector::ipar;  // ipar, band or local (automatic is resolved on the host)
   const float* P = nullptr;            // ipar only
   float p = 0.3f;
-  int k = 0;                           // kept_video_blocks(sparsity, NV)
-  int first_frame = 0;                 // F, clamped to NV
-  NeighbourMap neighbours;             // null offsets: no neighbours added
+  int k = 0;                // kept_video_blocks(sparsity, NV)
+  int first_frame = 0;      // F, clamped to NV
+  NeighbourMap neighbours;  // null offsets: no neighbours added
   uint32_t* critical = nullptr;
   int32_t* row_counts = nullptr;
   void* scan_temp = nullptr;
   size_t scan_temp_bytes = 0;
   int32_t* row_offsets = nullptr;
   int32_t* col_indices = nullptr;
-  bool complement = false;             // launch_csr_from_critical only
+  bool complement = false;  // launch_csr_from_critical only
 };
 // neighbours: the device map, or null offsets; it is used as cpu::select_blocks uses its map
 // (always for local, with config.select.neighbours for ipar and band).

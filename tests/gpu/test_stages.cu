@@ -29,7 +29,8 @@ std::vector<T> fetch(const T* device, size_t n) {
 template <class T>
 void put(T* device, const std::vector<T>& host) {
   if (!host.empty())
-    cuda_ok(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), "put");
+    cuda_ok(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice),
+            "put");
 }
 
 double rel_err(const std::vector<float>& x, const std::vector<float>& ref) {
@@ -93,8 +94,9 @@ template <class T>
   for (size_t n = 0; n < got.size(); ++n)
     if (got[n] != want[n] && diff++ == 0) first = static_cast<int64_t>(n);
   if (diff == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << diff << " of " << got.size() << " entries differ, first at "
-                                       << first << ": " << +got[first] << " vs " << +want[first];
+  return ::testing::AssertionFailure()
+         << diff << " of " << got.size() << " entries differ, first at " << first << ": "
+         << +got[first] << " vs " << +want[first];
 }
 
 // Rows (b, h, i) of two crit matrices that differ.
@@ -126,25 +128,61 @@ Layout layout(int64_t nv, int64_t nt, int block, TextPlacement place = TextPlace
 std::vector<StageCase> stage_cases() {
   const auto hf = DType::f16;
   std::vector<StageCase> v;
-  v.push_back({.name = "raster_bf16_d128_B64_text", .batch = 2, .heads = 3,
-               .layout = layout(1000, 77, 64), .text_len = {77, 30}, .seed = 2});
-  v.push_back({.name = "gilbert_f16_d64_B128_prefix", .dtype = hf, .batch = 2, .dim = 64,
-               .layout = layout(2000, 13, 128, TextPlacement::prefix), .text_len = {0, 13},
-               .grid = {5, 20, 20}, .seed = 3});
-  v.push_back({.name = "gilbert_bf16_d128_B128_no_text", .heads = 2,
-               .layout = layout(3000, 0, 128), .grid = {6, 20, 25}, .sparsity = 0.75, .seed = 4});
-  v.push_back({.name = "S_lt_B_f16_d64", .dtype = hf, .dim = 64, .layout = layout(50, 20, 128),
-               .text_len = {5}, .seed = 5});
-  v.push_back({.name = "gilbert_bf16_d64_B64_first_frame", .dim = 64,
-               .layout = layout(8190, 100, 64), .text_len = {64}, .grid = {6, 35, 39},
-               .first_frame = 10, .seed = 6});
-  v.push_back({.name = "peaked_bf16_d128_B64", .batch = 2, .layout = layout(4000, 200, 64),
-               .qk_scale = 8.0, .p = 0.5, .seed = 7});
-  v.push_back({.name = "wan_like_bf16_d128_B128", .heads = 4, .layout = layout(30720, 0, 128),
-               .grid = {8, 48, 80}, .small = false, .seed = 8});
-  v.push_back({.name = "hunyuan_like_f16_d128_B128", .dtype = hf, .batch = 2, .heads = 2,
-               .layout = layout(24576, 256, 128), .text_len = {256, 100}, .grid = {6, 64, 64},
-               .sparsity = 0.8, .small = false, .seed = 9});
+  v.push_back({.name = "raster_bf16_d128_B64_text",
+               .batch = 2,
+               .heads = 3,
+               .layout = layout(1000, 77, 64),
+               .text_len = {77, 30},
+               .seed = 2});
+  v.push_back({.name = "gilbert_f16_d64_B128_prefix",
+               .dtype = hf,
+               .batch = 2,
+               .dim = 64,
+               .layout = layout(2000, 13, 128, TextPlacement::prefix),
+               .text_len = {0, 13},
+               .grid = {5, 20, 20},
+               .seed = 3});
+  v.push_back({.name = "gilbert_bf16_d128_B128_no_text",
+               .heads = 2,
+               .layout = layout(3000, 0, 128),
+               .grid = {6, 20, 25},
+               .sparsity = 0.75,
+               .seed = 4});
+  v.push_back({.name = "S_lt_B_f16_d64",
+               .dtype = hf,
+               .dim = 64,
+               .layout = layout(50, 20, 128),
+               .text_len = {5},
+               .seed = 5});
+  v.push_back({.name = "gilbert_bf16_d64_B64_first_frame",
+               .dim = 64,
+               .layout = layout(8190, 100, 64),
+               .text_len = {64},
+               .grid = {6, 35, 39},
+               .first_frame = 10,
+               .seed = 6});
+  v.push_back({.name = "peaked_bf16_d128_B64",
+               .batch = 2,
+               .layout = layout(4000, 200, 64),
+               .qk_scale = 8.0,
+               .p = 0.5,
+               .seed = 7});
+  v.push_back({.name = "wan_like_bf16_d128_B128",
+               .heads = 4,
+               .layout = layout(30720, 0, 128),
+               .grid = {8, 48, 80},
+               .small = false,
+               .seed = 8});
+  v.push_back({.name = "hunyuan_like_f16_d128_B128",
+               .dtype = hf,
+               .batch = 2,
+               .heads = 2,
+               .layout = layout(24576, 256, 128),
+               .text_len = {256, 100},
+               .grid = {6, 64, 64},
+               .sparsity = 0.8,
+               .small = false,
+               .seed = 9});
   return v;
 }
 
@@ -234,7 +272,8 @@ TEST_P(StagesChain, MatchCpuStages) {
   EXPECT_LE(rel_err(fetch(ws.buf.k_dev, np), pooled.dk), 1e-5) << "k_dev";
   const double p_err = rel_err(fetch(ws.buf.P, ws.score_size()), scores.P);
   EXPECT_LE(p_err, 1e-4) << "P";
-  const std::vector<uint8_t> chain_crit = from_bits(fetch(ws.buf.critical, ws.bits_size()), rows, nv);
+  const std::vector<uint8_t> chain_crit =
+      from_bits(fetch(ws.buf.critical, ws.bits_size()), rows, nv);
   const int64_t chain_diff = differing_rows(chain_crit, sel.critical, nv);
   EXPECT_LE(chain_diff, rows / 100) << "selection rows that differ end to end";
   const BlockMask chain_mask = ws.mask();
@@ -313,12 +352,13 @@ TEST_P(StagesChain, MatchCpuStages) {
     EXPECT_LE(rc_err[gapr][1], 1e-4) << "C, gapr " << gapr;
   }
   cuda_ok(cudaStreamDestroy(stream), "stream");
-  std::printf("[ stages ] %s: NV %d, P rel err %.2e, chain selection rows differing %lld of %lld, "
-              "GAPR near-tie flips %lld of %lld, R/C rel err (CPU inputs) %.1e/%.1e, "
-              "R/C rel err (chain) %.1e/%.1e\n",
-              c.name, nv, p_err, static_cast<long long>(chain_diff), static_cast<long long>(rows),
-              static_cast<long long>(comp_diff), static_cast<long long>(rows * nv),
-              rc_err[1][0], rc_err[1][1], chain_r, chain_c);
+  std::printf(
+      "[ stages ] %s: NV %d, P rel err %.2e, chain selection rows differing %lld of %lld, "
+      "GAPR near-tie flips %lld of %lld, R/C rel err (CPU inputs) %.1e/%.1e, "
+      "R/C rel err (chain) %.1e/%.1e\n",
+      c.name, nv, p_err, static_cast<long long>(chain_diff), static_cast<long long>(rows),
+      static_cast<long long>(comp_diff), static_cast<long long>(rows * nv), rc_err[1][0],
+      rc_err[1][1], chain_r, chain_c);
 }
 
 INSTANTIATE_TEST_SUITE_P(Stages, StagesChain, ::testing::ValuesIn(stage_cases()),
@@ -333,7 +373,7 @@ struct SelectCase {
   int block = 64;
   Selector selector = Selector::ipar;
   double sparsity = 0.9, p = 0.3;
-  int levels = 0;         // > 0: P drawn from `levels` distinct values (ties), else continuous
+  int levels = 0;  // > 0: P drawn from `levels` distinct values (ties), else continuous
   bool neighbours = false;
   int64_t first_frame = 0;
   bool small = true;
@@ -348,15 +388,32 @@ std::vector<SelectCase> select_cases() {
       {.name = "k0_sparse", .nv_blocks = 9, .nt = 5, .sparsity = 0.95, .p = 0.1},
       {.name = "dense_k", .nv_blocks = 40, .nt = 0, .sparsity = 0.0, .p = 0.3, .levels = 4},
       {.name = "many_blocks", .nv_blocks = 3000, .nt = 256, .p = 0.3, .small = false},
-      {.name = "many_blocks_ties", .nv_blocks = 2500, .nt = 0, .p = 0.3, .levels = 5,
+      {.name = "many_blocks_ties",
+       .nv_blocks = 2500,
+       .nt = 0,
+       .p = 0.3,
+       .levels = 5,
        .small = false},
-      {.name = "band_neighbours_first", .nv_blocks = 100, .nt = 70, .selector = Selector::band,
-       .sparsity = 0.9, .neighbours = true, .first_frame = 7},
-      {.name = "band_no_text", .nv_blocks = 33, .nt = 0, .block = 128, .selector = Selector::band,
+      {.name = "band_neighbours_first",
+       .nv_blocks = 100,
+       .nt = 70,
+       .selector = Selector::band,
+       .sparsity = 0.9,
+       .neighbours = true,
+       .first_frame = 7},
+      {.name = "band_no_text",
+       .nv_blocks = 33,
+       .nt = 0,
+       .block = 128,
+       .selector = Selector::band,
        .sparsity = 0.8},
       {.name = "local", .nv_blocks = 64, .nt = 1, .selector = Selector::local},
-      {.name = "ipar_neighbours_first", .nv_blocks = 120, .nt = 3, .levels = 6,
-       .neighbours = true, .first_frame = 12},
+      {.name = "ipar_neighbours_first",
+       .nv_blocks = 120,
+       .nt = 3,
+       .levels = 6,
+       .neighbours = true,
+       .first_frame = 12},
       {.name = "text_only", .nv_blocks = 0, .nt = 300, .selector = Selector::band},
   };
 }
@@ -390,8 +447,8 @@ TEST_P(StagesSelect, MatchesCpuExactly) {
     float* P = scores.P.data() + r * (nv + 1);
     double total = 0;
     for (int j = 0; j <= nv; ++j) {
-      const double x = c.levels > 0 ? 1.0 + static_cast<double>(rng() % c.levels)
-                                    : std::exp(2.0 * normal(rng));
+      const double x =
+          c.levels > 0 ? 1.0 + static_cast<double>(rng() % c.levels) : std::exp(2.0 * normal(rng));
       P[j] = static_cast<float>(x);
       total += x;
     }
@@ -411,8 +468,7 @@ TEST_P(StagesSelect, MatchesCpuExactly) {
   cfg.select.p = c.p;
   cfg.select.neighbours = c.neighbours;
   cfg.select.first_frame_blocks = c.first_frame;
-  const Selection sel =
-      cpu::select_blocks(args, cfg, &scores, nbrs.empty() ? nullptr : &nbrs);
+  const Selection sel = cpu::select_blocks(args, cfg, &scores, nbrs.empty() ? nullptr : &nbrs);
 
   const auto [nbr_off, nbr_cols] = st::flatten_neighbours(nbrs);
   DeviceBuffer doff(nbr_off.size() * 4), dcols(nbr_cols.size() * 4);
@@ -476,8 +532,7 @@ TEST(StagesErrors, NameTheArgument) {
          "neighbours");
   Config ipar;
   ipar.select.selector = Selector::ipar;
-  expect([&] { st::make_select_params(dims, ipar, st::NeighbourMap{}, st::Buffers{}); },
-         "buffers");
+  expect([&] { st::make_select_params(dims, ipar, st::NeighbourMap{}, st::Buffers{}); }, "buffers");
 }
 
 }  // namespace
