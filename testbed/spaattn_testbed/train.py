@@ -73,7 +73,7 @@ class TrainConfig:
     grids: str = "16x64x64:32@0.6,32x64x64:16@0.4"
     lr: float = 5e-4
     warmup: int = 300
-    total_steps: int = 3500
+    total_steps: int = 5000
     cooldown: float = 0.2
     final_lr: float = 0.05
     weight_decay: float = 0.01
