@@ -21,8 +21,31 @@ if ! python3 -m pip install --no-build-isolation --no-deps -v . \
   echo "run_gpu_tests: build failed"
   exit 1
 fi
-python3 -m pytest python/tests -rs "$@" 2>&1 | tee "$OUT/python_tests.log"
-status=${PIPESTATUS[0]}
-skipped=$(grep -oE '[0-9]+ skipped' "$OUT/python_tests.log" | tail -n 1)
-[[ -n $skipped ]] && echo "python tests NOT RUN: $skipped (see the SKIPPED lines above)"
+# A C++ error must arrive as a ValueError, alone and next to torch and diffusers.
+for imports in "" "import torch, diffusers;"; do
+  if python3 -c "${imports}import spaattn
+try:
+    spaattn.SparseAttention(sparsity=1.5)
+except ValueError:
+    pass" >/dev/null 2>&1; then
+    echo "C++ errors through the extension (${imports:-spaattn alone}): ok"
+  else
+    echo "C++ errors through the extension (${imports:-spaattn alone}): FAILED (exit $?)"
+  fi
+done
+# One process per test file, so that a crash in one leaves the others' results.
+status=0
+summary=()
+: >"$OUT/python_tests.log"
+for file in python/tests/test_*.py; do
+  python3 -m pytest "$file" -rs "$@" 2>&1 | tee "$OUT/last.log"
+  rc=${PIPESTATUS[0]}
+  cat "$OUT/last.log" >>"$OUT/python_tests.log"
+  [[ $rc == 0 || $rc == 5 ]] || status=1
+  counts=$(grep -E "[0-9]+ (passed|failed|skipped|error)" "$OUT/last.log" | tail -n 1)
+  summary+=("$file: exit $rc, ${counts:-no summary (crashed?)}")
+done
+rm -f "$OUT/last.log"
+echo
+printf '%s\n' "${summary[@]}"
 exit "$status"

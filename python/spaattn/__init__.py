@@ -15,7 +15,7 @@ arguments) or RuntimeError with the core's message, e.g.
 - :mod:`spaattn.diffusers`: attention processors for HunyuanVideo, Wan 2.1 and CogVideoX.
 """
 
-from . import _C
+from . import _C  # type: ignore[attr-defined]
 from .attention import block_sparse_attention, dense_to_csr, rectified_attention
 from .method import METHODS, CallStats, SparseAttention
 from .orders import (

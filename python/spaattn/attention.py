@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from . import _C
+from . import _C  # type: ignore[attr-defined]
 from . import _tensors as T
 from ._tensors import ArrayT
 from .method import CallStats, SparseAttention
 
 Mask = Any
-"""A dense boolean block mask [b, H, num_blocks, num_blocks] or a (row_offsets, col_indices) pair."""
+"""A dense boolean block mask [b, H, n, n] over the n logical blocks, or CSR lists (a pair)."""
 
 
 def dense_to_csr(mask: Any) -> tuple[Any, Any]:
@@ -125,7 +125,10 @@ def block_sparse_attention(
     T.check_layout(layout)
     qv, kv, vv = T.bshd(q, layout, "q"), T.bshd(k, layout, "k"), T.bshd(v, layout, "v")
     out, out_view = T.output(q, None, layout)
-    lse, lse_view = T.lse_output(q, layout) if return_lse else (None, None)
+    lse: Any = None
+    lse_view: Any = None
+    if return_lse:
+        lse, lse_view = T.lse_output(q, layout)
     lengths, lengths_host = T.text_lengths(text_lengths, q)
     dense = not isinstance(mask, (tuple, list)) and getattr(mask, "ndim", 0) == 4
     with T.device_of(q) as stream:
@@ -186,4 +189,6 @@ def rectified_attention(
         q, k, v, num_text=num_text, text_lengths=text_lengths, text_placement=text_placement,
         layout=layout,
     )
-    return (out, attention.last_stats) if return_stats else out
+    stats = attention.last_stats
+    assert stats is not None
+    return (out, stats) if return_stats else out

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _C
+from . import _C  # type: ignore[attr-defined]
 from . import _tensors as T
 from ._tensors import ArrayT
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _C
+from . import _C  # type: ignore[attr-defined]
 from . import _tensors as T
 from ._tensors import ArrayT
 
@@ -111,10 +111,11 @@ def permute_tokens(
     src = T.bshd(x, layout, "x")
     if T.is_cuda(x):
         torch = T._torch()
+        device = src.device
         if T.is_torch(perm):
-            index = perm.to(device=x.device, dtype=torch.long)
+            index = perm.to(device=device, dtype=torch.long)
         else:
-            index = torch.as_tensor(np.asarray(perm), dtype=torch.long, device=x.device)
+            index = torch.as_tensor(np.asarray(perm), dtype=torch.long, device=device)
         dst = src.clone()
         video = slice(video_offset, video_offset + index.shape[0])
         if inverse:

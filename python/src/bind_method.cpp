@@ -24,6 +24,7 @@ using ReleaseFn = std::function<void(uintptr_t ptr, size_t bytes, uintptr_t stre
 // The C++ object and the lock that keeps two Python threads out of one forward. The lock is
 // taken after the GIL is released, so a memory callback (which takes the GIL) cannot deadlock.
 struct Attention {
+  explicit Attention(SparseAttention&& attention) : impl(std::move(attention)) {}
   SparseAttention impl;
   std::mutex mutex;
 };
@@ -68,8 +69,12 @@ void init(Attention* self, const std::string& method, double sparsity, double p,
   c.schedule.dense_layers = std::move(dense_layers);
   c.schedule.mask_period = mask_period;
   c.scale = scale;
-  new (self) Attention{
-      SparseAttention(std::move(c), make_memory(std::move(allocate), std::move(release))), {}};
+  // Invalid options throw here, before the Python callables are wrapped; the object is built
+  // step by step so that no temporary holding them is alive while a constructor may throw.
+  c.validate();
+  DeviceMemory memory = make_memory(std::move(allocate), std::move(release));
+  SparseAttention attention(std::move(c), std::move(memory));
+  new (self) Attention(std::move(attention));
 }
 
 // Returns (kind, density, mask_reused) of the call.

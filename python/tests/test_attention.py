@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import qkv, reference
-
 import spaattn
+from conftest import qkv, reference
 
 
 @pytest.mark.parametrize(

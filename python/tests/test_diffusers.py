@@ -5,8 +5,9 @@ at sparsity 0.9, step and guidance accounting, removal. CPU float32; CUDA bfloat
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -135,7 +136,7 @@ def test_sparsity_09_runs_and_removal_restores_the_stock_model(case):
     assert out.shape == stock.shape and torch.isfinite(out).all()
     assert all(s.kind == "sparse" and s.density < 1.0 for s in handle.stats().values())
     sd.remove(model)
-    assert all(a is b for a, b in zip(processors(model), stock_processors))
+    assert all(a is b for a, b in zip(processors(model), stock_processors, strict=True))
     assert not model._forward_pre_hooks
     torch.testing.assert_close(run(model, inputs), stock, atol=0, rtol=0)
 
@@ -146,7 +147,7 @@ def test_steps_entries_and_new_runs(case):
                       dense_layers=[1], block_size=64)
     try:
         seen = []
-        for run_index in range(2):
+        for _run in range(2):
             for t in (999.0, 800.0, 600.0, 400.0):
                 for _ in range(2):  # guidance as two separate forwards of one step
                     run(model, spec.inputs(1, t, "cpu", torch.float32))
@@ -168,7 +169,7 @@ def test_options_are_checked_before_anything_changes(case):
         sd.apply(model, sparsity=1.5)
     with pytest.raises(ValueError, match="grid: set by spaattn"):
         sd.apply(model, grid=(1, 2, 3))
-    assert all(a is b for a, b in zip(processors(model), before))
+    assert all(a is b for a, b in zip(processors(model), before, strict=True))
     with sd.apply(model):
         with pytest.raises(ValueError, match="already applied"):
             sd.apply(model)

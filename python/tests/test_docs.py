@@ -7,7 +7,6 @@ import pathlib
 import re
 
 import pytest
-
 import spaattn
 import spaattn.attention
 import spaattn.method

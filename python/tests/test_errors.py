@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import qkv, randn
-
 import spaattn
+from conftest import qkv, randn
 
 FULL = np.ones((1, 2, 1, 1), dtype=bool)
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import qkv, randn, reference
-
 import spaattn
+from conftest import qkv, randn, reference
 
 SHAPE = (2, 512 + 32, 2, 64)  # grid 2 x 16 x 16 video tokens, 32 text tokens
 

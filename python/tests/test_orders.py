@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import randn
-
 import spaattn
+from conftest import randn
 
 
 @pytest.mark.parametrize("grid", [(1, 1, 9), (2, 3, 4), (3, 5, 7), (4, 16, 16), (5, 2, 6)])

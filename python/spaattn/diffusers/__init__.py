@@ -64,6 +64,7 @@ def _adapter(model: torch.nn.Module) -> Adapter | None:
 
 def _transformers(target: Any) -> list[torch.nn.Module]:
     """The supported transformers of a pipeline (transformer, transformer_2) or the model."""
+    candidates: list[Any]
     if isinstance(target, torch.nn.Module):
         candidates = [target]
     else:
@@ -142,13 +143,17 @@ def apply(
     if "grid" in options:
         raise ValueError("grid: set by spaattn from each forward's input, not an option")
     if isinstance(first_frame_blocks, str) and first_frame_blocks != "frame":
-        raise ValueError(f"first_frame_blocks: expected an int or 'frame', got {first_frame_blocks!r}")
+        raise ValueError(
+            f"first_frame_blocks: expected an int or 'frame', got {first_frame_blocks!r}"
+        )
     settings = dict(options, method=method, sparsity=sparsity,
                     first_frame_blocks=first_frame_blocks)
     models = _transformers(pipe)
     for model in models:
         if getattr(model, _ATTRIBUTE, None) is not None:
-            raise ValueError("pipe: spaattn is already applied; call spaattn.diffusers.remove first")
+            raise ValueError(
+                "pipe: spaattn is already applied; call spaattn.diffusers.remove first"
+            )
     clock = StepClock()
     controls = [ModelControl(m, _adapter(m), clock, settings) for m in models]  # type: ignore[arg-type]
     controls[0].make_attention((1, 1, 1))  # checks the options with the C++ core's messages

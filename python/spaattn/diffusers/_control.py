@@ -23,10 +23,10 @@ class Adapter(Protocol):
 
     name: str
 
-    def grid(self, model: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[int, int, int]:
+    def grid(self, model: Any, hidden_states: torch.Tensor) -> tuple[int, int, int]:
         """The latent grid (T, H, W) of the video tokens of a forward's input."""
 
-    def layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+    def layers(self, model: Any) -> list[Any]:
         """The self-attention modules whose processors are replaced, in layer order."""
 
     def processor(self, control: ModelControl, layer: int) -> Any:
@@ -91,7 +91,7 @@ class ModelControl:
         self._attention: dict[tuple[int, int, int], SparseAttention] = {}
         self._signature = inspect.signature(model.forward)
         self._lengths: tuple[Any, int, Any] | None = None
-        self._originals: list[tuple[torch.nn.Module, Any]] = []
+        self._originals: list[tuple[Any, Any]] = []  # (attention module, stock processor)
         self._hook: Any = None
         clock.subscribe(self.reset)
 

@@ -9,6 +9,8 @@ padded prompt without a mask. Batched guidance (cond and uncond in one batch) is
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
@@ -24,11 +26,11 @@ class CogVideoXProcessor:
 
     def __call__(
         self,
-        attn: torch.nn.Module,
+        attn: Any,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        image_rotary_emb: Any = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if attention_mask is not None:
             raise ValueError("spaattn's CogVideoX processor takes no attention_mask")
@@ -63,12 +65,12 @@ class CogVideoXProcessor:
 class CogVideoXAdapter:
     name = "CogVideoX"
 
-    def grid(self, model: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[int, int, int]:
+    def grid(self, model: Any, hidden_states: torch.Tensor) -> tuple[int, int, int]:
         _, frames, _, height, width = hidden_states.shape  # [b, F, c, H, W]
         p, p_t = model.config.patch_size, model.config.patch_size_t
         return frames // (p_t or 1), height // p, width // p
 
-    def layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+    def layers(self, model: Any) -> list[Any]:
         return [block.attn1 for block in model.transformer_blocks]
 
     def processor(self, control: ModelControl, layer: int) -> CogVideoXProcessor:

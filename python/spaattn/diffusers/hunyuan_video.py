@@ -12,7 +12,7 @@ The token refiner's attention over the text alone stays diffusers' own.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
@@ -29,7 +29,7 @@ class HunyuanVideoProcessor:
 
     def __call__(
         self,
-        attn: torch.nn.Module,
+        attn: Any,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
@@ -37,7 +37,7 @@ class HunyuanVideoProcessor:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         num_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         joint = attn.add_q_proj is None and encoder_hidden_states is not None  # single-stream
-        if joint:
+        if attn.add_q_proj is None and encoder_hidden_states is not None:
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
         q, k, v = (proj(hidden_states).unflatten(2, (attn.heads, -1))
                    for proj in (attn.to_q, attn.to_k, attn.to_v))
@@ -76,20 +76,22 @@ class HunyuanVideoProcessor:
 
 def _rope_video(x: torch.Tensor, video: int, rope: Any) -> torch.Tensor:
     """RoPE on the first `video` tokens of a [b, S, H, d] tensor, the rest unchanged."""
+    # diffusers annotates apply_rotary_emb as returning a pair; it returns the rotated tensor.
     if video == x.shape[1]:
-        return apply_rotary_emb(x, rope, sequence_dim=1)
-    return torch.cat([apply_rotary_emb(x[:, :video], rope, sequence_dim=1), x[:, video:]], dim=1)
+        return cast(torch.Tensor, apply_rotary_emb(x, rope, sequence_dim=1))
+    rotated = cast(torch.Tensor, apply_rotary_emb(x[:, :video], rope, sequence_dim=1))
+    return torch.cat([rotated, x[:, video:]], dim=1)
 
 
 class HunyuanVideoAdapter:
     name = "HunyuanVideo"
 
-    def grid(self, model: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[int, int, int]:
+    def grid(self, model: Any, hidden_states: torch.Tensor) -> tuple[int, int, int]:
         _, _, frames, height, width = hidden_states.shape  # [b, c, F, H, W]
         p, p_t = model.config.patch_size, model.config.patch_size_t
         return frames // p_t, height // p, width // p
 
-    def layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+    def layers(self, model: Any) -> list[Any]:
         blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
         return [block.attn for block in blocks]
 

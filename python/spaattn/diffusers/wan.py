@@ -8,6 +8,8 @@ across heads, RoPE in the interleaved pairs layout).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ._control import ModelControl
@@ -22,7 +24,7 @@ class WanProcessor:
 
     def __call__(
         self,
-        attn: torch.nn.Module,
+        attn: Any,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
@@ -56,12 +58,12 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class WanAdapter:
     name = "Wan"
 
-    def grid(self, model: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[int, int, int]:
+    def grid(self, model: Any, hidden_states: torch.Tensor) -> tuple[int, int, int]:
         _, _, frames, height, width = hidden_states.shape  # [b, c, F, H, W]
         p_t, p_h, p_w = model.config.patch_size
         return frames // p_t, height // p_h, width // p_w
 
-    def layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+    def layers(self, model: Any) -> list[Any]:
         return [block.attn1 for block in model.blocks]
 
     def processor(self, control: ModelControl, layer: int) -> WanProcessor:
