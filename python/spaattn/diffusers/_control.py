@@ -72,7 +72,8 @@ def _timestep_value(timestep: Any) -> float:
     if timestep is None:
         raise ValueError("timestep: spaattn's step counting needs the transformer's timestep")
     if isinstance(timestep, torch.Tensor):
-        return float(timestep.detach().max())  # per-token timesteps (Wan 2.2): the noisiest
+        # One host sync per forward; per-token timesteps (Wan 2.2 TI2V) count by the noisiest.
+        return float(timestep.detach().max())
     return float(timestep)
 
 
