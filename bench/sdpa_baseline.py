@@ -47,10 +47,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True, help="output file")
     ap.add_argument("--quick", action="store_true", help="first shape only")
+    ap.add_argument("--shape", default="", help="only the shapes whose name contains this text")
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--iters", type=int, default=10)
     args = ap.parse_args()
-    shapes = SHAPES[:1] if args.quick else SHAPES
+    shapes = [s for s in (SHAPES[:1] if args.quick else SHAPES) if args.shape in s[0]]
     d = args.head_dim
     results = []
     for name, s, h in shapes:

@@ -1,22 +1,33 @@
 #!/usr/bin/env bash
 # The GPU check, run on the device machine from the repository root: builds from source (sm_90a
 # only, to save time there), runs the GPU tests, the small GPU tests under compute-sanitizer
-# (memcheck, racecheck), the PyTorch SDPA baseline and the benchmark. Logs, the JSON results and
-# the table go to $OUT (default ./gpu-check-out); the table is printed last.
-# Usage: scripts/gpu_check.sh [--quick] [--no-tests] [--no-sanitizer] [--no-bench]
-#   --quick: benchmark and baseline on the first shape only.
+# (memcheck, racecheck), the PyTorch SDPA baseline, the kernel benchmark and the pipeline
+# benchmark. Logs, the JSON results and the tables go to $OUT (default ./gpu-check-out); the
+# tables are printed last.
+# Usage: scripts/gpu_check.sh [--quick] [--shape TEXT] [--densities LIST] [--bin DIR]
+#                             [--no-tests] [--no-sanitizer] [--no-bench] [--no-pipeline]
+#   --quick: kernel benchmark and baseline on the first shape only.
+#   --shape, --densities: passed to the kernel benchmark (and --shape to the baseline).
+#   --bin DIR: spaattn_gpu_tests, spaattn_bench and spaattn_bench_pipeline built elsewhere for
+#              sm_90a (e.g. a machine without a GPU) instead of a build here; a build still runs
+#              if they do not start.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-quick=0 tests=1 sanitizer=1 bench=1
-for a in "$@"; do
-  case "$a" in
+quick=0 tests=1 sanitizer=1 bench=1 pipeline=1 shape="" densities="" bin=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
     --quick) quick=1 ;;
+    --shape) shape=$2; shift ;;
+    --densities) densities=$2; shift ;;
+    --bin) bin=$2; shift ;;
     --no-tests) tests=0 ;;
     --no-sanitizer) sanitizer=0 ;;
     --no-bench) bench=0 ;;
-    *) echo "gpu_check.sh: unknown argument $a" >&2; exit 2 ;;
+    --no-pipeline) pipeline=0 ;;
+    *) echo "gpu_check.sh: unknown argument $1" >&2; exit 2 ;;
   esac
+  shift
 done
 OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT"
@@ -29,21 +40,29 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.g
   --format=csv 2>&1 | tee "$OUT/build.log"
 echo "commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
   | tee -a "$OUT/build.log"
-if ! { cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-         -DCMAKE_CUDA_ARCHITECTURES=90a-real &&
-       cmake --build "$BUILD" --target spaattn_gpu_tests spaattn_bench; } >>"$OUT/build.log" 2>&1; then
-  tail -n 60 "$OUT/build.log"
-  echo "gpu_check: build failed"
-  exit 1
+TESTS=$BUILD/tests/spaattn_gpu_tests BENCH=$BUILD/bench/spaattn_bench
+PIPE=$BUILD/bench/spaattn_bench_pipeline
+if [[ -n $bin ]] && "$bin/spaattn_gpu_tests" --gtest_list_tests >/dev/null 2>&1; then
+  TESTS=$bin/spaattn_gpu_tests BENCH=$bin/spaattn_bench PIPE=$bin/spaattn_bench_pipeline
+  echo "prebuilt binaries from $bin" | tee -a "$OUT/build.log"
+else
+  if ! { cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+           -DCMAKE_CUDA_ARCHITECTURES=90a-real &&
+         cmake --build "$BUILD" --target spaattn_gpu_tests spaattn_bench spaattn_bench_pipeline
+       } >>"$OUT/build.log" 2>&1; then
+    tail -n 60 "$OUT/build.log"
+    echo "gpu_check: build failed"
+    exit 1
+  fi
+  grep -E "spill|error" "$OUT/build.log" | sort -u | tail -n 20
+  echo "== kernel resources (registers, stack, local = spills, shared)" | tee -a "$OUT/build.log"
+  cuobjdump --dump-resource-usage "$BUILD/src/libspaattn.a" 2>/dev/null |
+    grep -E "Function|REG" | paste - - | sed 's/Resource usage://; s/TEXTURE.*//' |
+    tee -a "$OUT/build.log"
 fi
-grep -E "spill|error" "$OUT/build.log" | sort -u | tail -n 20
-echo "== kernel resources (registers, stack, local = spills, shared)" | tee -a "$OUT/build.log"
-cuobjdump --dump-resource-usage "$BUILD/src/libspaattn.a" 2>/dev/null |
-  grep -E "Function|REG" | paste - - | sed 's/Resource usage://; s/TEXTURE.*//' |
-  tee -a "$OUT/build.log"
 
 if [[ $tests == 1 ]]; then
-  "$BUILD/tests/spaattn_gpu_tests" 2>&1 | tee "$OUT/gpu_tests.log"
+  "$TESTS" 2>&1 | tee "$OUT/gpu_tests.log"
   rc=${PIPESTATUS[0]}
   note "GPU tests: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/gpu_tests.log" | tr '\n' ' ') (exit $rc)"
   [[ $rc == 0 ]] || status=1
@@ -54,24 +73,44 @@ if [[ $sanitizer == 1 ]]; then
   for tool in memcheck racecheck; do
     echo "== compute-sanitizer --tool $tool (SPAATTN_GPU_TESTS_SMALL=1)" | tee -a "$OUT/sanitizer.log"
     SPAATTN_GPU_TESTS_SMALL=1 compute-sanitizer --tool "$tool" --error-exitcode 3 \
-      "$BUILD/tests/spaattn_gpu_tests" >>"$OUT/sanitizer.log" 2>&1
+      "$TESTS" >>"$OUT/sanitizer.log" 2>&1
     rc=$?
     note "sanitizer $tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" | tail -n 1) (exit $rc)"
     [[ $rc == 0 ]] || status=1
   done
 fi
 
+extra=()
+[[ $quick == 1 ]] && extra+=(--quick)
+[[ -n $shape ]] && extra+=(--shape "$shape")
+pbase=$OUT/sdpa.json
+sdpa() { PYTHONUNBUFFERED=1 python3 bench/sdpa_baseline.py --json "$@" 2>&1 | tee -a "$OUT/bench.log"; }
+if [[ $bench == 1 || $pipeline == 1 ]]; then
+  : >"$OUT/bench.log"
+  if [[ $bench == 1 ]]; then
+    sdpa "$OUT/sdpa.json" "${extra[@]}"
+    # The pipeline benchmark compares with cuDNN dense at S=76800, H=40.
+    if [[ $pipeline == 1 ]] && ! grep -q '"S": 76800' "$OUT/sdpa.json"; then
+      pbase=$OUT/sdpa_pipeline.json
+      sdpa "$pbase" --shape S=76800
+    fi
+  else
+    sdpa "$pbase" --shape S=76800
+  fi
+fi
 if [[ $bench == 1 ]]; then
-  extra=()
-  [[ $quick == 1 ]] && extra+=(--quick)
-  PYTHONUNBUFFERED=1 python3 bench/sdpa_baseline.py --json "$OUT/sdpa.json" "${extra[@]}" \
-    2>&1 | tee "$OUT/bench.log"
-  "$BUILD/bench/spaattn_bench" --baseline "$OUT/sdpa.json" --json "$OUT/bench.json" \
-    "${extra[@]}" 2>>"$OUT/bench.log" | tee "$OUT/table.md"
+  [[ -n $densities ]] && extra+=(--densities "$densities")
+  "$BENCH" --baseline "$OUT/sdpa.json" --json "$OUT/bench.json" "${extra[@]}" \
+    2>>"$OUT/bench.log" | tee "$OUT/table.md"
+  [[ ${PIPESTATUS[0]} == 0 ]] || { status=1; tail -n 20 "$OUT/bench.log"; }
+fi
+if [[ $pipeline == 1 ]]; then
+  "$PIPE" --baseline "$pbase" 2>>"$OUT/bench.log" | tee "$OUT/pipeline.md"
   [[ ${PIPESTATUS[0]} == 0 ]] || { status=1; tail -n 20 "$OUT/bench.log"; }
 fi
 
 echo
 printf '%s\n' "${summary[@]}"
 [[ -f "$OUT/table.md" ]] && cat "$OUT/table.md"
+[[ -f "$OUT/pipeline.md" ]] && cat "$OUT/pipeline.md"
 exit $status

@@ -39,6 +39,17 @@ struct DeviceMemory {
   std::function<void(void* ptr, size_t bytes, void* stream)> release;
 };
 
+// Device memory the GPU path takes through DeviceMemory for calls shaped like given arguments
+// (SparseAttention::workspace_size), so that a caller can reserve it once, for example as one
+// pool that DeviceMemory.allocate hands out in pieces: `workspace` once per shape, reused by every
+// call; `constants` once (token permutation, block neighbour map); `per_state` for each
+// (layer, entry) on its first call that is not dense. Each piece is asked for as blocks whose
+// sizes are multiples of 256 bytes, each 256-byte aligned, so total() is exact for such a pool.
+struct WorkspaceSize {
+  size_t workspace = 0, constants = 0, per_state = 0;
+  size_t total(size_t states) const { return workspace + constants + states * per_state; }
+};
+
 // What decides a call: the kind of step, whether the selection is recomputed, and for Re-ttention
 // sparse steps k (the k-th sparse step after the reference). Shared by the host and GPU paths.
 struct StepPlan {
@@ -85,6 +96,10 @@ class SparseAttention {
                     void* stream = nullptr);
   // Number of (layer, entry) states held.
   size_t state_count() const;
+  // The device memory of the GPU path for calls shaped like `args` (see WorkspaceSize): host
+  // arithmetic only, nothing is allocated or launched; throws spaattn::Error for arguments the
+  // GPU path cannot serve, or in a build without CUDA.
+  WorkspaceSize workspace_size(const AttentionArgs& args) const;
 
  private:
   struct LayerState {

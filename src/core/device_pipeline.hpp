@@ -28,4 +28,9 @@ std::unique_ptr<DevicePipeline> make_device_pipeline(
     const Config& config, const DeviceMemory& memory, std::span<const int32_t> perm,
     const std::vector<std::vector<int32_t>>& neighbours);
 
+// What the pipeline made with these arguments allocates for calls shaped like `args`.
+WorkspaceSize device_workspace_size(const Config& config, const AttentionArgs& args,
+                                    size_t perm_entries,
+                                    const std::vector<std::vector<int32_t>>& neighbours);
+
 }  // namespace spaattn::detail

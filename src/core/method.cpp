@@ -117,6 +117,14 @@ size_t SparseAttention::state_count() const {
   return states_.size() + (device_ ? device_->state_count() : 0);
 }
 
+WorkspaceSize SparseAttention::workspace_size(const AttentionArgs& args) const {
+  validate(args);
+  SPAATTN_CHECK_ARG(args.layout.block_size == config_.block_size, "args.layout.block_size",
+                    "expected config.block_size ", config_.block_size, ", got ",
+                    args.layout.block_size);
+  return detail::device_workspace_size(config_, args, perm_.size(), neighbours_);
+}
+
 CallStats SparseAttention::forward(const CallInfo& call, const AttentionArgs& args, TensorView out,
                                    void* stream) {
   // Everything is checked before any work and before any state changes.

@@ -35,4 +35,11 @@ std::unique_ptr<DevicePipeline> make_device_pipeline(const Config&, const Device
               "q: CUDA tensors need spaattn built with CUDA (nvcc was not found)");
 }
 
+WorkspaceSize device_workspace_size(const Config&, const AttentionArgs&, size_t,
+                                    const std::vector<std::vector<int32_t>>&) {
+  throw Error(Error::Kind::runtime,
+              "SparseAttention::workspace_size: spaattn was built without CUDA (nvcc was not "
+              "found)");
+}
+
 }  // namespace spaattn::detail

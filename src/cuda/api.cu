@@ -1,6 +1,7 @@
-// The public CUDA entry points of cuda.hpp for attention: host-side checks that need the device
-// (memory location, dtype, cp.async alignment), then one FwdParams and one launch on the
-// caller's stream. Nothing is allocated and nothing synchronises.
+// The public CUDA entry point of cuda.hpp for attention and the internal pieces it is made of
+// (fwd_api.hpp), which the GPU pipeline calls with its own epilogue and token order: host-side
+// checks that need the device (memory location, dtype, cp.async alignment), then one FwdParams
+// and one launch on the caller's stream. Nothing is allocated and nothing synchronises.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -8,13 +9,12 @@
 
 #include "check.cuh"
 #include "dispatch.cuh"
+#include "fwd_api.hpp"
 #include "fwd_launch.hpp"
 #include "spaattn/cuda.hpp"
 
-namespace spaattn::cuda {
+namespace spaattn::cuda_detail {
 namespace {
-
-using cuda_detail::FwdParams;
 
 // The pointer must be device memory of `device`, the current device (or managed memory).
 void check_device_pointer(const void* ptr, const char* name, int device) {
@@ -49,6 +49,41 @@ void check_qkv_tensor(const TensorView& t, const char* name, DType dtype, int de
                       t.stride[d], " on dim ", d);
 }
 
+}  // namespace
+
+void check_gpu_call(const AttentionArgs& args, const TensorView& out, const TensorView& lse,
+                    const BlockMaskView* mask) {
+  const DType dtype = args.q.dtype;
+  int device = 0;
+  SPAATTN_CUDA_CHECK(cudaGetDevice(&device));
+  check_qkv_tensor(args.q, "q", dtype, device);
+  check_qkv_tensor(args.k, "k", dtype, device);
+  check_qkv_tensor(args.v, "v", dtype, device);
+  check_qkv_tensor(out, "out", dtype, device);
+  if (!lse.empty()) {
+    SPAATTN_CHECK_ARG(lse.device == Device::cuda, "lse", "expected a CUDA tensor");
+    check_device_pointer(lse.data, "lse", device);
+  }
+  if (mask) {
+    SPAATTN_CHECK_ARG(mask->row_offsets.device == Device::cuda, "mask.row_offsets",
+                      "expected a CUDA tensor");
+    check_device_pointer(mask->row_offsets.data, "mask.row_offsets", device);
+    if (mask->col_indices.shape[0] > 0)
+      check_device_pointer(mask->col_indices.data, "mask.col_indices", device);
+  }
+  if (!args.text_lengths.empty())
+    check_device_pointer(args.text_lengths.data, "text_lengths", device);
+  // Token, block and CTA indices are 32-bit in the kernel (one CTA per query block and head).
+  constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
+  SPAATTN_CHECK_ARG(args.seq_len() < kMaxInt, "q", "expected seq_len < 2^31, got ", args.seq_len());
+  SPAATTN_CHECK_ARG(args.batch() * args.heads() * args.layout.num_blocks() < kMaxInt, "q",
+                    "expected batch * heads * blocks < 2^31, got ",
+                    args.batch() * args.heads() * args.layout.num_blocks());
+  if (mask)
+    SPAATTN_CHECK_ARG(mask->col_indices.shape[0] < kMaxInt, "mask.col_indices",
+                      "expected fewer than 2^31 entries, got ", mask->col_indices.shape[0]);
+}
+
 FwdParams make_fwd_params(const AttentionArgs& args, const BlockMaskView& mask,
                           const TensorView& out, const TensorView& lse) {
   FwdParams p{};
@@ -80,7 +115,39 @@ FwdParams make_fwd_params(const AttentionArgs& args, const BlockMaskView& mask,
   return p;
 }
 
-}  // namespace
+void launch_fwd(const FwdParams& params, DType dtype, int64_t head_dim, int block_size,
+                cudaStream_t stream) {
+  const FwdEpilogue& e = params.epi;
+  SPAATTN_CHECK_ARG(!params.video_perm || reinterpret_cast<uintptr_t>(params.video_perm) % 16 == 0,
+                    "video_perm", "expected a 16-byte aligned pointer for cp.async, got ",
+                    params.video_perm);
+  switch (e.kind) {
+    case EpilogueKind::none:
+      break;
+    case EpilogueKind::block_affine:
+      SPAATTN_CHECK_ARG(e.R && e.C, "epilogue", "block_affine needs R and C");
+      break;
+    case EpilogueKind::row_affine:
+      SPAATTN_CHECK_ARG(e.rho, "epilogue", "row_affine needs rho");
+      break;
+    case EpilogueKind::merge_reference:
+      SPAATTN_CHECK_ARG(e.prev_out && e.prev_lse && e.rho_out && params.lse, "epilogue",
+                        "merge_reference needs prev_out, prev_lse, rho_out and lse");
+      break;
+  }
+  dispatch_dtype(dtype, [&](auto t) {
+    using T = decltype(t);
+    dispatch_head_dim(head_dim, [&](auto d) {
+      dispatch_block_size(block_size, [&](auto b) {
+        run_fwd<T, decltype(d)::value, decltype(b)::value>(params, stream);
+      });
+    });
+  });
+}
+
+}  // namespace spaattn::cuda_detail
+
+namespace spaattn::cuda {
 
 bool available() {
   int count = 0;
@@ -95,43 +162,10 @@ void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask
                             TensorView lse, void* stream) {
   validate(args, &out, lse.empty() ? nullptr : &lse);
   validate(mask, args);
-  const DType dtype = args.q.dtype;
-  int device = 0;
-  SPAATTN_CUDA_CHECK(cudaGetDevice(&device));
-  check_qkv_tensor(args.q, "q", dtype, device);
-  check_qkv_tensor(args.k, "k", dtype, device);
-  check_qkv_tensor(args.v, "v", dtype, device);
-  check_qkv_tensor(out, "out", dtype, device);
-  if (!lse.empty()) {
-    SPAATTN_CHECK_ARG(lse.device == Device::cuda, "lse", "expected a CUDA tensor");
-    check_device_pointer(lse.data, "lse", device);
-  }
-  SPAATTN_CHECK_ARG(mask.row_offsets.device == Device::cuda, "mask.row_offsets",
-                    "expected a CUDA tensor");
-  check_device_pointer(mask.row_offsets.data, "mask.row_offsets", device);
-  if (mask.col_indices.shape[0] > 0)
-    check_device_pointer(mask.col_indices.data, "mask.col_indices", device);
-  if (!args.text_lengths.empty())
-    check_device_pointer(args.text_lengths.data, "text_lengths", device);
-  // Token, block and CTA indices are 32-bit in the kernel (one CTA per query block and head).
-  constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
-  SPAATTN_CHECK_ARG(args.seq_len() < kMaxInt, "q", "expected seq_len < 2^31, got ", args.seq_len());
-  SPAATTN_CHECK_ARG(args.batch() * args.heads() * args.layout.num_blocks() < kMaxInt, "q",
-                    "expected batch * heads * blocks < 2^31, got ",
-                    args.batch() * args.heads() * args.layout.num_blocks());
-  SPAATTN_CHECK_ARG(mask.col_indices.shape[0] < kMaxInt, "mask.col_indices",
-                    "expected fewer than 2^31 entries, got ", mask.col_indices.shape[0]);
-
-  const FwdParams params = make_fwd_params(args, mask, out, lse);
-  const auto s = static_cast<cudaStream_t>(stream);
-  cuda_detail::dispatch_dtype(dtype, [&](auto t) {
-    using T = decltype(t);
-    cuda_detail::dispatch_head_dim(args.head_dim(), [&](auto d) {
-      cuda_detail::dispatch_block_size(args.layout.block_size, [&](auto b) {
-        cuda_detail::run_fwd<T, decltype(d)::value, decltype(b)::value>(params, s);
-      });
-    });
-  });
+  cuda_detail::check_gpu_call(args, out, lse, &mask);
+  const cuda_detail::FwdParams params = cuda_detail::make_fwd_params(args, mask, out, lse);
+  cuda_detail::launch_fwd(params, args.q.dtype, args.head_dim(), args.layout.block_size,
+                          static_cast<cudaStream_t>(stream));
 }
 
 }  // namespace spaattn::cuda

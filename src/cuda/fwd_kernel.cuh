@@ -3,16 +3,39 @@
 // stays in shared memory, K and V tiles of 64 keys stream through two cp.async stages while the
 // previous tile is computed; scores and output accumulate in fp32 registers with an online softmax
 // in the exp2 domain; P is rounded to the input type in registers and fed straight back to the
-// tensor cores.
+// tensor cores. With a token order (video_perm) the video rows are gathered and scattered through
+// per-CTA row tables in shared memory (fwd_blocks.cuh CtaRows); the correction of the epilogue
+// (fwd_epilogue.cuh) is applied in registers before O is stored (fwd_finish.cuh).
 #pragma once
 #include <cmath>
 
 #include "fwd_blocks.cuh"
+#include "fwd_finish.cuh"
 #include "fwd_softmax.cuh"
 #include "fwd_step.cuh"
 #include "fwd_tile.cuh"
 
 namespace spaattn::cuda_detail {
+
+// Issues the cp.async copies of one K and one V tile into the given stage buffers: contiguous
+// rows, or (tile.begin < 0) permuted video rows through the CTA's key row table.
+template <class T, int D, int B, int kTileN, int kThreads>
+__device__ __forceinline__ void load_kv_tile(const FwdParams& p, const CtaShared& cta,
+                                             const CtaRows<B>& rows, const KeyTile& tile,
+                                             uint32_t k_dst, uint32_t v_dst) {
+  if (tile.begin >= 0) {
+    load_rows<T, kTileN, D, kThreads>(
+        k_dst, head_rows<T>(p.k, p.k_stride, cta.b, cta.h, tile.begin), p.k_stride[1], tile.valid);
+    load_rows<T, kTileN, D, kThreads>(
+        v_dst, head_rows<T>(p.v, p.v_stride, cta.b, cta.h, tile.begin), p.v_stride[1], tile.valid);
+  } else {
+    const int32_t* r = rows.key + (-1 - tile.begin);
+    load_rows_indexed<T, kTileN, D, kThreads>(k_dst, head_rows<T>(p.k, p.k_stride, cta.b, cta.h, 0),
+                                              p.k_stride[1], r, p.video_offset, tile.valid);
+    load_rows_indexed<T, kTileN, D, kThreads>(v_dst, head_rows<T>(p.v, p.v_stride, cta.b, cta.h, 0),
+                                              p.v_stride[1], r, p.video_offset, tile.valid);
+  }
+}
 
 template <class T, int D, int B>
 __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
@@ -27,48 +50,36 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
   const Span q = block_span<B>(p, w.qb, text_len);
   const int64_t row = (static_cast<int64_t>(w.b) * p.heads + w.h) * p.num_q_blocks + w.qb;
 
-  // Q does not depend on the mask: its load goes out first, beside the two dependent reads
-  // (row offsets, then the first column index) that locate the first key tile.
+  // Without a token order, Q does not depend on anything: its load goes out first, beside the
+  // two dependent reads (row offsets, then the first column index) that locate the first key
+  // tile. With one, Q's rows come from the row table, filled before the barrier below.
   const uint32_t q_smem = smem_addr(smem);
   const uint32_t k_smem = q_smem + Tr::kQBytes;
   const uint32_t v_smem = k_smem + 2 * Tr::kKVBytes;
-  if (q.valid > 0)
+  if (!p.video_perm && q.valid > 0)
     load_rows<T, B, D, Tr::kThreads>(q_smem, head_rows<T>(p.q, p.q_stride, w.b, w.h, q.begin),
                                      p.q_stride[1], q.valid);
 
   __shared__ CtaShared cta;
+  __shared__ CtaRows<B> rows;
   const int e_begin = p.row_offsets[row], e_end = p.row_offsets[row + 1];
   if (tid == 0) cta = {w.b, w.h, w.qb, text_len, e_end};
-  __syncthreads();
+  if (tid < q.count)
+    rows.q[tid] = p.video_perm && w.qb < p.num_video_blocks
+                      ? p.video_offset + __ldg(p.video_perm + w.qb * B + tid)
+                      : q.begin + tid;
   KeyCursor<B, Tr::kTileN> keys(p, e_begin, e_end);
-  KeyTile tile;
-  if (q.valid == 0 || !keys.next(p, cta, tile)) {
-    // Empty mask row or padding queries only: O = 0, lse = -inf, never NaN.
+  if (p.video_perm) {
+    // The first key block's permutation entries, read by its first tile's loads below.
+    if (keys.j_next >= 0 && keys.j_next < p.num_video_blocks)
+      fetch_block_perm<B>(p, rows.key + (e_begin & 1) * B, keys.j_next);
+    cp_async_commit();
     cp_async_wait<0>();
-    store_zero_rows<T, D, Tr::kThreads>(out_rows<T>(p, w.b, w.h, q.begin), p.out_stride[1], q.count,
-                                        tid);
-    if (p.lse)
-      for (int r = tid; r < q.count; r += Tr::kThreads)
-        lse_rows(p, w.b, w.h, q.begin)[r * p.lse_stride[1]] = -INFINITY;
-    return;
   }
-
-  load_rows<T, Tr::kTileN, D, Tr::kThreads>(
-      k_smem, head_rows<T>(p.k, p.k_stride, cta.b, cta.h, tile.begin), p.k_stride[1], tile.valid);
-  load_rows<T, Tr::kTileN, D, Tr::kThreads>(
-      v_smem, head_rows<T>(p.v, p.v_stride, cta.b, cta.h, tile.begin), p.v_stride[1], tile.valid);
-  cp_async_commit();
-  int valid = tile.valid;  // keys of the tile being computed
-
-  // Per-lane ldmatrix row and chunk: A (Q) and trans-B (V) fragments take rows lane % 16 and
-  // chunk lane / 16; B (K) fragments take rows (lane % 8) + 8 * (lane / 16), chunk (lane / 8) % 2.
-  // The swizzle XOR with (row % 8) = lane % 8 is folded into one per-lane constant.
-  const int r7 = lane & 7;
-  const uint32_t a_row = static_cast<uint32_t>((r7 + ((lane >> 3) & 1) * 8) * D * 2);
-  const uint32_t b_row = static_cast<uint32_t>((r7 + (lane >> 4) * 8) * D * 2);
-  const int xa = (lane >> 4) ^ r7;
-  const int xb = ((lane >> 3) & 1) ^ r7;
-  const uint32_t q_warp = q_smem + warp * MT * 16 * D * 2 + a_row;
+  __syncthreads();
+  if (p.video_perm && q.valid > 0)
+    load_rows_indexed<T, B, D, Tr::kThreads>(q_smem, head_rows<T>(p.q, p.q_stride, w.b, w.h, 0),
+                                             p.q_stride[1], rows.q, 0, q.valid);
 
   float o[MT][DT][4];
 #pragma unroll
@@ -78,43 +89,62 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
   OnlineSoftmax<MT> sm;
   sm.init();
 
-  for (int stage = 0;; stage ^= 1) {
-    cp_async_wait<0>();
-    __syncthreads();  // tile `stage` visible to all; everyone is done with the other stage
-    const bool more = keys.next(p, cta, tile);
-    if (more) {
-      const uint32_t kn = k_smem + (stage ^ 1) * Tr::kKVBytes;
-      const uint32_t vn = v_smem + (stage ^ 1) * Tr::kKVBytes;
-      load_rows<T, Tr::kTileN, D, Tr::kThreads>(
-          kn, head_rows<T>(p.k, p.k_stride, cta.b, cta.h, tile.begin), p.k_stride[1], tile.valid);
-      load_rows<T, Tr::kTileN, D, Tr::kThreads>(
-          vn, head_rows<T>(p.v, p.v_stride, cta.b, cta.h, tile.begin), p.v_stride[1], tile.valid);
-      cp_async_commit();
-    }
+  KeyTile tile;
+  if (q.valid > 0 && keys.next(p, cta, rows, tile)) {
+    load_kv_tile<T, D, B, Tr::kTileN, Tr::kThreads>(p, cta, rows, tile, k_smem, v_smem);
+    cp_async_commit();
+    int valid = tile.valid;  // keys of the tile being computed
 
-    // kStepN keys per softmax step. For d = 128, two steps of 32 per tile: the 32-key score
-    // tile keeps the peak register use (128 output + 32 score accumulators + fragments) under
-    // 255 without spills, at the price of reading the Q fragments twice per tile.
-    const uint32_t k_tile = k_smem + stage * Tr::kKVBytes + b_row;
-    const uint32_t v_tile = v_smem + stage * Tr::kKVBytes + a_row;
+    // Per-lane ldmatrix row and chunk: A (Q) and trans-B (V) fragments take rows lane % 16 and
+    // chunk lane / 16; B (K) fragments take rows (lane % 8) + 8 * (lane / 16), chunk
+    // (lane / 8) % 2. The swizzle XOR with (row % 8) = lane % 8 is folded into one per-lane
+    // constant.
+    const int r7 = lane & 7;
+    const uint32_t a_row = static_cast<uint32_t>((r7 + ((lane >> 3) & 1) * 8) * D * 2);
+    const uint32_t b_row = static_cast<uint32_t>((r7 + (lane >> 4) * 8) * D * 2);
+    const int xa = (lane >> 4) ^ r7;
+    const int xb = ((lane >> 3) & 1) ^ r7;
+    const uint32_t q_warp = q_smem + warp * MT * 16 * D * 2 + a_row;
+
+    for (int stage = 0;; stage ^= 1) {
+      cp_async_wait<0>();
+      __syncthreads();  // tile `stage` visible to all; everyone is done with the other stage
+      const bool more = keys.next(p, cta, rows, tile);
+      if (more) {
+        load_kv_tile<T, D, B, Tr::kTileN, Tr::kThreads>(p, cta, rows, tile,
+                                                        k_smem + (stage ^ 1) * Tr::kKVBytes,
+                                                        v_smem + (stage ^ 1) * Tr::kKVBytes);
+        cp_async_commit();
+      }
+
+      // kStepN keys per softmax step. For d = 128, two steps of 32 per tile: the 32-key score
+      // tile keeps the peak register use (128 output + 32 score accumulators + fragments) under
+      // 255 without spills, at the price of reading the Q fragments twice per tile.
+      const uint32_t k_tile = k_smem + stage * Tr::kKVBytes + b_row;
+      const uint32_t v_tile = v_smem + stage * Tr::kKVBytes + a_row;
 #pragma unroll
-    for (int step = 0; step < Tr::kTileN / Tr::kStepN; ++step) {
-      if (step > 0 && valid <= step * Tr::kStepN) break;  // the rest of the tile is padding
-      attend_step<T, D, MT, Tr::kStepN>(sm, o, q_warp, k_tile + step * Tr::kStepN * D * 2,
-                                        v_tile + step * Tr::kStepN * D * 2, xa, xb,
-                                        valid - step * Tr::kStepN, lane, p.scale_log2);
+      for (int step = 0; step < Tr::kTileN / Tr::kStepN; ++step) {
+        if (step > 0 && valid <= step * Tr::kStepN) break;  // the rest of the tile is padding
+        attend_step<T, D, MT, Tr::kStepN>(sm, o, q_warp, k_tile + step * Tr::kStepN * D * 2,
+                                          v_tile + step * Tr::kStepN * D * 2, xa, xb,
+                                          valid - step * Tr::kStepN, lane, p.scale_log2);
+      }
+      if (!more) break;
+      valid = tile.valid;
     }
-    if (!more) break;
-    valid = tile.valid;
+  } else {
+    // Empty mask row or padding queries only: O_spa = 0 and lse = -inf go through the epilogue.
+    // Q's load may still be in flight, and the staging below overwrites its tile.
+    cp_async_wait<0>();
+    __syncthreads();
   }
 
-  // Epilogue: normalise, zero the padding query rows, write lse, then stage O through this
-  // warp's own rows of the Q tile (no other warp reads them) for coalesced 16-byte stores.
-  // The query span is recomputed here rather than kept in registers through the main loop.
+  // Epilogue: normalise, correct, write lse, then stage O through this warp's own rows of the Q
+  // tile (no other warp reads them) for coalesced 16-byte stores. The query span is recomputed
+  // here rather than kept in registers through the main loop.
   const Span qe = block_span<B>(p, cta.qb, cta.text_len);
   const int warp_row = warp * MT * 16;
-  sm.finish(o, qe.valid, warp_row, lane, p.scale_log2,
-            p.lse ? lse_rows(p, cta.b, cta.h, qe.begin) : nullptr, p.lse_stride[1], qe.count);
+  finish_rows<T, D, MT>(p, sm, o, cta, rows.q, qe, warp_row, lane);
   __syncwarp();
 #pragma unroll
   for (int m = 0; m < MT; ++m)
@@ -130,8 +160,8 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
       }
     }
   __syncwarp();
-  store_rows<T, D>(out_rows<T>(p, cta.b, cta.h, qe.begin), p.out_stride[1], q_smem, warp_row,
-                   MT * 16, qe.count, lane);
+  store_rows<T, D>(static_cast<T*>(p.out) + cta.b * p.out_stride[0] + cta.h * p.out_stride[2],
+                   p.out_stride[1], rows.q, q_smem, warp_row, MT * 16, qe.count, lane);
 }
 
 }  // namespace spaattn::cuda_detail

@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "fwd_epilogue.cuh"
+
 namespace spaattn::cuda_detail {
 
 struct FwdParams {
@@ -27,6 +29,13 @@ struct FwdParams {
   int num_video_blocks;
 
   float scale_log2;  // softmax scale * log2(e): logits are exponentiated with exp2
+
+  // Token order of the video segment (nullptr: identity): ordered video position k (the order the
+  // blocks are cut in) is sequence row video_offset + video_perm[k] of q, k, v, out and lse, and
+  // of the epilogue's per-row arrays. Text rows are never permuted. Device int32 [num_video],
+  // 16-byte aligned (it is copied block by block with cp.async).
+  const int32_t* video_perm;
+  FwdEpilogue epi;
 };
 
 }  // namespace spaattn::cuda_detail

@@ -1,6 +1,7 @@
 // Online softmax of the portable kernel, in registers. A thread holds two rows (lane / 4 and
 // lane / 4 + 8) of each of its m16 tiles; a row's 64 scores are spread over the 4 lanes of a
-// quad, so row maxima need two shuffles. Row sums stay per-lane partial until the epilogue.
+// quad, so row maxima need two shuffles. Row sums stay per-lane partial until the epilogue
+// (fwd_finish.cuh).
 // Exponentials are exp2 of (s * scale * log2 e - m * scale * log2 e), one FMA each.
 #pragma once
 #include <cmath>
@@ -90,33 +91,6 @@ struct OnlineSoftmax {
         pa[m][kk][1] = Mma<T>::pack(s[m][2 * kk][2], s[m][2 * kk][3]);
         pa[m][kk][2] = Mma<T>::pack(s[m][2 * kk + 1][0], s[m][2 * kk + 1][1]);
         pa[m][kk][3] = Mma<T>::pack(s[m][2 * kk + 1][2], s[m][2 * kk + 1][3]);
-      }
-  }
-
-  // Normalises o by the row sums; rows at or beyond `valid` (padding queries) and rows with no
-  // mass become 0 with lse = -inf. Writes lse (natural log) for rows below `count`.
-  template <int DT>
-  __device__ __forceinline__ void finish(float (&o)[MT][DT][4], int valid, int warp_row, int lane,
-                                         float scale_log2, float* lse, int64_t lse_row_stride,
-                                         int count) {
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        float l = row_sum[m][hf];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        const int r = warp_row + m * 16 + hf * 8 + (lane >> 2);
-        const bool ok = r < valid && l > 0.f;
-        const float inv = ok ? 1.f / l : 0.f;
-#pragma unroll
-        for (int t = 0; t < DT; ++t) {
-          o[m][t][2 * hf] *= inv;
-          o[m][t][2 * hf + 1] *= inv;
-        }
-        if (lse && (lane & 3) == 0 && r < count)
-          lse[r * lse_row_stride] =
-              ok ? (row_max[m][hf] * scale_log2 + log2f(l)) * 0.69314718055994531f : -INFINITY;
       }
   }
 };

@@ -59,6 +59,28 @@ __device__ __forceinline__ void load_rows(uint32_t dst, const T* src, int64_t ro
   }
 }
 
+// Copies ROWS rows into a swizzled tile like load_rows, row r being base + rows[r] * row_stride
+// (rows: a shared-memory table, read only for rows below `valid`). Rows are moved one 16-byte
+// chunk a thread anyway, so the indirection costs one shared load per row and pass.
+template <class T, int ROWS, int D, int kThreads>
+__device__ __forceinline__ void load_rows_indexed(uint32_t dst, const T* base, int64_t row_stride,
+                                                  const int32_t* rows, int row_offset, int valid) {
+  constexpr int kChunks = D / 8;
+  constexpr int kRowsPerPass = kThreads / kChunks;
+  static_assert(ROWS % kRowsPerPass == 0, "tile rows must be a multiple of a pass");
+  const int tid = fresh_tid();
+  const int chunk = tid % kChunks;
+  const int row0 = tid / kChunks;
+#pragma unroll
+  for (int pass = 0; pass < ROWS / kRowsPerPass; ++pass) {
+    const int row = row0 + pass * kRowsPerPass;
+    const bool ok = row < valid;
+    const T* src = base + chunk * 8;
+    if (ok) src += static_cast<int64_t>(row_offset + rows[row]) * row_stride;
+    cp_async_16(dst + swizzled<D>(row, chunk), src, ok ? 16 : 0);
+  }
+}
+
 // Row `begin` of (batch b, head h) of a [b, S, H, d] tensor.
 template <class T>
 __device__ __forceinline__ const T* head_rows(const void* base, const int64_t (&stride)[3], int b,
@@ -67,10 +89,12 @@ __device__ __forceinline__ const T* head_rows(const void* base, const int64_t (&
 }
 
 // Stores rows [0, count) of a swizzled shared tile (`rows` rows starting at `first`) to global
-// memory with 16-byte stores; a warp covers two 256-byte rows per instruction for d = 128.
+// memory with 16-byte stores, row r going to dst + seq_rows[r] * row_stride (dst: sequence row 0
+// of the head); a warp covers two 256-byte rows per instruction for d = 128.
 template <class T, int D>
-__device__ __forceinline__ void store_rows(T* dst, int64_t row_stride, uint32_t smem_tile,
-                                           int first, int rows, int count, int lane) {
+__device__ __forceinline__ void store_rows(T* dst, int64_t row_stride, const int32_t* seq_rows,
+                                           uint32_t smem_tile, int first, int rows, int count,
+                                           int lane) {
   constexpr int kChunks = D / 8;
   for (int c = lane; c < rows * kChunks; c += 32) {
     const int row = first + c / kChunks;
@@ -81,17 +105,8 @@ __device__ __forceinline__ void store_rows(T* dst, int64_t row_stride, uint32_t 
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "r"(smem_tile + swizzled<D>(row, chunk))
                  : "memory");
-    *reinterpret_cast<uint4*>(dst + row * row_stride + chunk * 8) = v;
+    *reinterpret_cast<uint4*>(dst + seq_rows[row] * row_stride + chunk * 8) = v;
   }
-}
-
-// Writes zeros to rows [0, count) of a block (empty mask row or padding queries).
-template <class T, int D, int kThreads>
-__device__ __forceinline__ void store_zero_rows(T* dst, int64_t row_stride, int count, int tid) {
-  constexpr int kChunks = D / 8;
-  for (int c = tid; c < count * kChunks; c += kThreads)
-    *reinterpret_cast<uint4*>(dst + (c / kChunks) * row_stride + (c % kChunks) * 8) =
-        make_uint4(0, 0, 0, 0);
 }
 
 }  // namespace spaattn::cuda_detail

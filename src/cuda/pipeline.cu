@@ -1,15 +1,376 @@
-// The GPU path of SparseAttention.
+// The GPU path of SparseAttention (ALGORITHM.md sections 4-6): the stages of stages.cuh and the
+// attention kernel, on the caller's stream, with no host synchronisation. A call is planned, then
+// run. The plan enqueues everything that depends on the selection (the mask as the kernel's CSR
+// lists and Rectified SpaAttn's R, C); the run enqueues the kernel launches:
+//   dense:      plan: a full CSR; run: one launch (attention is order-equivariant: no permutation).
+//   sparse / rectified:  plan: pool -> scores -> select (or the (layer, entry)'s stored crit bits)
+//               -> [R, C]; run: the kernel with the token permutation and the block-affine
+//               epilogue (O = R_i O_spa + C_i in registers).
+//   reference:  plan: select; run: the kernel over the mask (O_spa into out, lse_spa into the
+//               workspace), then, with the complement's CSR written over the mask's, the kernel
+//               over the complement whose merge epilogue turns out into O_full and writes rho and
+//               Delta: each key is visited once, as in one dense pass.
+//   Re-ttention sparse step: plan: CSR of the stored crit bits; run: the kernel with the
+//               row-affine epilogue (O = (rho + drift) O_spa + Delta).
+// Memory comes from DeviceMemory: a workspace per shape, constants (permutation, neighbour map)
+// once, and per (layer, entry) the crit bits and the Re-ttention cache on first use; sizes() gives
+// all of them without a device, for SparseAttention::workspace_size.
+#include <cmath>
+#include <limits>
+#include <map>
+#include <tuple>
+
+#include "check.cuh"
 #include "core/device_pipeline.hpp"
-#include "spaattn/error.hpp"
+#include "fwd_api.hpp"
+#include "stages.cuh"
 
 namespace spaattn::detail {
+namespace {
 
-std::unique_ptr<DevicePipeline> make_device_pipeline(const Config&, const DeviceMemory&,
-                                                     std::span<const int32_t>,
-                                                     const std::vector<std::vector<int32_t>>&) {
-  throw Error(Error::Kind::runtime,
-              "q: SparseAttention on CUDA tensors is not available in this version; use "
-              "cuda::block_sparse_attention or host tensors");
+namespace st = cuda::stages;
+using cuda_detail::EpilogueKind;
+using cuda_detail::FwdEpilogue;
+using cuda_detail::FwdParams;
+
+bool uses_rettention(Method m) {
+  return m == Method::rettention || m == Method::rectified_rettention;
+}
+
+size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
+// The stage arrays a method needs: pooling and scores only for an IPAR selection or Rectified
+// SpaAttn's R, C; the selection arrays always (dense calls use them for the full CSR).
+unsigned workspace_parts(const Config& c) {
+  unsigned parts = st::kSelection;
+  if (c.method == Method::dense) return parts;
+  if (c.method == Method::rectified || c.selector() == Selector::ipar)
+    parts |= st::kPooled | st::kScores;
+  if (c.method == Method::rectified) parts |= st::kCorrection;
+  return parts;
+}
+
+// Every allocation of the GPU path for one shape, each a multiple of 256 bytes.
+struct Sizes {
+  size_t stages = 0, lse = 0;  // the workspace: stage arrays, then lse_spa and lse_full
+  size_t perm = 0, neighbours = 0;
+  size_t critical = 0, rho = 0, delta = 0;  // per (layer, entry)
+};
+
+Sizes sizes(const Config& config, const st::Dims& dims, DType dtype, size_t perm_entries,
+            size_t neighbour_entries) {
+  Sizes s;
+  s.stages = st::workspace_size(dims, workspace_parts(config));
+  s.perm = align256(perm_entries * 4);
+  s.neighbours = align256(neighbour_entries * 4);
+  if (config.method == Method::dense) return s;
+  s.critical = align256(static_cast<size_t>(dims.video_rows()) * dims.words * 4);
+  if (uses_rettention(config.method)) {
+    const size_t rows =
+        static_cast<size_t>(dims.batch) * (dims.num_video + dims.num_text) * dims.heads;
+    s.lse = 2 * align256(rows * 4);
+    s.rho = align256(rows * 4);
+    if (config.rettention.cache_delta) s.delta = align256(rows * dims.dim * element_size(dtype));
+  }
+  return s;
+}
+
+// One device allocation taken from DeviceMemory (default: stream-ordered cudaMallocAsync) and
+// given back by the destructor.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceMemory& mem, size_t bytes, cudaStream_t stream)
+      : mem_(&mem), bytes_(bytes), stream_(stream) {
+    if (mem.allocate) {
+      ptr_ = mem.allocate(bytes, stream);
+    } else {
+      SPAATTN_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
+    }
+    if (ptr_ == nullptr || reinterpret_cast<uintptr_t>(ptr_) % 256 != 0)
+      throw Error(Error::Kind::runtime,
+                  detail::concat("DeviceMemory.allocate: expected a 256-byte aligned block of ",
+                                 bytes, " bytes, got ", ptr_));
+  }
+  DeviceBuffer(DeviceBuffer&& o) noexcept { *this = std::move(o); }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    std::swap(mem_, o.mem_);
+    std::swap(ptr_, o.ptr_);
+    std::swap(bytes_, o.bytes_);
+    std::swap(stream_, o.stream_);
+    return *this;
+  }
+  ~DeviceBuffer() {
+    if (!ptr_) return;
+    if (mem_->release)
+      mem_->release(ptr_, bytes_, stream_);
+    else
+      cudaFreeAsync(ptr_, nullptr);  // legacy stream: after all work queued on blocking streams
+  }
+  void* get() const { return ptr_; }
+  size_t size() const { return bytes_; }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  const DeviceMemory* mem_ = nullptr;
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+  cudaStream_t stream_ = nullptr;
+};
+
+BlockMaskView mask_view(const st::Dims& dims, const st::Buffers& buf) {
+  BlockMaskView m;
+  m.batch = dims.batch;
+  m.heads = dims.heads;
+  m.num_q_blocks = m.num_k_blocks = dims.nb;
+  m.row_offsets =
+      TensorView::contiguous(buf.row_offsets, DType::i32, {dims.mask_rows() + 1}, Device::cuda);
+  m.col_indices =
+      TensorView::contiguous(buf.col_indices, DType::i32, {dims.max_nnz()}, Device::cuda);
+  return m;
+}
+
+bool same_dims(const st::Dims& a, const st::Dims& b) {
+  return a.batch == b.batch && a.heads == b.heads && a.dim == b.dim && a.block == b.block &&
+         a.num_video == b.num_video && a.num_text == b.num_text && a.video_offset == b.video_offset;
+}
+
+class GpuPipeline final : public DevicePipeline {
+ public:
+  GpuPipeline(const Config& config, const DeviceMemory& memory, std::span<const int32_t> perm,
+              const std::vector<std::vector<int32_t>>& neighbours)
+      : config_(config), memory_(memory), perm_(perm.begin(), perm.end()) {
+    if (!neighbours.empty()) neighbour_csr_ = st::flatten_neighbours(neighbours);
+  }
+
+  CallStats forward(const CallInfo& call, const AttentionArgs& args, TensorView out,
+                    const StepPlan& plan, void* stream_ptr) override {
+    cuda_detail::check_gpu_call(args, out, TensorView{});
+    const st::Dims dims = st::make_dims(args.layout, args.batch(), args.heads(), args.head_dim());
+    const auto stream = static_cast<cudaStream_t>(stream_ptr);
+    prepare(dims, args.q.dtype, stream);
+
+    CallStats stats;
+    stats.kind = plan.kind;
+    stats.density = std::numeric_limits<double>::quiet_NaN();
+    stats.mask_reused = plan.kind != CallStats::Kind::dense && !plan.fresh_mask;
+    if (plan.kind == CallStats::Kind::dense) {
+      st::launch_csr_from_critical(dims, nullptr, /*complement=*/false, buf_, stream);
+      launch(args, mask_view(dims, buf_), out, {}, {}, /*permute=*/false, stream);
+      return stats;
+    }
+
+    // The (layer, entry) state: found, or built here and kept only if every launch is queued.
+    const auto key = std::make_tuple(call.layer, call.entry);
+    auto found = states_.find(key);
+    LayerState created;
+    LayerState& state = found != states_.end() ? found->second : created;
+    allocate_state(state, plan, stream);
+
+    plan_masks(args, dims, plan, state, stream);
+    const BlockMaskView mask = mask_view(dims, buf_);
+    if (plan.kind == CallStats::Kind::reference)
+      run_reference(args, dims, mask, out, state, stream);
+    else
+      run_sparse(args, mask, out, plan, state, stream);
+
+    if (plan.fresh_mask) {
+      state.summary.mask_step = call.step;
+      state.summary.mask_shape = {args.batch(), args.seq_len(), args.heads(), args.head_dim()};
+    }
+    if (plan.kind == CallStats::Kind::reference) {
+      state.summary.ref_step = call.step;
+      state.summary.cache_shape = {args.batch(), args.seq_len(), args.heads(), args.head_dim()};
+    }
+    if (found == states_.end()) states_.emplace(key, std::move(created));
+    return stats;
+  }
+
+  void reset() override { states_.clear(); }
+  size_t state_count() const override { return states_.size(); }
+  const StateSummary* summary(int layer, int entry) const override {
+    const auto it = states_.find(std::make_tuple(layer, entry));
+    return it == states_.end() ? nullptr : &it->second.summary;
+  }
+
+ private:
+  struct LayerState {
+    StateSummary summary;
+    DeviceBuffer critical;    // crit bits of the stored selection [b*H, NV, W]
+    DeviceBuffer rho, delta;  // Re-ttention cache: f32 [b, S, H], q's dtype [b, S, H, d]
+  };
+
+  // Constants once; the workspace whenever the shape or dtype changes (reallocated only when it
+  // must grow).
+  void prepare(const st::Dims& dims, DType dtype, cudaStream_t stream) {
+    if (!perm_.empty() && !perm_mem_.get()) {
+      perm_mem_ = DeviceBuffer(memory_, align256(perm_.size() * 4), stream);
+      SPAATTN_CUDA_CHECK(cudaMemcpyAsync(perm_mem_.get(), perm_.data(), perm_.size() * 4,
+                                         cudaMemcpyHostToDevice, stream));
+    }
+    const auto& [offsets, cols] = neighbour_csr_;
+    if (!offsets.empty() && !neighbour_mem_.get()) {
+      neighbour_mem_ = DeviceBuffer(memory_, align256((offsets.size() + cols.size()) * 4), stream);
+      SPAATTN_CUDA_CHECK(cudaMemcpyAsync(neighbour_mem_.get(), offsets.data(), offsets.size() * 4,
+                                         cudaMemcpyHostToDevice, stream));
+      if (!cols.empty())
+        SPAATTN_CUDA_CHECK(cudaMemcpyAsync(neighbour_mem_.as<int32_t>() + offsets.size(),
+                                           cols.data(), cols.size() * 4, cudaMemcpyHostToDevice,
+                                           stream));
+    }
+    if (workspace_.get() && same_dims(dims, dims_) && dtype == dtype_) return;
+    sizes_ = sizes(config_, dims, dtype, perm_.size(), offsets.size() + cols.size());
+    const size_t bytes = sizes_.stages + sizes_.lse;
+    if (workspace_.size() < bytes) workspace_ = DeviceBuffer(memory_, bytes, stream);
+    dims_ = dims;
+    dtype_ = dtype;
+    buf_ = st::carve_workspace(dims, workspace_.get(), workspace_parts(config_));
+    lse_spa_ = reinterpret_cast<float*>(workspace_.as<char>() + sizes_.stages);
+    lse_full_ = lse_spa_ + sizes_.lse / 8;  // two arrays of sizes_.lse / 2 bytes
+  }
+
+  void allocate_state(LayerState& state, const StepPlan& plan, cudaStream_t stream) {
+    if (state.critical.size() != sizes_.critical)
+      state.critical = DeviceBuffer(memory_, sizes_.critical, stream);
+    if (plan.kind != CallStats::Kind::reference) return;
+    if (state.rho.size() != sizes_.rho) state.rho = DeviceBuffer(memory_, sizes_.rho, stream);
+    if (sizes_.delta && state.delta.size() != sizes_.delta)
+      state.delta = DeviceBuffer(memory_, sizes_.delta, stream);
+  }
+
+  const int32_t* perm_device() const { return perm_.empty() ? nullptr : perm_mem_.as<int32_t>(); }
+
+  st::NeighbourMap neighbour_map() const {
+    st::NeighbourMap m;
+    if (neighbour_mem_.get()) {
+      m.offsets = neighbour_mem_.as<int32_t>();
+      m.cols = m.offsets + neighbour_csr_.first.size();
+    }
+    return m;
+  }
+
+  // The plan: the mask's CSR lists in buf_ and, for Rectified SpaAttn, R and C. A fresh
+  // selection writes its crit bits straight into the state; a reused one lists the stored bits.
+  void plan_masks(const AttentionArgs& args, const st::Dims& dims, const StepPlan& plan,
+                  LayerState& state, cudaStream_t stream) {
+    st::Buffers b = buf_;
+    b.critical = state.critical.as<uint32_t>();
+    const bool rectify = config_.method == Method::rectified;
+    // Pooling and scores feed a fresh IPAR selection and, every step, Rectified SpaAttn's R, C.
+    if (rectify || (plan.fresh_mask && config_.selector() == Selector::ipar)) {
+      st::launch_pool(st::make_pool_params(args, perm_device(), b), stream);
+      st::launch_scores(st::make_score_params(args, rectify && config_.gapr, b), stream);
+    }
+    if (plan.fresh_mask)
+      st::launch_select(st::make_select_params(dims, config_, neighbour_map(), b), stream);
+    else
+      st::launch_csr_from_critical(dims, b.critical, /*complement=*/false, b, stream);
+    if (rectify) st::launch_rectify(st::make_rectify_params(dims, config_.gapr, b), stream);
+  }
+
+  // rho / Delta of the (layer, entry)'s cache as the epilogue reads or writes them: contiguous
+  // [b, S, H(, d)] indexed by the caller's sequence row.
+  void cache_view(FwdEpilogue& epi, const AttentionArgs& args, const LayerState& state,
+                  bool write) const {
+    const int64_t S = args.seq_len(), H = args.heads(), D = args.head_dim();
+    const int64_t rho_stride[3] = {S * H, H, 1}, delta_stride[3] = {S * H * D, H * D, D};
+    for (int d = 0; d < 3; ++d) {
+      epi.rho_stride[d] = rho_stride[d];
+      epi.delta_stride[d] = delta_stride[d];
+    }
+    void* delta = config_.rettention.cache_delta ? state.delta.get() : nullptr;
+    if (write) {
+      epi.rho_out = state.rho.as<float>();
+      epi.delta_out = delta;
+    } else {
+      epi.rho = state.rho.as<float>();
+      epi.delta = delta;
+    }
+  }
+
+  void run_sparse(const AttentionArgs& args, const BlockMaskView& mask, TensorView out,
+                  const StepPlan& plan, const LayerState& state, cudaStream_t stream) {
+    FwdEpilogue epi;
+    if (config_.method == Method::rectified) {
+      epi.kind = EpilogueKind::block_affine;
+      epi.R = buf_.R;
+      epi.C = buf_.C;
+    } else if (uses_rettention(config_.method)) {
+      epi.kind = EpilogueKind::row_affine;
+      cache_view(epi, args, state, /*write=*/false);
+      epi.drift = static_cast<float>(plan.k - 1) * config_.rettention.drift;
+      epi.clamp = config_.rettention.clamp;
+    }
+    launch(args, mask, out, {}, epi, /*permute=*/true, stream);
+  }
+
+  void run_reference(const AttentionArgs& args, const st::Dims& dims, const BlockMaskView& mask,
+                     TensorView out, LayerState& state, cudaStream_t stream) {
+    const int64_t B = args.batch(), S = args.seq_len(), H = args.heads();
+    // Pass 1: the mask's keys -> O_spa into out, lse_spa into the workspace.
+    const TensorView lse_spa =
+        TensorView::contiguous(lse_spa_, DType::f32, {B, S, H}, Device::cuda);
+    const TensorView lse_full =
+        TensorView::contiguous(lse_full_, DType::f32, {B, S, H}, Device::cuda);
+    launch(args, mask, out, lse_spa, {}, /*permute=*/true, stream);
+
+    // Pass 2: the complement's keys, merged with pass 1 in the epilogue. Its CSR lists replace
+    // the mask's, which pass 1 (earlier on the stream) no longer reads. Each row of out is read
+    // (O_spa) and then written (O_full) by the same warp.
+    st::launch_csr_from_critical(dims, state.critical.as<uint32_t>(), /*complement=*/true, buf_,
+                                 stream);
+    FwdEpilogue epi;
+    epi.kind = EpilogueKind::merge_reference;
+    epi.prev_out = out.data;
+    epi.prev_lse = lse_spa_;
+    cache_view(epi, args, state, /*write=*/true);
+    launch(args, mask, out, lse_full, epi, /*permute=*/true, stream);
+  }
+
+  void launch(const AttentionArgs& args, const BlockMaskView& mask, const TensorView& out,
+              const TensorView& lse, const FwdEpilogue& epi, bool permute, cudaStream_t stream) {
+    FwdParams p = cuda_detail::make_fwd_params(args, mask, out, lse);
+    p.epi = epi;
+    p.video_perm = permute ? perm_device() : nullptr;
+    cuda_detail::launch_fwd(p, args.q.dtype, args.head_dim(), args.layout.block_size, stream);
+  }
+
+  Config config_;
+  DeviceMemory memory_;
+  std::vector<int32_t> perm_;
+  std::pair<std::vector<int32_t>, std::vector<int32_t>> neighbour_csr_;
+  DeviceBuffer perm_mem_, neighbour_mem_, workspace_;
+  st::Dims dims_;
+  DType dtype_ = DType::bf16;
+  Sizes sizes_;
+  st::Buffers buf_;
+  float *lse_spa_ = nullptr, *lse_full_ = nullptr;
+  std::map<std::tuple<int, int>, LayerState> states_;
+};
+
+}  // namespace
+
+std::unique_ptr<DevicePipeline> make_device_pipeline(
+    const Config& config, const DeviceMemory& memory, std::span<const int32_t> perm,
+    const std::vector<std::vector<int32_t>>& neighbours) {
+  return std::make_unique<GpuPipeline>(config, memory, perm, neighbours);
+}
+
+WorkspaceSize device_workspace_size(const Config& config, const AttentionArgs& args,
+                                    size_t perm_entries,
+                                    const std::vector<std::vector<int32_t>>& neighbours) {
+  const st::Dims dims = st::make_dims(args.layout, args.batch(), args.heads(), args.head_dim());
+  size_t neighbour_entries = neighbours.empty() ? 0 : neighbours.size() + 1;
+  for (const auto& list : neighbours) neighbour_entries += list.size();
+  const Sizes s = sizes(config, dims, args.q.dtype, perm_entries, neighbour_entries);
+  WorkspaceSize w;
+  w.workspace = s.stages + s.lse;
+  w.constants = s.perm + s.neighbours;
+  w.per_state = s.critical + s.rho + s.delta;
+  return w;
 }
 
 }  // namespace spaattn::detail

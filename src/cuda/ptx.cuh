@@ -56,7 +56,7 @@ __device__ __forceinline__ float exp2_approx(float x) {
   return y;
 }
 
-// Per element type: packing two floats into one register and the tensor core product
+// Per element type: packing two floats into one register (and back) and the tensor core product
 // C[16x8] += A[16x16] * B[16x8] (A row-major, B column-major).
 template <class T>
 struct Mma;
@@ -66,6 +66,9 @@ struct Mma<__nv_bfloat16> {
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<const uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ float2 unpack(uint32_t v) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
   }
   static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
@@ -81,6 +84,9 @@ struct Mma<__half> {
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     const __half2 v = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<const uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ float2 unpack(uint32_t v) {
+    return __half22float2(*reinterpret_cast<const __half2*>(&v));
   }
   static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {

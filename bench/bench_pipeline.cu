@@ -1,0 +1,255 @@
+// spaattn_bench_pipeline: a whole Rectified SpaAttn call on the GPU, stage by stage, and
+// Re-ttention's two kinds of steps, at S = 76,800 (gilbert order on a 20 x 60 x 64 latent grid),
+// H = 40, d = 128, bf16, batch 1, B = 128, IPAR selection at sparsity 0.9 with p = 0.3 and the
+// block neighbours. Every figure is a median of time_calls() (CUDA events, warm-up):
+//   - the stages of one call on their own: pool, scores, select, rectify (R, C), the kernel with
+//     the token permutation and the block-affine epilogue, and with the permutation alone;
+//   - the kernel alone (no permutation, no epilogue) on the same mask, the reference point;
+//   - SparseAttention::forward as a caller runs it (a fresh selection every call);
+//   - Re-ttention (rectified_rettention: the same IPAR mask) reference and sparse steps.
+// "Outside the kernel" is the whole call minus the kernel alone, as a share of PyTorch's cuDNN
+// dense attention time for the same shape from --baseline (sdpa_baseline.py, same run).
+// Usage: spaattn_bench_pipeline [--baseline sdpa.json] [--sparsity 0.9] [--iters N]
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "baseline.hpp"
+#include "cuda/fwd_api.hpp"
+#include "cuda/stages.cuh"
+#include "inputs.hpp"
+#include "spaattn/spaattn.hpp"
+#include "timing.hpp"
+
+namespace spaattn::bench {
+namespace {
+
+namespace st = cuda::stages;
+
+struct Options {
+  std::string baseline;
+  double sparsity = 0.9;
+  int iters = 20;
+};
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (i + 1 >= argc) throw std::runtime_error(a + ": expected a value");
+    const std::string v = argv[++i];
+    if (a == "--baseline")
+      o.baseline = v;
+    else if (a == "--sparsity")
+      o.sparsity = std::stod(v);
+    else if (a == "--iters")
+      o.iters = std::stoi(v);
+    else
+      throw std::runtime_error("unknown argument " + a);
+  }
+  return o;
+}
+
+struct DeviceMem {
+  void* p = nullptr;
+  explicit DeviceMem(size_t bytes) { cuda_ok(cudaMalloc(&p, bytes > 0 ? bytes : 1), "cudaMalloc"); }
+  ~DeviceMem() { cudaFree(p); }
+  DeviceMem(const DeviceMem&) = delete;
+  DeviceMem& operator=(const DeviceMem&) = delete;
+};
+
+template <class T>
+void upload(DeviceMem& dst, const std::vector<T>& src) {
+  cuda_ok(cudaMemcpy(dst.p, src.data(), src.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
+}
+
+struct Line {
+  std::string what;
+  Timing t;
+  bool outside;  // part of the time outside the kernel
+};
+
+void run(const Options& o, cudaStream_t stream) {
+  const Grid grid{20, 60, 64};
+  const int64_t H = 40, D = 128;
+  const Layout L{.num_video = grid.size(), .num_text = 0, .block_size = 128};
+  const int64_t S = L.seq_len(), n = S * H * D;
+  // Q, K, V and O are 0.8 GB each, far beyond the 50 MB L2: no rotation of inputs is needed.
+  DeviceMem q(n * 2), k(n * 2), v(n * 2), out(n * 2);
+  fill_random(q.p, DType::bf16, n, 1);
+  fill_random(k.p, DType::bf16, n, 2);
+  fill_random(v.p, DType::bf16, n, 3);
+  AttentionArgs args;
+  args.q = TensorView::contiguous(q.p, DType::bf16, {1, S, H, D}, Device::cuda);
+  args.k = TensorView::contiguous(k.p, DType::bf16, {1, S, H, D}, Device::cuda);
+  args.v = TensorView::contiguous(v.p, DType::bf16, {1, S, H, D}, Device::cuda);
+  args.layout = L;
+  const TensorView out_view =
+      TensorView::contiguous(out.p, DType::bf16, {1, S, H, D}, Device::cuda);
+
+  Config cfg;
+  cfg.method = Method::rectified;
+  cfg.order.kind = OrderKind::gilbert;
+  cfg.order.grid = grid;
+  cfg.select.sparsity = o.sparsity;
+
+  // The stages on buffers of their own, as the pipeline runs them.
+  const std::vector<int32_t> perm = token_permutation(cfg.order);
+  const auto [offsets, cols] = st::flatten_neighbours(block_neighbours(cfg.order, L.block_size));
+  DeviceMem dperm(perm.size() * 4), doff(offsets.size() * 4), dcols(cols.size() * 4);
+  upload(dperm, perm);
+  upload(doff, offsets);
+  upload(dcols, cols);
+  const auto* perm_d = static_cast<const int32_t*>(dperm.p);
+  const st::NeighbourMap map{static_cast<const int32_t*>(doff.p),
+                             static_cast<const int32_t*>(dcols.p)};
+  const st::Dims dims = st::make_dims(L, 1, H, D);
+  DeviceMem ws(st::workspace_size(dims));
+  const st::Buffers buf = st::carve_workspace(dims, ws.p);
+  const st::PoolParams pool = st::make_pool_params(args, perm_d, buf);
+  const st::ScoreParams scores = st::make_score_params(args, cfg.gapr, buf);
+  const st::SelectParams select = st::make_select_params(dims, cfg, map, buf);
+  const st::RectifyParams rectify = st::make_rectify_params(dims, cfg.gapr, buf);
+  auto all_stages = [&](cudaStream_t s) {
+    st::launch_pool(pool, s);
+    st::launch_scores(scores, s);
+    st::launch_select(select, s);
+    st::launch_rectify(rectify, s);
+  };
+  all_stages(stream);
+  cuda_ok(cudaStreamSynchronize(stream), "stages");
+
+  BlockMaskView mask;
+  mask.batch = 1;
+  mask.heads = H;
+  mask.num_q_blocks = mask.num_k_blocks = dims.nb;
+  mask.row_offsets =
+      TensorView::contiguous(buf.row_offsets, DType::i32, {dims.mask_rows() + 1}, Device::cuda);
+  mask.col_indices =
+      TensorView::contiguous(buf.col_indices, DType::i32, {dims.max_nnz()}, Device::cuda);
+  int32_t nnz = 0;
+  cuda_ok(cudaMemcpy(&nnz, buf.row_offsets + dims.mask_rows(), 4, cudaMemcpyDeviceToHost), "nnz");
+  const double density = static_cast<double>(nnz) / (static_cast<double>(H) * dims.nb * dims.nb);
+
+  cuda_detail::FwdParams plain = cuda_detail::make_fwd_params(args, mask, out_view, TensorView{});
+  cuda_detail::FwdParams permuted = plain;
+  permuted.video_perm = perm_d;
+  cuda_detail::FwdParams rectified = permuted;
+  rectified.epi.kind = cuda_detail::EpilogueKind::block_affine;
+  rectified.epi.R = buf.R;
+  rectified.epi.C = buf.C;
+  auto kernel = [&](const cuda_detail::FwdParams& p) {
+    return [&p](cudaStream_t s) { cuda_detail::launch_fwd(p, DType::bf16, 128, 128, s); };
+  };
+
+  // The public call. A fresh selection every call: the step advances by the mask period.
+  SparseAttention sa(cfg);
+  int step = 0;
+  auto forward = [&](SparseAttention& a, int stride) {
+    return [&a, &step, &args, &out_view, stride](cudaStream_t s) {
+      a.forward(CallInfo{.layer = 0, .entry = 0, .step = step}, args, out_view, s);
+      step += stride;
+    };
+  };
+
+  std::vector<Line> lines;
+  auto measure = [&](const std::string& what, const std::function<void(cudaStream_t)>& fn,
+                     bool outside) {
+    lines.push_back({what, time_calls(fn, stream, 3, o.iters), outside});
+    return lines.back().t.median_ms;
+  };
+  measure(
+      "pool (Q, K, V through the permutation, GAPR deviations)",
+      [&](cudaStream_t s) { st::launch_pool(pool, s); }, true);
+  measure(
+      "scores (IPAR P, isolated text keys, GAPR bits)",
+      [&](cudaStream_t s) { st::launch_scores(scores, s); }, true);
+  measure(
+      "select (top-k / cumulative p, neighbours -> CSR)",
+      [&](cudaStream_t s) { st::launch_select(select, s); }, true);
+  measure(
+      "rectify (R_i, C_i)", [&](cudaStream_t s) { st::launch_rectify(rectify, s); }, true);
+  const double k_rect =
+      measure("kernel + permutation + block-affine epilogue", kernel(rectified), false);
+  const double k_perm = measure("kernel + permutation", kernel(permuted), false);
+  const double k_alone =
+      measure("kernel alone (same mask, no permutation, no epilogue)", kernel(plain), false);
+  const double whole =
+      measure("SparseAttention::forward (rectified, whole call)", forward(sa, 1), false);
+
+  Config ref_cfg = cfg;
+  ref_cfg.method = Method::rectified_rettention;
+  ref_cfg.rettention.ref_period = 1;  // every step a reference step
+  SparseAttention ref(ref_cfg);
+  step = 0;
+  const double t_ref =
+      measure("Re-ttention reference step (select, mask pass, complement pass + merge)",
+              forward(ref, 1), false);
+  Config sp_cfg = ref_cfg;
+  sp_cfg.rettention.ref_period = 1 << 30;  // one reference step, then sparse steps only
+  SparseAttention sp(sp_cfg);
+  step = 0;
+  forward(sp, 1)(stream);
+  const double t_sparse = measure(
+      "Re-ttention sparse step (CSR of stored bits, row-affine epilogue)", forward(sp, 1), false);
+
+  const std::vector<BaselineEntry> base = read_baseline(o.baseline);
+  const double cudnn = baseline_ms(base, S, H, D, "cudnn");
+  cudaDeviceProp prop{};
+  cuda_ok(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+  std::printf(
+      "spaattn GPU pipeline on %s: S = %lld (gilbert, 20 x 60 x 64), H = %lld, d = 128, bf16, "
+      "batch 1, B = 128, IPAR sparsity %.2f, p = 0.3, neighbours; mask density %.4f; median of "
+      ">= %d calls (CUDA events)\n\n",
+      prop.name, static_cast<long long>(S), static_cast<long long>(H), o.sparsity, density,
+      std::max(o.iters, 10));
+  auto share = [&](double ms) { return cudnn > 0 ? 100.0 * ms / cudnn : 0.0; };
+  std::printf("| part | median ms | min ms | max ms | share of cuDNN dense |\n");
+  std::printf("| --- | --- | --- | --- | --- |\n");
+  for (const Line& l : lines)
+    std::printf("| %s | %.3f | %.3f | %.3f | %.2f%% |\n", l.what.c_str(), l.t.median_ms, l.t.min_ms,
+                l.t.max_ms, share(l.t.median_ms));
+  double stages = 0;
+  for (const Line& l : lines)
+    if (l.outside) stages += l.t.median_ms;
+  std::printf("\n| summary | ms | share of cuDNN dense |\n| --- | --- | --- |\n");
+  std::printf("| PyTorch SDPA cuDNN dense, same shape, same run | %.2f | 100%% |\n", cudnn);
+  std::printf("| four stages (pool + scores + select + rectify) | %.3f | %.2f%% |\n", stages,
+              share(stages));
+  std::printf(
+      "| permutation in the kernel (kernel + permutation - kernel alone) | %.3f | %.2f%% |\n",
+      k_perm - k_alone, share(k_perm - k_alone));
+  std::printf("| epilogue in the kernel (kernel + both - kernel + permutation) | %.3f | %.2f%% |\n",
+              k_rect - k_perm, share(k_rect - k_perm));
+  std::printf("| stages + in-kernel extras | %.3f | %.2f%% |\n", stages + k_rect - k_alone,
+              share(stages + k_rect - k_alone));
+  std::printf("| **outside the kernel: whole call - kernel alone** | **%.3f** | **%.2f%%** |\n",
+              whole - k_alone, share(whole - k_alone));
+  if (cudnn > 0) {
+    std::printf("| speed-up of the whole rectified call vs cuDNN dense | %.2fx | |\n",
+                cudnn / whole);
+    std::printf("| Re-ttention reference step vs cuDNN dense | %.2fx | |\n", cudnn / t_ref);
+    std::printf("| Re-ttention sparse step vs cuDNN dense | %.2fx | |\n", cudnn / t_sparse);
+  }
+}
+
+}  // namespace
+}  // namespace spaattn::bench
+
+int main(int argc, char** argv) {
+  using namespace spaattn::bench;
+  try {
+    const Options o = parse(argc, argv);
+    cudaStream_t stream;
+    cuda_ok(cudaStreamCreate(&stream), "cudaStreamCreate");
+    run(o, stream);
+    cuda_ok(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "spaattn_bench_pipeline: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

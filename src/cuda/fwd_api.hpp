@@ -1,0 +1,28 @@
+// Internal entry points of the attention kernel for the GPU pipeline (pipeline.cu): the checks
+// that need the device, the params of one launch, and the launch itself. The public
+// cuda::block_sparse_attention (api.cu) is these three in a row.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "fwd_params.cuh"
+#include "spaattn/layout.hpp"
+
+namespace spaattn::cuda_detail {
+
+// What validate() cannot check: CUDA memory of the current device, bf16/f16 q/k/v/out of one
+// dtype, 16-byte aligned rows (cp.async), 32-bit index ranges. lse and text_lengths may be empty;
+// mask (optional) has its arrays checked for device memory and its entry count for int32.
+void check_gpu_call(const AttentionArgs& args, const TensorView& out, const TensorView& lse,
+                    const BlockMaskView* mask = nullptr);
+
+// Params of one launch: no epilogue, no token permutation (the caller sets p.epi, p.video_perm).
+FwdParams make_fwd_params(const AttentionArgs& args, const BlockMaskView& mask,
+                          const TensorView& out, const TensorView& lse);
+
+// Launches the kernel instance for (dtype, head dim, block size) on `stream`. Throws before the
+// launch when the epilogue lacks an array its kind needs (row_affine: rho; merge_reference:
+// prev_out, prev_lse, rho_out and lse, whose strides prev_lse shares).
+void launch_fwd(const FwdParams& params, DType dtype, int64_t head_dim, int block_size,
+                cudaStream_t stream);
+
+}  // namespace spaattn::cuda_detail

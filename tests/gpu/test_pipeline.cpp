@@ -1,0 +1,171 @@
+// SparseAttention on CUDA tensors against the CPU path on the same bf16/f16 inputs: every method,
+// over a run of steps (dense warm-up, Re-ttention references and sparse steps, reused masks),
+// video-only and video + text with padding, partial blocks, both head dims and block sizes,
+// with and without the gilbert token order. Outputs are poisoned first: every element must be
+// written; no NaN passes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "gpu_testing.hpp"
+
+namespace spaattn::gpu_test {
+namespace {
+
+struct PipelineCase {
+  std::string name;
+  Method method = Method::rectified;
+  DType dtype = DType::bf16;
+  int64_t dim = 128;
+  int block = 128;
+  Grid grid{3, 10, 13};  // 390 video tokens: a partial last block at B = 64 and 128
+  int64_t num_text = 0;
+  std::vector<int32_t> text_len;  // per batch item (batch = its size, or 2 when empty)
+  OrderKind order = OrderKind::gilbert;
+  double sparsity = 0.75;
+  bool small = false;
+};
+void PrintTo(const PipelineCase& c, std::ostream* os) { *os << c.name; }
+
+Config make_config(const PipelineCase& c) {
+  Config cfg;
+  cfg.method = c.method;
+  cfg.block_size = c.block;
+  cfg.order = TokenOrder{.kind = c.order, .grid = c.grid};
+  cfg.select.sparsity = c.sparsity;
+  cfg.schedule.dense_steps = 1;
+  cfg.schedule.mask_period = 2;
+  cfg.rettention.ref_period = 3;
+  return cfg;
+}
+
+double rel_l2(const test::HostTensor& x, const test::HostTensor& ref) {
+  double err = 0, norm = 0;
+  const auto& s = ref.view.shape;
+  for (int64_t b = 0; b < s[0]; ++b)
+    for (int64_t n = 0; n < s[1]; ++n)
+      for (int64_t h = 0; h < s[2]; ++h)
+        for (int64_t e = 0; e < s[3]; ++e) {
+          const double a = x.get(b, n, h, e), r = ref.get(b, n, h, e);
+          if (std::isnan(a)) return INFINITY;
+          err += (a - r) * (a - r);
+          norm += r * r;
+        }
+  return std::sqrt(err / std::max(norm, 1e-30));
+}
+
+class Pipeline : public ::testing::TestWithParam<PipelineCase> {};
+
+TEST_P(Pipeline, MatchesTheCpuPathStepByStep) {
+  const PipelineCase& c = GetParam();
+  if (small_mode() && !c.small) GTEST_SKIP() << "large case (SPAATTN_GPU_TESTS_SMALL)";
+  const int64_t batch = c.text_len.empty() ? 2 : static_cast<int64_t>(c.text_len.size());
+  const int64_t heads = 3;
+  const Layout layout{.num_video = c.grid.size(), .num_text = c.num_text, .block_size = c.block};
+  SparseAttention cpu(make_config(c)), gpu(make_config(c));
+  cudaStream_t stream = nullptr;
+  cuda_ok(cudaStreamCreate(&stream), "cudaStreamCreate");
+  const int steps = 6;  // dense, then (Re-ttention) reference, sparse, sparse, reference, sparse
+  for (int step = 0; step < steps; ++step) {
+    test::Problem p;
+    test::make_problem(p, c.dtype, batch, heads, c.dim, layout, 1000 + 17 * step, c.text_len);
+    test::HostTensor cpu_out = test::make_tensor(DType::f32, batch, layout.seq_len(), heads, c.dim);
+    const CallInfo info{.layer = 2, .entry = 1, .step = step};
+    const CallStats cs = cpu.forward(info, p.args, cpu_out.view);
+
+    DeviceTensor q(p.q), k(p.k), v(p.v);
+    test::HostTensor out = test::make_tensor(c.dtype, batch, layout.seq_len(), heads, c.dim);
+    out.poison();
+    DeviceTensor d_out(out);
+    DeviceBuffer d_len(p.text_len.size() * 4);
+    AttentionArgs args = p.args;
+    args.q = q.view;
+    args.k = k.view;
+    args.v = v.view;
+    if (!p.text_len.empty()) {
+      d_len.upload(p.text_len.data(), d_len.bytes());
+      args.text_lengths.data = d_len.get();
+      args.text_lengths.device = Device::cuda;
+    }
+    const CallStats gs = gpu.forward(info, args, d_out.view, stream);
+    cuda_ok(cudaStreamSynchronize(stream), "forward");
+    d_out.to_host(out);
+
+    EXPECT_EQ(gs.kind, cs.kind) << "step " << step;
+    EXPECT_EQ(gs.mask_reused, cs.mask_reused) << "step " << step;
+    const double err = rel_l2(out, cpu_out);
+    EXPECT_LE(err, 1e-2) << "step " << step << " kind " << static_cast<int>(cs.kind);
+  }
+  EXPECT_EQ(gpu.state_count(), cpu.state_count());
+  gpu.reset();
+  EXPECT_EQ(gpu.state_count(), 0u);
+  cuda_ok(cudaStreamDestroy(stream), "cudaStreamDestroy");
+}
+
+std::vector<PipelineCase> cases() {
+  std::vector<PipelineCase> out;
+  const Method methods[] = {Method::sparse, Method::rectified, Method::rettention,
+                            Method::rectified_rettention, Method::dense};
+  const char* names[] = {"sparse", "rectified", "rettention", "rectified_rettention", "dense"};
+  for (int m = 0; m < 5; ++m) {
+    PipelineCase c;
+    c.method = methods[m];
+    c.name = std::string(names[m]) + "_video_d128_b128";
+    c.small = true;
+    out.push_back(c);
+    c.name = std::string(names[m]) + "_text_padding_d64_b64";
+    c.small = false;
+    c.dim = 64;
+    c.block = 64;
+    c.num_text = 77;
+    c.text_len = {77, 30};
+    out.push_back(c);
+    c.name = std::string(names[m]) + "_text_raster_f16_d128_b128";
+    c.dtype = DType::f16;
+    c.dim = 128;
+    c.block = 128;
+    c.order = OrderKind::raster;
+    c.text_len = {0, 50, 77};
+    out.push_back(c);
+  }
+  PipelineCase big;
+  big.name = "rectified_many_blocks_sparsity_0_9";
+  big.grid = Grid{8, 24, 32};
+  big.num_text = 120;
+  big.text_len = {111};
+  big.sparsity = 0.9;
+  out.push_back(big);
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, Pipeline, ::testing::ValuesIn(cases()),
+                         [](const auto& info) { return info.param.name; });
+
+TEST(PipelineErrors, HostTextLengthsWithDeviceTensorsAreRejectedBeforeAnyWork) {
+  test::Problem p;
+  const Layout layout{.num_video = 128, .num_text = 16, .block_size = 128};
+  test::make_problem(p, DType::bf16, 1, 1, 64, layout, 5, {16});
+  DeviceTensor q(p.q), k(p.k), v(p.v);
+  test::HostTensor out = test::make_tensor(DType::bf16, 1, layout.seq_len(), 1, 64);
+  DeviceTensor d_out(out);
+  AttentionArgs args = p.args;  // text_lengths stays in host memory
+  args.q = q.view;
+  args.k = k.view;
+  args.v = v.view;
+  Config cfg;
+  cfg.method = Method::rettention;
+  SparseAttention sa(cfg);
+  try {
+    sa.forward(CallInfo{}, args, d_out.view);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("text_lengths:", 0), 0u) << e.what();
+  }
+  EXPECT_EQ(sa.state_count(), 0u);
+}
+
+}  // namespace
+}  // namespace spaattn::gpu_test
