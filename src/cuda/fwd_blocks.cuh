@@ -81,15 +81,20 @@ struct KeyTile {
 
 // Copies the video_perm entries of video block j into a slot (cp.async, committed with the next
 // K/V group); threads beyond the block's B / 4 chunks do nothing. The tail of a partial last
-// block is zero-filled without being read.
+// block (fewer than 4 entries in its chunk) is read with plain loads, so nothing past the end of
+// video_perm is touched; its unused entries are zeroed.
 template <int B>
 __device__ __forceinline__ void fetch_block_perm(const FwdParams& p, int32_t* slot, int j) {
   const int c = fresh_tid();
   if (c >= B / 4) return;
   const int first = j * B + 4 * c;
-  const int n = min(4, p.num_video - first);
-  cp_async_16(smem_addr(slot + 4 * c), n > 0 ? p.video_perm + first : p.video_perm,
-              n > 0 ? 4 * n : 0);
+  const int n = p.num_video - first;
+  if (n >= 4) {
+    cp_async_16(smem_addr(slot + 4 * c), p.video_perm + first, 16);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) slot[4 * c + i] = i < n ? __ldg(p.video_perm + first + i) : 0;
+  }
 }
 
 // Walks the key tiles of one CSR row: each listed block gives B / kTileN tiles, tiles with no
@@ -120,8 +125,9 @@ struct KeyCursor {
         const Span s = block_span<B>(p, j, sh.text_len);
         if (u * kTileN < s.valid) {
           t.valid = min(kTileN, s.valid - u * kTileN);
-          t.begin = p.video_perm && j < p.num_video_blocks ? -1 - ((e & 1) * B + u * kTileN)
-                                                           : s.begin + u * kTileN;
+          t.begin = p.video_perm && !p.kv_ordered && j < p.num_video_blocks
+                        ? -1 - ((e & 1) * B + u * kTileN)
+                        : s.begin + u * kTileN;
           ++u;
           return true;
         }
@@ -133,7 +139,7 @@ struct KeyCursor {
       j_next = j_after;
       j_after = e + 2 < e_end ? __ldg(p.col_indices + e + 2) : -1;
       u = 0;
-      if (p.video_perm && j_next >= 0 && j_next < p.num_video_blocks)
+      if (p.video_perm && !p.kv_ordered && j_next >= 0 && j_next < p.num_video_blocks)
         fetch_block_perm<B>(p, rows.key + ((e + 1) & 1) * B, j_next);
     }
   }

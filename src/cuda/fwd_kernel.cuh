@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
                       ? p.video_offset + __ldg(p.video_perm + w.qb * B + tid)
                       : q.begin + tid;
   KeyCursor<B, Tr::kTileN> keys(p, e_begin, e_end);
-  if (p.video_perm) {
+  if (p.video_perm && !p.kv_ordered) {
     // The first key block's permutation entries, read by its first tile's loads below.
     if (keys.j_next >= 0 && keys.j_next < p.num_video_blocks)
       fetch_block_perm<B>(p, rows.key + (e_begin & 1) * B, keys.j_next);
@@ -134,7 +134,9 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
     }
   } else {
     // Empty mask row or padding queries only: O_spa = 0 and lse = -inf go through the epilogue.
-    // Q's load may still be in flight, and the staging below overwrites its tile.
+    // Q's load may still be in flight (not yet in a group: commit it so that the wait covers
+    // it), and the staging below overwrites its tile.
+    cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
   }

@@ -35,6 +35,9 @@ struct FwdParams {
   // of the epilogue's per-row arrays. Text rows are never permuted. Device int32 [num_video],
   // 16-byte aligned (it is copied block by block with cp.async).
   const int32_t* video_perm;
+  // K and V are already in the token order (the GPU pipeline's gathered copies, gather.cuh):
+  // video_perm then applies to the Q, out and lse rows and the epilogue's arrays only.
+  bool kv_ordered;
   FwdEpilogue epi;
 };
 

@@ -4,17 +4,20 @@
 // lists and Rectified SpaAttn's R, C); the run enqueues the kernel launches:
 //   dense:      plan: a full CSR; run: one launch (attention is order-equivariant: no permutation).
 //   sparse / rectified:  plan: pool -> scores -> select (or the (layer, entry)'s stored crit bits)
-//               -> [R, C]; run: the kernel with the token permutation and the block-affine
-//               epilogue (O = R_i O_spa + C_i in registers).
+//               -> [R, C]; run: K and V gathered into the token order (gather.cuh), then the
+//               kernel with Q and O permuted in place and the block-affine epilogue
+//               (O = R_i O_spa + C_i in registers).
 //   reference:  plan: select; run: the kernel over the mask (O_spa into out, lse_spa into the
 //               workspace), then, with the complement's CSR written over the mask's, the kernel
 //               over the complement whose merge epilogue turns out into O_full and writes rho and
 //               Delta: each key is visited once, as in one dense pass.
 //   Re-ttention sparse step: plan: CSR of the stored crit bits; run: the kernel with the
 //               row-affine epilogue (O = (rho + drift) O_spa + Delta).
-// Memory comes from DeviceMemory: a workspace per shape, constants (permutation, neighbour map)
-// once, and per (layer, entry) the crit bits and the Re-ttention cache on first use; sizes() gives
-// all of them without a device, for SparseAttention::workspace_size.
+// Every kernel launch of a non-dense call with a token order reads the gathered K and V.
+// Memory comes from DeviceMemory: a workspace per shape (stage arrays, Re-ttention's lse_spa and
+// lse_full, the gathered K and V), constants (permutation, neighbour map) once, and per
+// (layer, entry) the crit bits and the Re-ttention cache on first use; sizes() gives all of them
+// without a device, for SparseAttention::workspace_size.
 #include <cmath>
 #include <limits>
 #include <map>
@@ -23,6 +26,7 @@
 #include "check.cuh"
 #include "core/device_pipeline.hpp"
 #include "fwd_api.hpp"
+#include "gather.cuh"
 #include "stages.cuh"
 
 namespace spaattn::detail {
@@ -52,7 +56,8 @@ unsigned workspace_parts(const Config& c) {
 
 // Every allocation of the GPU path for one shape, each a multiple of 256 bytes.
 struct Sizes {
-  size_t stages = 0, lse = 0;  // the workspace: stage arrays, then lse_spa and lse_full
+  size_t stages = 0, lse = 0;  // the workspace: stage arrays, lse_spa and lse_full,
+  size_t gathered = 0;         // and K, V in the token order
   size_t perm = 0, neighbours = 0;
   size_t critical = 0, rho = 0, delta = 0;  // per (layer, entry)
 };
@@ -64,6 +69,9 @@ Sizes sizes(const Config& config, const st::Dims& dims, DType dtype, size_t perm
   s.perm = align256(perm_entries * 4);
   s.neighbours = align256(neighbour_entries * 4);
   if (config.method == Method::dense) return s;
+  if (perm_entries > 0)
+    s.gathered = 2 * align256(static_cast<size_t>(dims.batch) * (dims.num_video + dims.num_text) *
+                              dims.heads * dims.dim * element_size(dtype));
   s.critical = align256(static_cast<size_t>(dims.video_rows()) * dims.words * 4);
   if (uses_rettention(config.method)) {
     const size_t rows =
@@ -172,10 +180,11 @@ class GpuPipeline final : public DevicePipeline {
 
     plan_masks(args, dims, plan, state, stream);
     const BlockMaskView mask = mask_view(dims, buf_);
+    const AttentionArgs ordered = gather(args, stream);
     if (plan.kind == CallStats::Kind::reference)
-      run_reference(args, dims, mask, out, state, stream);
+      run_reference(ordered, dims, mask, out, state, stream);
     else
-      run_sparse(args, mask, out, plan, state, stream);
+      run_sparse(ordered, mask, out, plan, state, stream);
 
     if (plan.fresh_mask) {
       state.summary.mask_step = call.step;
@@ -223,13 +232,16 @@ class GpuPipeline final : public DevicePipeline {
     }
     if (workspace_.get() && same_dims(dims, dims_) && dtype == dtype_) return;
     sizes_ = sizes(config_, dims, dtype, perm_.size(), offsets.size() + cols.size());
-    const size_t bytes = sizes_.stages + sizes_.lse;
+    const size_t bytes = sizes_.stages + sizes_.lse + sizes_.gathered;
     if (workspace_.size() < bytes) workspace_ = DeviceBuffer(memory_, bytes, stream);
     dims_ = dims;
     dtype_ = dtype;
-    buf_ = st::carve_workspace(dims, workspace_.get(), workspace_parts(config_));
-    lse_spa_ = reinterpret_cast<float*>(workspace_.as<char>() + sizes_.stages);
+    char* base = workspace_.as<char>();
+    buf_ = st::carve_workspace(dims, base, workspace_parts(config_));
+    lse_spa_ = reinterpret_cast<float*>(base + sizes_.stages);
     lse_full_ = lse_spa_ + sizes_.lse / 8;  // two arrays of sizes_.lse / 2 bytes
+    k_ordered_ = sizes_.gathered ? base + sizes_.stages + sizes_.lse : nullptr;
+    v_ordered_ = sizes_.gathered ? static_cast<char*>(k_ordered_) + sizes_.gathered / 2 : nullptr;
   }
 
   void allocate_state(LayerState& state, const StepPlan& plan, cudaStream_t stream) {
@@ -269,6 +281,18 @@ class GpuPipeline final : public DevicePipeline {
     else
       st::launch_csr_from_critical(dims, b.critical, /*complement=*/false, b, stream);
     if (rectify) st::launch_rectify(st::make_rectify_params(dims, config_.gapr, b), stream);
+  }
+
+  // The arguments the kernel runs on: K and V replaced by their copies in the token order
+  // (unchanged without a token order).
+  AttentionArgs gather(const AttentionArgs& args, cudaStream_t stream) const {
+    if (!k_ordered_) return args;
+    st::launch_gather_kv(st::make_gather_params(args, perm_device(), k_ordered_, v_ordered_),
+                         stream);
+    AttentionArgs a = args;
+    a.k = st::gathered_view(args, k_ordered_);
+    a.v = st::gathered_view(args, v_ordered_);
+    return a;
   }
 
   // rho / Delta of the (layer, entry)'s cache as the epilogue reads or writes them: contiguous
@@ -335,6 +359,7 @@ class GpuPipeline final : public DevicePipeline {
     FwdParams p = cuda_detail::make_fwd_params(args, mask, out, lse);
     p.epi = epi;
     p.video_perm = permute ? perm_device() : nullptr;
+    p.kv_ordered = permute && k_ordered_ != nullptr;
     cuda_detail::launch_fwd(p, args.q.dtype, args.head_dim(), args.layout.block_size, stream);
   }
 
@@ -348,6 +373,7 @@ class GpuPipeline final : public DevicePipeline {
   Sizes sizes_;
   st::Buffers buf_;
   float *lse_spa_ = nullptr, *lse_full_ = nullptr;
+  void *k_ordered_ = nullptr, *v_ordered_ = nullptr;
   std::map<std::tuple<int, int>, LayerState> states_;
 };
 
@@ -367,7 +393,7 @@ WorkspaceSize device_workspace_size(const Config& config, const AttentionArgs& a
   for (const auto& list : neighbours) neighbour_entries += list.size();
   const Sizes s = sizes(config, dims, args.q.dtype, perm_entries, neighbour_entries);
   WorkspaceSize w;
-  w.workspace = s.stages + s.lse;
+  w.workspace = s.stages + s.lse + s.gathered;
   w.constants = s.perm + s.neighbours;
   w.per_state = s.critical + s.rho + s.delta;
   return w;
