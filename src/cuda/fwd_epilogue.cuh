@@ -13,7 +13,10 @@
 //                      lse_full = logaddexp(lse_spa, lse_c), rho = exp(lse_spa - lse_full),
 //                      O_full = rho O_spa + (1 - rho) O_c  -> out (and lse_full -> lse),
 //                      Delta  = (1 - rho) O_c              -> delta_out, rho -> rho_out;
-//                    rows with lse_full = -inf get O = 0, rho = 0, Delta = 0.
+//                    rows with lse_full = -inf get O = 0, rho = 0, Delta = 0. 1 - rho is taken as
+//                    exp(lse_c - lse_full) (no cancellation near rho = 1). The launch needs lse:
+//                    prev_lse shares its strides (it must be another array); prev_out may be out
+//                    itself (each row is read before the same warp writes it).
 // Rows whose mask row is empty or holds no valid key still go through the epilogue, with
 // O_spa = 0 and lse = -inf (so block_affine gives C_i, merge_reference gives O_spa's row).
 // Padding query rows (text beyond L_t) are always written as O = 0, lse = -inf.
