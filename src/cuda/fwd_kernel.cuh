@@ -38,7 +38,7 @@ __device__ __forceinline__ void load_kv_tile(const FwdParams& p, const CtaShared
 }
 
 template <class T, int D, int B>
-__global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, 2)
+__global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, FwdTraits<D, B>::kMinBlocks)
     fwd_kernel(const __grid_constant__ FwdParams p) {
   using Tr = FwdTraits<D, B>;
   constexpr int MT = Tr::kMTiles, DT = Tr::kDTiles;

@@ -29,6 +29,10 @@ struct FwdTraits {
   static constexpr int kQBytes = B * D * 2;
   static constexpr int kKVBytes = kTileN * D * 2;
   static constexpr int kSmemBytes = kQBytes + 4 * kKVBytes;  // Q + 2 stages x (K + V)
+  // CTAs per SM the register budget must allow: 2 (d = 128 needs its 255 registers); d = 64 with
+  // B = 64 (40 KiB of shared memory) fits 4 if it keeps to 128 registers, which the row tables of
+  // the token order would otherwise push to 129 (3 CTAs).
+  static constexpr int kMinBlocks = D == 64 && B == 64 ? 4 : 2;
   static_assert(kMTiles >= 1, "block size must be at least 64");
 };
 
