@@ -21,16 +21,20 @@ from .attention import AttentionFn, CaptureAttention, dense_attention
 from .captions import tokenize
 from .checkpoint import load_model
 from .data import render, scene_for
-from .model import VideoDiT
+from .model import TIME_SHIFT, VideoDiT, shift_time
 
 PROMPT_SEED = 1
 """Scene stream of the evaluation prompts (training uses stream 0)."""
 
 
-def timesteps(steps: int, shift: float = 1.0) -> list[float]:
-    """``steps + 1`` times from 1 to 0, uniform, then shifted: ``s t / (1 + (s - 1) t)``."""
-    ts = [1.0 - i / steps for i in range(steps + 1)]
-    return [shift * t / (1.0 + (shift - 1.0) * t) for t in ts]
+def timesteps(steps: int, shift: float = TIME_SHIFT) -> list[float]:
+    """``steps + 1`` times from 1 to 0, uniform, then shifted: ``s t / (1 + (s - 1) t)`` (``shift_time``)."""
+    return [shift_time(1.0 - i / steps, shift) for i in range(steps + 1)]
+
+
+def trained_time_shift(meta: dict[str, str]) -> float:
+    """The timestep shift a model file was trained with (1.0 for files from before the shift)."""
+    return float(json.loads(meta.get("train_config", "{}")).get("time_shift", 1.0))
 
 
 def initial_noise(seeds: Sequence[int], shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
@@ -46,12 +50,13 @@ def eval_prompts(n: int, seed: int = PROMPT_SEED) -> list[str]:
 
 @torch.no_grad()
 def sample(model: VideoDiT, captions: Sequence[str], pixels: tuple[int, int, int] = (32, 64, 64), steps: int = 30,
-           cfg_scale: float = 4.0, seed: int = 0, shift: float = 1.0, attention: AttentionFn | None = None,
+           cfg_scale: float = 4.0, seed: int = 0, shift: float = TIME_SHIFT, attention: AttentionFn | None = None,
            autocast: bool | None = None,
            on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Videos ``[n, 3, T, H, W]`` in [-1, 1] for ``captions`` by ``steps`` Euler steps from t=1 to t=0.
 
-    Prompt ``i`` starts from the noise of seed ``seed + i``. With ``cfg_scale != 1`` the conditional
+    Prompt ``i`` starts from the noise of seed ``seed + i``. ``shift`` spaces the steps as training
+    drew its times (``trained_time_shift`` of the model file). With ``cfg_scale != 1`` the conditional
     and unconditional (caption length 0) inputs run as one batch of ``2n``: items ``0..n-1`` are
     conditional. ``attention`` replaces the attention of every layer for this call; it receives
     ``step_idx`` = the step index. ``on_step(i, x)`` is called after each step.
@@ -163,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (1: off)")
-    p.add_argument("--shift", type=float, default=1.0, help="timestep shift")
+    p.add_argument("--shift", type=float, default=None, help="timestep shift (default: the one the model was trained with)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--gif", action="store_true", help="also write samples.gif")
@@ -177,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, meta = load_model(args.ckpt, device=args.device)
+    shift = trained_time_shift(meta) if args.shift is None else args.shift
     pixels = (args.frames, args.height, args.width)
     grid = model.token_grid(*pixels)
     if args.prompt:
@@ -194,11 +200,11 @@ def main(argv: list[str] | None = None) -> None:
         attention = capture
     n_video = grid[0] * grid[1] * grid[2]
     print(f"model step {meta.get('step')}, grid {grid} = {n_video} video tokens + {model.cfg.text_tokens} text tokens, "
-          f"{args.steps} steps, cfg {args.cfg}", flush=True)
+          f"{args.steps} steps, cfg {args.cfg}, time shift {shift}", flush=True)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
-    videos = to_uint8(sample(model, captions, pixels, args.steps, args.cfg, args.seed, args.shift, attention))
+    videos = to_uint8(sample(model, captions, pixels, args.steps, args.cfg, args.seed, shift, attention))
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

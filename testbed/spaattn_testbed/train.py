@@ -9,9 +9,11 @@ from it: the step counter, weights and AdamW moments are restored, and since eve
 grid, timesteps, noise, caption dropping) is a function of ``(seed, step)`` the data stream goes on
 exactly where it stopped. Model options apply to fresh runs only; a resumed run keeps its config.
 
-Objective: ``x_t = (1 - t) x_0 + t noise``, the model predicts ``noise - x_0``; ``t`` is logit-normal;
-10% of captions are dropped (length 0) for classifier-free guidance. Learning rate: linear warm-up,
-constant, then linear cool-down over the last ``--cooldown`` fraction of ``--total-steps``.
+Objective: ``x_t = (1 - t) x_0 + t noise``, the model predicts ``noise - x_0``; ``t`` is logit-normal,
+shifted towards noise by ``--time-shift`` (``model.shift_time``; the sampler reads the value from the
+model file and spaces its steps with it); 10% of captions are dropped (length 0) for classifier-free
+guidance. Learning rate: linear warm-up, constant, then linear cool-down over the last ``--cooldown``
+fraction of ``--total-steps``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 
 from .checkpoint import MODEL_FILE, load_train_state, read_train_info, save_model, save_train_state
 from .data import Batch, make_batch
-from .model import ModelConfig, VideoDiT, count_parameters
+from .model import TIME_SHIFT, ModelConfig, VideoDiT, count_parameters, shift_time
 from .progress import Progress, format_seconds
 
 LOG_COLUMNS = ("step", "loss", "lr", "samples", "video_tokens", "train_seconds", "steps_per_s", "tokens_per_s")
@@ -80,6 +82,7 @@ class TrainConfig:
     beta2: float = 0.99
     grad_clip: float = 1.0
     cfg_drop: float = 0.1
+    time_shift: float = TIME_SHIFT
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -121,7 +124,7 @@ def step_inputs(step: int, cfg: TrainConfig, device: torch.device) -> StepInputs
     gen = torch.Generator(device=device)
     gen.manual_seed(_stream_seed(cfg.seed, step, "noise"))
     b = grid.batch
-    t = torch.sigmoid(torch.randn(b, generator=gen, device=device))
+    t = shift_time(torch.sigmoid(torch.randn(b, generator=gen, device=device)), cfg.time_shift)
     drop = torch.rand(b, generator=gen, device=device) < cfg.cfg_drop
     noise = torch.randn(batch.video.shape, generator=gen, device=device)
     batch.text_lengths = torch.where(drop, torch.zeros_like(batch.text_lengths), batch.text_lengths)

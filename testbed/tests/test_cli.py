@@ -12,7 +12,7 @@ from conftest import TINY_TRAIN_ARGS
 
 def test_train_sample_plot(tmp_path, capsys):
     run = tmp_path / "run"
-    summary = train.main(TINY_TRAIN_ARGS + ["--out", str(run), "--steps", "4", "--total-steps", "10"])
+    summary = train.main(TINY_TRAIN_ARGS + ["--out", str(run), "--steps", "4", "--total-steps", "10", "--time-shift", "2.5"])
     assert summary["step"] == 4
     out = tmp_path / "samples"
     sample.main(["--ckpt", str(run), "--out", str(out), "--n", "2", "--frames", "8", "--height", "16",
@@ -29,3 +29,4 @@ def test_train_sample_plot(tmp_path, capsys):
     assert (run / "loss.png").stat().st_size > 1000
     text = capsys.readouterr().out
     assert "summary:" in text and "sampled 2 videos" in text
+    assert "time shift 2.5" in text  # the sampler spaces its steps as the model was trained

@@ -9,18 +9,20 @@ import torch
 from safetensors import safe_open
 
 from spaattn_testbed.attention import CaptureAttention, dense_attention, reference_attention
+from spaattn_testbed.model import TIME_SHIFT, shift_time
 from spaattn_testbed.sample import eval_prompts, initial_noise, sample, save_gif, save_strip, timesteps, to_uint8
 
 PIXELS = (4, 16, 16)
 
 
 def test_timesteps():
-    ts = timesteps(10)
+    ts = timesteps(10, shift=1.0)
     assert len(ts) == 11 and ts[0] == 1.0 and ts[-1] == 0.0
     shifted = timesteps(10, shift=3.0)
     assert shifted[0] == 1.0 and shifted[-1] == 0.0
     assert all(a > b for a, b in zip(shifted, shifted[1:]))
     assert shifted[5] > ts[5]
+    assert timesteps(10) == [shift_time(t, TIME_SHIFT) for t in ts]
 
 
 def test_noise_is_per_seed():
