@@ -77,13 +77,6 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-struct DeviceMem {
-  void* p = nullptr;
-  explicit DeviceMem(size_t bytes) { cuda_ok(cudaMalloc(&p, bytes), "cudaMalloc"); }
-  ~DeviceMem() { cudaFree(p); }
-  DeviceMem(const DeviceMem&) = delete;
-  DeviceMem& operator=(const DeviceMem&) = delete;
-};
 
 void run_shape(const Options& o, const Shape& sh, const std::vector<double>& densities,
                const std::vector<BaselineEntry>& base, cudaStream_t stream,

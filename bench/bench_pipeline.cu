@@ -63,13 +63,6 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-struct DeviceMem {
-  void* p = nullptr;
-  explicit DeviceMem(size_t bytes) { cuda_ok(cudaMalloc(&p, bytes > 0 ? bytes : 1), "cudaMalloc"); }
-  ~DeviceMem() { cudaFree(p); }
-  DeviceMem(const DeviceMem&) = delete;
-  DeviceMem& operator=(const DeviceMem&) = delete;
-};
 
 template <class T>
 void upload(DeviceMem& dst, const std::vector<T>& src) {

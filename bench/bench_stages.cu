@@ -53,13 +53,6 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-struct DeviceMem {
-  void* p = nullptr;
-  explicit DeviceMem(size_t bytes) { cuda_ok(cudaMalloc(&p, bytes > 0 ? bytes : 1), "cudaMalloc"); }
-  ~DeviceMem() { cudaFree(p); }
-  DeviceMem(const DeviceMem&) = delete;
-  DeviceMem& operator=(const DeviceMem&) = delete;
-};
 
 void run_shape(const Options& o, const Shape& sh, cudaStream_t stream) {
   const int64_t D = 128, H = sh.heads;

@@ -16,6 +16,15 @@ inline void cuda_ok(cudaError_t err, const char* what) {
     throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
 
+// One device allocation for the benchmarks' inputs and outputs (at least one byte).
+struct DeviceMem {
+  void* p = nullptr;
+  explicit DeviceMem(size_t bytes) { cuda_ok(cudaMalloc(&p, bytes > 0 ? bytes : 1), "cudaMalloc"); }
+  ~DeviceMem() { cudaFree(p); }
+  DeviceMem(const DeviceMem&) = delete;
+  DeviceMem& operator=(const DeviceMem&) = delete;
+};
+
 struct Timing {
   double median_ms = 0, min_ms = 0, max_ms = 0;
   int calls = 0;
