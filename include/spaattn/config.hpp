@@ -58,6 +58,9 @@ struct Config {
   RettentionConfig rettention;
   Schedule schedule;
   float scale = 0.f;           // 0: 1/sqrt(d)
+  // GPU path: read the block mask back after each sparse call to fill CallStats::density. This
+  // synchronises the stream once per call (the host path always reports the density).
+  bool measure_density = false;
 
   // The selector the method actually uses (resolves Selector::automatic).
   Selector selector() const;

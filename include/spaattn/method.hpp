@@ -91,7 +91,8 @@ class SparseAttention {
   // out: [b, S, H, d] like q (host: any float dtype; GPU: q's dtype). Inputs and output are in
   // the caller's token order (raster for the video tokens); config.order is applied inside the
   // call. All arguments are validated before any work and before any state changes.
-  // On the GPU path CallStats::density is NaN: it would need a synchronisation to read.
+  // On the GPU path CallStats::density is NaN unless config.measure_density is set (it then
+  // synchronises `stream` once per call to read the mask back).
   CallStats forward(const CallInfo& call, const AttentionArgs& args, TensorView out,
                     void* stream = nullptr);
   // Number of (layer, entry) states held.

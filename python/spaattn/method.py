@@ -19,7 +19,8 @@ class CallStats:
 
     kind: "dense" (full attention), "sparse" or "reference" (a Re-ttention reference step,
     full attention that refreshes the cached statistics). density: the share of (query, key)
-    token pairs the sparse kernel computed; NaN on the GPU, where reading it would synchronise.
+    token pairs the sparse kernel computed; on the GPU NaN unless the object was made with
+    ``measure_density=True`` (reading the mask back synchronises once per call).
     mask_reused: the selection came from an earlier step (``mask_period``).
     """
 
@@ -59,6 +60,8 @@ class SparseAttention:
         ref_period, drift, clamp, cache_delta: Re-ttention's reference period, the drift
             ``lambda`` of ``rho``, clamping ``rho'`` to 1, and caching ``Delta``.
         scale: softmax scale, default 1/sqrt(d).
+        measure_density: on the GPU, read each call's block mask back to report
+            ``last_stats.density`` (one synchronisation per call; the CPU always reports it).
 
     Inputs and outputs are in the caller's token order (raster for the video tokens). CPU
     tensors run on the C++ reference; CUDA torch tensors run on the GPU on torch's current
@@ -102,6 +105,7 @@ class SparseAttention:
         clamp: bool = False,
         cache_delta: bool = True,
         scale: float | None = None,
+        measure_density: bool = False,
     ) -> None:
         grid3 = (0, 0, 0) if grid is None else tuple(int(g) for g in grid)
         if len(grid3) != 3:
@@ -114,7 +118,7 @@ class SparseAttention:
             first_frame_blocks=first_frame_blocks, gapr=gapr, dense_steps=dense_steps,
             dense_layers=list(dense_layers), mask_period=mask_period, ref_period=ref_period,
             drift=drift, clamp=clamp, cache_delta=cache_delta,
-            scale=0.0 if scale is None else scale,
+            scale=0.0 if scale is None else scale, measure_density=measure_density,
             allocate=self._memory.allocate, release=self._memory.release,
         )
         self.method = method

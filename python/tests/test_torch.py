@@ -4,6 +4,8 @@ GPU path."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import spaattn
@@ -196,3 +198,20 @@ def test_cuda_sparse_attention_agrees_with_cpu(gpu_pipeline):
         *(x.float().cpu() for x in (q, k, v)), num_text=40)
     err = (gpu.float().cpu() - cpu).norm() / cpu.norm()
     assert err < 2e-2
+
+
+def test_cuda_density_is_measured_on_request(gpu_pipeline):
+    q, k, v = inputs((1, 1024 + 40, 2, 64), dtype=torch.bfloat16, device="cuda", seed=10)
+    options = dict(sparsity=0.75, grid=(4, 16, 16), block_size=64, neighbours=False)
+    cpu = spaattn.SparseAttention("sparse", **options)
+    cpu.forward(*(x.float().cpu() for x in (q, k, v)), num_text=40)
+    plain = spaattn.SparseAttention("sparse", **options)
+    plain.forward(q, k, v, num_text=40)
+    assert math.isnan(plain.last_stats.density)  # reading it back would synchronise
+    measured = spaattn.SparseAttention("sparse", measure_density=True, **options)
+    measured.forward(q, k, v, num_text=40)
+    assert 0 < measured.last_stats.density < 1
+    assert abs(measured.last_stats.density - cpu.last_stats.density) < 0.01
+    dense = spaattn.SparseAttention("dense", measure_density=True, **options)
+    dense.forward(q, k, v, num_text=40)
+    assert dense.last_stats.density == 1.0

@@ -1,7 +1,8 @@
 // The GPU path of SparseAttention (ALGORITHM.md sections 4-6): the stages of stages.cuh and the
-// attention kernel, on the caller's stream, with no host synchronisation. A call is planned, then
-// run. The plan enqueues everything that depends on the selection (the mask as the kernel's CSR
-// lists and Rectified SpaAttn's R, C); the run enqueues the kernel launches:
+// attention kernel, on the caller's stream, with no host synchronisation (unless
+// config.measure_density asks for the mask's density). A call is planned, then run. The plan
+// enqueues everything that depends on the selection (the mask as the kernel's CSR lists and
+// Rectified SpaAttn's R, C); the run enqueues the kernel launches:
 //   dense:      plan: a full CSR; run: one launch (attention is order-equivariant: no permutation).
 //   sparse / rectified:  plan: pool -> scores -> select (or the (layer, entry)'s stored crit bits)
 //               -> [R, C]; run: K and V gathered into the token order (gather.cuh), then the
@@ -168,6 +169,7 @@ class GpuPipeline final : public DevicePipeline {
     if (plan.kind == CallStats::Kind::dense) {
       st::launch_csr_from_critical(dims, nullptr, /*complement=*/false, buf_, stream);
       launch(args, mask_view(dims, buf_), out, {}, {}, /*permute=*/false, stream);
+      if (config_.measure_density) stats.density = 1.0;
       return stats;
     }
 
@@ -195,10 +197,33 @@ class GpuPipeline final : public DevicePipeline {
       state.summary.cache_shape = {args.batch(), args.seq_len(), args.heads(), args.head_dim()};
     }
     if (found == states_.end()) states_.emplace(key, std::move(created));
+    if (config_.measure_density)
+      stats.density = plan.kind == CallStats::Kind::reference ? 1.0 : read_density(args, dims, stream);
     return stats;
   }
 
   void reset() override { states_.clear(); }
+
+  // The density of the mask the last sparse call ran (in buf_), read back: synchronises `stream`.
+  double read_density(const AttentionArgs& args, const st::Dims& dims, cudaStream_t stream) const {
+    BlockMask mask;
+    mask.batch = dims.batch;
+    mask.heads = dims.heads;
+    mask.num_q_blocks = mask.num_k_blocks = dims.nb;
+    mask.row_offsets.resize(static_cast<size_t>(dims.mask_rows() + 1));
+    SPAATTN_CUDA_CHECK(cudaMemcpyAsync(mask.row_offsets.data(), buf_.row_offsets,
+                                       mask.row_offsets.size() * sizeof(int32_t),
+                                       cudaMemcpyDeviceToHost, stream));
+    SPAATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+    mask.col_indices.resize(static_cast<size_t>(mask.row_offsets.back()));
+    if (!mask.col_indices.empty()) {
+      SPAATTN_CUDA_CHECK(cudaMemcpyAsync(mask.col_indices.data(), buf_.col_indices,
+                                         mask.col_indices.size() * sizeof(int32_t),
+                                         cudaMemcpyDeviceToHost, stream));
+      SPAATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+    return mask.density(args.layout);
+  }
   size_t state_count() const override { return states_.size(); }
   const StateSummary* summary(int layer, int entry) const override {
     const auto it = states_.find(std::make_tuple(layer, entry));

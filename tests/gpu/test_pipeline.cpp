@@ -2,7 +2,7 @@
 // over a run of steps (dense warm-up, Re-ttention references and sparse steps, reused masks),
 // video-only and video + text with padding, partial blocks, both head dims and block sizes,
 // with and without the gilbert token order. Outputs are poisoned first: every element must be
-// written; no NaN passes.
+// written; no NaN passes. The GPU object measures its masks' density, which must match the CPU's.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -65,7 +65,9 @@ TEST_P(Pipeline, MatchesTheCpuPathStepByStep) {
   const int64_t batch = c.text_len.empty() ? 2 : static_cast<int64_t>(c.text_len.size());
   const int64_t heads = 3;
   const Layout layout{.num_video = c.grid.size(), .num_text = c.num_text, .block_size = c.block};
-  SparseAttention cpu(make_config(c)), gpu(make_config(c));
+  Config gpu_config = make_config(c);
+  gpu_config.measure_density = true;  // reads each mask back: the density must match the CPU's
+  SparseAttention cpu(make_config(c)), gpu(gpu_config);
   cudaStream_t stream = nullptr;
   cuda_ok(cudaStreamCreate(&stream), "cudaStreamCreate");
   const int steps = 6;  // dense, then (Re-ttention) reference, sparse, sparse, reference, sparse
@@ -96,6 +98,7 @@ TEST_P(Pipeline, MatchesTheCpuPathStepByStep) {
 
     EXPECT_EQ(gs.kind, cs.kind) << "step " << step;
     EXPECT_EQ(gs.mask_reused, cs.mask_reused) << "step " << step;
+    EXPECT_NEAR(gs.density, cs.density, 0.01) << "step " << step;
     const double err = rel_l2(out, cpu_out);
     EXPECT_LE(err, 1e-2) << "step " << step << " kind " << static_cast<int>(cs.kind);
   }
