@@ -1,8 +1,11 @@
-// `spaattn eval`: runs every method over a short run of denoising steps of the built-in workload
-// and reports, per method and target sparsity, the achieved density, the output error against
-// dense attention of the same step, and the time per call (CPU reference, wall clock).
-// Each row averages over all `--steps` calls of its run, Re-ttention's full-attention reference
-// steps included, so error and time are compared for the same amount of work.
+// `spaattn eval`: runs every method over the calls of a workload and reports, per method and
+// target sparsity, the achieved density, the output error against dense attention of the same
+// call, and the time per call (CPU reference, wall clock). The default workload is Q/K/V captured
+// from the testbed model (data/testbed_qkv.safetensors: a few sampler steps of one layer); the
+// synthetic one (workload.hpp) stays available. The calls of each layer run in step order as one
+// denoising run, so Re-ttention's first call of a layer is its full-attention reference step.
+// Each row averages over all calls, reference steps included, so error and time are compared for
+// the same amount of work.
 #include "eval.hpp"
 
 #include <chrono>
@@ -17,10 +20,16 @@
 #include "spaattn/method.hpp"
 #include "workload.hpp"
 
+#ifndef SPAATTN_DEFAULT_WORKLOAD
+#define SPAATTN_DEFAULT_WORKLOAD "data/testbed_qkv.safetensors"
+#endif
+
 namespace spaattn::tools {
 namespace {
 
 struct Options {
+  std::string workload = SPAATTN_DEFAULT_WORKLOAD;  // a captured file, or "synthetic"
+  std::vector<std::string> synthetic_flags;          // synthetic-only flags given
   WorkloadSpec spec;
   int block = 128;
   int steps = 5;
@@ -28,7 +37,7 @@ struct Options {
   double p = 0.3;
   bool neighbours = false;
   OrderKind order = OrderKind::gilbert;
-  std::vector<double> sparsities = {0.5, 0.75, 0.9, 0.95};
+  std::vector<double> sparsities = {0.75, 0.85, 0.9, 0.95};
   std::vector<std::string> methods = {"sparse", "rectified", "rectified-nogapr", "rettention",
                                       "rectified_rettention"};
   std::string json;
@@ -37,29 +46,34 @@ struct Options {
 const char* kHelp =
     "usage: spaattn eval [options]\n\n"
     "Compares dense attention, plain block-sparse attention, Rectified SpaAttn (GAPR on and off),\n"
-    "Re-ttention and Rectified SpaAttn selection with Re-ttention's correction on a built-in,\n"
-    "deterministic video-like workload (see README: 'The eval workload'). Every method runs\n"
-    "--steps denoising steps; error is against dense attention of the same step, averaged over\n"
-    "the steps; time is wall clock per call of the CPU implementation.\n\n"
+    "Re-ttention and Rectified SpaAttn selection with Re-ttention's correction on Q/K/V captured\n"
+    "from the testbed model, or on a deterministic synthetic workload (see README: 'The eval\n"
+    "workload'). The calls of each captured layer run in step order as one denoising run; error\n"
+    "is against dense attention of the same call, averaged over all calls; time is wall clock\n"
+    "per call of the CPU implementation.\n\n"
     "options:\n"
+    "  --workload FILE     captured Q/K/V (safetensors), or 'synthetic'\n"
+    "                      (default " SPAATTN_DEFAULT_WORKLOAD ")\n"
+    "  --block B           block size, 64 or 128 (default 128)\n"
+    "  --order NAME        token order: gilbert, tiles or raster (default gilbert)\n"
+    "  --sparsity LIST     comma-separated target sparsities (default 0.75,0.85,0.9,0.95)\n"
+    "  --methods LIST      comma-separated from sparse, rectified, rectified-nogapr, rettention,\n"
+    "                      rectified_rettention (default all)\n"
+    "  --p P               cumulative attention share kept by selection (default 0.3)\n"
+    "  --neighbours on|off add each block's 3D neighbour blocks to the selection (default off:\n"
+    "                      on these small grids they alone cover 22-35% of the blocks at B=128)\n"
+    "  --ref-period R      Re-ttention reference period, first reference at a layer's first\n"
+    "                      call (default 5)\n"
+    "  --json FILE         also write {\"rows\": [{method, sparsity, density, rel_l2, cos, ms}]}\n"
+    "  --help              this text\n\n"
+    "synthetic workload only:\n"
     "  --grid TxHxW        latent grid of the video tokens (default 8x16x24)\n"
     "  --text N            text tokens after the video tokens (default 128)\n"
     "  --text-len L        valid text tokens, L <= N (default 77)\n"
     "  --heads H           attention heads (default 4)\n"
     "  --dim D             head dim, 64 or 128 (default 64)\n"
-    "  --block B           block size, 64 or 128 (default 128)\n"
-    "  --order NAME        token order: gilbert, tiles or raster (default gilbert)\n"
-    "  --sparsity LIST     comma-separated target sparsities (default 0.5,0.75,0.9,0.95)\n"
-    "  --methods LIST      comma-separated from sparse, rectified, rectified-nogapr, rettention,\n"
-    "                      rectified_rettention (default all)\n"
-    "  --p P               cumulative attention share kept by selection (default 0.3)\n"
-    "  --neighbours on|off add each block's 3D neighbour blocks to the selection (default off:\n"
-    "                      on this small grid they alone cover a large share of all blocks)\n"
     "  --steps N           denoising steps per run (default 5)\n"
-    "  --ref-period R      Re-ttention reference period, first reference at step 0 (default 5)\n"
-    "  --seed S            workload seed (default 2026)\n"
-    "  --json FILE         also write {\"rows\": [{method, sparsity, density, rel_l2, cos, ms}]}\n"
-    "  --help              this text\n";
+    "  --seed S            workload seed (default 2026)\n";
 
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> out;
@@ -94,7 +108,13 @@ Options parse(int argc, char** argv) {
     SPAATTN_CHECK_ARG(i + 1 < argc, flag, "expected a value");
     const std::string val = argv[++i];
     const char* f = flag.c_str();
-    if (flag == "--grid") {
+    if (flag == "--grid" || flag == "--text" || flag == "--text-len" || flag == "--heads" ||
+        flag == "--dim" || flag == "--steps" || flag == "--seed")
+      o.synthetic_flags.push_back(flag);
+    if (flag == "--workload") {
+      SPAATTN_CHECK_ARG(!val.empty(), f, "expected a file or 'synthetic'");
+      o.workload = val;
+    } else if (flag == "--grid") {
       int64_t t = 0, h = 0, w = 0;
       char x1 = 0, x2 = 0;
       std::sscanf(val.c_str(), "%ld%c%ld%c%ld", &t, &x1, &h, &x2, &w);
@@ -133,6 +153,9 @@ Options parse(int argc, char** argv) {
       SPAATTN_CHECK_ARG(false, flag, "unknown option (see spaattn eval --help)");
     }
   }
+  SPAATTN_CHECK_ARG(o.workload == "synthetic" || o.synthetic_flags.empty(),
+                    o.synthetic_flags.empty() ? "--workload" : o.synthetic_flags[0].c_str(),
+                    "applies to the synthetic workload only (add --workload synthetic)");
   SPAATTN_CHECK_ARG(o.steps >= 1, "--steps", "expected >= 1, got ", o.steps);
   SPAATTN_CHECK_ARG(o.spec.heads >= 1, "--heads", "expected >= 1, got ", o.spec.heads);
   SPAATTN_CHECK_ARG(o.spec.text_len <= o.spec.num_text, "--text-len", "expected <= --text (",
@@ -177,34 +200,77 @@ int run_eval(int argc, char** argv) {
       return 0;
     }
   const Options opt = parse(argc, argv);
-  const int64_t D = opt.spec.head_dim;
-  std::vector<Workload> steps;
-  for (int s = 0; s < opt.steps; ++s) steps.push_back(make_workload(opt.spec, s, opt.block));
+
+  // The calls: (layer, position in the layer's run, args). Synthetic: one layer, --steps steps.
+  struct Call {
+    int layer = 0, step = 0, label = 0;
+    AttentionArgs args;
+  };
+  std::vector<Call> calls;
+  std::vector<Workload> synthetic;
+  CapturedWorkload captured;
+  Grid grid = opt.spec.grid;
+  std::string description;
+  if (opt.workload == "synthetic") {
+    for (int s = 0; s < opt.steps; ++s) synthetic.push_back(make_workload(opt.spec, s, opt.block));
+    for (int s = 0; s < opt.steps; ++s) calls.push_back(Call{0, s, s, synthetic[s].args()});
+    description = detail::concat(
+        "synthetic workload: grid ", grid.t, "x", grid.h, "x", grid.w, " (", grid.size(),
+        " video tokens), ", opt.spec.num_text, " text (", opt.spec.text_len, " valid), ",
+        opt.spec.heads, " heads, d=", opt.spec.head_dim, ", ", opt.steps, " steps");
+  } else {
+    SPAATTN_CHECK_ARG(std::ifstream(opt.workload).good(), "--workload", "cannot open '",
+                      opt.workload, "' (expected captured Q/K/V, or 'synthetic')");
+    captured = load_captured(opt.workload);
+    grid = captured.grid;
+    std::string layers;
+    for (size_t i = 0; i < captured.calls.size(); ++i) {
+      const CapturedCall& c = captured.calls[i];
+      const bool first = i == 0 || captured.calls[i - 1].layer != c.layer;
+      const int position = first ? 0 : calls.back().step + 1;
+      calls.push_back(Call{c.layer, position, c.step, captured.args(i, opt.block)});
+      if (first)
+        layers += detail::concat(i ? "; " : "", "layer ", c.layer, " steps ", c.step);
+      else
+        layers += detail::concat(", ", c.step);
+    }
+    std::string lengths;
+    for (int32_t l : captured.calls[0].text_lengths)
+      lengths += detail::concat(lengths.empty() ? "" : ",", l);
+    const auto model = captured.metadata.find("model_step");
+    description = detail::concat(
+        "captured workload ", captured.path,
+        model != captured.metadata.end() ? " (testbed model after " + model->second + " steps)" : "",
+        ":\n  grid ", grid.t, "x", grid.h, "x", grid.w, " (", grid.size(), " video tokens), ",
+        captured.num_text, " text (", lengths, " valid), batch ", captured.batch, ", ",
+        captured.heads, " heads, d=", captured.head_dim, ", calls: ", layers);
+  }
 
   auto run = [&](const Config& cfg, const std::string& name, double sparsity,
                  const std::vector<std::vector<float>>* ref,
                  std::vector<std::vector<float>>* outs) {
     SparseAttention sa(cfg);
     Row row{name, sparsity};
-    for (int s = 0; s < opt.steps; ++s) {
-      std::vector<float> out(steps[s].q.size());
-      const int64_t S = steps[s].layout.seq_len();
+    for (size_t i = 0; i < calls.size(); ++i) {
+      const AttentionArgs& a = calls[i].args;
+      const int64_t B = a.batch(), S = a.seq_len(), H = a.heads(), D = a.head_dim();
+      std::vector<float> out(static_cast<size_t>(B * S * H * D));
       const auto t0 = std::chrono::steady_clock::now();
-      const CallStats st = sa.forward(CallInfo{0, 0, s}, steps[s].args(),
-                                      TensorView::contiguous(out.data(), DType::f32,
-                                                             {1, S, opt.spec.heads, D}));
+      const CallStats st =
+          sa.forward(CallInfo{calls[i].layer, 0, calls[i].step}, a,
+                     TensorView::contiguous(out.data(), DType::f32, {B, S, H, D}));
       row.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
                     .count();
       row.density += st.density;
       if (ref) {
         double e = 0, c = 0;
-        compare(out, (*ref)[s], D, e, c);
+        compare(out, (*ref)[i], D, e, c);
         row.rel_l2 += e;
         row.cos += c;
       }
       if (outs) outs->push_back(std::move(out));
     }
-    const double n = opt.steps;
+    const double n = static_cast<double>(calls.size());
     row.ms /= n;
     row.density /= n;
     row.rel_l2 = ref ? row.rel_l2 / n : 0.0;
@@ -215,7 +281,7 @@ int run_eval(int argc, char** argv) {
   Config base;
   base.block_size = opt.block;
   base.order.kind = opt.order;
-  base.order.grid = opt.spec.grid;
+  base.order.grid = grid;
   base.select.p = opt.p;
   base.select.neighbours = opt.neighbours;
   base.rettention.ref_period = opt.ref_period;
@@ -226,13 +292,11 @@ int run_eval(int argc, char** argv) {
   dense_cfg.method = Method::dense;
   rows.push_back(run(dense_cfg, "dense", 0.0, nullptr, &dense_out));
 
-  std::printf("workload: grid %ldx%ldx%ld (%ld video tokens), %ld text (%ld valid), %ld heads, "
-              "d=%ld, block %d, %s order, %d steps\n\n",
-              opt.spec.grid.t, opt.spec.grid.h, opt.spec.grid.w, opt.spec.grid.size(),
-              opt.spec.num_text, opt.spec.text_len, opt.spec.heads, D, opt.block,
+  std::printf("%s\n  block %d, %s order, neighbours %s, p %.2f, Re-ttention reference period %d\n\n",
+              description.c_str(), opt.block,
               opt.order == OrderKind::gilbert ? "gilbert" : opt.order == OrderKind::tiles ? "tiles"
                                                                                          : "raster",
-              opt.steps);
+              opt.neighbours ? "on" : "off", opt.p, opt.ref_period);
   for (double sp : opt.sparsities) {
     for (const auto& m : opt.methods) {
       Config cfg = base;

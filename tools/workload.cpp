@@ -13,8 +13,13 @@
 // Head roles cycle over: 0 sharp local, 1 diffuse, 2 text-heavy, 3 global tokens.
 #include "workload.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numbers>
+
+#include "safetensors.hpp"
+#include "spaattn/error.hpp"
 
 namespace spaattn::tools {
 namespace {
@@ -129,6 +134,86 @@ Workload make_workload(const WorkloadSpec& spec, int step, int block_size) {
     const double amp = 0.04 * step;
     for (auto* t : {&w.q, &w.k, &w.v})
       for (auto& x : *t) x += static_cast<float>(amp * rng.normal());
+  }
+  return w;
+}
+
+}  // namespace spaattn::tools
+
+namespace spaattn::tools {
+
+AttentionArgs CapturedWorkload::args(size_t i, int block_size) const {
+  const CapturedCall& c = calls.at(i);
+  AttentionArgs a;
+  const int64_t S = seq_len();
+  auto view = [&](const std::vector<uint16_t>& x) {
+    return TensorView::contiguous(const_cast<uint16_t*>(x.data()), DType::bf16,
+                                  {batch, S, heads, head_dim});
+  };
+  a.q = view(c.q);
+  a.k = view(c.k);
+  a.v = view(c.v);
+  a.text_lengths = TensorView::contiguous(const_cast<int32_t*>(c.text_lengths.data()), DType::i32,
+                                          {batch});
+  a.layout.num_video = grid.size();
+  a.layout.num_text = num_text;
+  a.layout.block_size = block_size;
+  return a;
+}
+
+CapturedWorkload load_captured(const std::string& path) {
+  const SafeTensors st = read_safetensors(path);
+  CapturedWorkload w;
+  w.path = path;
+  w.metadata = st.metadata;
+  const auto grid = parse_int_rows(st.meta("grid"), "workload: " + path + ": metadata 'grid'");
+  SPAATTN_CHECK_ARG(grid.size() == 3 && grid[0].size() == 1 && grid[1].size() == 1 &&
+                        grid[2].size() == 1 && grid[0][0] > 0 && grid[1][0] > 0 && grid[2][0] > 0,
+                    "workload", path, ": metadata 'grid': expected [T, H, W], got ",
+                    st.meta("grid"));
+  w.grid = Grid{grid[0][0], grid[1][0], grid[2][0]};
+  const auto n_video = parse_int_rows("[" + st.meta("n_video") + "]", "workload: " + path);
+  const auto n_text = parse_int_rows("[" + st.meta("n_text") + "]", "workload: " + path);
+  SPAATTN_CHECK_ARG(n_video.size() == 1 && n_video[0][0] == w.grid.size(), "workload", path,
+                    ": metadata 'n_video' ", st.meta("n_video"), " is not T*H*W = ", w.grid.size());
+  SPAATTN_CHECK_ARG(n_text.size() == 1 && n_text[0][0] >= 0, "workload", path,
+                    ": metadata 'n_text': expected an integer >= 0, got ", st.meta("n_text"));
+  w.num_text = n_text[0][0];
+  auto pairs = parse_int_rows(st.meta("pairs"), "workload: " + path + ": metadata 'pairs'");
+  SPAATTN_CHECK_ARG(!pairs.empty(), "workload", path, ": metadata 'pairs' is empty");
+  std::sort(pairs.begin(), pairs.end());
+  const int64_t S = w.seq_len();
+  for (const auto& pair : pairs) {
+    SPAATTN_CHECK_ARG(pair.size() == 2 && pair[0] >= 0 && pair[1] >= 0, "workload", path,
+                      ": metadata 'pairs': expected [[layer, step], ...], got ", st.meta("pairs"));
+    CapturedCall c;
+    c.layer = static_cast<int>(pair[0]);
+    c.step = static_cast<int>(pair[1]);
+    const std::string prefix = detail::concat("layer", c.layer, ".step", c.step, ".");
+    for (auto [name, dst] : {std::pair{"q", &c.q}, std::pair{"k", &c.k}, std::pair{"v", &c.v}}) {
+      const StoredTensor& t = st.get(prefix + name, "BF16", 4);
+      if (w.batch == 0) {
+        w.batch = t.shape[0];
+        w.heads = t.shape[2];
+        w.head_dim = t.shape[3];
+      }
+      SPAATTN_CHECK_ARG(t.shape[0] == w.batch && t.shape[1] == S && t.shape[2] == w.heads &&
+                            t.shape[3] == w.head_dim && w.batch > 0 && w.heads > 0,
+                        "workload", path, ": tensor '", prefix, name, "': expected [", w.batch,
+                        ", ", S, ", ", w.heads, ", ", w.head_dim, "] (n_video + n_text = ", S,
+                        ")");
+      dst->resize(t.bytes.size() / 2);
+      std::memcpy(dst->data(), t.bytes.data(), t.bytes.size());
+    }
+    const StoredTensor& len = st.get(prefix + "text_lengths", "I32", 1);
+    SPAATTN_CHECK_ARG(len.shape[0] == w.batch, "workload", path, ": tensor '", prefix,
+                      "text_lengths': expected ", w.batch, " entries, got ", len.shape[0]);
+    c.text_lengths.resize(static_cast<size_t>(w.batch));
+    std::memcpy(c.text_lengths.data(), len.bytes.data(), len.bytes.size());
+    for (int32_t l : c.text_lengths)
+      SPAATTN_CHECK_ARG(l >= 0 && l <= w.num_text, "workload", path, ": tensor '", prefix,
+                        "text_lengths': expected values in [0, ", w.num_text, "], got ", l);
+    w.calls.push_back(std::move(c));
   }
   return w;
 }

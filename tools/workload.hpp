@@ -2,6 +2,8 @@
 // video + text DiT, made deterministically from a seed (see workload.cpp for how).
 #pragma once
 #include <cstdint>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "spaattn/layout.hpp"
@@ -30,5 +32,31 @@ struct Workload {
 // The inputs of denoising step `step`: a base drawn from the seed, plus a small step-dependent
 // drift, so that steps are correlated the way consecutive denoising steps are.
 Workload make_workload(const WorkloadSpec& spec, int step, int block_size);
+
+// Q/K/V captured from the testbed model (testbed/: spaattn_testbed.evaluate --capture-layers ...):
+// a safetensors file with `layer{L}.step{S}.{q,k,v}` (bf16 [b, S, H, d], video tokens in raster
+// order, then the text tokens) and `layer{L}.step{S}.text_lengths` (int32 [b]); its metadata
+// holds "grid" ([T, H, W]), "n_video", "n_text" and "pairs" ([[L, S], ...]).
+struct CapturedCall {
+  int layer = 0, step = 0;
+  std::vector<uint16_t> q, k, v;  // bf16 bits
+  std::vector<int32_t> text_lengths;
+};
+
+struct CapturedWorkload {
+  std::string path;
+  Grid grid;
+  int64_t num_text = 0, batch = 0, heads = 0, head_dim = 0;
+  std::vector<CapturedCall> calls;  // sorted by (layer, step)
+  std::map<std::string, std::string> metadata;
+
+  // Views of call `i` (host bf16 tensors [b, S, H, d]) with its text lengths.
+  AttentionArgs args(size_t i, int block_size) const;
+  int64_t seq_len() const { return grid.size() + num_text; }
+};
+
+// Reads and checks the whole file (shapes agree with the metadata and with each other, text
+// lengths within [0, n_text]); throws spaattn::Error naming "workload" and the file.
+CapturedWorkload load_captured(const std::string& path);
 
 }  // namespace spaattn::tools
