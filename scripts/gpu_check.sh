@@ -2,19 +2,26 @@
 # The GPU check, run on the device machine from the repository root: builds from source (sm_90a
 # only, to save time there), runs the GPU tests, the small GPU tests under compute-sanitizer
 # (memcheck, racecheck), the PyTorch SDPA baseline, the kernel benchmark and the pipeline
-# benchmark. Logs, the JSON results and the tables go to $OUT (default ./gpu-check-out); the
-# tables are printed last.
+# benchmark; on request also the Python package's tests and the testbed evaluation. Logs, the
+# JSON results and the tables go to $OUT (default ./gpu-check-out); the tables are printed last.
 # Usage: scripts/gpu_check.sh [--quick] [--shape TEXT] [--densities LIST] [--bin DIR]
 #                             [--no-tests] [--no-sanitizer] [--no-bench] [--no-pipeline]
+#                             [--python] [--testbed CKPT [--testbed-args "ARGS"]]
 #   --quick: kernel benchmark and baseline on the first shape only.
 #   --shape, --densities: passed to the kernel benchmark (and --shape to the baseline).
 #   --bin DIR: spaattn_gpu_tests, spaattn_bench and spaattn_bench_pipeline built elsewhere for
 #              sm_90a (e.g. a machine without a GPU) instead of a build here; a build still runs
 #              if they do not start.
+#   --python: build and install the Python package with its CUDA kernels, run its tests
+#             (python/run_gpu_tests.sh; logs python_*.log).
+#   --testbed CKPT: the testbed evaluation (spaattn_testbed.evaluate) of model CKPT into
+#             $OUT/testbed, with --testbed-args added; needs the package (--python).
+#   The C++ build runs only when tests, sanitizer or benchmarks are on.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-quick=0 tests=1 sanitizer=1 bench=1 pipeline=1 shape="" densities="" bin=""
+quick=0 tests=1 sanitizer=1 bench=1 pipeline=1 shape="" densities="" bin="" python=0 testbed=""
+testbed_args=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -25,6 +32,9 @@ while [[ $# -gt 0 ]]; do
     --no-sanitizer) sanitizer=0 ;;
     --no-bench) bench=0 ;;
     --no-pipeline) pipeline=0 ;;
+    --python) python=1 ;;
+    --testbed) testbed=$2; shift ;;
+    --testbed-args) testbed_args=$2; shift ;;
     *) echo "gpu_check.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -42,7 +52,9 @@ echo "commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   | tee -a "$OUT/build.log"
 TESTS=$BUILD/tests/spaattn_gpu_tests BENCH=$BUILD/bench/spaattn_bench
 PIPE=$BUILD/bench/spaattn_bench_pipeline
-if [[ -n $bin ]] && "$bin/spaattn_gpu_tests" --gtest_list_tests >/dev/null 2>&1; then
+if [[ $tests == 0 && $sanitizer == 0 && $bench == 0 && $pipeline == 0 ]]; then
+  echo "no C++ build: no tests, sanitizer or benchmarks asked for" | tee -a "$OUT/build.log"
+elif [[ -n $bin ]] && "$bin/spaattn_gpu_tests" --gtest_list_tests >/dev/null 2>&1; then
   TESTS=$bin/spaattn_gpu_tests BENCH=$bin/spaattn_bench PIPE=$bin/spaattn_bench_pipeline
   echo "prebuilt binaries from $bin" | tee -a "$OUT/build.log"
 else
@@ -107,6 +119,23 @@ fi
 if [[ $pipeline == 1 ]]; then
   "$PIPE" --baseline "$pbase" 2>>"$OUT/bench.log" | tee "$OUT/pipeline.md"
   [[ ${PIPESTATUS[0]} == 0 ]] || { status=1; tail -n 20 "$OUT/bench.log"; }
+fi
+
+if [[ $python == 1 ]]; then
+  OUT=$OUT python/run_gpu_tests.sh 2>&1 | tail -n 30
+  rc=${PIPESTATUS[0]}
+  note "Python package: build and tests exit $rc (python_build.log, python_tests.log)"
+  [[ $rc == 0 ]] || status=1
+fi
+if [[ -n $testbed ]]; then
+  mkdir -p "$OUT/testbed"
+  ckpt=$(realpath "$testbed")
+  # shellcheck disable=SC2086  # testbed_args is a list of arguments
+  (cd testbed && PYTHONUNBUFFERED=1 PYTHONPATH=. python3 -m spaattn_testbed.evaluate \
+     --ckpt "$ckpt" --out "$OUT/testbed" $testbed_args) 2>&1 | tee "$OUT/testbed/evaluate.log"
+  rc=${PIPESTATUS[0]}
+  note "testbed evaluation: exit $rc"
+  [[ $rc == 0 ]] || status=1
 fi
 
 echo
