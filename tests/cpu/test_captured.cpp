@@ -131,5 +131,156 @@ TEST(Safetensors, MalformedFilesAreRejectedNamingTheProblem) {
   expect_bad(h, "expected I32 of rank 1, got F32", data);
 }
 
+// The captured testbed workload shipped with the repository (it must be there: no skip).
+const tools::CapturedWorkload& testbed() {
+  static const tools::CapturedWorkload w = load_captured(SPAATTN_DEFAULT_WORKLOAD);
+  return w;
+}
+
+float bf16_value(uint16_t bits) {
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float x = 0;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+TEST(TestbedWorkload, HasTheTestbedShapes) {
+  const auto& w = testbed();
+  EXPECT_EQ(w.grid.t, 32);
+  EXPECT_EQ(w.grid.h, 16);
+  EXPECT_EQ(w.grid.w, 16);
+  EXPECT_GE(w.grid.size(), 8192);
+  EXPECT_EQ(w.num_text, 32);
+  EXPECT_EQ(w.head_dim, 64);
+  EXPECT_GE(w.heads, 1);
+  ASSERT_GE(w.calls.size(), 2u);
+  for (const auto& c : w.calls) {
+    for (int32_t l : c.text_lengths) {
+      EXPECT_GE(l, 1);  // captured from conditional items: a caption is there
+      EXPECT_LE(l, 32);
+    }
+    double sum = 0, sq = 0;
+    for (uint16_t b : c.q) {
+      const float x = bf16_value(b);
+      ASSERT_TRUE(std::isfinite(x));
+      sum += x;
+      sq += static_cast<double>(x) * x;
+    }
+    const double n = static_cast<double>(c.q.size());
+    EXPECT_GT(sq / n - (sum / n) * (sum / n), 1e-3);  // not constant
+  }
+}
+
+// Output of `method` on every call, each layer's calls run in order as one denoising run.
+std::vector<std::vector<float>> run_method(Method method, double sparsity,
+                                           std::vector<CallStats>* stats = nullptr,
+                                           Selector selector = Selector::automatic) {
+  const auto& w = testbed();
+  Config cfg;
+  cfg.method = method;
+  cfg.block_size = 128;
+  cfg.order = TokenOrder{.kind = OrderKind::gilbert, .grid = w.grid};
+  cfg.select.sparsity = sparsity;
+  cfg.select.neighbours = false;
+  cfg.select.selector = selector;
+  SparseAttention sa(cfg);
+  std::vector<std::vector<float>> outs;
+  int position = 0;
+  for (size_t i = 0; i < w.calls.size(); ++i) {
+    position = i > 0 && w.calls[i - 1].layer == w.calls[i].layer ? position + 1 : 0;
+    std::vector<float> out(w.calls[i].q.size(), std::nanf(""));
+    const CallStats st = sa.forward(
+        CallInfo{.layer = w.calls[i].layer, .entry = 0, .step = position}, w.args(i, 128),
+        TensorView::contiguous(out.data(), DType::f32, {w.batch, w.seq_len(), w.heads, w.head_dim}));
+    if (stats) stats->push_back(st);
+    outs.push_back(std::move(out));
+  }
+  return outs;
+}
+
+double rel_error(const std::vector<float>& x, const std::vector<float>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    num += (static_cast<double>(x[i]) - ref[i]) * (static_cast<double>(x[i]) - ref[i]);
+    den += static_cast<double>(ref[i]) * ref[i];
+  }
+  return std::sqrt(num / den);
+}
+
+TEST(TestbedWorkload, DenseMatchesFloat64OnSampledRows) {
+  const auto& w = testbed();
+  const auto dense = run_method(Method::dense, 0.0);
+  const int64_t S = w.seq_len(), H = w.heads, D = w.head_dim, NV = w.grid.size();
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  for (size_t i = 0; i < w.calls.size(); ++i) {
+    const auto& c = w.calls[i];
+    double worst = 0;
+    for (int64_t b = 0; b < w.batch; ++b) {
+      const int64_t valid = NV + c.text_lengths[static_cast<size_t>(b)];
+      auto at = [&](const std::vector<uint16_t>& t, int64_t n, int64_t h, int64_t e) {
+        return static_cast<double>(bf16_value(t[static_cast<size_t>(((b * S + n) * H + h) * D + e)]));
+      };
+      for (int64_t h = 0; h < H; ++h) {
+        for (int64_t n = 0; n < S; n += 37) {  // rows of every block kind: video, text, padding
+          std::vector<double> o(static_cast<size_t>(D), 0.0), logits(static_cast<size_t>(valid));
+          if (n < valid) {
+            double mx = -1e300, sum = 0;
+            for (int64_t m = 0; m < valid; ++m) {
+              double dot = 0;
+              for (int64_t e = 0; e < D; ++e) dot += at(c.q, n, h, e) * at(c.k, m, h, e);
+              logits[static_cast<size_t>(m)] = scale * dot;
+              mx = std::max(mx, logits[static_cast<size_t>(m)]);
+            }
+            for (int64_t m = 0; m < valid; ++m) {
+              const double p = std::exp(logits[static_cast<size_t>(m)] - mx);
+              sum += p;
+              for (int64_t e = 0; e < D; ++e) o[static_cast<size_t>(e)] += p * at(c.v, m, h, e);
+            }
+            for (auto& x : o) x /= sum;
+          }
+          for (int64_t e = 0; e < D; ++e) {
+            const double got = dense[i][static_cast<size_t>(((b * S + n) * H + h) * D + e)];
+            worst = std::max(worst, std::fabs(got - o[static_cast<size_t>(e)]));
+          }
+        }
+      }
+    }
+    EXPECT_LT(worst, 1e-4) << "call " << i;  // fp32 sums over 8,224 keys against float64
+  }
+}
+
+// On learned attention the corrections do what they are for: with the same selection, Rectified
+// SpaAttn's R, C lower the error of plain block-sparse attention (IPAR selection), and
+// Re-ttention's cached statistics lower the error of plain block-sparse attention over the same
+// band mask; Re-ttention's reference step is full attention.
+TEST(TestbedWorkload, CorrectionsLowerTheErrorOfBlockSparseAttention) {
+  const auto& w = testbed();
+  const auto dense = run_method(Method::dense, 0.0);
+  for (const double sparsity : {0.75, 0.9}) {
+    std::vector<CallStats> sparse_stats, rett_stats;
+    const auto sparse = run_method(Method::sparse, sparsity, &sparse_stats);
+    const auto rectified = run_method(Method::rectified, sparsity);
+    const auto band = run_method(Method::sparse, sparsity, nullptr, Selector::band);
+    const auto rett = run_method(Method::rettention, sparsity, &rett_stats);
+    for (size_t i = 0; i < w.calls.size(); ++i) {
+      const double e_sparse = rel_error(sparse[i], dense[i]);
+      const double e_rect = rel_error(rectified[i], dense[i]);
+      const double e_band = rel_error(band[i], dense[i]);
+      const double e_rett = rel_error(rett[i], dense[i]);
+      SCOPED_TRACE(::testing::Message() << "sparsity " << sparsity << ", layer " << w.calls[i].layer
+                                        << ", step " << w.calls[i].step);
+      EXPECT_LT(sparse_stats[i].density, 1.0 - sparsity + 0.05);
+      EXPECT_GT(e_sparse, 0.01);
+      EXPECT_LT(e_rect, e_sparse);
+      if (rett_stats[i].kind == CallStats::Kind::reference) {
+        EXPECT_LT(e_rett, 1e-5);
+      } else {
+        EXPECT_EQ(rett_stats[i].kind, CallStats::Kind::sparse);
+        EXPECT_LT(e_rett, e_band);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace spaattn::testing
