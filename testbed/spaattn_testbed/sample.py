@@ -172,6 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--gif", action="store_true", help="also write samples.gif")
+    p.add_argument("--attention", default="sdpa",
+                   help="attention of every layer: sdpa (the model's own) or a spaattn method: dense, sparse, "
+                        "rectified, rettention, rectified_rettention (needs the spaattn package)")
+    p.add_argument("--sparsity", type=float, default=0.9, help="target sparsity of a spaattn method")
+    p.add_argument("--block-size", type=int, default=128, help="block size of a spaattn method (64 or 128)")
     p.add_argument("--capture-layers", help="layers whose q/k/v to capture, e.g. 0,4,9")
     p.add_argument("--capture-steps", help="steps to capture at, e.g. 0,15,29")
     p.add_argument("--capture-items", default="0", help="batch items to keep (0..n-1 conditional, n..2n-1 not)")
@@ -192,15 +197,20 @@ def main(argv: list[str] | None = None) -> None:
         captions = [s.caption for s in scenes]
         references = to_uint8(render(scenes, *pixels))
     attention: AttentionFn = dense_attention
+    if args.attention != "sdpa":
+        from .switch import SpaattnAttention
+
+        attention = SpaattnAttention(args.attention, sparsity=args.sparsity, block_size=args.block_size,
+                                     neighbours=False)
     capture = None
     if args.capture_layers or args.capture_steps:
         pairs = [(layer, step) for layer in _ints(args.capture_layers) for step in _ints(args.capture_steps)]
         heads = _ints(args.capture_heads) or None
-        capture = CaptureAttention(dense_attention, pairs, batch_items=_ints(args.capture_items), heads=heads)
+        capture = CaptureAttention(attention, pairs, batch_items=_ints(args.capture_items), heads=heads)
         attention = capture
     n_video = grid[0] * grid[1] * grid[2]
     print(f"model step {meta.get('step')}, grid {grid} = {n_video} video tokens + {model.cfg.text_tokens} text tokens, "
-          f"{args.steps} steps, cfg {args.cfg}, time shift {shift}", flush=True)
+          f"{args.steps} steps, cfg {args.cfg}, time shift {shift}, attention {args.attention}", flush=True)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()

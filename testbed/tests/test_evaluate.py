@@ -175,3 +175,20 @@ def test_eval_command(tmp_path):
     with safe_open(str(out / "qkv.safetensors"), "pt") as f:
         assert f.get_tensor("layer1.step2.q").shape == (1, 256 + 32, 1, 64)
         assert json.loads(f.metadata()["pairs"]) == [[1, 0], [1, 2]]
+
+
+def test_sample_command_with_a_spaattn_method(tmp_path):
+    from spaattn_testbed import sample as sample_cli
+
+    ckpt = tmp_path / "model.safetensors"
+    save_model(head64_model(), ckpt, step=0)
+    common = ["--ckpt", str(ckpt), "--n", "1", "--frames", "4", "--height", "32", "--width", "32", "--steps", "2",
+              "--device", "cpu", "--block-size", "64"]
+    sample_cli.main(common + ["--out", str(tmp_path / "sdpa")])
+    sample_cli.main(common + ["--out", str(tmp_path / "sparse"), "--attention", "sparse", "--sparsity", "0.75"])
+    a = np.load(tmp_path / "sdpa" / "videos.npz")["videos"]
+    b = np.load(tmp_path / "sparse" / "videos.npz")["videos"]
+    assert a.shape == b.shape and (tmp_path / "sparse" / "strip.png").stat().st_size > 0
+    assert not np.array_equal(a, b)  # the sparse attention changed the video
+    with pytest.raises(ValueError, match="method"):
+        sample_cli.main(common + ["--out", str(tmp_path / "x"), "--attention", "fast"])
