@@ -1,4 +1,4 @@
-"""Shared helpers of the Python tests: seeded inputs and a float64 reference of attention."""
+"""Shared helpers of the Python tests: seeded inputs, a float64 reference of attention, the GPU skip."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import spaattn  # noqa: E402
 
 
 def randn(shape: tuple[int, ...], seed: int, dtype: type = np.float32) -> np.ndarray:
@@ -77,3 +78,18 @@ def reference(
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def gpu_pipeline():
+    """Skips when torch, a CUDA device or SparseAttention's GPU path (this build) is missing."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    q = torch.zeros(1, 128, 1, 64, dtype=torch.bfloat16, device="cuda")
+    try:
+        spaattn.SparseAttention("dense", block_size=64).forward(q, q, q)
+    except RuntimeError as error:
+        if "not available in this version" in str(error):
+            pytest.skip(f"SparseAttention's GPU path: {error}")
+        raise

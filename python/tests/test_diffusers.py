@@ -189,19 +189,6 @@ def test_first_frame_blocks_per_frame(case):
         handle.remove()
 
 
-@pytest.fixture
-def gpu_pipeline():
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    q = torch.zeros(1, 128, 1, 64, dtype=torch.bfloat16, device="cuda")
-    try:
-        spaattn.SparseAttention("dense", block_size=64).forward(q, q, q)
-    except RuntimeError as error:
-        if "not available in this version" in str(error):
-            pytest.skip(f"SparseAttention's GPU path: {error}")
-        raise
-
-
 def test_cuda_bfloat16_density_one_and_sparse(case, gpu_pipeline):
     spec, model = case
     model = copy.deepcopy(model).to("cuda", torch.bfloat16)

@@ -154,20 +154,6 @@ def test_cuda_errors():
     assert str(error.value) == "k: expected device cuda, got cpu"
 
 
-@pytest.fixture
-def gpu_pipeline():
-    """Skips when SparseAttention's GPU path is not in this build."""
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    q = torch.zeros(1, 128, 1, 64, dtype=torch.bfloat16, device="cuda")
-    try:
-        spaattn.SparseAttention("dense", block_size=64).forward(q, q, q)
-    except RuntimeError as error:
-        if "not available in this version" in str(error):
-            pytest.skip(f"SparseAttention's GPU path: {error}")
-        raise
-
-
 def test_cuda_sparse_attention(gpu_pipeline):
     q, k, v = inputs((2, 4, 1024, 128), dtype=torch.bfloat16, device="cuda", seed=8)
     ref = sdpa(q, k, v)
