@@ -226,10 +226,8 @@ int run_eval(int argc, char** argv) {
     std::string layers;
     for (size_t i = 0; i < captured.calls.size(); ++i) {
       const CapturedCall& c = captured.calls[i];
-      const bool first = i == 0 || captured.calls[i - 1].layer != c.layer;
-      const int position = first ? 0 : calls.back().step + 1;
-      calls.push_back(Call{c.layer, position, c.step, captured.args(i, opt.block)});
-      if (first)
+      calls.push_back(Call{c.layer, c.run_step, c.step, captured.args(i, opt.block)});
+      if (c.run_step == 0)
         layers += detail::concat(i ? "; " : "", "layer ", c.layer, " steps ", c.step);
       else
         layers += detail::concat(", ", c.step);

@@ -213,6 +213,7 @@ CapturedWorkload load_captured(const std::string& path) {
     for (int32_t l : c.text_lengths)
       SPAATTN_CHECK_ARG(l >= 0 && l <= w.num_text, "workload", path, ": tensor '", prefix,
                         "text_lengths': expected values in [0, ", w.num_text, "], got ", l);
+    if (!w.calls.empty() && w.calls.back().layer == c.layer) c.run_step = w.calls.back().run_step + 1;
     w.calls.push_back(std::move(c));
   }
   return w;

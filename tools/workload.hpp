@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "spaattn/layout.hpp"
+#include "spaattn/method.hpp"
 #include "spaattn/order.hpp"
 
 namespace spaattn::tools {
@@ -38,7 +39,8 @@ Workload make_workload(const WorkloadSpec& spec, int step, int block_size);
 // order, then the text tokens) and `layer{L}.step{S}.text_lengths` (int32 [b]); its metadata
 // holds "grid" ([T, H, W]), "n_video", "n_text" and "pairs" ([[L, S], ...]).
 struct CapturedCall {
-  int layer = 0, step = 0;
+  int layer = 0, step = 0;  // as captured: the model's layer and sampler step
+  int run_step = 0;         // position in its layer's calls (0: the layer's first captured step)
   std::vector<uint16_t> q, k, v;  // bf16 bits
   std::vector<int32_t> text_lengths;
 };
@@ -52,6 +54,10 @@ struct CapturedWorkload {
 
   // Views of call `i` (host bf16 tensors [b, S, H, d]) with its text lengths.
   AttentionArgs args(size_t i, int block_size) const;
+  // Call `i` as one step of its layer's denoising run: {layer, entry 0, run_step}.
+  CallInfo info(size_t i) const {
+    return CallInfo{.layer = calls.at(i).layer, .entry = 0, .step = calls.at(i).run_step};
+  }
   int64_t seq_len() const { return grid.size() + num_text; }
 };
 

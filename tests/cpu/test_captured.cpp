@@ -41,12 +41,6 @@ std::string write_file(const std::string& name, const std::string& header,
   return path;
 }
 
-uint16_t to_bf16(float x) {
-  uint32_t u = 0;
-  std::memcpy(&u, &x, 4);
-  return static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-}
-
 // A capture of one (layer, step) pair: grid 1x2x2, 2 text tokens, batch 1, 1 head, d 2.
 struct TinyCapture {
   std::string meta = R"("__metadata__": {"grid": "[1, 2, 2]", "n_video": "4", "n_text": "2",
@@ -63,7 +57,7 @@ struct TinyCapture {
   std::vector<uint8_t> data() const {
     std::vector<uint8_t> d(76);
     for (int i = 0; i < 36; ++i) {
-      const uint16_t b = to_bf16(0.25f * static_cast<float>(i) - 3.0f);
+      const uint16_t b = bf16(0.25f * static_cast<float>(i) - 3.0f).bits;
       std::memcpy(&d[2 * i], &b, 2);
     }
     std::memcpy(&d[72], &text_len, 4);
@@ -88,7 +82,7 @@ TEST(Safetensors, RoundTrip) {
   EXPECT_EQ(w.calls[0].layer, 3);
   EXPECT_EQ(w.calls[0].step, 7);
   EXPECT_EQ(w.calls[0].text_lengths, std::vector<int32_t>{1});
-  EXPECT_EQ(w.calls[0].k[0], to_bf16(0.25f * 12 - 3.0f));  // k's data starts at element 12
+  EXPECT_EQ(w.calls[0].k[0], bf16(0.25f * 12 - 3.0f).bits);  // k's data starts at element 12
   const AttentionArgs a = w.args(0, 64);
   EXPECT_EQ(a.seq_len(), 6);
   EXPECT_EQ(a.q.dtype, DType::bf16);
@@ -137,13 +131,6 @@ const tools::CapturedWorkload& testbed() {
   return w;
 }
 
-float bf16_value(uint16_t bits) {
-  const uint32_t u = static_cast<uint32_t>(bits) << 16;
-  float x = 0;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
-
 TEST(TestbedWorkload, HasTheTestbedShapes) {
   const auto& w = testbed();
   EXPECT_EQ(w.grid.t, 32);
@@ -160,8 +147,8 @@ TEST(TestbedWorkload, HasTheTestbedShapes) {
       EXPECT_LE(l, 32);
     }
     double sum = 0, sq = 0;
-    for (uint16_t b : c.q) {
-      const float x = bf16_value(b);
+    for (size_t e = 0; e < c.q.size(); ++e) {
+      const float x = load_as_float(c.q.data(), DType::bf16, static_cast<int64_t>(e));
       ASSERT_TRUE(std::isfinite(x));
       sum += x;
       sq += static_cast<double>(x) * x;
@@ -185,12 +172,10 @@ std::vector<std::vector<float>> run_method(Method method, double sparsity,
   cfg.select.selector = selector;
   SparseAttention sa(cfg);
   std::vector<std::vector<float>> outs;
-  int position = 0;
   for (size_t i = 0; i < w.calls.size(); ++i) {
-    position = i > 0 && w.calls[i - 1].layer == w.calls[i].layer ? position + 1 : 0;
     std::vector<float> out(w.calls[i].q.size(), std::nanf(""));
     const CallStats st = sa.forward(
-        CallInfo{.layer = w.calls[i].layer, .entry = 0, .step = position}, w.args(i, 128),
+        w.info(i), w.args(i, 128),
         TensorView::contiguous(out.data(), DType::f32, {w.batch, w.seq_len(), w.heads, w.head_dim}));
     if (stats) stats->push_back(st);
     outs.push_back(std::move(out));
@@ -218,7 +203,7 @@ TEST(TestbedWorkload, DenseMatchesFloat64OnSampledRows) {
     for (int64_t b = 0; b < w.batch; ++b) {
       const int64_t valid = NV + c.text_lengths[static_cast<size_t>(b)];
       auto at = [&](const std::vector<uint16_t>& t, int64_t n, int64_t h, int64_t e) {
-        return static_cast<double>(bf16_value(t[static_cast<size_t>(((b * S + n) * H + h) * D + e)]));
+        return static_cast<double>(load_as_float(t.data(), DType::bf16, ((b * S + n) * H + h) * D + e));
       };
       for (int64_t h = 0; h < H; ++h) {
         for (int64_t n = 0; n < S; n += 37) {  // rows of every block kind: video, text, padding

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstring>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -40,10 +39,8 @@ TEST(CapturedWorkload, EveryMethodMatchesTheCpuPath) {
     Config gpu_cfg = cfg;
     gpu_cfg.measure_density = true;
     SparseAttention cpu(cfg), gpu(gpu_cfg);
-    int position = 0;
     for (size_t i = 0; i < w.calls.size(); ++i) {
-      position = i > 0 && w.calls[i - 1].layer == w.calls[i].layer ? position + 1 : 0;
-      const CallInfo info{.layer = w.calls[i].layer, .entry = 0, .step = position};
+      const CallInfo info = w.info(i);
       const AttentionArgs host = w.args(i, cfg.block_size);
       std::vector<float> cpu_out(n);
       const CallStats cs =
@@ -73,9 +70,7 @@ TEST(CapturedWorkload, EveryMethodMatchesTheCpuPath) {
       double err = 0, norm = 0;
       size_t unwritten = 0;
       for (size_t e = 0; e < n; ++e) {
-        const uint32_t bits = static_cast<uint32_t>(got[e]) << 16;
-        float x = 0;
-        std::memcpy(&x, &bits, 4);
+        const float x = load_as_float(got.data(), DType::bf16, static_cast<int64_t>(e));
         if (std::isnan(x)) ++unwritten;
         err += (x - cpu_out[e]) * (x - cpu_out[e]);
         norm += static_cast<double>(cpu_out[e]) * cpu_out[e];
