@@ -37,10 +37,7 @@ struct Options {
 
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (i + 1 >= argc) throw std::runtime_error(a + ": expected a value");
-    const std::string v = argv[++i];
+  parse_flags(argc, argv, [&](const std::string& a, const std::string& v) {
     if (a == "--shape")
       o.shape = v;
     else if (a == "--sparsity")
@@ -48,8 +45,9 @@ Options parse(int argc, char** argv) {
     else if (a == "--iters")
       o.iters = std::stoi(v);
     else
-      throw std::runtime_error("unknown argument " + a);
-  }
+      return false;
+    return true;
+  });
   return o;
 }
 

@@ -25,6 +25,17 @@ struct DeviceMem {
   DeviceMem& operator=(const DeviceMem&) = delete;
 };
 
+// Reads argv[1..] as "--flag value" pairs: set(flag, value) stores one, or returns false for a
+// flag it does not know ("unknown argument"); a flag without a value is an error.
+inline void parse_flags(int argc, char** argv,
+                        const std::function<bool(const std::string&, const std::string&)>& set) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (i + 1 >= argc) throw std::runtime_error(flag + ": expected a value");
+    if (!set(flag, argv[++i])) throw std::runtime_error("unknown argument " + flag);
+  }
+}
+
 struct Timing {
   double median_ms = 0, min_ms = 0, max_ms = 0;
   int calls = 0;
