@@ -33,6 +33,22 @@ class Adapter(Protocol):
         """spaattn's processor for one of those modules."""
 
 
+class LayerProcessor:
+    """Base of spaattn's attention processors: the model's control and the layer's number."""
+
+    def __init__(self, control: ModelControl, layer: int) -> None:
+        self.control = control
+        self.layer = layer
+
+
+def project_qkv(attn: Any, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v of ``hidden_states`` ([b, S, H*d]) through the module's fused or separate projections."""
+    if getattr(attn, "fused_projections", False):
+        q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        return q, k, v
+    return attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+
+
 class StepClock:
     """The denoising step and the entry of each transformer forward, read off its timestep.
 

@@ -14,15 +14,11 @@ from typing import Any
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
-from ._control import ModelControl
+from ._control import LayerProcessor, ModelControl, project_qkv
 
 
-class CogVideoXProcessor:
+class CogVideoXProcessor(LayerProcessor):
     """spaattn's attention for one block of a CogVideoX transformer."""
-
-    def __init__(self, control: ModelControl, layer: int) -> None:
-        self.control = control
-        self.layer = layer
 
     def __call__(
         self,
@@ -37,10 +33,7 @@ class CogVideoXProcessor:
         num_text = encoder_hidden_states.size(1)
         hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
         batch, seq, _ = hidden_states.shape
-        if getattr(attn, "fused_projections", False):
-            q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        else:
-            q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        q, k, v = project_qkv(attn, hidden_states)
         head_dim = k.shape[-1] // attn.heads
         q, k, v = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (q, k, v))
         if attn.norm_q is not None:

@@ -17,15 +17,11 @@ from typing import Any, cast
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
-from ._control import ModelControl
+from ._control import LayerProcessor, ModelControl
 
 
-class HunyuanVideoProcessor:
+class HunyuanVideoProcessor(LayerProcessor):
     """spaattn's attention for one layer of a HunyuanVideo transformer."""
-
-    def __init__(self, control: ModelControl, layer: int) -> None:
-        self.control = control
-        self.layer = layer
 
     def __call__(
         self,
@@ -37,7 +33,7 @@ class HunyuanVideoProcessor:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         num_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         joint = attn.add_q_proj is None and encoder_hidden_states is not None  # single-stream
-        if attn.add_q_proj is None and encoder_hidden_states is not None:
+        if joint:
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
         q, k, v = (proj(hidden_states).unflatten(2, (attn.heads, -1))
                    for proj in (attn.to_q, attn.to_k, attn.to_v))

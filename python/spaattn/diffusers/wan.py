@@ -12,15 +12,11 @@ from typing import Any
 
 import torch
 
-from ._control import ModelControl
+from ._control import LayerProcessor, ModelControl, project_qkv
 
 
-class WanProcessor:
+class WanProcessor(LayerProcessor):
     """spaattn's self-attention for one block of a Wan transformer."""
-
-    def __init__(self, control: ModelControl, layer: int) -> None:
-        self.control = control
-        self.layer = layer
 
     def __call__(
         self,
@@ -35,10 +31,7 @@ class WanProcessor:
                 "spaattn's Wan processor serves self-attention only (no encoder_hidden_states, "
                 "no attention_mask)"
             )
-        if attn.fused_projections:
-            q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        else:
-            q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        q, k, v = project_qkv(attn, hidden_states)
         q, k = attn.norm_q(q), attn.norm_k(k)
         q, k, v = (x.unflatten(2, (attn.heads, -1)) for x in (q, k, v))
         if rotary_emb is not None:
