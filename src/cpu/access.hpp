@@ -19,6 +19,13 @@ inline void check_host(const AttentionArgs& args) {
                     "the CPU reference needs host tensors, got device ", to_string(args.q.device));
 }
 
+// a . b over d fp32 elements, accumulated in fp32 in index order.
+inline float dot(const float* a, const float* b, int64_t d) {
+  float acc = 0.f;
+  for (int64_t e = 0; e < d; ++e) acc += a[e] * b[e];
+  return acc;
+}
+
 inline bool is_float(DType dt) { return dt == DType::f32 || dt == DType::bf16 || dt == DType::f16; }
 
 // Element offset of row (b, n, h) of a [b, S, H, d] view.

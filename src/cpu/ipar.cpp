@@ -11,16 +11,6 @@
 
 namespace spaattn::cpu {
 
-namespace {
-
-float dot(const float* a, const float* b, int64_t d) {
-  float acc = 0.f;
-  for (int64_t e = 0; e < d; ++e) acc += a[e] * b[e];
-  return acc;
-}
-
-}  // namespace
-
 BlockScores implicit_full_attention(const AttentionArgs& args, const Pooled& pooled) {
   validate(args);
   check_host(args);

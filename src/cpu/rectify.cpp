@@ -9,16 +9,6 @@
 
 namespace spaattn::cpu {
 
-namespace {
-
-float dot(const float* a, const float* b, int64_t d) {
-  float acc = 0.f;
-  for (int64_t e = 0; e < d; ++e) acc += a[e] * b[e];
-  return acc;
-}
-
-}  // namespace
-
 std::vector<uint8_t> compensable(const Pooled& pooled) {
   const int64_t nv = pooled.blocks, d = pooled.dim;
   std::vector<uint8_t> result(static_cast<size_t>(pooled.batch * pooled.heads * nv * nv), 0);

@@ -116,6 +116,17 @@ inline void make_problem(Problem& p, DType dt, int64_t batch, int64_t heads, int
                                                  {static_cast<int64_t>(p.text_len.size())});
 }
 
+// A layout of nv video and nt text tokens (text after the video by default).
+inline Layout layout_of(int64_t nv, int64_t nt, int block = 64,
+                        TextPlacement placement = TextPlacement::suffix) {
+  Layout L;
+  L.num_video = nv;
+  L.num_text = nt;
+  L.block_size = block;
+  L.text_placement = placement;
+  return L;
+}
+
 // Logical block of token n (Layout: video blocks first, then text blocks), and its text index
 // (-1 for a video token).
 inline int64_t token_block(const Layout& L, int64_t n, int64_t* text_index = nullptr) {

@@ -102,16 +102,6 @@ const Case kCases[] = {
 INSTANTIATE_TEST_SUITE_P(Cases, AttentionSweep, ::testing::ValuesIn(kCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
-Layout layout_of(int64_t nv, int64_t nt, int block = 64,
-                 TextPlacement placement = TextPlacement::suffix) {
-  Layout L;
-  L.num_video = nv;
-  L.num_text = nt;
-  L.block_size = block;
-  L.text_placement = placement;
-  return L;
-}
-
 TEST(Attention, PaddingTextRowsAreZeroWithMinusInfLse) {
   Problem p;
   make_problem(p, DType::f32, 2, 2, 64, layout_of(90, 40), 3, {7, 0});

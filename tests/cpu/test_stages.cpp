@@ -12,16 +12,6 @@
 namespace spaattn::test {
 namespace {
 
-Layout layout_of(int64_t nv, int64_t nt, int block = 64,
-                 TextPlacement placement = TextPlacement::suffix) {
-  Layout L;
-  L.num_video = nv;
-  L.num_text = nt;
-  L.block_size = block;
-  L.text_placement = placement;
-  return L;
-}
-
 // Makes every video token of q, k and v equal to the first token of its block, so that pooling
 // loses nothing.
 void make_blocks_constant(Problem& p) {
