@@ -7,7 +7,7 @@
 // run) it prints the ratios to PyTorch SDPA dense (cuDNN and flash back-ends).
 // Usage: spaattn_bench [--quick] [--shape S=76800] [--densities 1,0.05] [--dtype bf16|f16]
 //                      [--head-dim 64|128] [--block 128|64] [--iters N]
-//                      [--baseline sdpa.json] [--json out.json]
+//                      [--kernel auto|portable|hopper] [--baseline sdpa.json] [--json out.json]
 // --shape keeps the shapes whose name contains the text; --quick keeps the first shape.
 #include <algorithm>
 #include <cstdio>
@@ -36,6 +36,7 @@ struct Options {
   int64_t dim = 128;
   int block = 128;
   int iters = 10;
+  KernelFamily kernel = KernelFamily::automatic;
   std::string shape, densities, baseline, json;
 };
 
@@ -63,6 +64,8 @@ Options parse(int argc, char** argv) {
       o.block = std::stoi(value());
     else if (a == "--iters")
       o.iters = std::stoi(value());
+    else if (a == "--kernel")
+      o.kernel = parse_kernel_family(value(), "--kernel");
     else if (a == "--shape")
       o.shape = value();
     else if (a == "--densities")
@@ -94,6 +97,7 @@ void run_shape(const Options& o, const Shape& sh, const std::vector<double>& den
   args.k = TensorView::contiguous(k.p, o.dtype, {1, S, H, D}, Device::cuda);
   args.v = TensorView::contiguous(v.p, o.dtype, {1, S, H, D}, Device::cuda);
   args.layout = L;
+  args.kernel = o.kernel;
   const TensorView out_v = TensorView::contiguous(out.p, o.dtype, {1, S, H, D}, Device::cuda);
   const TensorView lse_v = TensorView::contiguous(lse.p, DType::f32, {1, S, H}, Device::cuda);
   const int64_t mrows = H * nb;
@@ -134,9 +138,9 @@ void run_shape(const Options& o, const Shape& sh, const std::vector<double>& den
 
 void print_table(const Options& o, const std::vector<Row>& rows, const char* gpu) {
   std::printf(
-      "\nspaattn block-sparse kernel, %s, %s, d = %lld, B = %d, batch 1, median of >= %d "
-      "calls (CUDA events)\n\n",
-      gpu, o.dtype == DType::f16 ? "f16" : "bf16", static_cast<long long>(o.dim), o.block,
+      "\nspaattn block-sparse kernel (family %s), %s, %s, d = %lld, B = %d, batch 1, median of "
+      ">= %d calls (CUDA events)\n\n",
+      to_string(o.kernel), gpu, o.dtype == DType::f16 ? "f16" : "bf16", static_cast<long long>(o.dim), o.block,
       std::max(o.iters, 10));
   std::printf(
       "| shape | density (token) | ms | eff TFLOP/s | cuDNN dense ms | flash dense ms | "
@@ -177,7 +181,8 @@ void write_json(const Options& o, const std::vector<Row>& rows, const char* gpu)
   if (!f) throw std::runtime_error("--json: cannot write " + o.json);
   f << "{\n  \"gpu\": \"" << gpu << "\",\n  \"dtype\": \""
     << (o.dtype == DType::f16 ? "f16" : "bf16") << "\",\n  \"d\": " << o.dim
-    << ",\n  \"block\": " << o.block << ",\n  \"results\": [\n";
+    << ",\n  \"block\": " << o.block << ",\n  \"kernel\": \"" << to_string(o.kernel)
+    << "\",\n  \"results\": [\n";
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
     f << "    {\"shape\": \"" << r.shape << "\", \"S\": " << r.seq << ", \"H\": " << r.heads

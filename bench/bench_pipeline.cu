@@ -24,9 +24,9 @@
 #include <vector>
 
 #include "baseline.hpp"
-#include "cuda/fwd_api.hpp"
-#include "cuda/gather.cuh"
-#include "cuda/stages.cuh"
+#include "cuda/attention/api.hpp"
+#include "cuda/plan/gather.cuh"
+#include "cuda/plan/stages.cuh"
 #include "inputs.hpp"
 #include "spaattn/spaattn.hpp"
 #include "timing.hpp"

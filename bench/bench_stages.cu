@@ -1,5 +1,5 @@
 // spaattn_bench_stages: the GPU stages that run outside the attention kernel (pooling, IPAR
-// scores with GAPR, selection as CSR lists, rectification terms; src/cuda/stages.cuh) on the
+// scores with GAPR, selection as CSR lists, rectification terms; src/cuda/plan/stages.cuh) on the
 // shapes of PERFORMANCE.md, bf16, d = 128, B = 128, batch 1, gilbert token order with the block
 // neighbour map, IPAR selection at the given sparsity with p = 0.3. Each stage is timed on its own
 // with time_calls() (CUDA events, warm-up, median), then the four together; the share is taken of
@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda/stages.cuh"
+#include "cuda/plan/stages.cuh"
 #include "inputs.hpp"
 #include "spaattn/spaattn.hpp"
 #include "timing.hpp"

@@ -4,6 +4,7 @@
 #include <string_view>
 #include <vector>
 
+#include "spaattn/layout.hpp"
 #include "spaattn/order.hpp"
 
 namespace spaattn {
@@ -61,6 +62,8 @@ struct Config {
   // GPU path: read the block mask back after each sparse call to fill CallStats::density. This
   // synchronises the stream once per call (the host path always reports the density).
   bool measure_density = false;
+  // GPU path: the attention kernel family (layout.hpp KernelFamily).
+  KernelFamily kernel = KernelFamily::automatic;
 
   // The selector the method actually uses (resolves Selector::automatic).
   Selector selector() const;

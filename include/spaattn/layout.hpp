@@ -1,6 +1,7 @@
 // Sequence, block and mask structure shared by every stage (ALGORITHM.md sections 1 and 3).
 #pragma once
 #include <cstdint>
+#include <string_view>
 #include <vector>
 
 #include "spaattn/tensor.hpp"
@@ -49,11 +50,25 @@ struct Layout {
 
 // Arguments of one attention call. q, k, v: [b, S, H, d], any strides on the first three dims,
 // unit stride on d, all of one dtype and device.
+// Which kernel family computes the block-sparse attention on the GPU.
+//   automatic: hopper where it applies (a compute capability 9.0 device, a build with sm_90a code,
+//              K and V rows not read through a token order inside the kernel), portable
+//              otherwise; the environment variable SPAATTN_KERNEL (auto, portable, hopper) may
+//              force one instead.
+//   portable:  the mma.sync kernel (sm_80 and later).
+//   hopper:    the wgmma / TMA kernel (sm_90a); a call it cannot serve throws, naming why.
+// An explicit portable / hopper wins over SPAATTN_KERNEL.
+enum class KernelFamily : uint8_t { automatic, portable, hopper };
+const char* to_string(KernelFamily f);
+// Parses "auto", "portable", "hopper"; throws naming `arg`.
+KernelFamily parse_kernel_family(std::string_view name, const char* arg = "kernel");
+
 struct AttentionArgs {
   TensorView q, k, v;
   TensorView text_lengths;  // optional int32 [b] (L_t per batch item); empty: all N_t valid
   Layout layout;
   float scale = 0.f;        // 0: 1/sqrt(d)
+  KernelFamily kernel = KernelFamily::automatic;  // GPU only
 
   int64_t batch() const { return q.shape[0]; }
   int64_t seq_len() const { return q.shape[1]; }

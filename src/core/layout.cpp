@@ -16,6 +16,23 @@ int64_t AttentionArgs::text_len(int64_t b) const {
   return static_cast<const int32_t*>(text_lengths.data)[b * text_lengths.stride[0]];
 }
 
+const char* to_string(KernelFamily f) {
+  switch (f) {
+    case KernelFamily::automatic: return "auto";
+    case KernelFamily::portable: return "portable";
+    case KernelFamily::hopper: return "hopper";
+  }
+  return "unknown";
+}
+
+KernelFamily parse_kernel_family(std::string_view name, const char* arg) {
+  for (KernelFamily f : {KernelFamily::automatic, KernelFamily::portable, KernelFamily::hopper})
+    if (name == to_string(f)) return f;
+  throw Error(Error::Kind::invalid_argument,
+              detail::concat(arg, ": expected one of auto, portable, hopper, got '",
+                             std::string(name), "'"));
+}
+
 namespace {
 
 bool is_float(DType dt) { return dt == DType::f32 || dt == DType::bf16 || dt == DType::f16; }

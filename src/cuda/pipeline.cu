@@ -24,11 +24,11 @@
 #include <map>
 #include <tuple>
 
-#include "check.cuh"
+#include "cuda/check.cuh"
 #include "core/device_pipeline.hpp"
-#include "fwd_api.hpp"
-#include "gather.cuh"
-#include "stages.cuh"
+#include "cuda/attention/api.hpp"
+#include "cuda/plan/gather.cuh"
+#include "cuda/plan/stages.cuh"
 
 namespace spaattn::detail {
 namespace {
@@ -385,7 +385,8 @@ class GpuPipeline final : public DevicePipeline {
     p.epi = epi;
     p.video_perm = permute ? perm_device() : nullptr;
     p.kv_ordered = permute && k_ordered_ != nullptr;
-    cuda_detail::launch_fwd(p, args.q.dtype, args.head_dim(), args.layout.block_size, stream);
+    cuda_detail::launch_fwd(p, args.q.dtype, args.head_dim(), args.layout.block_size, stream,
+                            config_.kernel);
   }
 
   Config config_;

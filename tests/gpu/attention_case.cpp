@@ -81,6 +81,7 @@ CaseResult run_case(const Case& c) {
   args.q = q.view;
   args.k = k.view;
   args.v = v.view;
+  args.kernel = c.kernel;
   DeviceBuffer text_len(sizeof(int32_t) * c.text_len.size());
   if (!c.text_len.empty()) {
     text_len.upload(c.text_len.data(), text_len.bytes());
@@ -148,6 +149,14 @@ CaseResult run_case(const Case& c) {
     ++res.sampled_rows;
   }
   res.rel_l2_f64 = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  res.out.reserve(static_cast<size_t>(B * S * H * D));
+  res.lse.reserve(static_cast<size_t>(B * S * H));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t n = 0; n < S; ++n)
+      for (int64_t h = 0; h < H; ++h) {
+        res.lse.push_back(static_cast<float>(lse.get(b, n, h)));
+        for (int64_t e = 0; e < D; ++e) res.out.push_back(static_cast<float>(out.get(b, n, h, e)));
+      }
   return res;
 }
 

@@ -29,6 +29,7 @@ struct Case {
   // implementations differ by a few ulps of 1e4 (1e-3 each), so huge-logit cases allow more.
   double lse_tol = 1e-2;
   uint64_t seed = 1;
+  KernelFamily kernel = KernelFamily::automatic;  // AttentionArgs::kernel of the call
 };
 
 // gtest prints a parameter by its name.
@@ -42,6 +43,7 @@ struct CaseResult {
   int64_t unwritten_out = 0, outside_out = 0, unwritten_lse = 0, outside_lse = 0;
   int64_t nonzero_empty_rows = 0;  // rows that must be exactly zero but are not
   bool csr_matches = false;        // dense_to_csr == BlockMask::from_dense
+  std::vector<float> out, lse;     // the GPU's outputs, [b, S, H, d] and [b, S, H]
 };
 
 CaseResult run_case(const Case& c);

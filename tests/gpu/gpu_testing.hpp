@@ -26,6 +26,9 @@ inline bool small_mode() {
   return s && *s && *s != '0';
 }
 
+// Whether the Hopper kernel family can run here (a compute capability 9.0 device, sm_90a code).
+bool hopper_available();
+
 class DeviceBuffer {
  public:
   explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {

@@ -4,6 +4,8 @@
 // equal keys, both dtypes, d = 64 / 128, B = 64 / 128, and multi-wave sizes.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "attention_case.hpp"
 #include "gpu_testing.hpp"
 
@@ -85,6 +87,36 @@ TEST_P(Attention, MatchesReference) {
   EXPECT_LE(r.rel_l2_f64, 1e-2) << "relative L2 error against float64";
   EXPECT_LE(r.lse_err_f64, c.lse_tol) << "lse error against float64";
   RecordProperty("rel_l2_f64", std::to_string(r.rel_l2_f64));
+}
+
+// The two kernel families on the same inputs: the Hopper kernel against the portable one (each
+// is also checked against the references above, in the runs with SPAATTN_KERNEL set to each).
+TEST_P(Attention, HopperMatchesPortable) {
+  Case c = GetParam();
+  if (small_mode() && !c.small) GTEST_SKIP() << "small mode";
+  if (!hopper_available()) GTEST_SKIP() << "no Hopper kernel family on this device or build";
+  c.kernel = KernelFamily::portable;
+  const CaseResult a = run_case(c);
+  c.kernel = KernelFamily::hopper;
+  const CaseResult h = run_case(c);
+  ASSERT_EQ(a.out.size(), h.out.size());
+  double num = 0, den = 0, lse_err = 0;
+  for (size_t i = 0; i < a.out.size(); ++i) {
+    num += (double(h.out[i]) - a.out[i]) * (double(h.out[i]) - a.out[i]);
+    den += double(a.out[i]) * a.out[i];
+  }
+  for (size_t i = 0; i < a.lse.size(); ++i) {
+    if (std::isinf(a.lse[i]) || std::isinf(h.lse[i]))
+      lse_err = std::max(lse_err, a.lse[i] == h.lse[i] ? 0.0 : double(INFINITY));
+    else
+      lse_err = std::max(lse_err, std::fabs(double(h.lse[i]) - a.lse[i]));
+  }
+  // Both round P to the element type and accumulate in fp32, in another order: they differ by
+  // about the error of one bf16 computation.
+  EXPECT_LE(den > 0 ? std::sqrt(num / den) : std::sqrt(num), 1e-2);
+  EXPECT_LE(lse_err, c.lse_tol);
+  EXPECT_EQ(h.unwritten_out, 0);
+  EXPECT_EQ(h.outside_out, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Sweep, Attention, ::testing::ValuesIn(cases()),

@@ -1,5 +1,5 @@
-// The attention kernel's token order (video_perm) and epilogue kinds (fwd_epilogue.cuh) at the
-// level of one launch (fwd_api.hpp), against float64 on the host: Q, K, V are gathered into the
+// The attention kernel's token order (video_perm) and epilogue kinds (attention/epilogue.cuh) at the
+// level of one launch (attention/api.hpp), against float64 on the host: Q, K, V are gathered into the
 // order on the host, attention64 gives O_spa / lse (and O_full for the reference merge), the
 // epilogue is applied in float64 and every result is read back at the caller's rows. Random
 // masks with empty rows, text padding, a partial last block, both text placements; outputs are
@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda/fwd_api.hpp"
+#include "cuda/attention/api.hpp"
 #include "gpu_testing.hpp"
 
 namespace spaattn::gpu_test {
@@ -29,6 +29,10 @@ struct EpiCase {
   int block = 128;
   TextPlacement placement = TextPlacement::suffix;
   bool small = false;
+  // K and V handed to the kernel already in the token order (kv_ordered, as the GPU pipeline
+  // does; either family, SPAATTN_KERNEL decides), or read through video_perm inside the kernel
+  // (the portable family only).
+  bool kv_ordered = false;
 };
 void PrintTo(const EpiCase& c, std::ostream* os) { *os << c.name; }
 
@@ -112,7 +116,7 @@ TEST_P(Epilogue, MatchesFloat64InTheCallersOrder) {
   const test::Reference64 full =
       c.kind == EpilogueKind::merge_reference ? test::attention64(args_o) : test::Reference64{};
 
-  DeviceTensor q(p.q), k(p.k), v(p.v);
+  DeviceTensor q(p.q), k(c.kv_ordered ? ko : p.k), v(c.kv_ordered ? vo : p.v);
   test::HostTensor out_h = test::make_tensor(c.dtype, B, S, H, D);
   out_h.poison();
   DeviceTensor out(out_h);
@@ -144,6 +148,7 @@ TEST_P(Epilogue, MatchesFloat64InTheCallersOrder) {
   auto params = [&](const DeviceMask& m, const TensorView& l) {
     cuda_detail::FwdParams fp = cuda_detail::make_fwd_params(args, m.view, out.view, l);
     fp.video_perm = d_perm.get();
+    fp.kv_ordered = c.kv_ordered;
     const int64_t rs[3] = {S * H, H, 1}, ds[3] = {S * H * D, H * D, D};
     for (int d = 0; d < 3; ++d) {
       fp.epi.rho_stride[d] = rs[d];
@@ -151,6 +156,7 @@ TEST_P(Epilogue, MatchesFloat64InTheCallersOrder) {
     }
     return fp;
   };
+  const KernelFamily family = c.kv_ordered ? KernelFamily::automatic : KernelFamily::portable;
   cuda_detail::check_gpu_call(args, out.view, lse_v);
   cuda_detail::FwdParams fp = params(mask, lse_v);
   fp.epi.kind = c.kind == EpilogueKind::merge_reference ? EpilogueKind::none : c.kind;
@@ -160,7 +166,7 @@ TEST_P(Epilogue, MatchesFloat64InTheCallersOrder) {
   fp.epi.delta = delta.view.data;
   fp.epi.drift = drift;
   fp.epi.clamp = true;
-  cuda_detail::launch_fwd(fp, c.dtype, D, c.block, nullptr);
+  cuda_detail::launch_fwd(fp, c.dtype, D, c.block, nullptr, family);
   if (c.kind == EpilogueKind::merge_reference) {
     cuda_detail::FwdParams mp = params(comp_mask, lse_full_v);
     mp.epi.kind = EpilogueKind::merge_reference;
@@ -168,7 +174,7 @@ TEST_P(Epilogue, MatchesFloat64InTheCallersOrder) {
     mp.epi.prev_lse = lse.get();
     mp.epi.rho_out = rho_out.get();
     mp.epi.delta_out = delta_out.view.data;
-    cuda_detail::launch_fwd(mp, c.dtype, D, c.block, nullptr);
+    cuda_detail::launch_fwd(mp, c.dtype, D, c.block, nullptr, family);
   }
   cuda_ok(cudaDeviceSynchronize(), "launch");
   out.to_host(out_h);
@@ -257,6 +263,13 @@ std::vector<EpiCase> cases() {
     c.name = std::string(name) + "_d64_b128_bf16";
     c.dim = 64;
     c.block = 128;
+    out.push_back(c);
+  }
+  const size_t n = out.size();
+  for (size_t i = 0; i < n; ++i) {
+    EpiCase c = out[i];
+    c.name += "_kv_ordered";
+    c.kv_ordered = true;
     out.push_back(c);
   }
   return out;

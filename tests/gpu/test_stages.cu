@@ -1,4 +1,4 @@
-// The GPU stages outside the attention kernel (src/cuda/stages.cuh) against the CPU stages on the
+// The GPU stages outside the attention kernel (src/cuda/plan/stages.cuh) against the CPU stages on the
 // same rounded inputs: pooling through the token permutation, IPAR scores and GAPR decisions, the
 // selection as CSR lists, and the rectification terms. Every stage is checked on its own (given
 // the CPU's inputs) and the chain end to end; awkward shapes: partial last blocks, S < B, text
@@ -11,7 +11,7 @@
 #include <cstdio>
 #include <random>
 
-#include "cuda/stages.cuh"
+#include "cuda/plan/stages.cuh"
 #include "gpu_testing.hpp"
 #include "spaattn/stages.hpp"
 

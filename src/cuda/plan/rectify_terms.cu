@@ -11,10 +11,10 @@
 // uncompensated P_ij to the row's R on the side, and stages v̄'s rows; then every thread
 // accumulates a 4 x 4 (d = 128) or 2 x 4 (d = 64) patch of C with FMAs. The GAPR decisions come
 // from the scores pass (scores.cu), which already has the dot products.
-#include "check.cuh"
-#include "dispatch.cuh"
-#include "stage_util.cuh"
-#include "stages.cuh"
+#include "cuda/check.cuh"
+#include "cuda/dispatch.cuh"
+#include "cuda/plan/stage_util.cuh"
+#include "cuda/plan/stages.cuh"
 
 namespace spaattn::cuda::stages {
 namespace {

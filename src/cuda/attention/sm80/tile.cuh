@@ -7,7 +7,7 @@
 #pragma once
 #include <cstdint>
 
-#include "ptx.cuh"
+#include "cuda/attention/ptx.cuh"
 
 namespace spaattn::cuda_detail {
 
@@ -21,7 +21,7 @@ struct FwdTraits {
   // Each warp owns B / 4 query rows (32 for B = 128): every K / V fragment read from shared
   // memory feeds two m16 tiles, which halves shared-memory traffic per mma compared to 16 rows.
   static constexpr int kMTiles = B / (16 * kWarps);
-  // Keys per softmax step (fwd_step.cuh): 32 keeps d = 128 under 255 registers without spills;
+  // Keys per softmax step (sm80/step.cuh): 32 keeps d = 128 under 255 registers without spills;
   // d = 64 has registers to spare and halves its per-key softmax overhead with 64.
   static constexpr int kStepN = D == 128 ? 32 : 64;
   static constexpr int kDTiles = D / 8;  // output n8 tiles

@@ -4,7 +4,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
-#include "fwd_params.cuh"
+#include "cuda/attention/params.cuh"
 #include "spaattn/layout.hpp"
 
 namespace spaattn::cuda_detail {
@@ -19,10 +19,15 @@ void check_gpu_call(const AttentionArgs& args, const TensorView& out, const Tens
 FwdParams make_fwd_params(const AttentionArgs& args, const BlockMaskView& mask,
                           const TensorView& out, const TensorView& lse);
 
-// Launches the kernel instance for (dtype, head dim, block size) on `stream`. Throws before the
-// launch when the epilogue lacks an array its kind needs (row_affine: rho; merge_reference:
-// prev_out, prev_lse, rho_out and lse, whose strides prev_lse shares).
+// The family that launch_fwd runs for these params: `requested`, else SPAATTN_KERNEL, else
+// hopper where it applies (layout.hpp KernelFamily). Throws naming the field or the variable
+// when hopper is forced and cannot serve the call.
+KernelFamily resolve_family(KernelFamily requested, const FwdParams& params);
+
+// Launches the kernel instance for (family, dtype, head dim, block size) on `stream`. Throws
+// before the launch when the epilogue lacks an array its kind needs (row_affine: rho;
+// merge_reference: prev_out, prev_lse, rho_out and lse, whose strides prev_lse shares).
 void launch_fwd(const FwdParams& params, DType dtype, int64_t head_dim, int block_size,
-                cudaStream_t stream);
+                cudaStream_t stream, KernelFamily family = KernelFamily::automatic);
 
 }  // namespace spaattn::cuda_detail

@@ -22,10 +22,10 @@
 // registers, larger thread tiles or 3xTF32 tensor-core products would narrow that.
 #include <cmath>
 
-#include "check.cuh"
-#include "dispatch.cuh"
-#include "stage_util.cuh"
-#include "stages.cuh"
+#include "cuda/check.cuh"
+#include "cuda/dispatch.cuh"
+#include "cuda/plan/stage_util.cuh"
+#include "cuda/plan/stages.cuh"
 
 namespace spaattn::cuda::stages {
 namespace {

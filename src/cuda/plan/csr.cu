@@ -5,7 +5,7 @@
 #include <cub/device/device_scan.cuh>
 #include <limits>
 
-#include "check.cuh"
+#include "cuda/check.cuh"
 #include "spaattn/cuda.hpp"
 
 namespace spaattn::cuda {

@@ -1,9 +1,10 @@
-// Parameters of the portable block-sparse attention kernel (ALGORITHM.md section 3). Filled once
-// on the host by make_fwd_params() (api.cu) and passed by value as a __grid_constant__ argument.
+// Parameters of the block-sparse attention kernels (ALGORITHM.md section 3), shared by both
+// families. Filled once on the host by make_fwd_params() (api.cu) and passed by value as a
+// __grid_constant__ argument (the sm90 family wraps them with its tensor maps, sm90/params.cuh).
 #pragma once
 #include <cstdint>
 
-#include "fwd_epilogue.cuh"
+#include "cuda/attention/epilogue.cuh"
 
 namespace spaattn::cuda_detail {
 
@@ -22,7 +23,7 @@ struct FwdParams {
   const int32_t* col_indices;
   const int32_t* text_lengths;  // L_t per batch item, nullptr: all num_text valid
 
-  int batch, heads;
+  int batch, seq_len, heads;
   int num_q_blocks;  // = num_blocks (video blocks, then text blocks)
   int num_video, num_text;
   int video_offset, text_offset;  // sequence index of the first video / text token

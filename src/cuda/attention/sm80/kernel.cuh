@@ -4,16 +4,17 @@
 // previous tile is computed; scores and output accumulate in fp32 registers with an online softmax
 // in the exp2 domain; P is rounded to the input type in registers and fed straight back to the
 // tensor cores. With a token order (video_perm) the video rows are gathered and scattered through
-// per-CTA row tables in shared memory (fwd_blocks.cuh CtaRows); the correction of the epilogue
-// (fwd_epilogue.cuh) is applied in registers before O is stored (fwd_finish.cuh).
+// per-CTA row tables in shared memory (sm80/key_cursor.cuh CtaRows); the correction of the epilogue
+// (attention/epilogue.cuh) is applied in registers before O is stored (attention/finish.cuh).
 #pragma once
 #include <cmath>
 
-#include "fwd_blocks.cuh"
-#include "fwd_finish.cuh"
-#include "fwd_softmax.cuh"
-#include "fwd_step.cuh"
-#include "fwd_tile.cuh"
+#include "cuda/attention/blocks.cuh"
+#include "cuda/attention/sm80/key_cursor.cuh"
+#include "cuda/attention/finish.cuh"
+#include "cuda/attention/softmax.cuh"
+#include "cuda/attention/sm80/step.cuh"
+#include "cuda/attention/sm80/tile.cuh"
 
 namespace spaattn::cuda_detail {
 
@@ -37,9 +38,9 @@ __device__ __forceinline__ void load_kv_tile(const FwdParams& p, const CtaShared
   }
 }
 
-template <class T, int D, int B>
+template <class T, int D, int B, class Epi>
 __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, FwdTraits<D, B>::kMinBlocks)
-    fwd_kernel(const __grid_constant__ FwdParams p) {
+    fwd_kernel_sm80(const __grid_constant__ FwdParams p) {
   using Tr = FwdTraits<D, B>;
   constexpr int MT = Tr::kMTiles, DT = Tr::kDTiles;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -146,7 +147,7 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, FwdTraits<D, B>::kM
   // here rather than kept in registers through the main loop.
   const Span qe = block_span<B>(p, cta.qb, cta.text_len);
   const int warp_row = warp * MT * 16;
-  finish_rows<T, D, MT>(p, sm, o, cta, rows.q, qe, warp_row, lane);
+  finish_rows<T, D, MT, Epi>(p, sm, o, cta, rows.q, qe, warp_row, lane);
   __syncwarp();
 #pragma unroll
   for (int m = 0; m < MT; ++m)

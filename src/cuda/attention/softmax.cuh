@@ -1,12 +1,12 @@
 // Online softmax of the portable kernel, in registers. A thread holds two rows (lane / 4 and
 // lane / 4 + 8) of each of its m16 tiles; a row's 64 scores are spread over the 4 lanes of a
 // quad, so row maxima need two shuffles. Row sums stay per-lane partial until the epilogue
-// (fwd_finish.cuh).
+// (attention/finish.cuh).
 // Exponentials are exp2 of (s * scale * log2 e - m * scale * log2 e), one FMA each.
 #pragma once
 #include <cmath>
 
-#include "ptx.cuh"
+#include "cuda/attention/ptx.cuh"
 
 namespace spaattn::cuda_detail {
 

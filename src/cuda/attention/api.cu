@@ -1,16 +1,18 @@
 // The public CUDA entry point of cuda.hpp for attention and the internal pieces it is made of
-// (fwd_api.hpp), which the GPU pipeline calls with its own epilogue and token order: host-side
+// (attention/api.hpp), which the GPU pipeline calls with its own epilogue and token order: host-side
 // checks that need the device (memory location, dtype, cp.async alignment), then one FwdParams
 // and one launch on the caller's stream. Nothing is allocated and nothing synchronises.
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 
-#include "check.cuh"
-#include "dispatch.cuh"
-#include "fwd_api.hpp"
-#include "fwd_launch.hpp"
+#include "cuda/check.cuh"
+#include "cuda/dispatch.cuh"
+#include "cuda/attention/api.hpp"
+#include "cuda/attention/launch.hpp"
+#include "cuda/attention/sm90/tensor_map.hpp"
 #include "spaattn/cuda.hpp"
 
 namespace spaattn::cuda_detail {
@@ -104,6 +106,7 @@ FwdParams make_fwd_params(const AttentionArgs& args, const BlockMaskView& mask,
   p.text_lengths = args.text_lengths.empty() ? nullptr : args.text_lengths.ptr<const int32_t>();
   const Layout& L = args.layout;
   p.batch = static_cast<int>(args.batch());
+  p.seq_len = static_cast<int>(args.seq_len());
   p.heads = static_cast<int>(args.heads());
   p.num_q_blocks = static_cast<int>(L.num_blocks());
   p.num_video = static_cast<int>(L.num_video);
@@ -115,8 +118,30 @@ FwdParams make_fwd_params(const AttentionArgs& args, const BlockMaskView& mask,
   return p;
 }
 
+KernelFamily resolve_family(KernelFamily requested, const FwdParams& params) {
+  KernelFamily family = requested;
+  const char* source = "kernel";
+  if (family == KernelFamily::automatic) {
+    if (const char* env = std::getenv("SPAATTN_KERNEL"); env && *env) {
+      family = parse_kernel_family(env, "SPAATTN_KERNEL");
+      source = "SPAATTN_KERNEL";
+    }
+  }
+  if (family == KernelFamily::portable) return family;
+  // What the Hopper family needs, in the order a user can act on it.
+  const char* missing = nullptr;
+  if (!sm90::kernels_available())
+    missing = "a compute capability 9.0 device and a build with sm_90a code";
+  else if (params.video_perm && !params.kv_ordered)
+    missing = "K and V rows in the token order (the kernel does not read them through video_perm)";
+  if (!missing) return KernelFamily::hopper;
+  SPAATTN_CHECK_ARG(family == KernelFamily::automatic, source, "the hopper kernel family needs ",
+                    missing);
+  return KernelFamily::portable;
+}
+
 void launch_fwd(const FwdParams& params, DType dtype, int64_t head_dim, int block_size,
-                cudaStream_t stream) {
+                cudaStream_t stream, KernelFamily family) {
   const FwdEpilogue& e = params.epi;
   SPAATTN_CHECK_ARG(!params.video_perm || reinterpret_cast<uintptr_t>(params.video_perm) % 16 == 0,
                     "video_perm", "expected a 16-byte aligned pointer for cp.async, got ",
@@ -135,11 +160,16 @@ void launch_fwd(const FwdParams& params, DType dtype, int64_t head_dim, int bloc
                         "merge_reference needs prev_out, prev_lse, rho_out and lse");
       break;
   }
+  const bool hopper = resolve_family(family, params) == KernelFamily::hopper;
   dispatch_dtype(dtype, [&](auto t) {
     using T = decltype(t);
     dispatch_head_dim(head_dim, [&](auto d) {
       dispatch_block_size(block_size, [&](auto b) {
-        run_fwd<T, decltype(d)::value, decltype(b)::value>(params, stream);
+        constexpr int D = decltype(d)::value, B = decltype(b)::value;
+        if (hopper)
+          run_fwd_sm90<T, D, B>(params, stream);
+        else
+          run_fwd_sm80<T, D, B>(params, stream);
       });
     });
   });
@@ -165,7 +195,7 @@ void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask
   cuda_detail::check_gpu_call(args, out, lse, &mask);
   const cuda_detail::FwdParams params = cuda_detail::make_fwd_params(args, mask, out, lse);
   cuda_detail::launch_fwd(params, args.q.dtype, args.head_dim(), args.layout.block_size,
-                          static_cast<cudaStream_t>(stream));
+                          static_cast<cudaStream_t>(stream), args.kernel);
 }
 
 }  // namespace spaattn::cuda

@@ -34,10 +34,10 @@
 
 #include <algorithm>
 
-#include "check.cuh"
+#include "cuda/check.cuh"
 #include "spaattn/stages.hpp"
-#include "stage_util.cuh"
-#include "stages.cuh"
+#include "cuda/plan/stage_util.cuh"
+#include "cuda/plan/stages.cuh"
 
 namespace spaattn::cuda::stages {
 namespace {

@@ -5,8 +5,8 @@
 
 #include <limits>
 
-#include "check.cuh"
-#include "stages.cuh"
+#include "cuda/check.cuh"
+#include "cuda/plan/stages.cuh"
 
 namespace spaattn::cuda::stages {
 namespace {

@@ -1,6 +1,9 @@
-// What the attention kernel's epilogue does with a row's normalised output O_spa and its lse
-// (ALGORITHM.md sections 4.5, 5 and 8): the corrections are affine per row, so they are applied
-// where O already sits in registers, never as extra passes over O.
+// What the attention kernels' epilogue does with a row's normalised output O_spa and its lse
+// (ALGORITHM.md sections 4.5, 5 and 8). Every correction is affine per row, so it is applied
+// where O already sits in registers, never as an extra pass over O. Each one is a compile-time
+// functor (EpiNone, EpiBlockAffine, EpiRowAffine, EpiMergeReference below) that both kernel
+// families instantiate; a new estimator is one new functor, one EpilogueKind and one line in
+// dispatch_epilogue.
 //   none:            O = O_spa
 //   block_affine:    Rectified SpaAttn, O = R_i O_spa + C_i for the rows of video query block i
 //                    (a = R [b*H, NV], c = C [b*H, NV, d], fp32); text query rows: O = O_spa
@@ -16,7 +19,7 @@
 //                    rows with lse_full = -inf get O = 0, rho = 0, Delta = 0. 1 - rho is taken as
 //                    exp(lse_c - lse_full) (no cancellation near rho = 1). The launch needs lse:
 //                    prev_lse shares its strides (it must be another array); prev_out may be out
-//                    itself (each row is read before the same warp writes it).
+//                    itself (each row is read before the thread that read it writes it).
 // Rows whose mask row is empty or holds no valid key still go through the epilogue, with
 // O_spa = 0 and lse = -inf (so block_affine gives C_i, merge_reference gives O_spa's row).
 // Padding query rows (text beyond L_t) are always written as O = 0, lse = -inf.

@@ -15,10 +15,10 @@
 // Grid: x = i * H + h (neighbouring CTAs read neighbouring heads of the same tokens, which share
 // DRAM pages), y = batch. Measured on an H100 at S = 76,800, H = 40, d = 128, bf16, gilbert
 // order: 0.94 ms for the 2.36 GB of Q, K and V, 2.5 TB/s (the copy ceiling is 3.0 TB/s).
-#include "check.cuh"
-#include "dispatch.cuh"
-#include "stage_util.cuh"
-#include "stages.cuh"
+#include "cuda/check.cuh"
+#include "cuda/dispatch.cuh"
+#include "cuda/plan/stage_util.cuh"
+#include "cuda/plan/stages.cuh"
 
 namespace spaattn::cuda::stages {
 namespace {

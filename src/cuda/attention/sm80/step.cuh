@@ -1,10 +1,10 @@
 // One step of the portable kernel's main loop for one warp: S = Q K^T over kStepN keys,
 // masking of keys past the tile's valid count, the online softmax update, and O += P V.
-// Q, K and V are swizzled shared-memory tiles (fwd_tile.cuh); addresses carry this lane's
+// Q, K and V are swizzled shared-memory tiles (sm80/tile.cuh); addresses carry this lane's
 // ldmatrix row, xa / xb its swizzle XOR for A / trans-B and B fragments.
 #pragma once
-#include "fwd_softmax.cuh"
-#include "ptx.cuh"
+#include "cuda/attention/softmax.cuh"
+#include "cuda/attention/ptx.cuh"
 
 namespace spaattn::cuda_detail {
 

@@ -1,0 +1,39 @@
+// Parameters and shape traits of the sm90 (Hopper) kernel family: the shared FwdParams plus the
+// tensor maps through which the copy engine reads K and V.
+#pragma once
+#include <cuda.h>
+
+#include "cuda/attention/params.cuh"
+
+namespace spaattn::cuda_detail::sm90 {
+
+struct Params {
+  FwdParams base;
+  // K and V as 4-D tensors (d, S, H, b), boxes of 64 columns x B rows, 128-byte swizzle.
+  CUtensorMap k_map, v_map;
+};
+
+// One CTA computes one query block of B rows: a producer warpgroup (warp 0 issues the K / V
+// copies, warps 1-3 load Q) and B / 64 consumer warpgroups of 64 query rows each. A key tile is
+// one key block (B keys); K and V tiles have their own full barriers so that S = Q K^T can start
+// before V has landed.
+template <int D, int B>
+struct Traits {
+  static constexpr int kConsumers = B / 64;
+  static constexpr int kThreads = 128 * (kConsumers + 1);
+  static constexpr int kStages = 2;
+  static constexpr int kChunks = D / 64;           // 64-column swizzle chunks per row
+  static constexpr int kQBytes = B * D * 2;        // Q tile
+  static constexpr int kTileBytes = B * D * 2;     // one K or one V tile
+  static constexpr int kChunkBytes = B * 128;      // one 64-column chunk of a Q / K / V tile
+  static constexpr int kSmemBytes = kQBytes + 2 * kStages * kTileBytes + 1024;  // + alignment
+  // B = 128: one CTA per SM, 384 threads; B = 64: two CTAs of 256 threads. The producer gives
+  // registers back to the consumers (setmaxnreg), within the SM's 64K.
+  static constexpr int kMinBlocks = B == 128 ? 1 : 2;
+  static constexpr int kProducerRegs = 40;
+  static constexpr int kConsumerRegs = B == 128 ? 232 : 216;
+  static_assert(D == 64 || D == 128, "head dim 64 or 128");
+  static_assert(B == 64 || B == 128, "block size 64 or 128");
+};
+
+}  // namespace spaattn::cuda_detail::sm90

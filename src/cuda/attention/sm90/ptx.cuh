@@ -1,0 +1,179 @@
+// Thin wrappers over the Hopper PTX the sm90 kernel family is built from: mbarriers, the tensor
+// copy engine (TMA, cp.async.bulk.tensor), warpgroup matrix products (wgmma, sm_90a) with their
+// shared-memory descriptors, named barriers and register reallocation (setmaxnreg).
+//
+// Shared-memory tiles use the 128-byte swizzle of the copy engine: a tile of R rows and 64 16-bit
+// columns (128 bytes a row) stores 16-byte unit u of row r at r * 128 + 16 * (u ^ (r % 8)); a
+// wider row is split into such 64-column chunks, each R * 128 bytes, one after the other. Tiles
+// start on 1024-byte boundaries (the swizzle repeats every 8 rows).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace spaattn::cuda_detail::sm90 {
+
+// ---- mbarriers ---------------------------------------------------------------------------------
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes the initialised barriers visible to the copy engine (the async proxy).
+__device__ __forceinline__ void fence_barrier_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Arrives and announces `bytes` that copies will complete on this barrier in this phase.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+// Waits until the phase of the given parity has completed. A fresh barrier is in phase 0, so a
+// wait for parity 1 returns at once (how a producer starts on empty buffers).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "WAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+
+// ---- copies ------------------------------------------------------------------------------------
+
+// One box of a 4-D tensor map (coordinates innermost first) into shared memory, completing
+// on `bar`. Rows outside the tensor are zero-filled (and still counted in the bytes).
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* tensor_map, uint32_t bar,
+                                            int c0, int c1, int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void prefetch_tensor_map(const void* tensor_map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(tensor_map))
+               : "memory");
+}
+// Orders this thread's ordinary shared-memory writes (cp.async included) before later reads by
+// the async proxy (wgmma operands, the copy engine).
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+
+// ---- warpgroups --------------------------------------------------------------------------------
+
+template <int N>
+__device__ __forceinline__ void reg_dealloc() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void reg_alloc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// ---- wgmma -------------------------------------------------------------------------------------
+
+// Shared-memory matrix descriptor of a 128-byte-swizzled operand. K-major (rows of 64 elements
+// along the reduction): consecutive 8-row groups `sbo` bytes apart, lbo unused. MN-major
+// (transposed B: rows along the reduction, 64 output columns each): `lbo` bytes from one
+// 64-column chunk to the next, `sbo` bytes from one group of 8 reduction rows to the next.
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) |
+         (static_cast<uint64_t>(lbo >> 4) << 16) | (static_cast<uint64_t>(sbo >> 4) << 32) |
+         (1ull << 62);  // layout type 1: 128-byte swizzle
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accesses of accumulator registers across the asynchronous
+// matrix product (wgmma_fence / wgmma_wait are not tied to those registers).
+template <int NT>
+__device__ __forceinline__ void fence_operands(float (&d)[NT][4]) {
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+f"(d[t][j])::"memory");
+}
+
+#define SPAATTN_ACC8(d, t) "+f"(d[t][0]), "+f"(d[t][1]), "+f"(d[t][2]), "+f"(d[t][3])
+#define SPAATTN_ACC_N64(d)                                                                  \
+  SPAATTN_ACC8(d, 0), SPAATTN_ACC8(d, 1), SPAATTN_ACC8(d, 2), SPAATTN_ACC8(d, 3),           \
+      SPAATTN_ACC8(d, 4), SPAATTN_ACC8(d, 5), SPAATTN_ACC8(d, 6), SPAATTN_ACC8(d, 7)
+#define SPAATTN_ACC_N128(d)                                                                 \
+  SPAATTN_ACC_N64(d), SPAATTN_ACC8(d, 8), SPAATTN_ACC8(d, 9), SPAATTN_ACC8(d, 10),          \
+      SPAATTN_ACC8(d, 11), SPAATTN_ACC8(d, 12), SPAATTN_ACC8(d, 13), SPAATTN_ACC8(d, 14),   \
+      SPAATTN_ACC8(d, 15)
+#define SPAATTN_REGS32                                                                      \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "  \
+  "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define SPAATTN_REGS64                                                                      \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "  \
+  "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, "   \
+  "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, "   \
+  "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+
+// D[64 x N] (+)= A[64 x 16] B[16 x N] for one warpgroup, fp32 accumulators in the mma fragment
+// layout (d[t][0..1]: row lane / 4 of the warp's 16, columns 8 t + 2 (lane % 4) + {0, 1};
+// d[t][2..3]: the row 8 below). ss: A and B from shared memory, both K-major. rs: A from
+// registers (four 32-bit registers per thread, the mma.sync m16n8k16 A fragment of the warp's
+// 16 rows), B from shared memory, MN-major. accumulate = 0 overwrites D.
+template <class T, int N>
+struct Wgmma;
+
+#define SPAATTN_WGMMA(CPP_T, PTX_T, N, REGS, ACC, SS_A, SS_B, SS_S, RS_A, RS_B, RS_S)           \
+  template <>                                                                                  \
+  struct Wgmma<CPP_T, N> {                                                                     \
+    static __device__ __forceinline__ void ss(float (&d)[N / 8][4], uint64_t a, uint64_t b,    \
+                                              int accumulate) {                                \
+      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" SS_S ", 0;\n"                         \
+                   "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_T "." PTX_T " " REGS  \
+                   ", %" SS_A ", %" SS_B ", p, 1, 1, 0, 0;\n}\n"                               \
+                   : ACC(d)                                                                    \
+                   : "l"(a), "l"(b), "r"(accumulate));                                         \
+    }                                                                                          \
+    static __device__ __forceinline__ void rs(float (&d)[N / 8][4], const uint32_t (&a)[4],    \
+                                              uint64_t b, int accumulate) {                    \
+      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" RS_S ", 0;\n"                         \
+                   "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_T "." PTX_T " " REGS  \
+                   ", {%" RS_A "}, %" RS_B ", p, 1, 1, 1;\n}\n"                                \
+                   : ACC(d)                                                                    \
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));     \
+    }                                                                                          \
+  };
+
+SPAATTN_WGMMA(__nv_bfloat16, "bf16", 64, SPAATTN_REGS32, SPAATTN_ACC_N64, "32", "33", "34",
+              "32, %33, %34, %35", "36", "37")
+SPAATTN_WGMMA(__half, "f16", 64, SPAATTN_REGS32, SPAATTN_ACC_N64, "32", "33", "34",
+              "32, %33, %34, %35", "36", "37")
+SPAATTN_WGMMA(__nv_bfloat16, "bf16", 128, SPAATTN_REGS64, SPAATTN_ACC_N128, "64", "65", "66",
+              "64, %65, %66, %67", "68", "69")
+SPAATTN_WGMMA(__half, "f16", 128, SPAATTN_REGS64, SPAATTN_ACC_N128, "64", "65", "66",
+              "64, %65, %66, %67", "68", "69")
+
+#undef SPAATTN_WGMMA
+#undef SPAATTN_REGS64
+#undef SPAATTN_REGS32
+#undef SPAATTN_ACC_N128
+#undef SPAATTN_ACC_N64
+#undef SPAATTN_ACC8
+
+}  // namespace spaattn::cuda_detail::sm90

@@ -1,0 +1,20 @@
+// Host side of the sm90 family: the tensor maps of K and V, and whether this build holds sm_90a
+// code for the current device.
+#pragma once
+#include <cuda.h>
+
+#include "cuda/attention/params.cuh"
+#include "spaattn/tensor.hpp"
+
+namespace spaattn::cuda_detail::sm90 {
+
+// A 4-D map (d, S, H, b) of a [b, S, H, d] tensor with the given element strides (unit on d),
+// boxes of 64 columns x `rows` rows, 128-byte swizzle, zero fill outside. Throws naming `name`
+// when the driver refuses it.
+CUtensorMap make_kv_map(const void* data, const int64_t (&stride)[3], const FwdParams& p, int dim,
+                        int rows, DType dtype, const char* name);
+
+// True when the library was built with sm_90a code and the current device runs it.
+bool kernels_available();
+
+}  // namespace spaattn::cuda_detail::sm90
