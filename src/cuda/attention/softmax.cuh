@@ -37,20 +37,28 @@ struct OnlineSoftmax {
       }
   }
 
-  // Folds one tile of scores in: rescales o, turns s into probabilities packed as mma A
-  // fragments (pa[m][k16 step]).
-  template <class T, int NT, int DT>
-  __device__ __forceinline__ void update(float (&s)[MT][NT][4], float (&o)[MT][DT][4],
-                                         uint32_t (&pa)[MT][NT / 2][4], float scale_log2) {
-    float alpha[MT][2];
+  // The score half of update(): new running maxima, the probabilities packed as mma A fragments
+  // (pa[m][k16 step]) and the row sums; the factors by which o must still be scaled come back in
+  // alpha. Keys at or beyond `valid` in this tile count as masked (probability 0). s is only
+  // read: on sm90 it is a wgmma accumulator that must not be redefined while a product is in
+  // flight. Returns whether any of this thread's maxima rose (else alpha is 1).
+  template <class T, int NT>
+  __device__ __forceinline__ bool scores(const float (&s)[MT][NT][4],
+                                         uint32_t (&pa)[MT][NT / 2][4], float (&alpha)[MT][2],
+                                         float scale_log2, int valid, int lane) {
     bool raised = false;
+    const int col = 2 * (lane & 3);
+    const bool masked = valid < NT * 8;
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         float mx = row_max[m][hf];
 #pragma unroll
-        for (int n = 0; n < NT; ++n) mx = fmaxf(mx, fmaxf(s[m][n][2 * hf], s[m][n][2 * hf + 1]));
+        for (int n = 0; n < NT; ++n)
+#pragma unroll
+          for (int j = 0; j < 2; ++j)
+            if (!masked || n * 8 + col + j < valid) mx = fmaxf(mx, s[m][n][2 * hf + j]);
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         // A row that has seen only masked keys keeps max -inf: subtract 0 instead of -inf so
@@ -61,37 +69,49 @@ struct OnlineSoftmax {
         row_max[m][hf] = mx;
         float sum = 0.f;
 #pragma unroll
-        for (int n = 0; n < NT; ++n)
+        for (int n = 0; n < NT; n += 2) {
+          float e[2][2];
 #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const float e = exp2_approx(fmaf(s[m][n][2 * hf + j], scale_log2, -m_scaled));
-            s[m][n][2 * hf + j] = e;
-            sum += e;
-          }
+          for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const bool keep = !masked || (n + h) * 8 + col + j < valid;
+              e[h][j] = keep ? exp2_approx(fmaf(s[m][n + h][2 * hf + j], scale_log2, -m_scaled))
+                             : 0.f;
+              sum += e[h][j];
+            }
+          // A fragment of k16 step n / 2: registers {0, 2} hold row lane / 4 (columns of tiles
+          // n and n + 1), {1, 3} the row 8 below.
+          pa[m][n / 2][hf] = Mma<T>::pack(e[0][0], e[0][1]);
+          pa[m][n / 2][2 + hf] = Mma<T>::pack(e[1][0], e[1][1]);
+        }
         row_sum[m][hf] = row_sum[m][hf] * alpha[m][hf] + sum;
       }
-    // Once the running maxima settle, most tiles raise none of a warp's rows: skip rescaling
-    // the output accumulator then (a warp-uniform branch).
-    if (__any_sync(0xffffffffu, raised)) {
-#pragma unroll
-      for (int m = 0; m < MT; ++m)
-#pragma unroll
-        for (int t = 0; t < DT; ++t) {
-          o[m][t][0] *= alpha[m][0];
-          o[m][t][1] *= alpha[m][0];
-          o[m][t][2] *= alpha[m][1];
-          o[m][t][3] *= alpha[m][1];
-        }
-    }
+    return raised;
+  }
+
+  // The output half: o scaled by the factors of scores(). Once the running maxima settle, most
+  // tiles raise none of a warp's rows, so callers skip it then (a warp-uniform branch).
+  template <int DT>
+  static __device__ __forceinline__ void rescale(float (&o)[MT][DT][4],
+                                                 const float (&alpha)[MT][2]) {
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
-      for (int kk = 0; kk < NT / 2; ++kk) {
-        pa[m][kk][0] = Mma<T>::pack(s[m][2 * kk][0], s[m][2 * kk][1]);
-        pa[m][kk][1] = Mma<T>::pack(s[m][2 * kk][2], s[m][2 * kk][3]);
-        pa[m][kk][2] = Mma<T>::pack(s[m][2 * kk + 1][0], s[m][2 * kk + 1][1]);
-        pa[m][kk][3] = Mma<T>::pack(s[m][2 * kk + 1][2], s[m][2 * kk + 1][3]);
+      for (int t = 0; t < DT; ++t) {
+        o[m][t][0] *= alpha[m][0];
+        o[m][t][1] *= alpha[m][0];
+        o[m][t][2] *= alpha[m][1];
+        o[m][t][3] *= alpha[m][1];
       }
+  }
+
+  // Folds one tile of scores in: both halves at once (o is not being written elsewhere).
+  template <class T, int NT, int DT>
+  __device__ __forceinline__ void update(float (&s)[MT][NT][4], float (&o)[MT][DT][4],
+                                         uint32_t (&pa)[MT][NT / 2][4], float scale_log2) {
+    float alpha[MT][2];
+    if (__any_sync(0xffffffffu, scores<T>(s, pa, alpha, scale_log2, NT * 8, 0))) rescale(o, alpha);
   }
 };
 

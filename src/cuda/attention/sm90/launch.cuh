@@ -1,6 +1,8 @@
-// Definition of run_fwd_sm90: tensor maps of K and V, then a 1-D grid of batch * heads * query
-// blocks CTAs (decode_work order), one kernel instance per epilogue functor.
+// Definition of run_fwd_sm90: tensor maps of K and V, then a persistent grid (as many CTAs as fit
+// on the device at once, at most one per work item), one kernel instance per epilogue functor.
 #pragma once
+#include <algorithm>
+
 #include "cuda/attention/launch.hpp"
 #include "cuda/attention/sm90/kernel.cuh"
 #include "cuda/attention/sm90/tensor_map.hpp"
@@ -21,7 +23,8 @@ void run_fwd_sm90(const FwdParams& params, cudaStream_t stream) {
     const auto kernel = sm90::fwd_kernel_sm90<T, D, B, Epi>;
     SPAATTN_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
-    const dim3 grid(params.batch * params.heads * params.num_q_blocks);
+    const int items = params.batch * params.heads * params.num_q_blocks;
+    const dim3 grid(std::min(items, sm90::resident_ctas(Tr::kMinBlocks)));
     kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(sp);
     check_launch("fwd_kernel_sm90");
   });

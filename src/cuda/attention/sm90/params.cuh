@@ -13,10 +13,11 @@ struct Params {
   CUtensorMap k_map, v_map;
 };
 
-// One CTA computes one query block of B rows: a producer warpgroup (warp 0 issues the K / V
-// copies, warps 1-3 load Q) and B / 64 consumer warpgroups of 64 query rows each. A key tile is
-// one key block (B keys); K and V tiles have their own full barriers so that S = Q K^T can start
-// before V has landed.
+// A persistent CTA computes query blocks of B rows one after the other: a producer warpgroup
+// (warp 0 issues the K / V copies, warps 1-3 load Q) and B / 64 consumer warpgroups of 64 query
+// rows each. A key tile is one key block (B keys); K and V tiles have their own full barriers so
+// that S = Q K^T can start before V has landed. Q has one buffer: the loaders fill it for the
+// next query block once every consumer has issued its last S = Q K^T of the current one.
 template <int D, int B>
 struct Traits {
   static constexpr int kConsumers = B / 64;

@@ -114,6 +114,14 @@ __device__ __forceinline__ void fence_operands(float (&d)[NT][4]) {
     for (int j = 0; j < 4; ++j) asm volatile("" : "+f"(d[t][j])::"memory");
 }
 
+template <int N>
+__device__ __forceinline__ void fence_operands(uint32_t (&a)[N][4]) {
+#pragma unroll
+  for (int t = 0; t < N; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[t][j])::"memory");
+}
+
 #define SPAATTN_ACC8(d, t) "+f"(d[t][0]), "+f"(d[t][1]), "+f"(d[t][2]), "+f"(d[t][3])
 #define SPAATTN_ACC_N64(d)                                                                  \
   SPAATTN_ACC8(d, 0), SPAATTN_ACC8(d, 1), SPAATTN_ACC8(d, 2), SPAATTN_ACC8(d, 3),           \

@@ -52,6 +52,13 @@ CUtensorMap make_kv_map(const void* data, const int64_t (&stride)[3], const FwdP
   return map;
 }
 
+int resident_ctas(int per_sm) {
+  int device = 0, sms = 0;
+  SPAATTN_CUDA_CHECK(cudaGetDevice(&device));
+  SPAATTN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms * per_sm;
+}
+
 bool kernels_available() {
   int device = 0;
   SPAATTN_CUDA_CHECK(cudaGetDevice(&device));

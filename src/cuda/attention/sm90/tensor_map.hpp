@@ -14,6 +14,9 @@ namespace spaattn::cuda_detail::sm90 {
 CUtensorMap make_kv_map(const void* data, const int64_t (&stride)[3], const FwdParams& p, int dim,
                         int rows, DType dtype, const char* name);
 
+// CTAs of `per_sm` per multiprocessor on the current device (the persistent grid).
+int resident_ctas(int per_sm);
+
 // True when the library was built with sm_90a code and the current device runs it.
 bool kernels_available();
 
