@@ -48,13 +48,12 @@ def main():
     ap.add_argument("--json", required=True, help="output file")
     ap.add_argument("--quick", action="store_true", help="first shape only")
     ap.add_argument("--shape", default="", help="only the shapes whose name contains this text")
-    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--head-dim", default="128", help="head dims, comma-separated (e.g. 128,64)")
     ap.add_argument("--iters", type=int, default=10)
     args = ap.parse_args()
     shapes = [s for s in (SHAPES[:1] if args.quick else SHAPES) if args.shape in s[0]]
-    d = args.head_dim
     results = []
-    for name, s, h in shapes:
+    for name, s, h, d in ((*sh, int(d)) for sh in shapes for d in args.head_dim.split(",")):
         gen = torch.Generator(device="cuda").manual_seed(0)
         # [b, H, S, d], random (never zeros), bf16.
         q, k, v = (torch.rand(1, h, s, d, device="cuda", generator=gen, dtype=torch.float32)

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The GPU check, run on the device machine from the repository root: builds from source (sm_90a
-# only, to save time there), runs the GPU tests, the small GPU tests under compute-sanitizer
-# (memcheck, racecheck), the PyTorch SDPA baseline, the kernel benchmark and the pipeline
-# benchmark; on request also the Python package's tests and the testbed evaluation. Logs, the
-# JSON results and the tables go to $OUT (default ./gpu-check-out); the tables are printed last.
+# only, to save time there), runs the GPU tests once per kernel family (SPAATTN_KERNEL=portable,
+# then hopper where the device has it), the small GPU tests under compute-sanitizer (memcheck,
+# racecheck, synccheck; each family), the PyTorch SDPA baseline, the kernel benchmark (each
+# family; the Hopper family also at B = 64 and d = 64) and the pipeline benchmark; on request
+# also the Python package's tests and the testbed evaluation. Logs, the JSON results and the
+# tables go to $OUT (default ./gpu-check-out); the tables are printed last.
 # Usage: scripts/gpu_check.sh [--quick] [--shape TEXT] [--densities LIST] [--bin DIR]
 #                             [--no-tests] [--no-sanitizer] [--no-bench] [--no-pipeline]
 #                             [--python] [--testbed CKPT [--testbed-args "ARGS"]]
 #   --quick: kernel benchmark and baseline on the first shape only.
+#   --families LIST: kernel families to test and benchmark (default "portable hopper").
 #   --shape, --densities: passed to the kernel benchmark (and --shape to the baseline).
 #   --bin DIR: spaattn_gpu_tests, spaattn_bench and spaattn_bench_pipeline built elsewhere for
 #              sm_90a (e.g. a machine without a GPU) instead of a build here; a build still runs
@@ -20,11 +23,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-quick=0 tests=1 sanitizer=1 bench=1 pipeline=1 shape="" densities="" bin="" python=0 testbed=""
+families="portable hopper" quick=0 tests=1 sanitizer=1 bench=1 pipeline=1 shape="" densities="" bin="" python=0 testbed=""
 testbed_args=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) quick=1 ;;
+    --families) families=$2; shift ;;
     --shape) shape=$2; shift ;;
     --densities) densities=$2; shift ;;
     --bin) bin=$2; shift ;;
@@ -74,21 +78,27 @@ else
 fi
 
 if [[ $tests == 1 ]]; then
-  "$TESTS" 2>&1 | tee "$OUT/gpu_tests.log"
-  rc=${PIPESTATUS[0]}
-  note "GPU tests: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/gpu_tests.log" | tr '\n' ' ') (exit $rc)"
-  [[ $rc == 0 ]] || status=1
+  for fam in $families; do
+    SPAATTN_KERNEL=$fam "$TESTS" 2>&1 | tee "$OUT/gpu_tests_$fam.log"
+    rc=${PIPESTATUS[0]}
+    note "GPU tests ($fam): $(grep -E '^\[  (PASSED|FAILED|SKIPPED)' "$OUT/gpu_tests_$fam.log" | tr '\n' ' ') (exit $rc)"
+    [[ $rc == 0 ]] || status=1
+  done
 fi
 
 if [[ $sanitizer == 1 ]]; then
   : >"$OUT/sanitizer.log"
-  for tool in memcheck racecheck; do
-    echo "== compute-sanitizer --tool $tool (SPAATTN_GPU_TESTS_SMALL=1)" | tee -a "$OUT/sanitizer.log"
-    SPAATTN_GPU_TESTS_SMALL=1 compute-sanitizer --tool "$tool" --error-exitcode 3 \
-      "$TESTS" >>"$OUT/sanitizer.log" 2>&1
-    rc=$?
-    note "sanitizer $tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" | tail -n 1) (exit $rc)"
-    [[ $rc == 0 ]] || status=1
+  for fam in $families; do
+    for tool in memcheck racecheck synccheck; do
+      echo "== compute-sanitizer --tool $tool (SPAATTN_GPU_TESTS_SMALL=1, SPAATTN_KERNEL=$fam)" |
+        tee -a "$OUT/sanitizer.log"
+      SPAATTN_KERNEL=$fam SPAATTN_GPU_TESTS_SMALL=1 timeout "${SANITIZER_TIMEOUT:-1800}" \
+        compute-sanitizer --tool "$tool" \
+        --error-exitcode 3 "$TESTS" >>"$OUT/sanitizer.log" 2>&1
+      rc=$?
+      note "sanitizer $tool ($fam): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK SUMMARY' "$OUT/sanitizer.log" | tail -n 1) (exit $rc)"
+      [[ $rc == 0 ]] || status=1
+    done
   done
 fi
 
@@ -100,7 +110,9 @@ sdpa() { PYTHONUNBUFFERED=1 python3 bench/sdpa_baseline.py --json "$@" 2>&1 | te
 if [[ $bench == 1 || $pipeline == 1 ]]; then
   : >"$OUT/bench.log"
   if [[ $bench == 1 ]]; then
-    sdpa "$OUT/sdpa.json" "${extra[@]}"
+    dims=128
+    [[ " $families " == *" hopper "* ]] && dims=128,64
+    sdpa "$OUT/sdpa.json" --head-dim "$dims" "${extra[@]}"
     # The pipeline benchmark compares with cuDNN dense at S=76800, H=40.
     if [[ $pipeline == 1 ]] && ! grep -q '"S": 76800' "$OUT/sdpa.json"; then
       pbase=$OUT/sdpa_pipeline.json
@@ -112,9 +124,17 @@ if [[ $bench == 1 || $pipeline == 1 ]]; then
 fi
 if [[ $bench == 1 ]]; then
   [[ -n $densities ]] && extra+=(--densities "$densities")
-  "$BENCH" --baseline "$OUT/sdpa.json" --json "$OUT/bench.json" "${extra[@]}" \
-    2>>"$OUT/bench.log" | tee "$OUT/table.md"
-  [[ ${PIPESTATUS[0]} == 0 ]] || { status=1; tail -n 20 "$OUT/bench.log"; }
+  : >"$OUT/table.md"
+  runs=()
+  for fam in $families; do runs+=("$fam 128 128"); done
+  [[ " $families " == *" hopper "* ]] && runs+=("hopper 128 64" "hopper 64 128")
+  for r in "${runs[@]}"; do
+    read -r fam dim blk <<<"$r"
+    "$BENCH" --kernel "$fam" --head-dim "$dim" --block "$blk" --baseline "$OUT/sdpa.json" \
+      --json "$OUT/bench_${fam}_d${dim}_b${blk}.json" "${extra[@]}" 2>>"$OUT/bench.log" |
+      tee -a "$OUT/table.md"
+    [[ ${PIPESTATUS[0]} == 0 ]] || { status=1; tail -n 20 "$OUT/bench.log"; }
+  done
 fi
 if [[ $pipeline == 1 ]]; then
   "$PIPE" --baseline "$pbase" 2>>"$OUT/bench.log" | tee "$OUT/pipeline.md"

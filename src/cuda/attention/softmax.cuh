@@ -39,16 +39,16 @@ struct OnlineSoftmax {
 
   // The score half of update(): new running maxima, the probabilities packed as mma A fragments
   // (pa[m][k16 step]) and the row sums; the factors by which o must still be scaled come back in
-  // alpha. Keys at or beyond `valid` in this tile count as masked (probability 0). s is only
+  // alpha. With kMasked, keys at or beyond `valid` in this tile count as masked (probability 0;
+  // a separate instance, so that full tiles pay nothing for the test). s is only
   // read: on sm90 it is a wgmma accumulator that must not be redefined while a product is in
   // flight. Returns whether any of this thread's maxima rose (else alpha is 1).
-  template <class T, int NT>
+  template <class T, bool kMasked, int NT>
   __device__ __forceinline__ bool scores(const float (&s)[MT][NT][4],
                                          uint32_t (&pa)[MT][NT / 2][4], float (&alpha)[MT][2],
                                          float scale_log2, int valid, int lane) {
     bool raised = false;
     const int col = 2 * (lane & 3);
-    const bool masked = valid < NT * 8;
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
@@ -58,7 +58,7 @@ struct OnlineSoftmax {
         for (int n = 0; n < NT; ++n)
 #pragma unroll
           for (int j = 0; j < 2; ++j)
-            if (!masked || n * 8 + col + j < valid) mx = fmaxf(mx, s[m][n][2 * hf + j]);
+            if (!kMasked || n * 8 + col + j < valid) mx = fmaxf(mx, s[m][n][2 * hf + j]);
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         // A row that has seen only masked keys keeps max -inf: subtract 0 instead of -inf so
@@ -75,7 +75,7 @@ struct OnlineSoftmax {
           for (int h = 0; h < 2; ++h)
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
-              const bool keep = !masked || (n + h) * 8 + col + j < valid;
+              const bool keep = !kMasked || (n + h) * 8 + col + j < valid;
               e[h][j] = keep ? exp2_approx(fmaf(s[m][n + h][2 * hf + j], scale_log2, -m_scaled))
                              : 0.f;
               sum += e[h][j];
@@ -111,7 +111,8 @@ struct OnlineSoftmax {
   __device__ __forceinline__ void update(float (&s)[MT][NT][4], float (&o)[MT][DT][4],
                                          uint32_t (&pa)[MT][NT / 2][4], float scale_log2) {
     float alpha[MT][2];
-    if (__any_sync(0xffffffffu, scores<T>(s, pa, alpha, scale_log2, NT * 8, 0))) rescale(o, alpha);
+    if (__any_sync(0xffffffffu, scores<T, false>(s, pa, alpha, scale_log2, NT * 8, 0)))
+      rescale(o, alpha);
   }
 };
 

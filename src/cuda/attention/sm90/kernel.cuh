@@ -7,9 +7,12 @@
 // Roles (sm90/params.cuh Traits): the producer warpgroup walks each query block's CSR row; its
 // warp 0 waits for a free stage and issues the K and V copies of each key block with usable
 // keys; its warps 1-3 load the Q rows (through the token order) with cp.async. Each consumer
-// warpgroup owns 64 query rows and overlaps its softmax with the tensor cores: while O += P V of
-// key block n - 1 runs, it waits for S = Q K^T of block n (issued just before) and computes its
-// probabilities; only the rescaling of O waits for the product to finish.
+// warpgroup owns 64 query rows; per key block it computes S = Q K^T, the online softmax in
+// registers and O += P V. The two consumer warpgroups of a CTA (B = 128), or of two CTAs (B =
+// 64), interleave on the tensor cores: one's softmax runs while the other's products do.
+// (Overlapping a warpgroup's own softmax with its products, with S of block n + 1 issued before
+// P V of block n, needs P of two blocks live in registers next to S and O: measured slower here,
+// 0.68 against 0.86 of cuDNN dense at S = 76,800, from register spills and serialised wgmma.)
 //
 // Work items (query blocks) are taken in decode_work order (text query blocks, the densest,
 // first), item blockIdx.x + k * gridDim.x by CTA blockIdx.x.
@@ -188,65 +191,43 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
     sm.init();
     mbar_wait(sh.q_full(), k & 1);
 
+    // Q is released right after the item's last S = Q K^T, so that the next item's Q loads
+    // while the last O += P V and the epilogue run.
     Span cur;
-    if (it.next_key(p, cur)) {
-      float sc[1][B / 8][4];
-      uint32_t pa[1][B / 16][4];
-      float alpha[1][2];
-      int stage = n % Tr::kStages;
-      mbar_wait(sh.k_full(stage), (n / Tr::kStages) & 1);
-      issue_qk<T, D, B>(sc, q_rows, sh.k_tile(stage));
-      wgmma_wait<0>();
-      fence_operands(sc[0]);
-      sm.scores<T>(sc, pa, alpha, p.scale_log2, cur.valid, lane);  // o is 0: nothing to rescale
-      fence_operands(pa[0]);
-      while (true) {
-        const int prev_stage = stage;
-        const int prev_valid = cur.valid;
-        const uint32_t prev_parity = (n / Tr::kStages) & 1;
-        ++n;
-        const bool more = it.next_key(p, cur);
-        if (more) {
-          stage = n % Tr::kStages;
-          mbar_wait(sh.k_full(stage), (n / Tr::kStages) & 1);
-          issue_qk<T, D, B>(sc, q_rows, sh.k_tile(stage));
-        } else {
-          // Every S = Q K^T of this item has completed: Q may be replaced.
-          __syncwarp();
-          if (lane == 0) mbar_arrive(sh.q_empty());
-        }
-        mbar_wait(sh.v_full(prev_stage), prev_parity);
-        issue_pv<T, D, B>(o, pa, sh.v_tile(prev_stage), prev_valid, ctid);
-        bool raised = false;
-        if (more) {
-          wgmma_wait<1>();  // S of the new block; P V of the previous one still runs
-          fence_operands(sc[0]);
-          uint32_t pn[1][B / 16][4];
-          raised = sm.scores<T>(sc, pn, alpha, p.scale_log2, cur.valid, lane);
-          wgmma_wait<0>();
-          // The product read pa until here: keeping pa live stops the compiler from reusing its
-          // registers for the softmax above (which would serialise the two products).
-          fence_operands(pa[0]);
-          fence_operands(o[0]);
-#pragma unroll
-          for (int kk = 0; kk < B / 16; ++kk)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) pa[0][kk][j] = pn[0][kk][j];
-          fence_operands(pa[0]);
-        } else {
-          wgmma_wait<0>();
-          fence_operands(o[0]);
-        }
-        __syncwarp();
-        if (lane == 0) mbar_arrive(sh.empty(prev_stage));
-        if (!more) break;
-        if (__any_sync(0xffffffffu, raised)) OnlineSoftmax<1>::rescale(o, alpha);
-        // The rescaled O must be in place before the next products are issued.
-        fence_operands(o[0]);
-      }
-    } else {
+    bool have = it.next_key(p, cur);
+    if (!have) {
       __syncwarp();
       if (lane == 0) mbar_arrive(sh.q_empty());
+    }
+    while (have) {
+      float sc[1][B / 8][4];
+      uint32_t pa[1][B / 16][4];
+      const int stage = n % Tr::kStages;
+      const uint32_t parity = (n / Tr::kStages) & 1;
+      ++n;
+      mbar_wait(sh.k_full(stage), parity);
+      issue_qk<T, D, B>(sc, q_rows, sh.k_tile(stage));
+      const Span s = cur;
+      have = it.next_key(p, cur);
+      wgmma_wait<0>();
+      fence_operands(sc[0]);
+      if (!have) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(sh.q_empty());
+      }
+      float alpha[1][2];
+      const bool raised = s.valid < B
+                              ? sm.scores<T, true>(sc, pa, alpha, p.scale_log2, s.valid, lane)
+                              : sm.scores<T, false>(sc, pa, alpha, p.scale_log2, B, lane);
+      if (__any_sync(0xffffffffu, raised)) OnlineSoftmax<1>::rescale(o, alpha);
+      fence_operands(o[0]);
+      fence_operands(pa[0]);
+      mbar_wait(sh.v_full(stage), parity);
+      issue_pv<T, D, B>(o, pa, sh.v_tile(stage), s.valid, ctid);
+      wgmma_wait<0>();
+      fence_operands(o[0]);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(sh.empty(stage));
     }
 
     // Epilogue: normalise, correct, write lse (finish_rows), then O straight from registers:
