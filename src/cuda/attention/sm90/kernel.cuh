@@ -10,9 +10,11 @@
 // warpgroup owns 64 query rows; per key block it computes S = Q K^T, the online softmax in
 // registers and O += P V. The two consumer warpgroups of a CTA (B = 128), or of two CTAs (B =
 // 64), interleave on the tensor cores: one's softmax runs while the other's products do.
-// (Overlapping a warpgroup's own softmax with its products, with S of block n + 1 issued before
-// P V of block n, needs P of two blocks live in registers next to S and O: measured slower here,
-// 0.68 against 0.86 of cuDNN dense at S = 76,800, from register spills and serialised wgmma.)
+// Two explicit schedules were measured slower at S = 76,800, H = 40 on an H200 and left out:
+// overlapping a warpgroup's own softmax with its products (S of block n + 1 issued before P V of
+// block n) needs P of two blocks live next to S and O: 0.68 of cuDNN dense against 0.86, from
+// register spills and serialised wgmma; warpgroups taking turns (named barriers) to issue P V of
+// block n - 1 with S of block n: 0.80 against 0.89 dense, 0.68 against 0.73 at B = 64.
 //
 // Work items (query blocks) are taken in decode_work order (text query blocks, the densest,
 // first), item blockIdx.x + k * gridDim.x by CTA blockIdx.x.
@@ -26,10 +28,6 @@
 #include "cuda/attention/sm90/ptx.cuh"
 
 namespace spaattn::cuda_detail::sm90 {
-
-// Named barriers (id 0 is __syncthreads): the consumers' meeting after zeroing V rows, and the
-// two turns of the consumer warpgroups' ping-pong (B = 128).
-enum : int { kBarrierZeroV = 1, kBarrierTurn0 = 2, kBarrierTurn1 = 3 };
 
 // One work item as every role sees it: the query block's span and its CSR entries (none when
 // the block holds only padding rows).
@@ -147,28 +145,25 @@ __device__ __forceinline__ void issue_qk(float (&sc)[1][B / 8][4], uint32_t q_ro
   wgmma_commit();
 }
 
-// Keys past a tile's valid count have P = 0, but their V rows (text padding, tokens past the
-// block, zero fill past the tensor) may hold anything, NaN included: the consumer warpgroups
-// zero them before O += P V reads the tile, splitting the rows, and meet at a named barrier.
-template <int D, int B>
-__device__ __forceinline__ void zero_invalid_v(uint32_t v_tile, int valid, int ctid) {
-  using Tr = Traits<D, B>;
-  for (int i = ctid; i < (B - valid) * (D / 8); i += 128 * Tr::kConsumers) {
-    const int r = valid + i / (D / 8), u = i % (D / 8);
-    asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(
-                     v_tile + (u / 8) * Tr::kChunkBytes + r * 128 + (((u % 8) ^ (r % 8)) << 4)),
-                 "r"(0)
-                 : "memory");
-  }
-  fence_proxy_async();
-  named_barrier_sync(kBarrierZeroV, 128 * Tr::kConsumers);
-}
-
-// O += P V with P from registers and V transposed through its descriptor.
+// O += P V with P from registers and V transposed through its descriptor. Keys past the valid
+// count have P = 0, but their V rows (text padding, tokens past the block, zero fill past the
+// tensor) may hold anything, NaN included: the consumer warpgroups zero them first, splitting
+// the rows, and meet at a named barrier.
 template <class T, int D, int B>
-__device__ __forceinline__ void issue_pv(float (&o)[1][D / 8][4],
-                                         const uint32_t (&pa)[1][B / 16][4], uint32_t v_tile) {
+__device__ __forceinline__ void issue_pv(float (&o)[1][D / 8][4], const uint32_t (&pa)[1][B / 16][4],
+                                         uint32_t v_tile, int valid, int ctid) {
   using Tr = Traits<D, B>;
+  if (valid < B) {
+    for (int i = ctid; i < (B - valid) * (D / 8); i += 128 * Tr::kConsumers) {
+      const int r = valid + i / (D / 8), u = i % (D / 8);
+      asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(
+                       v_tile + (u / 8) * Tr::kChunkBytes + r * 128 + (((u % 8) ^ (r % 8)) << 4)),
+                   "r"(0)
+                   : "memory");
+    }
+    fence_proxy_async();
+    named_barrier_sync(1, 128 * Tr::kConsumers);
+  }
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < B / 16; ++kk)
@@ -188,9 +183,6 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
   const uint32_t q_rows = sh.q + cw * 64 * 128;
   int n = 0;  // pipeline slot of the next key block
   int k = 0;  // items done
-  // Ping-pong: warpgroup 0 takes the first turn; its last sync below takes the last arrival.
-  if constexpr (Tr::kConsumers == 2)
-    if (cw == 1) named_barrier_arrive(kBarrierTurn0, 256);
   for (int index = blockIdx.x; index < num_items; index += gridDim.x, ++k) {
     Item<B> it(p, index);
     float o[1][D / 8][4];
@@ -201,57 +193,43 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
     sm.init();
     mbar_wait(sh.q_full(), k & 1);
 
-    // Each iteration issues, in this warpgroup's turn, O += P V of the previous key block and
-    // S = Q K^T of the current one, waits for both, then computes the softmax of the current
-    // block while the other warpgroup's products run. Q is released after the item's last
-    // S = Q K^T, so that the next item's Q loads during the last products and the epilogue.
+    // Q is released right after the item's last S = Q K^T, so that the next item's Q loads
+    // while the last O += P V and the epilogue run.
     Span cur;
     bool have = it.next_key(p, cur);
-    int prev_valid = B;
     if (!have) {
       __syncwarp();
       if (lane == 0) mbar_arrive(sh.q_empty());
     }
-    uint32_t pa[1][B / 16][4];
-    int prev_stage = 0;
-    bool pending = false;  // a block whose O += P V is still to be issued
-    while (have || pending) {
-      if (pending) {
-        mbar_wait(sh.v_full(prev_stage), ((n - 1) / Tr::kStages) & 1);
-        if (prev_valid < B) zero_invalid_v<D, B>(sh.v_tile(prev_stage), prev_valid, ctid);
-      }
-      const int stage = n % Tr::kStages;
-      if (have) mbar_wait(sh.k_full(stage), (n / Tr::kStages) & 1);
-      const Span s = cur;
-      const bool next = have && it.next_key(p, cur);
-
+    while (have) {
       float sc[1][B / 8][4];
-      if constexpr (Tr::kConsumers == 2) named_barrier_sync(kBarrierTurn0 + cw, 256);
-      if (pending) issue_pv<T, D, B>(o, pa, sh.v_tile(prev_stage));
-      if (have) issue_qk<T, D, B>(sc, q_rows, sh.k_tile(stage));
-      if constexpr (Tr::kConsumers == 2) named_barrier_arrive(kBarrierTurn0 + (cw ^ 1), 256);
+      uint32_t pa[1][B / 16][4];
+      const int stage = n % Tr::kStages;
+      const uint32_t parity = (n / Tr::kStages) & 1;
+      ++n;
+      mbar_wait(sh.k_full(stage), parity);
+      issue_qk<T, D, B>(sc, q_rows, sh.k_tile(stage));
+      const Span s = cur;
+      have = it.next_key(p, cur);
       wgmma_wait<0>();
-      // pa stays live up to here, so its registers are not reused for S while P V reads them.
+      fence_operands(sc[0]);
+      if (!have) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(sh.q_empty());
+      }
+      float alpha[1][2];
+      const bool raised = s.valid < B
+                              ? sm.scores<T, true>(sc, pa, alpha, p.scale_log2, s.valid, lane)
+                              : sm.scores<T, false>(sc, pa, alpha, p.scale_log2, B, lane);
+      if (__any_sync(0xffffffffu, raised)) OnlineSoftmax<1>::rescale(o, alpha);
+      fence_operands(o[0]);
       fence_operands(pa[0]);
+      mbar_wait(sh.v_full(stage), parity);
+      issue_pv<T, D, B>(o, pa, sh.v_tile(stage), s.valid, ctid);
+      wgmma_wait<0>();
       fence_operands(o[0]);
       __syncwarp();
-      if (pending && lane == 0) mbar_arrive(sh.empty(prev_stage));
-      if (have && !next && lane == 0) mbar_arrive(sh.q_empty());
-      if (have) {
-        fence_operands(sc[0]);
-        float alpha[1][2];
-        const bool raised = s.valid < B
-                                ? sm.scores<T, true>(sc, pa, alpha, p.scale_log2, s.valid, lane)
-                                : sm.scores<T, false>(sc, pa, alpha, p.scale_log2, B, lane);
-        if (__any_sync(0xffffffffu, raised)) OnlineSoftmax<1>::rescale(o, alpha);
-        fence_operands(o[0]);
-        fence_operands(pa[0]);
-        prev_stage = stage;
-        prev_valid = s.valid;
-        ++n;
-      }
-      pending = have;
-      have = next;
+      if (lane == 0) mbar_arrive(sh.empty(stage));
     }
 
     // Epilogue: normalise, correct, write lse (finish_rows), then O straight from registers:
@@ -271,8 +249,6 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
         dst[t * 4] = Mma<T>::pack(o[0][t][2 * hf], o[0][t][2 * hf + 1]);
     }
   }
-  if constexpr (Tr::kConsumers == 2)
-    if (cw == 0) named_barrier_sync(kBarrierTurn0, 256);
 }
 
 template <class T, int D, int B, class Epi>
