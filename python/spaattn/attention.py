@@ -94,6 +94,7 @@ def block_sparse_attention(
     scale: float | None = None,
     layout: str = "bshd",
     return_lse: bool = False,
+    kernel: str = "auto",
 ) -> ArrayT | tuple[ArrayT, ArrayT]:
     """Attention restricted to the key blocks a block mask selects (ALGORITHM.md section 3).
 
@@ -110,6 +111,7 @@ def block_sparse_attention(
             col_indices) CSR lists as :func:`dense_to_csr` returns them.
         scale: softmax scale, default 1/sqrt(d).
         return_lse: also return the float32 log-sum-exp per row, [b, S, H] (or [b, H, S]).
+        kernel: GPU kernel family: "auto", "portable" or "hopper" (see SparseAttention).
 
     >>> import numpy as np, spaattn
     >>> rng = np.random.default_rng(0)
@@ -135,7 +137,7 @@ def block_sparse_attention(
         row_offsets, col_indices = _mask_csr(mask, q, stream)
         _C.block_sparse_attention(
             qv, kv, vv, row_offsets, col_indices, out_view, lse_view, lengths, lengths_host,
-            num_text, text_placement, block_size, 0.0 if scale is None else scale,
+            num_text, text_placement, block_size, 0.0 if scale is None else scale, kernel,
             tuple(mask.shape) if dense else None, stream,
         )
     return (out, lse) if return_lse else out

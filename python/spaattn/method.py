@@ -60,6 +60,9 @@ class SparseAttention:
         ref_period, drift, clamp, cache_delta: Re-ttention's reference period, the drift
             ``lambda`` of ``rho``, clamping ``rho'`` to 1, and caching ``Delta``.
         scale: softmax scale, default 1/sqrt(d).
+        kernel: GPU kernel family, "auto" (the Hopper family on compute capability 9.0 devices,
+            else the portable one; the environment variable SPAATTN_KERNEL may force one),
+            "portable" or "hopper" (an error where it cannot run).
         measure_density: on the GPU, read each call's block mask back to report
             ``last_stats.density`` (one synchronisation per call; the CPU always reports it).
 
@@ -106,6 +109,7 @@ class SparseAttention:
         cache_delta: bool = True,
         scale: float | None = None,
         measure_density: bool = False,
+        kernel: str = "auto",
     ) -> None:
         grid3 = (0, 0, 0) if grid is None else tuple(int(g) for g in grid)
         if len(grid3) != 3:
@@ -119,6 +123,7 @@ class SparseAttention:
             dense_layers=list(dense_layers), mask_period=mask_period, ref_period=ref_period,
             drift=drift, clamp=clamp, cache_delta=cache_delta,
             scale=0.0 if scale is None else scale, measure_density=measure_density,
+            kernel=kernel,
             allocate=self._memory.allocate, release=self._memory.release,
         )
         self.method = method

@@ -17,9 +17,11 @@ void attention(const In& q, const In& k, const In& v, const In& row_offsets,
                const In& col_indices, const Out& out, const std::optional<Out>& lse,
                const std::optional<In>& text_lengths, const std::optional<In>& text_lengths_host,
                int64_t num_text, const std::string& text_placement, int block_size, float scale,
+               const std::string& kernel,
                std::optional<std::array<int64_t, 4>> mask_dims, uintptr_t stream) {
-  const AttentionArgs args = make_args(q, k, v, text_lengths, text_lengths_host, num_text,
-                                       text_placement, block_size, scale);
+  AttentionArgs args = make_args(q, k, v, text_lengths, text_lengths_host, num_text,
+                                 text_placement, block_size, scale);
+  args.kernel = parse_kernel_family(kernel, "kernel");
   // CSR lists carry no dims: those of the call, unless the dense mask they came from had others.
   BlockMaskView mask;
   mask.batch = args.q.shape[0];
@@ -91,7 +93,7 @@ void bind_attention(nb::module_& m) {
   m.def("block_sparse_attention", &attention, "q"_a, "k"_a, "v"_a, "row_offsets"_a,
         "col_indices"_a, "out"_a, "lse"_a.none(), "text_lengths"_a.none(),
         "text_lengths_host"_a.none(), "num_text"_a, "text_placement"_a, "block_size"_a,
-        "scale"_a, "mask_dims"_a.none(), "stream"_a,
+        "scale"_a, "kernel"_a, "mask_dims"_a.none(), "stream"_a,
         "Block-sparse attention over CSR block lists into `out` (and `lse` when given).");
   m.def("dense_to_csr_workspace_size", &cuda::dense_to_csr_workspace_size, "rows"_a);
   m.def("dense_to_csr", &dense_to_csr_device, "mask"_a, "row_offsets"_a, "col_indices"_a,

@@ -47,7 +47,8 @@ void init(Attention* self, const std::string& method, double sparsity, double p,
           std::array<int64_t, 3> tile, const std::string& selector, bool neighbours,
           int64_t first_frame_blocks, bool gapr, int dense_steps, std::vector<int> dense_layers,
           int mask_period, int ref_period, float drift, bool clamp, bool cache_delta,
-          float scale, bool measure_density, std::optional<AllocateFn> allocate,
+          float scale, bool measure_density, const std::string& kernel,
+          std::optional<AllocateFn> allocate,
           std::optional<ReleaseFn> release) {
   Config c;
   c.method = parse_method(method, "method");
@@ -71,6 +72,7 @@ void init(Attention* self, const std::string& method, double sparsity, double p,
   c.schedule.mask_period = mask_period;
   c.scale = scale;
   c.measure_density = measure_density;
+  c.kernel = parse_kernel_family(kernel, "kernel");
   // Invalid options throw here, before the Python callables are wrapped; the object is built
   // step by step so that no temporary holding them is alive while a constructor may throw.
   c.validate();
@@ -117,7 +119,7 @@ void bind_method(nb::module_& m) {
            "order"_a, "grid"_a, "axes"_a, "tile"_a, "selector"_a, "neighbours"_a,
            "first_frame_blocks"_a, "gapr"_a, "dense_steps"_a, "dense_layers"_a,
            "mask_period"_a, "ref_period"_a, "drift"_a, "clamp"_a, "cache_delta"_a, "scale"_a,
-           "measure_density"_a, "allocate"_a.none(), "release"_a.none())
+           "measure_density"_a, "kernel"_a, "allocate"_a.none(), "release"_a.none())
       .def("forward", &forward, "q"_a, "k"_a, "v"_a, "out"_a, "text_lengths"_a.none(),
            "text_lengths_host"_a.none(), "layer"_a, "entry"_a, "step"_a, "num_text"_a,
            "text_placement"_a, "stream"_a)

@@ -101,6 +101,12 @@ TEST(Validation, ConfigFields) {
   expect_error([&] { c.validate(); }, "config.select.selector", "expected a grid");
   expect_error([&] { parse_method("flash"); }, "method", "got 'flash'");
   EXPECT_EQ(parse_method("rectified_rettention"), Method::rectified_rettention);
+  c = Config{};
+  c.kernel = static_cast<KernelFamily>(7);
+  expect_error([&] { c.validate(); }, "config.kernel", "got 7");
+  expect_error([&] { parse_kernel_family("sm90"); }, "kernel", "got 'sm90'");
+  for (KernelFamily f : {KernelFamily::automatic, KernelFamily::portable, KernelFamily::hopper})
+    EXPECT_EQ(parse_kernel_family(to_string(f)), f);
 }
 
 TEST(Validation, Float16RoundTrip) {

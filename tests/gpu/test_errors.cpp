@@ -2,10 +2,12 @@
 // before anything is launched (the poisoned output stays untouched).
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <functional>
 #include <memory>
 
 #include "cpu/testing.hpp"
+#include "cuda/attention/api.hpp"
 #include "gpu_testing.hpp"
 
 namespace spaattn::gpu_test {
@@ -77,6 +79,41 @@ TEST(AttentionErrors, NameTheArgument) {
       << "a rejected call wrote to out";
   EXPECT_NO_THROW(s.call(s.args, mask, out, lse));
   cuda_ok(cudaDeviceSynchronize(), "valid call");
+}
+
+// The kernel family: an unknown SPAATTN_KERNEL and a forced Hopper family that cannot serve the
+// call are errors naming the variable / the field, before any launch; an explicit family wins
+// over the variable.
+TEST(AttentionErrors, KernelFamilyChoice) {
+  ErrorCase s;
+  const TensorView out = s.out->view, lse = s.lse->view;
+  const BlockMaskView mask = s.mask->view;
+  struct Env {
+    explicit Env(const char* v) { setenv("SPAATTN_KERNEL", v, 1); }
+    ~Env() { unsetenv("SPAATTN_KERNEL"); }
+  };
+  {
+    Env env("sm90");
+    testing::expect_error([&] { s.call(s.args, mask, out, lse); }, "SPAATTN_KERNEL", "'sm90'");
+    AttentionArgs a = s.args;
+    a.kernel = KernelFamily::portable;
+    EXPECT_NO_THROW(s.call(a, mask, out, lse));
+  }
+  // K and V read through a token order inside the kernel: the portable family only.
+  std::vector<int32_t> perm(130);
+  for (int i = 0; i < 130; ++i) perm[i] = 129 - i;
+  DeviceBuffer d_perm(perm.size() * 4);
+  d_perm.upload(perm.data(), d_perm.bytes());
+  cuda_detail::FwdParams fp = cuda_detail::make_fwd_params(s.args, mask, out, lse);
+  fp.video_perm = static_cast<const int32_t*>(d_perm.get());
+  testing::expect_error(
+      [&] { cuda_detail::launch_fwd(fp, DType::bf16, 64, 64, nullptr, KernelFamily::hopper); },
+      "kernel", hopper_available() ? "token order" : "compute capability 9.0");
+  EXPECT_EQ(cuda_detail::resolve_family(KernelFamily::automatic, fp), KernelFamily::portable);
+  fp.kv_ordered = true;
+  EXPECT_EQ(cuda_detail::resolve_family(KernelFamily::automatic, fp),
+            hopper_available() ? KernelFamily::hopper : KernelFamily::portable);
+  cuda_ok(cudaDeviceSynchronize(), "calls");
 }
 
 }  // namespace
