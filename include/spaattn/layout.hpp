@@ -84,6 +84,9 @@ struct AttentionArgs {
 void validate(const AttentionArgs& args, const TensorView* out = nullptr,
               const TensorView* lse = nullptr);
 
+// The most entries a CSR block mask can hold: its offsets are int32.
+inline constexpr int64_t kMaxMaskEntries = (int64_t{1} << 31) - 1;
+
 // Block mask as per-row index lists (CSR). Row r = (batch * heads + head) * num_q_blocks + i
 // lists the key blocks of query block i in ascending order in
 // col_indices[row_offsets[r] .. row_offsets[r + 1]). Blocks are logical ids (Layout).

@@ -140,29 +140,32 @@ void validate(const BlockMaskView& mask, const AttentionArgs& args) {
                         ro.stride[0] == 1,
                     "mask.row_offsets", "expected contiguous int32 [", rows + 1, "], got ",
                     to_string(ro.dtype), " ", shape_str(ro));
-  SPAATTN_CHECK_ARG(ci.dtype == DType::i32 && ci.rank == 1 && (ci.shape[0] == 0 || ci.data) &&
-                        ci.stride[0] == 1,
+  // An empty list (a mask that selects nothing) may come with any stride and no data.
+  SPAATTN_CHECK_ARG(ci.dtype == DType::i32 && ci.rank == 1 &&
+                        (ci.shape[0] == 0 || (ci.data && ci.stride[0] == 1)),
                     "mask.col_indices", "expected contiguous int32 [nnz], got ",
                     to_string(ci.dtype), " ", shape_str(ci));
+  SPAATTN_CHECK_ARG(ci.shape[0] <= kMaxMaskEntries, "mask.col_indices",
+                    "expected fewer than 2^31 entries (int32 offsets), got ", ci.shape[0]);
   SPAATTN_CHECK_ARG(ro.device == args.q.device && ci.device == args.q.device, "mask",
                     "expected device ", to_string(args.q.device));
   if (ro.device != Device::cpu) return;  // device masks: contents are produced by the GPU plan
   const int32_t* off = ro.ptr<int32_t>();
   const int32_t* col = ci.ptr<int32_t>();
-  SPAATTN_CHECK_ARG(off[0] == 0 && off[rows] == ci.shape[0], "mask.row_offsets",
-                    "expected to start at 0 and end at nnz ", ci.shape[0], ", got ", off[0],
-                    " and ", off[rows]);
-  for (int64_t r = 0; r < rows; ++r) {
-    SPAATTN_CHECK_ARG(off[r] <= off[r + 1], "mask.row_offsets",
-                      "expected non-decreasing offsets, got ", off[r], " > ", off[r + 1],
-                      " at row ", r);
-    for (int32_t e = off[r]; e < off[r + 1]; ++e) {
+  const int64_t nnz = ci.shape[0];
+  // Offsets first, all of them, so that no column is read through an offset past nnz.
+  SPAATTN_CHECK_ARG(off[0] == 0 && off[rows] == nnz, "mask.row_offsets",
+                    "expected to start at 0 and end at nnz ", nnz, ", got ", off[0], " and ",
+                    off[rows]);
+  for (int64_t r = 0; r < rows; ++r)
+    SPAATTN_CHECK_ARG(off[r] <= off[r + 1] && off[r + 1] <= nnz, "mask.row_offsets",
+                      "expected non-decreasing offsets in [0, ", nnz, "], got ", off[r], " then ",
+                      off[r + 1], " at row ", r);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int32_t e = off[r]; e < off[r + 1]; ++e)
       SPAATTN_CHECK_ARG(col[e] >= 0 && col[e] < nb && (e == off[r] || col[e] > col[e - 1]),
-                        "mask.col_indices",
-                        "expected sorted unique block ids in [0, ", nb, "), got ", col[e],
-                        " in row ", r);
-    }
-  }
+                        "mask.col_indices", "expected sorted unique block ids in [0, ", nb,
+                        "), got ", col[e], " in row ", r);
 }
 
 BlockMaskView BlockMask::view() const {
@@ -190,7 +193,13 @@ BlockMask BlockMask::from_dense(const uint8_t* dense, int64_t batch, int64_t hea
   m.heads = heads;
   m.num_q_blocks = nq;
   m.num_k_blocks = nk;
+  SPAATTN_CHECK_ARG(nk < kMaxMaskEntries, "mask", "expected fewer than 2^31 key blocks, got ", nk);
+  int64_t total = 0;  // counted first: the int32 offsets must hold it
+  for (int64_t i = 0; i < m.rows() * nk; ++i) total += dense[i] != 0;
+  SPAATTN_CHECK_ARG(total <= kMaxMaskEntries, "mask",
+                    "expected at most 2^31 - 1 selected blocks in all (int32 offsets), got ", total);
   m.row_offsets.reserve(static_cast<size_t>(m.rows() + 1));
+  m.col_indices.reserve(static_cast<size_t>(total));
   m.row_offsets.push_back(0);
   for (int64_t r = 0; r < m.rows(); ++r) {
     for (int64_t j = 0; j < nk; ++j)

@@ -112,7 +112,10 @@ Selection select_blocks(const AttentionArgs& args, const Config& config, const B
   mask.heads = heads;
   mask.num_q_blocks = nb;
   mask.num_k_blocks = nb;
+  // Offsets are int32 (the kernels' CSR format): the total is counted in 64 bits and refused,
+  // before any list is written, when it does not fit.
   mask.row_offsets.assign(static_cast<size_t>(mask.rows() + 1), 0);
+  int64_t total = 0;
   for (int64_t bh = 0; bh < batch * heads; ++bh) {
     for (int64_t i = 0; i < nb; ++i) {
       const int64_t r = bh * nb + i;
@@ -121,7 +124,11 @@ Selection select_blocks(const AttentionArgs& args, const Config& config, const B
         const uint8_t* crit = sel.critical.data() + (bh * nv + i) * nv;
         size = std::count(crit, crit + nv, uint8_t{1}) + nt;
       }
-      mask.row_offsets[r + 1] = static_cast<int32_t>(mask.row_offsets[r] + size);
+      total += size;
+      SPAATTN_CHECK_ARG(total <= kMaxMaskEntries, "mask",
+                        "the selection lists more than 2^31 - 1 blocks in all (int32 offsets): "
+                        "split the call over batch or heads");
+      mask.row_offsets[r + 1] = static_cast<int32_t>(total);
     }
   }
   mask.col_indices.resize(mask.row_offsets.back());

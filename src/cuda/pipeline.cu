@@ -159,6 +159,10 @@ class GpuPipeline final : public DevicePipeline {
                     const StepPlan& plan, void* stream_ptr) override {
     cuda_detail::check_gpu_call(args, out, TensorView{});
     const st::Dims dims = st::make_dims(args.layout, args.batch(), args.heads(), args.head_dim());
+    // The plan writes CSR lists with int32 offsets into room for every block pair.
+    SPAATTN_CHECK_ARG(dims.max_nnz() <= kMaxMaskEntries, "q",
+                      "expected batch * heads * blocks^2 < 2^31 (int32 mask offsets), got ",
+                      dims.max_nnz(), ": split the call over batch or heads");
     const auto stream = static_cast<cudaStream_t>(stream_ptr);
     prepare(dims, args.q.dtype, stream);
 

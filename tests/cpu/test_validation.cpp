@@ -81,6 +81,49 @@ TEST(Validation, OutputsAndMasks) {
   expect_error([&] { validate(m.view(), c.args); }, "mask.col_indices", "sorted unique");
   m.col_indices[1] = 7;
   expect_error([&] { validate(m.view(), c.args); }, "mask.col_indices", "got 7 in row 0");
+
+  // Offsets are checked before any column is read through them: an offset past nnz in the
+  // middle, or decreasing offsets, are errors of row_offsets (nothing beyond col_indices read).
+  BlockMask bad = BlockMask::full(1, 2, nb, nb);
+  const int32_t nnz = static_cast<int32_t>(bad.col_indices.size());
+  bad.row_offsets[1] = nnz + 1000;
+  expect_error([&] { validate(bad.view(), c.args); }, "mask.row_offsets",
+               "then " + std::to_string(nnz + 1000) + " at row 0");
+  bad = BlockMask::full(1, 2, nb, nb);
+  bad.row_offsets[2] = 1;  // 0, 4, 1, ...
+  expect_error([&] { validate(bad.view(), c.args); }, "mask.row_offsets", "4 then 1 at row 1");
+
+  // A mask that selects nothing is valid: zero-size lists, with any stride and no data.
+  BlockMask none;
+  none.batch = 1;
+  none.heads = 2;
+  none.num_q_blocks = none.num_k_blocks = nb;
+  none.row_offsets.assign(static_cast<size_t>(2 * nb + 1), 0);
+  BlockMaskView nv = none.view();
+  nv.col_indices.data = nullptr;
+  nv.col_indices.stride[0] = 0;
+  EXPECT_NO_THROW(validate(nv, c.args));
+  // More entries than int32 offsets can address: refused before anything is read.
+  BlockMaskView huge = m.view();
+  huge.col_indices.shape[0] = int64_t{1} << 31;
+  expect_error([&] { validate(huge, c.args); }, "mask.col_indices", "fewer than 2^31");
+}
+
+// Attention under a mask that selects nothing: every row is 0 with lse = -inf.
+TEST(Validation, EmptyMaskGivesZerosAndMinusInfinity) {
+  Call c(1, 130, 5, 2, 64);
+  const int64_t nb = c.args.layout.num_blocks();
+  BlockMask none;
+  none.batch = 1;
+  none.heads = 2;
+  none.num_q_blocks = none.num_k_blocks = nb;
+  none.row_offsets.assign(static_cast<size_t>(2 * nb + 1), 0);
+  std::vector<float> out_d(135 * 2 * 64, NAN), lse_d(135 * 2, NAN);
+  const TensorView out = TensorView::contiguous(out_d.data(), DType::f32, {1, 135, 2, 64});
+  const TensorView lse = TensorView::contiguous(lse_d.data(), DType::f32, {1, 135, 2});
+  cpu::block_sparse_attention(c.args, none.view(), out, lse);
+  for (float x : out_d) ASSERT_EQ(x, 0.f);
+  for (float l : lse_d) ASSERT_TRUE(std::isinf(l) && l < 0);
 }
 
 TEST(Validation, ConfigFields) {
