@@ -58,12 +58,23 @@ struct StepPlan {
   int k = 0;
 };
 
+// What a stored selection or Re-ttention cache was made for: the tensor shape and the layout of
+// the sequence (a selection lists logical blocks, so another split into video and text blocks
+// makes it another mask even when the tensors keep their shape).
+struct CallShape {
+  std::array<int64_t, 4> dims{};  // [b, S, H, d]
+  int64_t num_video = 0, num_text = 0, block_size = 0;
+  TextPlacement text_placement = TextPlacement::suffix;
+  bool operator==(const CallShape&) const = default;
+};
+CallShape call_shape(const AttentionArgs& args);
+
 // The state of one (layer, entry) that decides the next call's plan.
 struct StateSummary {
-  int mask_step = -1;                    // step whose selection the state holds
-  int ref_step = -1;                     // last Re-ttention reference step
-  std::array<int64_t, 4> mask_shape{};   // [b, S, H, d] of the call that made the selection
-  std::array<int64_t, 4> cache_shape{};  // [b, S, H, d] of the reference step
+  int mask_step = -1;     // step whose selection the state holds
+  int ref_step = -1;      // last Re-ttention reference step
+  CallShape mask_shape;   // the call that made the selection
+  CallShape cache_shape;  // the reference step
 };
 
 // Decides the plan of `call` from the config and the state of its (layer, entry) (nullptr: none
@@ -92,7 +103,8 @@ class SparseAttention {
   // the caller's token order (raster for the video tokens); config.order is applied inside the
   // call. All arguments are validated before any work and before any state changes.
   // On the GPU path CallStats::density is NaN unless config.measure_density is set (it then
-  // synchronises `stream` once per call to read the mask back).
+  // synchronises `stream` once per call to read the mask back). config.scale and config.kernel
+  // apply where args leaves them unset (0, automatic); args setting another value is an error.
   CallStats forward(const CallInfo& call, const AttentionArgs& args, TensorView out,
                     void* stream = nullptr);
   // Number of (layer, entry) states held.

@@ -12,9 +12,6 @@
 namespace spaattn {
 namespace {
 
-std::array<int64_t, 4> shape_of(const AttentionArgs& args) {
-  return {args.batch(), args.seq_len(), args.heads(), args.head_dim()};
-}
 
 bool uses_rettention(Method m) {
   return m == Method::rettention || m == Method::rectified_rettention;
@@ -55,6 +52,15 @@ void write_output(const std::vector<float>& o, const TensorView& out, const Layo
 
 }  // namespace
 
+CallShape call_shape(const AttentionArgs& args) {
+  const Layout& L = args.layout;
+  return CallShape{.dims = {args.batch(), args.seq_len(), args.heads(), args.head_dim()},
+                   .num_video = L.num_video,
+                   .num_text = L.num_text,
+                   .block_size = L.block_size,
+                   .text_placement = L.text_placement};
+}
+
 StepPlan plan_step(const Config& config, const CallInfo& call, const AttentionArgs& args,
                    const StateSummary* prev) {
   const Schedule& sched = config.schedule;
@@ -70,7 +76,7 @@ StepPlan plan_step(const Config& config, const CallInfo& call, const AttentionAr
     plan.kind = CallStats::Kind::sparse;
     plan.fresh_mask = !prev || prev->mask_step < 0 || call.step < prev->mask_step ||
                       call.step - prev->mask_step >= sched.mask_period ||
-                      prev->mask_shape != shape_of(args);
+                      prev->mask_shape != call_shape(args);
     return plan;
   }
   // Re-ttention: references at w, w + r, ...; the mask of a reference step is kept until the
@@ -85,11 +91,17 @@ StepPlan plan_step(const Config& config, const CallInfo& call, const AttentionAr
                       "Re-ttention needs the reference step ", last_ref, " of layer ", call.layer,
                       " entry ", call.entry, " before step ", call.step,
                       " (call reset() between runs and run every step)");
-    const auto& c = prev->cache_shape;
-    SPAATTN_CHECK_ARG(c[0] == args.batch() && c[1] == args.seq_len() && c[2] == args.heads() &&
-                          c[3] == args.head_dim(),
-                      "q", "expected the shape of the reference step [", c[0], ", ", c[1], ", ",
-                      c[2], ", ", c[3], "]");
+    const CallShape& c = prev->cache_shape;
+    const CallShape now = call_shape(args);
+    SPAATTN_CHECK_ARG(c.dims == now.dims, "q", "expected the shape of the reference step [",
+                      c.dims[0], ", ", c.dims[1], ", ", c.dims[2], ", ", c.dims[3], "]");
+    const auto place = [](const CallShape& x) {
+      return x.text_placement == TextPlacement::prefix ? "prefix" : "suffix";
+    };
+    SPAATTN_CHECK_ARG(c == now, "layout", "expected the layout of the reference step (",
+                      c.num_video, " video and ", c.num_text, " ", place(c),
+                      " text tokens, blocks of ", c.block_size, "), got ", now.num_video, " and ",
+                      now.num_text, " ", place(now), ", blocks of ", now.block_size);
   }
   return plan;
 }
@@ -125,10 +137,24 @@ WorkspaceSize SparseAttention::workspace_size(const AttentionArgs& args) const {
   return detail::device_workspace_size(config_, args, perm_.size(), neighbours_);
 }
 
-CallStats SparseAttention::forward(const CallInfo& call, const AttentionArgs& args, TensorView out,
-                                   void* stream) {
+CallStats SparseAttention::forward(const CallInfo& call, const AttentionArgs& args_in,
+                                   TensorView out, void* stream) {
   // Everything is checked before any work and before any state changes.
-  validate(args, &out, nullptr);
+  validate(args_in, &out, nullptr);
+  // The config's softmax scale and kernel family apply where the call leaves them unset; a call
+  // that sets another value is an error rather than one of the two silently winning.
+  AttentionArgs args = args_in;
+  if (config_.scale != 0.f) {
+    SPAATTN_CHECK_ARG(args.scale == 0.f || args.scale == config_.scale, "args.scale",
+                      "expected 0 or config.scale ", config_.scale, ", got ", args.scale);
+    args.scale = config_.scale;
+  }
+  if (config_.kernel != KernelFamily::automatic) {
+    SPAATTN_CHECK_ARG(args.kernel == KernelFamily::automatic || args.kernel == config_.kernel,
+                      "args.kernel", "expected auto or config.kernel ", to_string(config_.kernel),
+                      ", got ", to_string(args.kernel));
+    args.kernel = config_.kernel;
+  }
   SPAATTN_CHECK_ARG(call.layer >= 0 && call.entry >= 0 && call.step >= 0, "call",
                     "expected layer, entry and step >= 0, got ", call.layer, ", ", call.entry,
                     ", ", call.step);
@@ -223,12 +249,12 @@ CallStats SparseAttention::forward_host(const CallInfo& call, const AttentionArg
   if (plan.fresh_mask) {
     state.selection = std::move(fresh);
     state.summary.mask_step = call.step;
-    state.summary.mask_shape = shape_of(args);
+    state.summary.mask_shape = call_shape(args);
   }
   if (stats.kind == CallStats::Kind::reference) {
     state.cache = std::move(fresh_cache);
     state.summary.ref_step = call.step;
-    state.summary.cache_shape = shape_of(args);
+    state.summary.cache_shape = call_shape(args);
   }
   return stats;
 }

@@ -194,11 +194,11 @@ class GpuPipeline final : public DevicePipeline {
 
     if (plan.fresh_mask) {
       state.summary.mask_step = call.step;
-      state.summary.mask_shape = {args.batch(), args.seq_len(), args.heads(), args.head_dim()};
+      state.summary.mask_shape = call_shape(args);
     }
     if (plan.kind == CallStats::Kind::reference) {
       state.summary.ref_step = call.step;
-      state.summary.cache_shape = {args.batch(), args.seq_len(), args.heads(), args.head_dim()};
+      state.summary.cache_shape = call_shape(args);
     }
     if (found == states_.end()) states_.emplace(key, std::move(created));
     if (config_.measure_density)
@@ -390,7 +390,7 @@ class GpuPipeline final : public DevicePipeline {
     p.video_perm = permute ? perm_device() : nullptr;
     p.kv_ordered = permute && k_ordered_ != nullptr;
     cuda_detail::launch_fwd(p, args.q.dtype, args.head_dim(), args.layout.block_size, stream,
-                            config_.kernel);
+                            args.kernel);
   }
 
   Config config_;

@@ -160,5 +160,73 @@ TEST(Method, MaskPeriodReusesTheSelectionPerLayerAndEntry) {
   EXPECT_EQ(rect.state_count(), 2u);
 }
 
+// Config::scale is the call's softmax scale where the call leaves it unset; a call with another
+// scale is refused before any work.
+TEST(Method, ConfigScaleAppliesToCallsWithoutOne) {
+  GridCall c;
+  Config cfg = c.config(Method::dense);
+  cfg.scale = 0.05f;
+  SparseAttention scaled(cfg);
+  std::vector<float> direct(c.out.size());
+  AttentionArgs a = c.args;
+  a.scale = 0.05f;
+  BlockMask full = BlockMask::full(c.B, c.H, c.args.layout.num_blocks(), c.args.layout.num_blocks());
+  cpu::block_sparse_attention(a, full.view(),
+                              TensorView::contiguous(direct.data(), DType::f32, {c.B, c.S, c.H, c.D}),
+                              TensorView{});
+  EXPECT_LT(rel_l2(c.run(scaled, {}), direct), 1e-6);
+  SparseAttention plain(c.config(Method::dense));
+  EXPECT_GT(rel_l2(c.run(plain, {}), direct), 1e-3);  // 1/sqrt(64) differs from 0.05
+  a.scale = 0.1f;
+  const std::vector<float> poison = c.out;
+  expect_error([&] { scaled.forward({}, a, c.out_view()); }, "args.scale",
+               "expected 0 or config.scale 0.05, got 0.1");
+  EXPECT_EQ(c.out, poison);
+}
+
+// A stored selection belongs to the layout it was made for: with the same tensor shape but
+// another split into video and text tokens, the selection is made afresh (and a Re-ttention
+// cache is refused), so the call equals the one of a fresh object.
+TEST(Method, AnotherLayoutOfTheSameShapeMakesAFreshSelection) {
+  Call c(1, 200, 0, 2, 64, 5);
+  Config cfg;
+  cfg.method = Method::sparse;
+  cfg.block_size = 64;
+  cfg.select.sparsity = 0.5;
+  cfg.schedule.mask_period = 4;
+  SparseAttention reused(cfg);
+  auto run = [&](SparseAttention& sa, const AttentionArgs& a, int step, CallStats* st) {
+    std::vector<float> o(c.out.size());
+    *st = sa.forward({0, 0, step}, a,
+                     TensorView::contiguous(o.data(), DType::f32, {c.B, c.S, c.H, c.D}));
+    return o;
+  };
+  CallStats st;
+  run(reused, c.args, 0, &st);
+  EXPECT_FALSE(st.mask_reused);
+  AttentionArgs text = c.args;
+  text.layout.num_video = 72;
+  text.layout.num_text = 128;
+  const std::vector<float> got = run(reused, text, 1, &st);
+  EXPECT_FALSE(st.mask_reused) << "a selection made for another layout was reused";
+  SparseAttention fresh(cfg);
+  CallStats st_fresh;
+  EXPECT_EQ(got, run(fresh, text, 1, &st_fresh));
+  run(reused, text, 2, &st);
+  EXPECT_TRUE(st.mask_reused);  // same layout again: reused as the period says
+
+  Config rcfg = cfg;
+  rcfg.method = Method::rettention;
+  SparseAttention rt(rcfg);
+  run(rt, c.args, 0, &st);
+  EXPECT_EQ(st.kind, CallStats::Kind::reference);
+  const std::vector<float> poison = c.out;
+  expect_error([&] { rt.forward({0, 0, 1}, text, c.out_view()); }, "layout",
+               "expected the layout of the reference step (200 video and 0 suffix");
+  EXPECT_EQ(c.out, poison);
+  run(rt, c.args, 1, &st);  // the cache of step 0 still serves its own layout
+  EXPECT_EQ(st.kind, CallStats::Kind::sparse);
+}
+
 }  // namespace
 }  // namespace spaattn
