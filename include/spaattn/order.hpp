@@ -12,8 +12,9 @@ namespace spaattn {
 // The latent grid of the video tokens, raster index = (t * h + y) * w + x.
 struct Grid {
   int64_t t = 0, h = 0, w = 0;
-  int64_t size() const { return t * h * w; }
-  bool empty() const { return size() == 0; }
+  int64_t size() const { return t * h * w; }  // of a validated grid (order.hpp validate)
+  // No grid: all three zero. Any other value is a grid, checked by validate() before use.
+  bool empty() const { return t == 0 && h == 0 && w == 0; }
 };
 
 enum class OrderKind : uint8_t { raster, gilbert, tiles };

@@ -44,6 +44,14 @@ Selector Config::selector() const {
 }
 
 void Config::validate() const {
+  SPAATTN_CHECK_ARG(method <= Method::rectified_rettention, "config.method",
+                    "expected dense, sparse, rectified, rettention or rectified_rettention, got ",
+                    static_cast<int>(method));
+  SPAATTN_CHECK_ARG(select.selector <= Selector::local, "config.select.selector",
+                    "expected automatic, ipar, band or local, got ",
+                    static_cast<int>(select.selector));
+  SPAATTN_CHECK_ARG(order.kind <= OrderKind::tiles, "config.order.kind",
+                    "expected raster, gilbert or tiles, got ", static_cast<int>(order.kind));
   SPAATTN_CHECK_ARG(block_size == 64 || block_size == 128, "config.block_size",
                     "expected 64 or 128, got ", block_size);
   SPAATTN_CHECK_ARG(kernel == KernelFamily::automatic || kernel == KernelFamily::portable ||

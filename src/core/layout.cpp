@@ -1,7 +1,10 @@
 // Argument validation of an attention call (ALGORITHM.md section 7) and the host CSR mask.
 #include "spaattn/layout.hpp"
 
+#include <algorithm>
+#include <array>
 #include <cmath>
+#include <utility>
 
 #include "spaattn/error.hpp"
 
@@ -58,11 +61,32 @@ void check_qkv_like(const TensorView& t, const char* name, const TensorView& q) 
                       " on dim ", d);
 }
 
+// An output must not reach one element through two indices (a zero stride, or strides that
+// interleave): the kernels write every index once and would race or lose values. The dims with
+// more than one index, taken by increasing stride, must each step past everything the smaller
+// ones reach. 128-bit arithmetic: the products of absurd shapes and strides fit.
+void check_no_self_overlap(const TensorView& t, const char* name) {
+  std::array<std::pair<int64_t, int64_t>, 4> dims{};  // (stride, shape)
+  int n = 0;
+  for (int d = 0; d < t.rank; ++d)
+    if (t.shape[d] > 1) dims[n++] = {t.stride[d], t.shape[d]};
+  std::sort(dims.begin(), dims.begin() + n);
+  __int128 reach = 0;  // largest offset the smaller dims reach
+  for (int i = 0; i < n; ++i) {
+    SPAATTN_CHECK_ARG(dims[i].first > reach, name,
+                      "expected a view whose elements do not overlap, got shape ", shape_str(t),
+                      " with a stride of ", dims[i].first, " on a dim of ", dims[i].second);
+    reach += static_cast<__int128>(dims[i].first) * (dims[i].second - 1);
+  }
+}
+
 }  // namespace
 
 void validate(const AttentionArgs& args, const TensorView* out, const TensorView* lse) {
   const TensorView& q = args.q;
   SPAATTN_CHECK_ARG(q.data != nullptr, "q", "expected a tensor, got a null pointer");
+  SPAATTN_CHECK_ARG(q.device == Device::cpu || q.device == Device::cuda, "q",
+                    "expected device cpu or cuda, got ", static_cast<int>(q.device));
   SPAATTN_CHECK_ARG(q.rank == 4, "q", "expected 4 dimensions [b, S, H, d], got ", q.rank);
   SPAATTN_CHECK_ARG(is_float(q.dtype), "q", "expected dtype float32, bfloat16 or float16, got ",
                     to_string(q.dtype));
@@ -82,6 +106,15 @@ void validate(const AttentionArgs& args, const TensorView* out, const TensorView
   const Layout& L = args.layout;
   SPAATTN_CHECK_ARG(L.block_size == 64 || L.block_size == 128, "layout.block_size",
                     "expected 64 or 128, got ", L.block_size);
+  SPAATTN_CHECK_ARG(L.text_placement == TextPlacement::suffix ||
+                        L.text_placement == TextPlacement::prefix,
+                    "layout.text_placement", "expected suffix or prefix, got ",
+                    static_cast<int>(L.text_placement));
+  SPAATTN_CHECK_ARG(args.kernel == KernelFamily::automatic ||
+                        args.kernel == KernelFamily::portable ||
+                        args.kernel == KernelFamily::hopper,
+                    "kernel", "expected auto, portable or hopper, got ",
+                    static_cast<int>(args.kernel));
   SPAATTN_CHECK_ARG(L.num_video >= 0 && L.num_text >= 0, "layout",
                     "expected num_video >= 0 and num_text >= 0, got ", L.num_video, " and ",
                     L.num_text);
@@ -112,6 +145,7 @@ void validate(const AttentionArgs& args, const TensorView* out, const TensorView
     check_qkv_like(*out, "out", q);
     SPAATTN_CHECK_ARG(is_float(out->dtype), "out",
                       "expected dtype float32, bfloat16 or float16, got ", to_string(out->dtype));
+    check_no_self_overlap(*out, "out");
   }
   if (lse && !lse->empty()) {
     SPAATTN_CHECK_ARG(lse->dtype == DType::f32, "lse", "expected dtype float32, got ",
@@ -122,6 +156,10 @@ void validate(const AttentionArgs& args, const TensorView* out, const TensorView
                       "], got ", shape_str(*lse));
     SPAATTN_CHECK_ARG(lse->device == q.device, "lse", "expected device ", to_string(q.device),
                       ", got ", to_string(lse->device));
+    for (int d = 0; d < 3; ++d)
+      SPAATTN_CHECK_ARG(lse->stride[d] >= 0, "lse", "expected non-negative strides, got ",
+                        lse->stride[d], " on dim ", d);
+    check_no_self_overlap(*lse, "lse");
   }
 }
 

@@ -109,6 +109,49 @@ TEST(Validation, OutputsAndMasks) {
   expect_error([&] { validate(huge, c.args); }, "mask.col_indices", "fewer than 2^31");
 }
 
+// Outputs that reach an element twice, enum values out of range and grids whose size does not fit
+// are refused, naming the argument.
+TEST(Validation, OverlappingOutputsEnumsAndGrids) {
+  Call c(1, 130, 5, 2, 64);
+  TensorView out = c.out_view();
+  out.stride[1] = 0;  // every token of a head writes the same row
+  expect_error([&] { validate(c.args, &out, nullptr); }, "out", "do not overlap");
+  out = c.out_view();
+  out.stride[2] = 32;  // heads interleave with the 64 columns of a row
+  expect_error([&] { validate(c.args, &out, nullptr); }, "out", "do not overlap");
+  out = c.out_view();
+  EXPECT_NO_THROW(validate(c.args, &out, nullptr));
+  std::vector<float> lse_d(135 * 2);
+  TensorView lse = TensorView::contiguous(lse_d.data(), DType::f32, {1, 135, 2});
+  lse.stride[2] = 0;
+  expect_error([&] { validate(c.args, nullptr, &lse); }, "lse", "do not overlap");
+
+  AttentionArgs a = c.args;
+  a.layout.text_placement = static_cast<TextPlacement>(5);
+  expect_error([&] { validate(a); }, "layout.text_placement", "got 5");
+  a = c.args;
+  a.q.device = static_cast<Device>(9);
+  expect_error([&] { validate(a); }, "q", "expected device cpu or cuda, got 9");
+  a = c.args;
+  a.kernel = static_cast<KernelFamily>(3);
+  expect_error([&] { validate(a); }, "kernel", "got 3");
+
+  Config cfg;
+  cfg.method = static_cast<Method>(11);
+  expect_error([&] { cfg.validate(); }, "config.method", "got 11");
+  cfg = Config{};
+  cfg.select.selector = static_cast<Selector>(12);
+  expect_error([&] { cfg.validate(); }, "config.select.selector", "got 12");
+  cfg = Config{};
+  cfg.order.kind = static_cast<OrderKind>(13);
+  expect_error([&] { cfg.validate(); }, "config.order.kind", "got 13");
+  cfg = Config{};
+  cfg.order.grid = Grid{int64_t{1} << 32, int64_t{1} << 32, 1};  // t * h * w wraps to 0
+  expect_error([&] { cfg.validate(); }, "order.grid", "expected at most");
+  cfg.order.grid = Grid{4, 0, 4};
+  expect_error([&] { cfg.validate(); }, "order.grid", "expected t, h, w >= 1");
+}
+
 // Attention under a mask that selects nothing: every row is 0 with lse = -inf.
 TEST(Validation, EmptyMaskGivesZerosAndMinusInfinity) {
   Call c(1, 130, 5, 2, 64);
