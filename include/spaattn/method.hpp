@@ -5,6 +5,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <tuple>
 #include <vector>
 
@@ -90,6 +91,11 @@ class DevicePipeline;  // the GPU path, src/cuda/pipeline.cu
 // Runs the configured method and keeps its state (masks reused across steps, Re-ttention caches),
 // keyed by (layer, entry). Host tensors run on the CPU reference; CUDA tensors run on the GPU on
 // `stream` without synchronising with the host. Call reset() between diffusion runs.
+//
+// Threads: an object may be shared by threads. forward(), reset() and state_count() take the
+// object's own mutex, so its calls run one at a time (a GPU call holds it only while it enqueues
+// work); separate objects run concurrently. A moved-from object may only be destroyed or
+// assigned to.
 class SparseAttention {
  public:
   explicit SparseAttention(Config config, DeviceMemory memory = {});  // validates the config
@@ -128,6 +134,7 @@ class SparseAttention {
   std::vector<std::vector<int32_t>> neighbours_;
   std::map<std::tuple<int, int>, LayerState> states_;
   std::unique_ptr<detail::DevicePipeline> device_;
+  std::unique_ptr<std::mutex> mutex_ = std::make_unique<std::mutex>();  // movable object
 };
 
 }  // namespace spaattn

@@ -121,11 +121,13 @@ SparseAttention::SparseAttention(SparseAttention&&) noexcept = default;
 SparseAttention& SparseAttention::operator=(SparseAttention&&) noexcept = default;
 
 void SparseAttention::reset() {
+  std::lock_guard<std::mutex> lock(*mutex_);
   states_.clear();
   if (device_) device_->reset();
 }
 
 size_t SparseAttention::state_count() const {
+  std::lock_guard<std::mutex> lock(*mutex_);
   return states_.size() + (device_ ? device_->state_count() : 0);
 }
 
@@ -141,6 +143,7 @@ CallStats SparseAttention::forward(const CallInfo& call, const AttentionArgs& ar
                                    TensorView out, void* stream) {
   // Everything is checked before any work and before any state changes.
   validate(args_in, &out, nullptr);
+  std::lock_guard<std::mutex> lock(*mutex_);
   // The config's softmax scale and kernel family apply where the call leaves them unset; a call
   // that sets another value is an error rather than one of the two silently winning.
   AttentionArgs args = args_in;

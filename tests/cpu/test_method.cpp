@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <thread>
 #include <vector>
 
 #include "cpu/testing.hpp"
@@ -158,6 +159,34 @@ TEST(Method, MaskPeriodReusesTheSelectionPerLayerAndEntry) {
     EXPECT_EQ(st.mask_reused, reused[step]) << "entry 1, step " << step;
   }
   EXPECT_EQ(rect.state_count(), 2u);
+}
+
+// One object shared by threads: calls on different (layer, entry) states and reset() interleave
+// without a race (the suite runs under ThreadSanitizer in CI) and each call still computes its
+// own result.
+TEST(Method, CallsFromSeveralThreadsAreSerialised) {
+  GridCall c;
+  Config cfg = c.config(Method::rectified);
+  cfg.select.sparsity = 0.5;
+  cfg.schedule.mask_period = 2;
+  SparseAttention shared(cfg);
+  SparseAttention alone(cfg);
+  const std::vector<float> want = c.run(alone, {0, 0, 0});
+  std::vector<std::vector<float>> got(4);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (int step = 0; step < 3; ++step) {
+        std::vector<float> o(c.out.size());
+        shared.forward({t, t % 2, step}, c.args,
+                       TensorView::contiguous(o.data(), DType::f32, {c.B, c.S, c.H, c.D}));
+        if (step == 0) got[t] = std::move(o);
+        if (t == 3) shared.reset();
+      }
+    });
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 4; ++t) EXPECT_EQ(got[t], want) << "thread " << t;
+  EXPECT_LE(shared.state_count(), 4u);
 }
 
 // Config::scale is the call's softmax scale where the call leaves it unset; a call with another
