@@ -8,6 +8,7 @@ framework, integer side inputs on the right device, and torch's current CUDA str
 from __future__ import annotations
 
 import contextlib
+import operator
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
@@ -81,17 +82,104 @@ def lse_output(q: Any, layout: str) -> tuple[Any, Any]:
     return lse, lse
 
 
-def int32_on(values: Any, like: Any, name: str) -> Any:
-    """`values` as a contiguous int32 vector on like's device (copied only when needed)."""
-    if is_torch(values):
-        torch = _torch()
-        target = like.device if is_torch(like) else "cpu"
-        values = values.detach().to(device=target, dtype=torch.int32).contiguous()
-        return values if is_torch(like) else values.numpy()
-    array = np.asarray(values)
+def _as_int(value: Any, name: str, expected: str) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected {expected}, got {type(value).__name__}") from None
+
+
+def _check_range(lowest: int, highest: int, name: str, *, bits: int, low: int | None,
+                 what: str = "values") -> None:
+    """Raises naming `name` unless [lowest, highest] lies within [low, 2^(bits-1))."""
+    if low is not None and lowest < low:
+        raise ValueError(f"{name}: expected {what} >= {low}, got {lowest}")
+    if lowest < -(2 ** (bits - 1)):
+        raise ValueError(f"{name}: expected {what} >= -2^{bits - 1}, got {lowest}")
+    if highest >= 2 ** (bits - 1):
+        raise ValueError(f"{name}: expected {what} < 2^{bits - 1}, got {highest}")
+
+
+def integer(value: Any, name: str, *, bits: int = 32, low: int | None = None) -> int:
+    """`value` as a Python int that fits the core's signed `bits`-bit integer.
+
+    Python ints have no size, so an unchecked value would wrap (or be refused by the binding
+    without naming the argument). ``low`` narrows the range where negative values make no sense.
+    """
+    number = _as_int(value, name, "an int")
+    _check_range(number, number, name, bits=bits, low=low, what="a value")
+    return number
+
+
+def triple(values: Any, name: str, labels: str) -> tuple[int, int, int]:
+    """Three ints that fit int64, e.g. a grid (T, H, W); the core checks what they mean."""
+    try:
+        items = tuple(values)
+    except TypeError:
+        raise TypeError(f"{name}: expected {labels}, got {values!r}") from None
+    if len(items) != 3:
+        raise ValueError(f"{name}: expected {labels}, got {items}")
+    t, h, w = (_as_int(x, name, "integers") for x in items)
+    _check_range(min(t, h, w), max(t, h, w), name, bits=64, low=None)
+    return t, h, w
+
+
+def int32_array(values: Any, name: str, *, low: int | None = None) -> np.ndarray:
+    """`values` (any integer array or sequence) as a contiguous int32 numpy array.
+
+    Every value is checked against the int32 range (and ``low``) before the conversion, so an
+    out-of-range index is an error naming the argument and the value, never a wrapped index.
+    An empty sequence is an empty index array (numpy would type ``[]`` as float64).
+    """
+    if isinstance(values, Iterator):
+        values = list(values)
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"{name}: expected integers, got a {type(values).__name__} numpy cannot convert "
+            f"({error})"
+        ) from None
+    if array.size == 0 and not isinstance(values, np.ndarray):
+        array = array.astype(np.int32)
+    if array.dtype == object:
+        # Python ints beyond int64 (or other objects): checked one by one.
+        items = array.ravel().tolist()
+        odd = [x for x in items if isinstance(x, bool) or not isinstance(x, (int, np.integer))]
+        if odd:
+            raise ValueError(f"{name}: expected integers, got {type(odd[0]).__name__}")
+        items = [int(x) for x in items]
+        if items:
+            _check_range(min(items), max(items), name, bits=32, low=low)
+        return np.ascontiguousarray(np.array(items, dtype=np.int32).reshape(array.shape))
     if array.dtype.kind not in "iu":
         raise ValueError(f"{name}: expected integers, got dtype {array.dtype}")
-    array = np.ascontiguousarray(array, dtype=np.int32)
+    if array.size > 0:
+        info = np.iinfo(array.dtype)
+        if info.min < -(2**31) or info.max >= 2**31 or (low is not None and info.min < low):
+            _check_range(int(array.min()), int(array.max()), name, bits=32, low=low)
+    return np.ascontiguousarray(array, dtype=np.int32)
+
+
+def int32_on(values: Any, like: Any, name: str) -> Any:
+    """`values` as a contiguous int32 vector on like's device (copied only when needed).
+
+    Values outside int32 are an error naming the argument (see :func:`int32_array`); a wider
+    tensor on the GPU is range-checked there, which synchronises once (int32 needs no check).
+    """
+    if is_torch(values):
+        torch = _torch()
+        values = values.detach()
+        if values.dtype.is_floating_point or values.dtype.is_complex or values.dtype == torch.bool:
+            raise ValueError(f"{name}: expected integers, got dtype {values.dtype}")
+        info = torch.iinfo(values.dtype)
+        if values.numel() > 0 and (info.min < -(2**31) or info.max >= 2**31):
+            lowest, highest = torch.aminmax(values.flatten())
+            _check_range(int(lowest), int(highest), name, bits=32, low=None)
+        target = like.device if is_torch(like) else "cpu"
+        values = values.to(device=target, dtype=torch.int32).contiguous()
+        return values if is_torch(like) else values.numpy()
+    array = int32_array(values, name)
     if is_torch(like):
         return _torch().from_numpy(array).to(like.device)
     return array
@@ -102,12 +190,14 @@ def text_lengths(values: Any, q: Any) -> tuple[Any | None, Any | None]:
 
     An int means the same length for every batch item. Host values are checked by the C++ core
     before any work; lengths already on the GPU are used as they are (reading them back would
-    synchronise).
+    synchronise), except that a dtype wider than int32 is range-checked before it is narrowed.
     """
     if values is None:
         return None, None
     if isinstance(values, (int, np.integer)):
-        values = np.full(q.shape[0], int(values), dtype=np.int32)
+        # q's rank is checked by the core; a scalar length still needs a batch to fill.
+        batch = q.shape[0] if q.ndim >= 1 else 1
+        values = np.full(batch, int32_array([values], "text_lengths")[0], dtype=np.int32)
     if is_cuda(q) and is_cuda(values):
         return int32_on(values, q, "text_lengths"), None
     host = int32_on(values.cpu() if is_torch(values) else values, np.empty(0), "text_lengths")

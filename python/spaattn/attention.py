@@ -39,10 +39,18 @@ def dense_to_csr(mask: Any) -> tuple[Any, Any]:
     ([0, 1, 3], [0, 0, 1])
     """
     T.check_array(mask, "mask")
+    dtype = str(mask.dtype).removeprefix("torch.")
+    if dtype not in ("bool", "uint8"):
+        # Checked here: the binding's list of the dtypes it can view would suggest others.
+        raise ValueError(f"mask: expected dtype bool or uint8, got {dtype}")
+    if mask.ndim == 4 and mask.shape[3] >= 2**31:
+        # Block ids are int32; checked before a contiguous copy of a broadcast mask is made.
+        raise ValueError(f"mask: expected fewer than 2^31 key blocks, got {mask.shape[3]}")
     if T.is_cuda(mask):
         with T.device_of(mask) as stream:
             return _device_csr(mask, stream)
-    dense = mask.detach().cpu().contiguous() if T.is_torch(mask) else np.ascontiguousarray(mask)
+    # np.ascontiguousarray would turn a 0-d mask into a 1-d one and hide its rank.
+    dense = mask.detach().cpu().contiguous() if T.is_torch(mask) else np.asarray(mask, order="C")
     return _C.dense_to_csr_host(dense)
 
 
@@ -70,9 +78,12 @@ def _mask_csr(mask: Mask, q: Any, stream: int) -> tuple[Any, Any]:
             )
         row_offsets = T.int32_on(mask[0], q, "mask.row_offsets")
         col_indices = T.int32_on(mask[1], q, "mask.col_indices")
-        if not T.is_cuda(q) and row_offsets.shape[0] > 0:
-            # Lists made on the GPU have room for every block; the host checks want nnz.
-            col_indices = col_indices[: int(row_offsets[-1])]
+        if not T.is_cuda(q) and row_offsets.ndim == 1 and row_offsets.shape[0] > 0:
+            # Lists made on the GPU have room for every block; the host checks want nnz. Other
+            # ends (negative, past the list) are left for the core to report.
+            nnz = int(row_offsets[-1])
+            if 0 <= nnz < col_indices.shape[0]:
+                col_indices = col_indices[:nnz]
         return row_offsets, col_indices
     T.check_array(mask, "mask")
     if T.is_cuda(q):
@@ -126,6 +137,8 @@ def block_sparse_attention(
     """
     T.check_layout(layout)
     qv, kv, vv = T.bshd(q, layout, "q"), T.bshd(k, layout, "k"), T.bshd(v, layout, "v")
+    num_text = T.integer(num_text, "num_text", bits=64)
+    block_size = T.integer(block_size, "block_size")
     out, out_view = T.output(q, None, layout)
     lse: Any = None
     lse_view: Any = None

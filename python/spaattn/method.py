@@ -111,16 +111,21 @@ class SparseAttention:
         measure_density: bool = False,
         kernel: str = "auto",
     ) -> None:
-        grid3 = (0, 0, 0) if grid is None else tuple(int(g) for g in grid)
-        if len(grid3) != 3:
-            raise ValueError(f"grid: expected (T, H, W), got {tuple(grid)}")  # type: ignore[arg-type]
+        # Integers are range-checked here, before the binding narrows them; what they mean
+        # (block sizes, grid extents, periods) is checked by the C++ core.
+        grid3 = None if grid is None else T.triple(grid, "grid", "(T, H, W)")
+        block_size = T.integer(block_size, "block_size")
         self._memory = T.TorchMemory()
         self._impl = _C.SparseAttention(
             method=method, sparsity=sparsity, p=p, block_size=block_size,
             order=order if order is not None else ("raster" if grid is None else "gilbert"),
-            grid=grid3, axes=axes, tile=tuple(tile), selector=selector, neighbours=neighbours,
-            first_frame_blocks=first_frame_blocks, gapr=gapr, dense_steps=dense_steps,
-            dense_layers=list(dense_layers), mask_period=mask_period, ref_period=ref_period,
+            grid=grid3, axes=axes, tile=T.triple(tile, "tile", "(t, h, w)"), selector=selector,
+            neighbours=neighbours,
+            first_frame_blocks=T.integer(first_frame_blocks, "first_frame_blocks", bits=64),
+            gapr=gapr, dense_steps=T.integer(dense_steps, "dense_steps"),
+            dense_layers=T.int32_array(dense_layers, "dense_layers", low=0).ravel().tolist(),
+            mask_period=T.integer(mask_period, "mask_period"),
+            ref_period=T.integer(ref_period, "ref_period"),
             drift=drift, clamp=clamp, cache_delta=cache_delta,
             scale=0.0 if scale is None else scale, measure_density=measure_density,
             kernel=kernel,
@@ -128,7 +133,7 @@ class SparseAttention:
         )
         self.method = method
         self.block_size = block_size
-        self.grid = None if grid is None else grid3
+        self.grid = grid3
         self.last_stats: CallStats | None = None
 
     @property
@@ -172,13 +177,15 @@ class SparseAttention:
         """
         T.check_layout(layout)
         qv, kv, vv = T.bshd(q, layout, "q"), T.bshd(k, layout, "k"), T.bshd(v, layout, "v")
+        call = (T.integer(layer, "layer"), T.integer(entry, "entry"), T.integer(step, "step"))
+        num_text = T.integer(num_text, "num_text", bits=64)
         out, out_view = T.output(q, out, layout)
         lengths, lengths_host = T.text_lengths(text_lengths, q)
         with T.device_of(q) as stream:
             self._memory.device = q.device if T.is_cuda(q) else None  # type: ignore[attr-defined]
             kind, density, reused = self._impl.forward(
-                qv, kv, vv, out_view, lengths, lengths_host, layer, entry, step, num_text,
-                text_placement, stream,
+                qv, kv, vv, out_view, lengths, lengths_host, *call, num_text, text_placement,
+                stream,
             )
         self.last_stats = CallStats(kind, density, reused)
         return out

@@ -22,10 +22,11 @@ ORDERS = ("raster", "gilbert", "tiles")
 
 
 def _grid(grid: Sequence[int]) -> tuple[int, int, int]:
-    g = tuple(int(x) for x in grid)
-    if len(g) != 3:
-        raise ValueError(f"grid: expected (T, H, W), got {tuple(grid)}")
-    return g  # type: ignore[return-value]
+    return T.triple(grid, "grid", "(T, H, W)")
+
+
+def _tile(tile: Sequence[int]) -> tuple[int, int, int]:
+    return T.triple(tile, "tile", "(t, h, w)")
 
 
 def token_permutation(
@@ -40,7 +41,7 @@ def token_permutation(
     >>> spaattn.token_permutation("tiles", (1, 2, 4), tile=(1, 2, 2)).tolist()
     [0, 1, 4, 5, 2, 3, 6, 7]
     """
-    return _C.token_permutation(kind, _grid(grid), axes, tuple(tile))
+    return _C.token_permutation(kind, _grid(grid), axes, _tile(tile))
 
 
 def gilbert(grid: Sequence[int], *, axes: str = "wht") -> np.ndarray:
@@ -64,7 +65,7 @@ def invert_permutation(perm: Any) -> np.ndarray:
     [1, 2, 0]
     """
     host = perm.detach().cpu().numpy() if T.is_torch(perm) else perm
-    return _C.invert_permutation(T.int32_on(host, np.empty(0), "perm"))
+    return _C.invert_permutation(T.int32_array(host, "perm"))
 
 
 def block_neighbours(
@@ -81,7 +82,8 @@ def block_neighbours(
     >>> spaattn.block_neighbours((1, 4, 4), block_size=4, order="raster")
     [[0, 1], [0, 1, 2], [1, 2, 3], [2, 3]]
     """
-    return _C.block_neighbours(order, _grid(grid), axes, tuple(tile), block_size)
+    return _C.block_neighbours(order, _grid(grid), axes, _tile(tile),
+                               T.integer(block_size, "block_size"))
 
 
 def permute_tokens(
@@ -96,7 +98,8 @@ def permute_tokens(
 
     ``x`` is [b, S, H, d] (or [b, H, S, d] with ``layout="bhsd"``); the ``len(perm)`` video
     tokens start at ``video_offset`` and the other tokens are copied unchanged. Host tensors are
-    permuted by the C++ core, CUDA tensors with torch's indexing.
+    permuted by the C++ core, CUDA tensors with torch's indexing after the permutation is
+    checked on the host (a permutation on the GPU is copied back for that).
 
     >>> import numpy as np, spaattn
     >>> x = np.arange(8, dtype=np.float32).reshape(1, 8, 1, 1).repeat(64, axis=3)
@@ -109,13 +112,27 @@ def permute_tokens(
     """
     T.check_layout(layout)
     src = T.bshd(x, layout, "x")
+    video_offset = T.integer(video_offset, "video_offset", bits=64)
+    host = perm.detach().cpu().numpy() if T.is_torch(perm) else perm
+    perm32 = T.int32_array(host, "perm")
     if T.is_cuda(x):
+        # torch's indexing would wrap negative indices and fault on large ones: the checks of
+        # the host path run first (on a host copy of the permutation).
         torch = T._torch()
-        device = src.device
-        if T.is_torch(perm):
-            index = perm.to(device=device, dtype=torch.long)
-        else:
-            index = torch.as_tensor(np.asarray(perm), dtype=torch.long, device=device)
+        if src.ndim != 4:
+            raise ValueError(f"x: expected rank 4 [b, S, H, d], got rank {src.ndim}")
+        seq = src.shape[1]
+        if not 0 <= video_offset <= seq:
+            raise ValueError(
+                f"video_offset: expected 0 <= video_offset <= S = {seq}, got {video_offset}"
+            )
+        if perm32.ndim != 1 or perm32.shape[0] > seq - video_offset:
+            raise ValueError(
+                f"perm: expected at most S - video_offset = {seq - video_offset} entries, got "
+                f"shape {tuple(perm32.shape)}"
+            )
+        _C.invert_permutation(perm32)
+        index = torch.from_numpy(perm32).to(device=src.device, dtype=torch.long)
         dst = src.clone()
         video = slice(video_offset, video_offset + index.shape[0])
         if inverse:
@@ -124,6 +141,5 @@ def permute_tokens(
             dst[:, video] = src[:, video_offset + index]
         return dst.transpose(1, 2).contiguous() if layout == "bhsd" else dst
     out, out_view = T.output(x, None, layout)
-    host = perm.detach().cpu().numpy() if T.is_torch(perm) else perm
-    _C.permute_tokens(src, out_view, T.int32_on(host, np.empty(0), "perm"), video_offset, inverse)
+    _C.permute_tokens(src, out_view, perm32, video_offset, inverse)
     return out

@@ -22,6 +22,11 @@ void attention(const In& q, const In& k, const In& v, const In& row_offsets,
   AttentionArgs args = make_args(q, k, v, text_lengths, text_lengths_host, num_text,
                                  text_placement, block_size, scale);
   args.kernel = parse_kernel_family(kernel, "kernel");
+  const TensorView o = to_view(out, "out");
+  const TensorView l = to_view(lse, "lse");
+  // The call is validated before its layout is used: counting blocks divides by block_size.
+  // Host text lengths are read here; device ones only through their host copy (make_args).
+  validate(args, &o, l.empty() ? nullptr : &l);
   // CSR lists carry no dims: those of the call, unless the dense mask they came from had others.
   BlockMaskView mask;
   mask.batch = args.q.shape[0];
@@ -35,8 +40,6 @@ void attention(const In& q, const In& k, const In& v, const In& row_offsets,
   }
   mask.row_offsets = to_view(row_offsets, "mask.row_offsets");
   mask.col_indices = to_view(col_indices, "mask.col_indices");
-  const TensorView o = to_view(out, "out");
-  const TensorView l = to_view(lse, "lse");
   nb::gil_scoped_release release;
   if (args.q.device == Device::cuda)
     cuda::block_sparse_attention(args, mask, o, l, to_stream(stream));

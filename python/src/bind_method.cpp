@@ -43,18 +43,17 @@ DeviceMemory make_memory(std::optional<AllocateFn> allocate, std::optional<Relea
 }
 
 void init(Attention* self, const std::string& method, double sparsity, double p, int block_size,
-          const std::string& order, std::array<int64_t, 3> grid, const std::string& axes,
-          std::array<int64_t, 3> tile, const std::string& selector, bool neighbours,
-          int64_t first_frame_blocks, bool gapr, int dense_steps, std::vector<int> dense_layers,
-          int mask_period, int ref_period, float drift, bool clamp, bool cache_delta,
-          float scale, bool measure_density, const std::string& kernel,
-          std::optional<AllocateFn> allocate,
-          std::optional<ReleaseFn> release) {
+          const std::string& order, std::optional<std::array<int64_t, 3>> grid,
+          const std::string& axes, std::array<int64_t, 3> tile, const std::string& selector,
+          bool neighbours, int64_t first_frame_blocks, bool gapr, int dense_steps,
+          std::vector<int> dense_layers, int mask_period, int ref_period, float drift, bool clamp,
+          bool cache_delta, float scale, bool measure_density, const std::string& kernel,
+          std::optional<AllocateFn> allocate, std::optional<ReleaseFn> release) {
   Config c;
   c.method = parse_method(method, "method");
   c.block_size = block_size;
   c.order.kind = parse_order(order);
-  c.order.grid = Grid{grid[0], grid[1], grid[2]};
+  if (grid) c.order.grid = Grid{(*grid)[0], (*grid)[1], (*grid)[2]};
   c.order.axes = parse_axes(axes);
   c.order.tile = tile;
   c.select.selector = parse_selector(selector);
@@ -73,6 +72,9 @@ void init(Attention* self, const std::string& method, double sparsity, double p,
   c.scale = scale;
   c.measure_density = measure_density;
   c.kernel = parse_kernel_family(kernel, "kernel");
+  // A given grid is checked whatever its value: the core reads (0, 0, 0) as no grid, which is
+  // not what a caller who passed one meant (None is no grid).
+  if (grid) spaattn::validate(c.order);
   // Invalid options throw here, before the Python callables are wrapped; the object is built
   // step by step so that no temporary holding them is alive while a constructor may throw.
   c.validate();
@@ -116,7 +118,7 @@ void bind_method(nb::module_& m) {
   using namespace nb::literals;
   nb::class_<Attention>(m, "SparseAttention")
       .def("__init__", &init, nb::kw_only(), "method"_a, "sparsity"_a, "p"_a, "block_size"_a,
-           "order"_a, "grid"_a, "axes"_a, "tile"_a, "selector"_a, "neighbours"_a,
+           "order"_a, "grid"_a.none(), "axes"_a, "tile"_a, "selector"_a, "neighbours"_a,
            "first_frame_blocks"_a, "gapr"_a, "dense_steps"_a, "dense_layers"_a,
            "mask_period"_a, "ref_period"_a, "drift"_a, "clamp"_a, "cache_delta"_a, "scale"_a,
            "measure_density"_a, "kernel"_a, "allocate"_a.none(), "release"_a.none())

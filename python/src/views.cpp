@@ -47,12 +47,14 @@ TensorView view_of(const Array& a, const char* name) {
   t.dtype = to_dtype(a.dtype(), name);
   t.device = to_device(a.device_type(), name);
   t.rank = static_cast<int>(a.ndim());
+  // Frameworks report arbitrary strides for dims of extent 1, and for every dim of an array
+  // with no elements (numpy gives those zero strides); such strides never move to an element,
+  // so they are replaced by the contiguous ones rather than failing the stride checks.
+  const bool no_elements = a.size() == 0;
   int64_t contiguous = 1;
   for (int d = t.rank - 1; d >= 0; --d) {
     t.shape[d] = static_cast<int64_t>(a.shape(d));
-    // Frameworks report arbitrary strides for dims of extent 1; such a stride never moves, so
-    // it is replaced by the contiguous one rather than failing the stride checks.
-    t.stride[d] = t.shape[d] == 1 || !a.stride_ptr() ? contiguous : a.stride(d);
+    t.stride[d] = t.shape[d] == 1 || no_elements || !a.stride_ptr() ? contiguous : a.stride(d);
     contiguous *= t.shape[d];
   }
   return t;
@@ -106,6 +108,8 @@ std::array<char, 3> parse_axes(const std::string& axes) {
 
 Layout make_layout(const TensorView& q, int64_t num_text, const std::string& placement,
                    int block_size) {
+  // Checked before num_video = seq_len - num_text can overflow.
+  SPAATTN_CHECK_ARG(num_text >= 0, "num_text", "expected a value >= 0, got ", num_text);
   Layout layout;
   layout.num_text = num_text;
   layout.num_video = (q.rank >= 2 ? q.shape[1] : 0) - num_text;

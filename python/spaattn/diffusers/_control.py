@@ -116,7 +116,9 @@ class ModelControl:
         options = dict(self.options)
         if options.get("first_frame_blocks") == "frame":
             block = options.get("block_size", 128)
-            options["first_frame_blocks"] = -(-grid[1] * grid[2] // block)
+            # An invalid block size is reported by SparseAttention below, not divided by here.
+            frame = -(-grid[1] * grid[2] // block) if block in (64, 128) else 0
+            options["first_frame_blocks"] = frame
         return SparseAttention(grid=grid, **options)
 
     def install(self) -> None:
