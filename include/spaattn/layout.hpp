@@ -65,7 +65,10 @@ KernelFamily parse_kernel_family(std::string_view name, const char* arg = "kerne
 
 struct AttentionArgs {
   TensorView q, k, v;
-  TensorView text_lengths;  // optional int32 [b] (L_t per batch item); empty: all N_t valid
+  // Optional contiguous int32 [b], L_t per batch item; empty: all N_t valid. Host values outside
+  // [0, N_t] are errors; device values are not read on the host (no synchronisation) and are
+  // clamped to [0, N_t] by the GPU stages.
+  TensorView text_lengths;
   Layout layout;
   float scale = 0.f;        // 0: 1/sqrt(d)
   KernelFamily kernel = KernelFamily::automatic;  // GPU only

@@ -132,6 +132,9 @@ void validate(const AttentionArgs& args, const TensorView* out, const TensorView
                       "expected shape [", q.shape[0], "], got ", shape_str(tl));
     SPAATTN_CHECK_ARG(tl.device == q.device, "text_lengths", "expected device ",
                       to_string(q.device), ", got ", to_string(tl.device));
+    // Every stage reads L_t of item b at text_lengths[b]: one layout for all of them.
+    SPAATTN_CHECK_ARG(tl.shape[0] == 1 || tl.stride[0] == 1, "text_lengths",
+                      "expected a contiguous vector, got stride ", tl.stride[0]);
     if (tl.device == Device::cpu) {
       for (int64_t b = 0; b < q.shape[0]; ++b) {
         const int64_t lt = args.text_len(b);

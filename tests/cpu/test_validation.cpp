@@ -127,6 +127,16 @@ TEST(Validation, OverlappingOutputsEnumsAndGrids) {
   expect_error([&] { validate(c.args, nullptr, &lse); }, "lse", "do not overlap");
 
   AttentionArgs a = c.args;
+  std::vector<int32_t> lengths = {5, 99, 3, 99};
+  a.text_lengths = TensorView::contiguous(lengths.data(), DType::i32, {2});
+  a.text_lengths.shape[0] = 1;
+  EXPECT_NO_THROW(validate(a));  // batch 1: the stride of a single entry is never used
+  Call c2(2, 130, 5, 2, 64);
+  a = c2.args;
+  a.text_lengths = TensorView::contiguous(lengths.data(), DType::i32, {2});
+  a.text_lengths.stride[0] = 2;  // L_t = 5, 3 at a stride of 2
+  expect_error([&] { validate(a); }, "text_lengths", "expected a contiguous vector, got stride 2");
+  a = c.args;
   a.layout.text_placement = static_cast<TextPlacement>(5);
   expect_error([&] { validate(a); }, "layout.text_placement", "got 5");
   a = c.args;
