@@ -8,14 +8,20 @@
 // the same amount of work.
 #include "eval.hpp"
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <vector>
 
+#include "checked_math.hpp"
+#include "cli_args.hpp"
 #include "spaattn/error.hpp"
 #include "spaattn/method.hpp"
 #include "workload.hpp"
@@ -26,6 +32,8 @@
 
 namespace spaattn::tools {
 namespace {
+
+constexpr int kMaxInt = std::numeric_limits<int>::max();
 
 struct Options {
   std::string workload = SPAATTN_DEFAULT_WORKLOAD;  // a captured file, or "synthetic"
@@ -56,14 +64,15 @@ const char* kHelp =
     "                      (default " SPAATTN_DEFAULT_WORKLOAD ")\n"
     "  --block B           block size, 64 or 128 (default 128)\n"
     "  --order NAME        token order: gilbert, tiles or raster (default gilbert)\n"
-    "  --sparsity LIST     comma-separated target sparsities (default 0.75,0.85,0.9,0.95)\n"
+    "  --sparsity LIST     comma-separated target sparsities in [0, 1) (default\n"
+    "                      0.75,0.85,0.9,0.95)\n"
     "  --methods LIST      comma-separated from sparse, rectified, rectified-nogapr, rettention,\n"
     "                      rectified_rettention (default all)\n"
-    "  --p P               cumulative attention share kept by selection (default 0.3)\n"
+    "  --p P               cumulative attention share kept by selection, in [0, 1] (default 0.3)\n"
     "  --neighbours on|off add each block's 3D neighbour blocks to the selection (default off:\n"
     "                      on these small grids they alone cover 22-35% of the blocks at B=128)\n"
-    "  --ref-period R      Re-ttention reference period, first reference at a layer's first\n"
-    "                      call (default 5)\n"
+    "  --ref-period R      Re-ttention reference period >= 1, first reference at a layer's\n"
+    "                      first call (default 5)\n"
     "  --json FILE         also write {\"rows\": [{method, sparsity, density, rel_l2, cos, ms}]}\n"
     "  --help              this text\n\n"
     "synthetic workload only:\n"
@@ -73,7 +82,7 @@ const char* kHelp =
     "  --heads H           attention heads (default 4)\n"
     "  --dim D             head dim, 64 or 128 (default 64)\n"
     "  --steps N           denoising steps per run (default 5)\n"
-    "  --seed S            workload seed (default 2026)\n";
+    "  --seed S            workload seed, an integer in [0, 2^64) (default 2026)\n";
 
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> out;
@@ -85,20 +94,6 @@ std::vector<std::string> split(const std::string& s) {
     start = end + 1;
   }
   return out;
-}
-
-double parse_number(const std::string& s, const char* flag) {
-  char* end = nullptr;
-  const double v = std::strtod(s.c_str(), &end);
-  SPAATTN_CHECK_ARG(!s.empty() && end && *end == '\0', flag, "expected a number, got '", s, "'");
-  return v;
-}
-
-int64_t parse_int(const std::string& s, const char* flag) {
-  const double v = parse_number(s, flag);
-  SPAATTN_CHECK_ARG(v == std::floor(v) && v >= 0, flag, "expected a non-negative integer, got '",
-                    s, "'");
-  return static_cast<int64_t>(v);
 }
 
 Options parse(int argc, char** argv) {
@@ -114,22 +109,18 @@ Options parse(int argc, char** argv) {
     if (flag == "--workload") {
       SPAATTN_CHECK_ARG(!val.empty(), f, "expected a file or 'synthetic'");
       o.workload = val;
-    } else if (flag == "--grid") {
-      int64_t t = 0, h = 0, w = 0;
-      char x1 = 0, x2 = 0;
-      std::sscanf(val.c_str(), "%ld%c%ld%c%ld", &t, &x1, &h, &x2, &w);
-      SPAATTN_CHECK_ARG(t >= 1 && h >= 1 && w >= 1 && x1 == 'x' && x2 == 'x', f,
-                        "expected TxHxW with positive sizes, got '", val, "'");
-      o.spec.grid = Grid{t, h, w};
-    } else if (flag == "--text") o.spec.num_text = parse_int(val, f);
-    else if (flag == "--text-len") o.spec.text_len = parse_int(val, f);
-    else if (flag == "--heads") o.spec.heads = parse_int(val, f);
-    else if (flag == "--dim") o.spec.head_dim = parse_int(val, f);
-    else if (flag == "--block") o.block = static_cast<int>(parse_int(val, f));
-    else if (flag == "--steps") o.steps = static_cast<int>(parse_int(val, f));
-    else if (flag == "--ref-period") o.ref_period = static_cast<int>(parse_int(val, f));
-    else if (flag == "--seed") o.spec.seed = static_cast<uint64_t>(parse_int(val, f));
-    else if (flag == "--p") o.p = parse_number(val, f);
+    } else if (flag == "--grid") o.spec.grid = parse_grid_flag(val, f);
+    else if (flag == "--text") o.spec.num_text = parse_integer_flag<int64_t>(val, f, 0, kMaxInt);
+    else if (flag == "--text-len")
+      o.spec.text_len = parse_integer_flag<int64_t>(val, f, 0, kMaxInt);
+    else if (flag == "--heads") o.spec.heads = parse_integer_flag<int64_t>(val, f, 1, kMaxInt);
+    else if (flag == "--dim") o.spec.head_dim = parse_choice_flag(val, f, {64, 128});
+    else if (flag == "--block") o.block = parse_choice_flag(val, f, {64, 128});
+    else if (flag == "--steps") o.steps = parse_integer_flag<int>(val, f, 1, kMaxInt);
+    else if (flag == "--ref-period") o.ref_period = parse_integer_flag<int>(val, f, 1, kMaxInt);
+    else if (flag == "--seed") {
+      o.spec.seed = parse_integer_flag<uint64_t>(val, f, 0, std::numeric_limits<uint64_t>::max());
+    } else if (flag == "--p") o.p = parse_real_flag(val, f, 0.0, 1.0);
     else if (flag == "--json") o.json = val;
     else if (flag == "--neighbours") {
       SPAATTN_CHECK_ARG(val == "on" || val == "off", f, "expected on or off, got '", val, "'");
@@ -142,7 +133,8 @@ Options parse(int argc, char** argv) {
                                                                        : OrderKind::raster;
     } else if (flag == "--sparsity") {
       o.sparsities.clear();
-      for (const auto& s : split(val)) o.sparsities.push_back(parse_number(s, f));
+      for (const auto& s : split(val))
+        o.sparsities.push_back(parse_real_flag(s, f, 0.0, 1.0, /*hi_open=*/true));
     } else if (flag == "--methods") {
       o.methods = split(val);
       for (const auto& m : o.methods)
@@ -156,10 +148,18 @@ Options parse(int argc, char** argv) {
   SPAATTN_CHECK_ARG(o.workload == "synthetic" || o.synthetic_flags.empty(),
                     o.synthetic_flags.empty() ? "--workload" : o.synthetic_flags[0].c_str(),
                     "applies to the synthetic workload only (add --workload synthetic)");
-  SPAATTN_CHECK_ARG(o.steps >= 1, "--steps", "expected >= 1, got ", o.steps);
-  SPAATTN_CHECK_ARG(o.spec.heads >= 1, "--heads", "expected >= 1, got ", o.spec.heads);
   SPAATTN_CHECK_ARG(o.spec.text_len <= o.spec.num_text, "--text-len", "expected <= --text (",
                     o.spec.num_text, "), got ", o.spec.text_len);
+  // The synthetic tensors hold (video + text tokens) * heads * dim floats.
+  const auto seq = checked_add<int64_t>(o.spec.grid.size(), o.spec.num_text, kMaxInt);
+  SPAATTN_CHECK_ARG(seq.has_value(), "--text", "expected at most ", kMaxInt,
+                    " video + text tokens, got ", o.spec.grid.size(), " + ", o.spec.num_text);
+  const std::array<int64_t, 3> dims = {*seq, o.spec.heads, o.spec.head_dim};
+  const int64_t max_floats = static_cast<int64_t>(
+      std::min<uint64_t>(std::numeric_limits<int64_t>::max(), SIZE_MAX / sizeof(float)));
+  SPAATTN_CHECK_ARG(checked_product<int64_t>(dims, max_floats).has_value(), "--heads",
+                    "expected tensors of at most ", max_floats, " elements, got ", *seq,
+                    " tokens x ", o.spec.heads, " heads x ", o.spec.head_dim);
   return o;
 }
 

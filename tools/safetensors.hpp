@@ -1,7 +1,8 @@
 // A reader for safetensors files (the format of the testbed's q/k/v captures): an 8-byte
 // little-endian header length, a JSON header naming each tensor's dtype, shape and byte range,
-// then the raw little-endian data. Only what the format allows is accepted; every problem is an
-// spaattn::Error naming the file.
+// then the raw little-endian data. Only what the format allows is accepted (known dtypes, shape
+// products and byte counts that fit 64 bits, byte ranges that tile the data exactly, no repeated
+// keys); every problem is an spaattn::Error naming the file, the tensor and the bad value.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -32,5 +33,8 @@ SafeTensors read_safetensors(const std::string& path);
 // Parses a JSON array of integers, possibly nested ("[[5, 10], [5, 14]]" -> rows of numbers);
 // throws spaattn::Error naming `what` for anything else.
 std::vector<std::vector<int64_t>> parse_int_rows(const std::string& text, const std::string& what);
+// Parses one JSON integer within int64 ("42"); throws spaattn::Error naming `what` for anything
+// else (a fraction, an array, text after the number).
+int64_t parse_int(const std::string& text, const std::string& what);
 
 }  // namespace spaattn::tools

@@ -14,10 +14,13 @@
 #include "workload.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numbers>
 
+#include "checked_math.hpp"
 #include "safetensors.hpp"
 #include "spaattn/error.hpp"
 
@@ -166,54 +169,88 @@ CapturedWorkload load_captured(const std::string& path) {
   CapturedWorkload w;
   w.path = path;
   w.metadata = st.metadata;
+  // Token indices, layer and step numbers, text lengths and the core's loop counters are 32-bit:
+  // every size and number from the file is checked against this before it is used.
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
   const auto grid = parse_int_rows(st.meta("grid"), "workload: " + path + ": metadata 'grid'");
   SPAATTN_CHECK_ARG(grid.size() == 3 && grid[0].size() == 1 && grid[1].size() == 1 &&
-                        grid[2].size() == 1 && grid[0][0] > 0 && grid[1][0] > 0 && grid[2][0] > 0,
-                    "workload", path, ": metadata 'grid': expected [T, H, W], got ",
-                    st.meta("grid"));
-  w.grid = Grid{grid[0][0], grid[1][0], grid[2][0]};
-  const auto n_video = parse_int_rows("[" + st.meta("n_video") + "]", "workload: " + path);
-  const auto n_text = parse_int_rows("[" + st.meta("n_text") + "]", "workload: " + path);
-  SPAATTN_CHECK_ARG(n_video.size() == 1 && n_video[0][0] == w.grid.size(), "workload", path,
-                    ": metadata 'n_video' ", st.meta("n_video"), " is not T*H*W = ", w.grid.size());
-  SPAATTN_CHECK_ARG(n_text.size() == 1 && n_text[0][0] >= 0, "workload", path,
-                    ": metadata 'n_text': expected an integer >= 0, got ", st.meta("n_text"));
-  w.num_text = n_text[0][0];
+                        grid[2].size() == 1 && grid[0][0] > 0 && grid[1][0] > 0 &&
+                        grid[2][0] > 0 && grid[0][0] <= kMax && grid[1][0] <= kMax &&
+                        grid[2][0] <= kMax,
+                    "workload", path, ": metadata 'grid': expected [T, H, W] with sizes in [1, ",
+                    kMax, "], got ", st.meta("grid"));
+  const std::array<int64_t, 3> dims = {grid[0][0], grid[1][0], grid[2][0]};
+  const auto n_grid = checked_product<int64_t>(dims, kMax);
+  SPAATTN_CHECK_ARG(n_grid.has_value(), "workload", path, ": metadata 'grid' ", st.meta("grid"),
+                    ": T*H*W exceeds ", kMax, " tokens");
+  w.grid = Grid{dims[0], dims[1], dims[2]};
+  const int64_t n_video =
+      parse_int(st.meta("n_video"), "workload: " + path + ": metadata 'n_video'");
+  const int64_t n_text = parse_int(st.meta("n_text"), "workload: " + path + ": metadata 'n_text'");
+  SPAATTN_CHECK_ARG(n_video == *n_grid, "workload", path, ": metadata 'n_video' ", n_video,
+                    " is not T*H*W = ", *n_grid);
+  SPAATTN_CHECK_ARG(n_text >= 0 && n_text <= kMax, "workload", path,
+                    ": metadata 'n_text': expected an integer in [0, ", kMax, "], got ", n_text);
+  w.num_text = n_text;
+  const auto seq = checked_add(n_video, n_text, kMax);
+  SPAATTN_CHECK_ARG(seq.has_value(), "workload", path, ": n_video + n_text = ", n_video, " + ",
+                    n_text, " exceeds ", kMax, " tokens");
+  const int64_t S = *seq;
   auto pairs = parse_int_rows(st.meta("pairs"), "workload: " + path + ": metadata 'pairs'");
   SPAATTN_CHECK_ARG(!pairs.empty(), "workload", path, ": metadata 'pairs' is empty");
   std::sort(pairs.begin(), pairs.end());
-  const int64_t S = w.seq_len();
-  for (const auto& pair : pairs) {
-    SPAATTN_CHECK_ARG(pair.size() == 2 && pair[0] >= 0 && pair[1] >= 0, "workload", path,
-                      ": metadata 'pairs': expected [[layer, step], ...], got ", st.meta("pairs"));
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    const auto& pair = pairs[i];
+    SPAATTN_CHECK_ARG(pair.size() == 2 && pair[0] >= 0 && pair[1] >= 0 && pair[0] <= kMax &&
+                          pair[1] <= kMax,
+                      "workload", path, ": metadata 'pairs': expected [[layer, step], ...] in [0, ",
+                      kMax, "], got ", st.meta("pairs"));
+    SPAATTN_CHECK_ARG(i == 0 || pair != pairs[i - 1], "workload", path, ": metadata 'pairs': [",
+                      pair[0], ", ", pair[1], "] appears twice");
     CapturedCall c;
     c.layer = static_cast<int>(pair[0]);
     c.step = static_cast<int>(pair[1]);
     const std::string prefix = detail::concat("layer", c.layer, ".step", c.step, ".");
     for (auto [name, dst] : {std::pair{"q", &c.q}, std::pair{"k", &c.k}, std::pair{"v", &c.v}}) {
       const StoredTensor& t = st.get(prefix + name, "BF16", 4);
-      if (w.batch == 0) {
+      const std::string tensor = detail::concat("tensor '", prefix, name, "' shape [", t.shape[0],
+                                                ", ", t.shape[1], ", ", t.shape[2], ", ",
+                                                t.shape[3], "]");
+      for (int d : {0, 2, 3})
+        SPAATTN_CHECK_ARG(t.shape[d] >= 1 && t.shape[d] <= kMax, "workload", path, ": ", tensor,
+                          ": expected ", d == 0 ? "batch" : d == 2 ? "heads" : "head_dim",
+                          " in [1, ", kMax, "], got ", t.shape[d]);
+      if (w.calls.empty() && dst == &c.q) {
         w.batch = t.shape[0];
         w.heads = t.shape[2];
         w.head_dim = t.shape[3];
       }
       SPAATTN_CHECK_ARG(t.shape[0] == w.batch && t.shape[1] == S && t.shape[2] == w.heads &&
-                            t.shape[3] == w.head_dim && w.batch > 0 && w.heads > 0,
-                        "workload", path, ": tensor '", prefix, name, "': expected [", w.batch,
-                        ", ", S, ", ", w.heads, ", ", w.head_dim, "] (n_video + n_text = ", S,
-                        ")");
+                            t.shape[3] == w.head_dim,
+                        "workload", path, ": ", tensor, ": expected [", w.batch, ", ", S, ", ",
+                        w.heads, ", ", w.head_dim, "] (n_video + n_text = ", S, ")");
+      // The reader already matched the byte count to the shape; checked again here because the
+      // copy below trusts it.
+      const std::array<int64_t, 4> shape = {t.shape[0], t.shape[1], t.shape[2], t.shape[3]};
+      const auto elems = checked_product<int64_t>(shape, std::numeric_limits<int64_t>::max() / 2);
+      SPAATTN_CHECK_ARG(elems && t.bytes.size() == static_cast<uint64_t>(*elems) * 2, "workload",
+                        path, ": ", tensor, ": expected 2 data bytes per element, got ",
+                        t.bytes.size());
       dst->resize(t.bytes.size() / 2);
       std::memcpy(dst->data(), t.bytes.data(), t.bytes.size());
     }
     const StoredTensor& len = st.get(prefix + "text_lengths", "I32", 1);
-    SPAATTN_CHECK_ARG(len.shape[0] == w.batch, "workload", path, ": tensor '", prefix,
-                      "text_lengths': expected ", w.batch, " entries, got ", len.shape[0]);
+    SPAATTN_CHECK_ARG(len.shape[0] == w.batch &&
+                          len.bytes.size() == static_cast<size_t>(w.batch) * sizeof(int32_t),
+                      "workload", path, ": tensor '", prefix, "text_lengths': expected ", w.batch,
+                      " entries, got ", len.shape[0]);
     c.text_lengths.resize(static_cast<size_t>(w.batch));
     std::memcpy(c.text_lengths.data(), len.bytes.data(), len.bytes.size());
     for (int32_t l : c.text_lengths)
       SPAATTN_CHECK_ARG(l >= 0 && l <= w.num_text, "workload", path, ": tensor '", prefix,
                         "text_lengths': expected values in [0, ", w.num_text, "], got ", l);
-    if (!w.calls.empty() && w.calls.back().layer == c.layer) c.run_step = w.calls.back().run_step + 1;
+    if (!w.calls.empty() && w.calls.back().layer == c.layer)
+      c.run_step = w.calls.back().run_step + 1;
     w.calls.push_back(std::move(c));
   }
   return w;

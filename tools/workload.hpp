@@ -62,7 +62,8 @@ struct CapturedWorkload {
 };
 
 // Reads and checks the whole file (shapes agree with the metadata and with each other, text
-// lengths within [0, n_text]); throws spaattn::Error naming "workload" and the file.
+// lengths within [0, n_text], every size, layer and step within int32, T*H*W + n_text within
+// int32, no (layer, step) pair twice); throws spaattn::Error naming "workload" and the file.
 CapturedWorkload load_captured(const std::string& path);
 
 }  // namespace spaattn::tools

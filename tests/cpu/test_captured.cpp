@@ -125,6 +125,114 @@ TEST(Safetensors, MalformedFilesAreRejectedNamingTheProblem) {
   expect_bad(h, "expected I32 of rank 1, got F32", data);
 }
 
+// Every number from the file is checked before it is used: shape products, byte counts and
+// offsets in 64 bits, and what load_captured later narrows to int / int32 against that range.
+TEST(Safetensors, SizesAndNumbersAreCheckedBeforeUse) {
+  const std::vector<uint8_t> data = TinyCapture{}.data();
+  auto expect_bad = [&](const std::string& header, const std::string& detail,
+                        const std::vector<uint8_t>& bytes) {
+    const std::string path = write_file("bad.safetensors", header, bytes);
+    expect_error([&] { load_captured(path); }, "workload", detail);
+    std::filesystem::remove(path);
+  };
+  auto replaced = [](std::string h, const std::string& from, const std::string& to) {
+    const size_t at = h.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    return h.replace(at, from.size(), to);
+  };
+  const std::string h = TinyCapture{}.header();
+  auto with_meta = [&](const std::string& key, const std::string& value) {
+    TinyCapture c;
+    std::string meta = R"("__metadata__": {"grid": "[1, 2, 2]", "n_video": "4", "n_text": "2",
+                          "pairs": "[[3, 7]]"})";
+    const size_t at = meta.find("\"" + key + "\": \"") + key.size() + 5;
+    meta.replace(at, meta.find('"', at) - at, value);
+    c.meta = meta;
+    return c.header();
+  };
+
+  // 6 * (2^62 + 1) * 2 elements of 2 bytes wrap modulo 2^64 to the 24 bytes written for q.
+  TinyCapture wrap;
+  wrap.q_shape = "[1, 6, 4611686018427387905, 2]";
+  expect_bad(wrap.header(),
+             "tensor 'layer3.step7.q' shape [1, 6, 4611686018427387905, 2]: the element count "
+             "overflows 64-bit integers",
+             data);
+  // 2^61 elements fit, their 2^64 bytes do not.
+  expect_bad(replaced(h, R"("shape": [1], "data_offsets": [72, 76]})",
+                      R"("shape": [1], "data_offsets": [72, 76]},
+                         "big": {"dtype": "F64", "shape": [2305843009213693952],
+                                 "data_offsets": [76, 76]})"),
+             "tensor 'big' shape [2305843009213693952]: 2305843009213693952 elements of F64 "
+             "overflow 64-bit byte counts",
+             data);
+  expect_bad(replaced(h, "[72, 76]", "[72, 99999999999999999999]"),
+             "tensor 'layer3.step7.text_lengths': data_offsets must be integers >= 0, got "
+             "99999999999999999999",
+             data);
+  expect_bad(replaced(h, "[72, 76]", "[-4, 76]"), "data_offsets must be integers >= 0, got -4",
+             data);
+  expect_bad(replaced(h, "[72, 76]", "[72, 76.0]"),
+             "data_offsets must be integers >= 0, got 76.0", data);
+  expect_bad(replaced(h, "[72, 76]", "[72]"),
+             "data_offsets must be [begin, end], got an array of 1", data);
+  const std::string k_shape = R"([1, 6, 1, 2], "data_offsets": [24)";
+  expect_bad(replaced(h, k_shape, R"([1, 6, 1e0, 2], "data_offsets": [24)"),
+             "tensor 'layer3.step7.k': shape entries must be integers >= 0, got 1e0", data);
+  expect_bad(replaced(h, k_shape, R"([1, 6, -1, 2], "data_offsets": [24)"),
+             "shape entries must be integers >= 0, got -1", data);
+  expect_bad(replaced(h, "\"I32\"", "\"Q7\""),
+             "tensor 'layer3.step7.text_lengths': unknown dtype 'Q7'", data);
+  expect_bad(replaced(h, "\"I32\"", "7"), "unknown dtype 7", data);
+  // The byte ranges must tile the data: no shared bytes, none left over.
+  expect_bad(replaced(h, "[24, 48]", "[20, 44]"),
+             "tensor 'layer3.step7.k': data_offsets [20, 44) overlap the data of another tensor",
+             data);
+  std::vector<uint8_t> longer = data;
+  longer.resize(80);
+  expect_bad(h, "data bytes [76, 80) belong to no tensor", longer);
+  expect_bad(replaced(h, "\"layer3.step7.v\"", "\"layer3.step7.k\""),
+             "key 'layer3.step7.k' appears twice", data);
+  expect_bad(replaced(h, "\"layer3.step7.v\"", "\"layer3.step7.\\uZZZZ\""),
+             "expected four hex digits after \\u", data);
+
+  // Metadata: sizes within int32, single integers, (layer, step) pairs in int and unique.
+  expect_bad(with_meta("grid", "[2147483648, 1, 1]"),
+             "metadata 'grid': expected [T, H, W] with sizes in [1, 2147483647], got "
+             "[2147483648, 1, 1]",
+             data);
+  expect_bad(with_meta("grid", "[65536, 65536, 2]"),
+             "metadata 'grid' [65536, 65536, 2]: T*H*W exceeds 2147483647 tokens", data);
+  expect_bad(with_meta("n_video", "[4]"), "metadata 'n_video': expected an integer, got '[4]'",
+             data);
+  expect_bad(with_meta("n_video", "[]"), "metadata 'n_video': expected an integer, got '[]'",
+             data);
+  expect_bad(with_meta("n_text", "2147483647"),
+             "n_video + n_text = 4 + 2147483647 exceeds 2147483647 tokens", data);
+  expect_bad(with_meta("n_text", "-1"),
+             "metadata 'n_text': expected an integer in [0, 2147483647], got -1", data);
+  // 4294967299 = 2^32 + 3 would name layer 3 once narrowed to int.
+  expect_bad(with_meta("pairs", "[[4294967299, 7]]"),
+             "metadata 'pairs': expected [[layer, step], ...] in [0, 2147483647], got "
+             "[[4294967299, 7]]",
+             data);
+  expect_bad(with_meta("pairs", "[[3, 7], [3, 7]]"), "metadata 'pairs': [3, 7] appears twice",
+             data);
+  // Every q/k/v dimension is checked, not only the ones compared with the metadata.
+  TinyCapture no_heads;
+  no_heads.meta = R"("__metadata__": {"grid": "[1, 2, 2]", "n_video": "4", "n_text": "2",
+                     "pairs": "[[3, 7]]"})";
+  const std::string zero_heads = "{" + no_heads.meta + R"(,
+      "layer3.step7.q": {"dtype": "BF16", "shape": [1, 6, 0, 2], "data_offsets": [0, 0]},
+      "layer3.step7.k": {"dtype": "BF16", "shape": [1, 6, 1, 2], "data_offsets": [0, 24]},
+      "layer3.step7.v": {"dtype": "BF16", "shape": [1, 6, 1, 2], "data_offsets": [24, 48]},
+      "layer3.step7.text_lengths": {"dtype": "I32", "shape": [1], "data_offsets": [48, 52]}})";
+  expect_bad(zero_heads,
+             "tensor 'layer3.step7.q' shape [1, 6, 0, 2]: expected heads in [1, 2147483647], "
+             "got 0",
+             std::vector<uint8_t>(data.begin() + 24, data.end()));
+}
+
 // The captured testbed workload shipped with the repository (it must be there: no skip).
 const tools::CapturedWorkload& testbed() {
   static const tools::CapturedWorkload w = load_captured(SPAATTN_DEFAULT_WORKLOAD);
