@@ -1,9 +1,11 @@
-// Argument validation of an attention call (ALGORITHM.md section 7) and the host CSR mask.
+// Argument validation of an attention call (docs/choices.md, Arguments and errors) and the host
+// CSR mask.
 #include "spaattn/layout.hpp"
 
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <utility>
 
 #include "spaattn/error.hpp"
@@ -66,11 +68,13 @@ void check_qkv_like(const TensorView& t, const char* name, const TensorView& q) 
 // more than one index, taken by increasing stride, must each step past everything the smaller
 // ones reach. 128-bit arithmetic: the products of absurd shapes and strides fit.
 void check_no_self_overlap(const TensorView& t, const char* name) {
-  std::array<std::pair<int64_t, int64_t>, 4> dims{};  // (stride, shape)
+  // (stride, shape) of the dims with more than one index; unused entries sort last.
+  std::array<std::pair<int64_t, int64_t>, 4> dims;
+  dims.fill({std::numeric_limits<int64_t>::max(), 1});
   int n = 0;
-  for (int d = 0; d < t.rank; ++d)
+  for (int d = 0; d < std::min(t.rank, 4); ++d)
     if (t.shape[d] > 1) dims[n++] = {t.stride[d], t.shape[d]};
-  std::sort(dims.begin(), dims.begin() + n);
+  std::sort(dims.begin(), dims.end());
   __int128 reach = 0;  // largest offset the smaller dims reach
   for (int i = 0; i < n; ++i) {
     SPAATTN_CHECK_ARG(dims[i].first > reach, name,
