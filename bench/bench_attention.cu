@@ -1,4 +1,4 @@
-// spaattn_bench: the block-sparse kernel on the shapes of PERFORMANCE.md at densities 1.0, 0.5,
+// spaattn_bench: the block-sparse kernel on the shapes of docs/benchmarks.md at densities 1.0, 0.5,
 // 0.25, 0.11 and 0.05 (random block masks, fixed blocks per row), timed with time_calls().
 // A last shape repeats HunyuanVideo's with a Rectified SpaAttn-like mask (dense text query rows,
 // every video row sees all text blocks): unbalanced rows.
@@ -204,7 +204,7 @@ int main(int argc, char** argv) {
     const std::vector<BaselineEntry> base = read_baseline(o.baseline);
     cudaDeviceProp prop{};
     cuda_ok(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
-    // PERFORMANCE.md: Wan 2.1 720p-like and HunyuanVideo 720p (129 frames + 256 text tokens).
+    // Wan 2.1 720p-like and HunyuanVideo 720p (129 frames + 256 text tokens).
     std::vector<Shape> shapes = {{"S=32768,H=24", 32768, 0, 24},
                                  {"S=76800,H=40", 76800, 0, 40},
                                  {"S=119056,H=24", 118800, 256, 24},

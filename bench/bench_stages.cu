@@ -1,9 +1,9 @@
 // spaattn_bench_stages: the GPU stages that run outside the attention kernel (pooling, IPAR
 // scores with GAPR, selection as CSR lists, rectification terms; src/cuda/plan/stages.cuh) on the
-// shapes of PERFORMANCE.md, bf16, d = 128, B = 128, batch 1, gilbert token order with the block
+// shapes of docs/benchmarks.md, bf16, d = 128, B = 128, batch 1, gilbert token order with the block
 // neighbour map, IPAR selection at the given sparsity with p = 0.3. Each stage is timed on its own
 // with time_calls() (CUDA events, warm-up, median), then the four together; the share is taken of
-// the cuDNN dense attention time that PERFORMANCE.md reports for the shape.
+// the cuDNN dense attention time measured for the shape on an H100.
 // Usage: spaattn_bench_stages [--shape S=76800] [--sparsity 0.9] [--iters N]
 #include <algorithm>
 #include <cstdio>
@@ -26,7 +26,7 @@ struct Shape {
   const char* name;
   Grid grid;  // the video latent grid (N_v = t * h * w)
   int64_t text, heads;
-  double cudnn_ms;  // PERFORMANCE.md, cuDNN SDPA dense on an H100
+  double cudnn_ms;  // cuDNN SDPA dense on an H100
 };
 
 struct Options {
@@ -149,7 +149,7 @@ int main(int argc, char** argv) {
   using namespace spaattn::bench;
   try {
     const Options o = parse(argc, argv);
-    // PERFORMANCE.md: Wan 2.1 720p-like (20 latent frames of 48 x 80) and HunyuanVideo 720p
+    // Wan 2.1 720p-like (20 latent frames of 48 x 80) and HunyuanVideo 720p
     // (33 latent frames of 45 x 80 + 256 text tokens).
     const std::vector<Shape> shapes = {{"S=76800,H=40", {20, 48, 80}, 0, 40, 196.0},
                                        {"S=119056,H=24", {33, 45, 80}, 256, 24, 305.0}};

@@ -1,5 +1,5 @@
 """PyTorch SDPA dense baseline for spaattn_bench: the cuDNN and flash back-ends on the shapes
-of PERFORMANCE.md, timed like bench/timing.cu (warm-up, CUDA events around each call, calls queued
+of docs/benchmarks.md, timed like bench/timing.cu (warm-up, CUDA events around each call, calls queued
 back to back, median of >= 10 calls), written as JSON that `spaattn_bench --baseline` reads.
 
 Example: python3 bench/sdpa_baseline.py --json sdpa.json
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-# (name, S, H): the shapes of spaattn_bench (PERFORMANCE.md), batch 1.
+# (name, S, H): the shapes of spaattn_bench (docs/benchmarks.md), batch 1.
 SHAPES = [("S=32768,H=24", 32768, 24), ("S=76800,H=40", 76800, 40), ("S=119056,H=24", 119056, 24)]
 BACKENDS = [("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)]
 

@@ -1,4 +1,4 @@
-// Configuration of the methods (ALGORITHM.md sections 4-6).
+// Configuration of the methods (docs/methods.md).
 #pragma once
 #include <cstdint>
 #include <string_view>

@@ -11,11 +11,11 @@ namespace spaattn::cuda {
 // True when the library was built with CUDA and a CUDA device is present.
 bool available();
 
-// ALGORITHM.md section 3 on the GPU: bf16 or f16 q/k/v/out [b, S, H, d] (d = 64 or 128, unit
-// stride on d), lse f32 [b, S, H] (may be empty), mask CSR int32 in device memory,
-// text_lengths int32 [b] in device memory (may be empty). Arguments are validated on the host
-// (shapes, dtypes, devices, strides); the mask's indices are read on the device only and must be
-// sorted, unique and < num_k_blocks, as dense_to_csr() produces them.
+// Block-sparse attention (docs/methods.md) on the GPU: bf16 or f16 q/k/v/out [b, S, H, d]
+// (d = 64 or 128, unit stride on d), lse f32 [b, S, H] (may be empty), mask CSR int32 in device
+// memory, text_lengths int32 [b] in device memory (may be empty). Arguments are validated on the
+// host (shapes, dtypes, devices, strides); the mask's indices are read on the device only and must
+// be sorted, unique and < num_k_blocks, as dense_to_csr() produces them.
 void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask, TensorView out,
                             TensorView lse, void* stream);
 

@@ -1,4 +1,5 @@
-// Sequence, block and mask structure shared by every stage (ALGORITHM.md sections 1 and 3).
+// Sequence, block and mask structure shared by every stage (docs/methods.md, Sequence and
+// blocks, Block-sparse attention).
 #pragma once
 #include <cstdint>
 #include <string_view>
@@ -82,8 +83,9 @@ struct AttentionArgs {
   int64_t text_len(int64_t b) const;
 };
 
-// Validates q/k/v/text_lengths/layout as ALGORITHM.md section 7 asks; throws spaattn::Error naming
-// the argument. `out` / `lse`, when given, are checked against q ([b,S,H,d] and f32 [b,S,H]).
+// Validates q/k/v/text_lengths/layout (docs/choices.md, Arguments and errors); throws
+// spaattn::Error naming the argument. `out` / `lse`, when given, are checked against q
+// ([b,S,H,d] and f32 [b,S,H]).
 void validate(const AttentionArgs& args, const TensorView* out = nullptr,
               const TensorView* lse = nullptr);
 

@@ -1,4 +1,5 @@
-// A whole sparse attention call with its state across denoising steps (ALGORITHM.md section 6).
+// A whole sparse attention call with its state across denoising steps (docs/methods.md,
+// Schedule and state).
 #pragma once
 #include <array>
 #include <cstdint>

@@ -1,4 +1,4 @@
-// Token orders with 3D locality and the block neighbour map (ALGORITHM.md section 2).
+// Token orders with 3D locality and the block neighbour map (docs/methods.md, Token orders).
 #pragma once
 #include <array>
 #include <cstdint>

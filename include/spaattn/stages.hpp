@@ -1,7 +1,7 @@
-// The stages of a sparse attention call as separate, replaceable parts (ALGORITHM.md sections
-// 4, 5 and 8): pooling -> block scores -> selection -> block-sparse kernel -> correction.
+// The stages of a sparse attention call as separate, replaceable parts (docs/methods.md):
+// pooling -> block scores -> selection -> block-sparse kernel -> correction.
 // These are the CPU reference implementations (fp32 arithmetic, host memory); the names follow
-// ALGORITHM.md (q̄ = pooled.q, P, crit, R, C, rho, Delta).
+// docs/methods.md (q̄ = pooled.q, P, crit, R, C, rho, Delta).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -53,16 +53,17 @@ struct RettentionCache {
   std::vector<float> rho, delta;
 };
 
-// k = floor((1 - sparsity) * NV), the fewest video blocks a selection keeps (section 4.3) and,
-// halved, the band's half width. A tolerance of 1e-9 absorbs the representation error of the
-// product ((1 - 0.9) * 10 is 0.9999999999999998 in doubles), so k is the intended integer.
+// k = floor((1 - sparsity) * NV), the fewest video blocks a selection keeps (docs/methods.md,
+// Selectors) and, halved, the band's half width. A tolerance of 1e-9 absorbs the representation
+// error of the product ((1 - 0.9) * 10 is 0.9999999999999998 in doubles), so k is the intended
+// integer.
 int64_t kept_video_blocks(double sparsity, int64_t num_video_blocks);
 
 namespace cpu {
 
-// Section 3: block-sparse attention over the mask's key blocks; out [b, S, H, d] (any float
-// dtype), lse f32 [b, S, H] (may be empty). Padding text query rows and rows that select nothing
-// give O = 0, lse = -inf.
+// Block-sparse attention (docs/methods.md) over the mask's key blocks; out [b, S, H, d] (any
+// float dtype), lse f32 [b, S, H] (may be empty). Padding text query rows and rows that select
+// nothing give O = 0, lse = -inf.
 void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask, TensorView out,
                             TensorView lse);
 
@@ -71,25 +72,29 @@ void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask
 void reference_attention(const AttentionArgs& args, const BlockMaskView& mask, TensorView out_full,
                          TensorView lse_full, TensorView out_spa, TensorView lse_spa);
 
-// Section 4.1 (and GAPR's deviations).
+// Pooling (docs/methods.md), with GAPR's deviations.
 Pooled pool(const AttentionArgs& args);
-// Section 4.2: IPAR with isolated text keys, fp32 in log space.
+// P (docs/methods.md, Block-level attention P): IPAR with isolated text keys, fp32 in log space.
 BlockScores implicit_full_attention(const AttentionArgs& args, const Pooled& pooled);
-// Sections 4.3 / 5: crit(i) for the configured selector; `scores` is needed by Selector::ipar,
-// `neighbours` (block_neighbours of the order) is used when config.select.neighbours is set.
+// Selection (docs/methods.md): crit(i) for the configured selector; `scores` is needed by
+// Selector::ipar, `neighbours` (block_neighbours of the order) is used when
+// config.select.neighbours is set.
 Selection select_blocks(const AttentionArgs& args, const Config& config, const BlockScores* scores,
                         const std::vector<std::vector<int32_t>>* neighbours);
-// Section 4.4: GAPR decisions, [b, H, NV, NV] (1 = compensable). Only meaningful off crit(i).
+// GAPR decisions (docs/methods.md, GAPR), [b, H, NV, NV] (1 = compensable). Only meaningful off
+// crit(i).
 std::vector<uint8_t> compensable(const Pooled& pooled);
-// Section 4.5: R_i and C_i (block granularity). With gapr off every non-critical block is
-// compensated.
+// R_i and C_i (docs/methods.md, Rectified SpaAttn), block granularity. With gapr off every
+// non-critical block is compensated.
 Correction rectification(const Pooled& pooled, const BlockScores& scores, const Selection& sel,
                          bool gapr);
-// Section 5: rho and Delta from a reference step's outputs (f32 host views [b,S,H(,d)]).
+// Re-ttention (docs/methods.md): rho and Delta from a reference step's outputs (f32 host views
+// [b,S,H(,d)]).
 RettentionCache rettention_statistics(const TensorView& out_full, const TensorView& lse_full,
                                       const TensorView& out_spa, const TensorView& lse_spa,
                                       bool cache_delta);
-// Section 5: the correction at the k-th sparse step after the reference (k >= 1).
+// Re-ttention (docs/methods.md): the correction at the k-th sparse step after the reference
+// (k >= 1).
 Correction rettention_correction(const RettentionCache& cache, int k, const RettentionConfig& cfg);
 // out = a * o_spa + c on covered rows, o_spa elsewhere. o_spa and out: [b, S, H, d], host;
 // they may be the same view.

@@ -107,7 +107,7 @@ def block_sparse_attention(
     return_lse: bool = False,
     kernel: str = "auto",
 ) -> ArrayT | tuple[ArrayT, ArrayT]:
-    """Attention restricted to the key blocks a block mask selects (ALGORITHM.md section 3).
+    """Attention restricted to the key blocks a block mask selects (docs/methods.md).
 
     The sequence holds ``S - num_text`` video tokens and ``num_text`` text tokens after them
     (``text_placement="suffix"``, HunyuanVideo) or before them (``"prefix"``, CogVideoX), cut
@@ -176,7 +176,7 @@ def rectified_attention(
     layout: str = "bshd",
     return_stats: bool = False,
 ) -> ArrayT | tuple[ArrayT, CallStats]:
-    """One call of Rectified SpaAttn (ALGORITHM.md section 4).
+    """One call of Rectified SpaAttn (docs/methods.md, Rectified SpaAttn).
 
     Pooled implicit full attention picks at least ``floor((1 - sparsity) * NV)`` critical key
     blocks per query block (and the smallest prefix holding more than ``p`` of its mass), plus

@@ -1,4 +1,4 @@
-"""Token orders with 3D locality (ALGORITHM.md section 2).
+"""Token orders with 3D locality (docs/methods.md, Token orders).
 
 Video tokens come from a latent grid (T, H, W) in raster order, raster index
 ``(t * H + y) * W + x``. A permutation ``perm`` lists, for each position k of the order, the raster

@@ -1,4 +1,4 @@
-// Block-sparse attention (ALGORITHM.md section 3) on the CPU reference or the CUDA kernel,
+// Block-sparse attention (docs/methods.md) on the CPU reference or the CUDA kernel,
 // chosen by q's device, and the conversion of dense block masks into CSR index lists.
 #include <nanobind/stl/array.h>
 #include <nanobind/stl/optional.h>

@@ -47,7 +47,9 @@ def reference(
     block: int = 128,
     scale: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(out, lse) of ALGORITHM.md section 3 in float64; q, k, v [b, S, H, d], mask [b, H, n, n]."""
+    """(out, lse) of block-sparse attention (docs/methods.md) in float64.
+
+    q, k, v [b, S, H, d], mask [b, H, n, n]."""
     q, k, v = (x.astype(np.float64) for x in (q, k, v))
     b, seq, heads, d = q.shape
     scale = 1.0 / np.sqrt(d) if scale is None else scale

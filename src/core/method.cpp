@@ -1,5 +1,5 @@
 // SparseAttention: one attention call of a configured method on host tensors, with the state it
-// keeps across denoising steps (ALGORITHM.md sections 4-6). The stages themselves live in
+// keeps across denoising steps (docs/methods.md, Schedule and state). The stages themselves live in
 // src/cpu; this file decides which of them run at a given (layer, step) and owns the caches.
 #include "spaattn/method.hpp"
 

@@ -1,5 +1,6 @@
-// CPU reference of the block-sparse attention kernel (ALGORITHM.md section 3) and of the
-// reference step's single pass that yields full and masked attention together (section 5).
+// CPU reference of the block-sparse attention kernel (docs/methods.md, Block-sparse attention)
+// and of the reference step's single pass that yields full and masked attention together
+// (docs/methods.md, Re-ttention).
 // Work is split over (batch, head, query block); the K/V of a (batch, head) are converted to
 // fp32 once and shared by all its query blocks.
 #include <algorithm>

@@ -1,4 +1,5 @@
-// The generalized Hilbert ("gilbert") curve over a t x h x w cuboid (ALGORITHM.md section 2).
+// The generalized Hilbert ("gilbert") curve over a t x h x w cuboid (docs/methods.md, Token
+// orders; docs/choices.md, Gilbert order).
 //
 // The construction is J. Červený's gilbert3d: a box is an origin and three signed edge vectors
 // a (major), b, c; its curve starts at the origin, ends at the far end of a, and is the chain of

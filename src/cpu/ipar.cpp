@@ -1,6 +1,7 @@
-// Section 4.2: implicit full attention (IPAR). Each pooled video block j stands for its n_j
-// tokens, so row i is a softmax over z_ij + log n_j (video) and the isolated valid text keys
-// z_it; P_i,text sums the text part. fp32, log space, max subtracted, rows sum to 1.
+// Implicit full attention (IPAR; docs/methods.md, Block-level attention P). Each pooled video
+// block j stands for its n_j tokens, so row i is a softmax over z_ij + log n_j (video) and the
+// isolated valid text keys z_it; P_i,text sums the text part. fp32, log space, max subtracted,
+// rows sum to 1.
 #include <algorithm>
 #include <cmath>
 #include <limits>

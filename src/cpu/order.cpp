@@ -1,4 +1,4 @@
-// Token orders of the video grid and the block neighbour map (ALGORITHM.md section 2): the
+// Token orders of the video grid and the block neighbour map (docs/methods.md, Token orders): the
 // raster and tiles permutations, their inverse, validation, and which blocks touch which.
 // The gilbert curve lives in gilbert.cpp, the gather/scatter of tensors in permute_tokens.cpp.
 #include <algorithm>

@@ -1,5 +1,5 @@
 // Host gather/scatter of the video tokens of a [b, S, H, d] tensor into or out of a token order
-// (ALGORITHM.md section 2): the CPU counterpart of the GPU permutation, exact for every dtype
+// (docs/methods.md): the CPU counterpart of the GPU permutation, exact for every dtype
 // since it moves element bytes and never converts.
 #include <algorithm>
 #include <cstdint>

@@ -1,6 +1,7 @@
-// Section 4.1: per video block means q̄, k̄, v̄ over the block's real tokens (a partial last block
-// divides by its true count n_i, never by B), and the per-dimension mean absolute deviations δq,
-// δk that GAPR (section 4.4) weighs against the gain. Text tokens are not pooled.
+// Pooling (docs/methods.md): per video block means q̄, k̄, v̄ over the block's real tokens (a
+// partial last block divides by its true count n_i, never by B), and the per-dimension mean
+// absolute deviations δq, δk that GAPR (docs/methods.md, GAPR) weighs against the gain. Text
+// tokens are not pooled.
 #include <cmath>
 
 #include "cpu/access.hpp"

@@ -1,6 +1,6 @@
-// Sections 4.4 and 4.5: gain-aware pooling rectification (which non-critical blocks are worth
-// replacing by their pooled pair), the per-block correction R_i, C_i, and applying a correction
-// O = a O_spa + c to an output (shared with Re-ttention, section 5).
+// Rectified SpaAttn (docs/methods.md): gain-aware pooling rectification (which non-critical
+// blocks are worth replacing by their pooled pair), the per-block correction R_i, C_i, and
+// applying a correction O = a O_spa + c to an output (shared with Re-ttention).
 #include <cmath>
 
 #include "cpu/access.hpp"

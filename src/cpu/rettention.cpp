@@ -1,6 +1,6 @@
-// Section 5: Re-ttention's statistics from a reference step (rho = share of the full softmax mass
-// inside the sparse mask, Delta = the residual O_full - rho O_spa) and the row-granularity
-// correction they give at a later sparse step, rho' = rho + (k - 1) lambda.
+// Re-ttention (docs/methods.md): the statistics of a reference step (rho = share of the full
+// softmax mass inside the sparse mask, Delta = the residual O_full - rho O_spa) and the
+// row-granularity correction they give at a later sparse step, rho' = rho + (k - 1) lambda.
 #include <algorithm>
 #include <cmath>
 

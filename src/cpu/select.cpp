@@ -1,5 +1,6 @@
-// Sections 4.3 and 5: which key blocks are critical, crit(i), for each video query block, and the
-// kernel's CSR mask built from it. The rules the GPU selection must reproduce exactly:
+// Selection (docs/methods.md, Selection; docs/choices.md, Selection (ipar)): which key blocks are
+// critical, crit(i), for each video query block, and the kernel's CSR mask built from it. The
+// rules the GPU selection must reproduce exactly:
 //  - ipar: row i of P (NV video columns, then the text column, index NV) is sorted by descending
 //    P; equal P puts the lower index first (so the text column loses ties). The cumulative sum
 //    runs in fp32 in that order and is compared with p as an fp32 value; the first

@@ -1,4 +1,4 @@
-// The fp32 inner loops of the CPU attention (ALGORITHM.md section 3): K and V of one (batch,
+// The fp32 inner loops of the CPU attention (docs/methods.md): K and V of one (batch,
 // head) packed by logical key block, and an online softmax over the query rows of one query
 // block. Shared by block_sparse_attention and reference_attention, which differ only in which
 // key blocks feed which accumulator.

@@ -1,4 +1,4 @@
-// The GPU path of SparseAttention (ALGORITHM.md sections 4-6): the stages of stages.cuh and the
+// The GPU path of SparseAttention (docs/gpu.md): the stages of stages.cuh and the
 // attention kernel, on the caller's stream, with no host synchronisation (unless
 // config.measure_density asks for the mask's density). A call is planned, then run. The plan
 // enqueues everything that depends on the selection (the mask as the kernel's CSR lists and

@@ -1,6 +1,6 @@
 // The CPU block-sparse attention kernel and the reference step's single pass against a float64
 // reference, over dtypes, head dims, block sizes, strides, text placements and padding, plus the
-// edge cases of ALGORITHM.md sections 3 and 7.
+// edge cases of docs/methods.md and docs/choices.md.
 #include <gtest/gtest.h>
 
 #include <cmath>

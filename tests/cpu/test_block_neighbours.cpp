@@ -1,4 +1,4 @@
-// Tests of the block neighbour map (ALGORITHM.md section 2): brute force on small grids for every
+// Tests of the block neighbour map (docs/methods.md): brute force on small grids for every
 // order kind and awkward block sizes, hand-made cases, and the structure on a large video grid.
 #include <gtest/gtest.h>
 

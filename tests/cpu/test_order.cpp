@@ -1,4 +1,4 @@
-// Tests of the token orders (ALGORITHM.md section 2): the gilbert curve, the raster and tiles
+// Tests of the token orders (docs/methods.md): the gilbert curve, the raster and tiles
 // orders, the permutation inverse and validation errors.
 #include <gtest/gtest.h>
 

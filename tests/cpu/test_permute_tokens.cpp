@@ -1,4 +1,4 @@
-// Tests of permute_tokens (ALGORITHM.md section 2): gather and scatter follow their definitions
+// Tests of permute_tokens (docs/methods.md): gather and scatter follow their definitions
 // for every dtype and for strided layouts, scatter(gather(x)) == x bit for bit, nothing outside
 // the destination view is written, and bad arguments are rejected before any write.
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// Re-ttention (ALGORITHM.md section 5): statistics of a reference step, the drifted correction at
+// Re-ttention (docs/methods.md): statistics of a reference step, the drifted correction at
 // later sparse steps, and its row-granularity application.
 #include <gtest/gtest.h>
 

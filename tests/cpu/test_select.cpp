@@ -1,4 +1,4 @@
-// Selection of critical blocks (ALGORITHM.md sections 4.3 and 5) on hand-made block scores: the
+// Selection of critical blocks (docs/methods.md) on hand-made block scores: the
 // cumulative-p rule, the top-k floor, how the text column counts, the tie-break, neighbours, text
 // blocks, the first-frame square, the band and the local selector, and the CSR mask built from
 // crit(i).

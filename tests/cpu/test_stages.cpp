@@ -1,4 +1,4 @@
-// Rectified SpaAttn's stages (ALGORITHM.md section 4): pooling, IPAR, GAPR, the correction R, C
+// Rectified SpaAttn's stages (docs/methods.md): pooling, IPAR, GAPR, the correction R, C
 // and its application, and the whole chain against float64 dense attention in the cases where
 // it must be exact.
 #include <gtest/gtest.h>

@@ -1,4 +1,5 @@
-// ALGORITHM.md section 7: every invalid argument throws spaattn::Error naming it, before any work.
+// Argument validation (docs/choices.md): every invalid argument throws spaattn::Error naming
+// it, before any work.
 #include <gtest/gtest.h>
 
 #include <cmath>

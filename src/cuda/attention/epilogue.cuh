@@ -1,5 +1,5 @@
 // What the attention kernels' epilogue does with a row's normalised output O_spa and its lse
-// (ALGORITHM.md sections 4.5, 5 and 8). Every correction is affine per row, so it is applied
+// (docs/gpu.md, Epilogues). Every correction is affine per row, so it is applied
 // where O already sits in registers, never as an extra pass over O. Each one is a compile-time
 // functor (EpiNone, EpiBlockAffine, EpiRowAffine, EpiMergeReference below) that both kernel
 // families instantiate; a new estimator is one new functor, one EpilogueKind and one line in

@@ -1,4 +1,4 @@
-// Parameters of the block-sparse attention kernels (ALGORITHM.md section 3), shared by both
+// Parameters of the block-sparse attention kernels (docs/gpu.md, Attention kernels), shared by both
 // families. Filled once on the host by make_fwd_params() (api.cu) and passed by value as a
 // __grid_constant__ argument (the sm90 family wraps them with its tensor maps, sm90/params.cuh).
 #pragma once

@@ -1,4 +1,4 @@
-// K and V gathered into the token order for the attention kernel (ALGORITHM.md section 2): the
+// K and V gathered into the token order for the attention kernel (docs/gpu.md, K, V gather): the
 // video rows through the permutation, the text rows as they are, written as contiguous
 // [b, H, S, d] copies so that each key block is one run of B * d contiguous elements.
 //

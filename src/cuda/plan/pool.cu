@@ -1,4 +1,5 @@
-// Pooling (ALGORITHM.md 4.1 and GAPR's deviations, 4.4) in one pass over Q, K and V.
+// Pooling with GAPR's deviations (docs/methods.md, Pooling; docs/gpu.md, Pooling) in one pass
+// over Q, K and V.
 //
 // One CTA of 256 threads per (batch, head, video block i). Each thread owns one 16-byte column
 // chunk (8 dims) of B * d / 2048 token rows and copies all of its Q, K and V chunks into shared

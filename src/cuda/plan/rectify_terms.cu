@@ -1,4 +1,4 @@
-// The rectification terms of Rectified SpaAttn (ALGORITHM.md 4.5) at block granularity:
+// The rectification terms of Rectified SpaAttn at block granularity (docs/methods.md, R_i and C_i):
 //   R_i = P_i,text + sum_{j in crit(i)} P_ij + sum_{j not in crit(i), not compensable} P_ij
 //   C_i = sum_{j not in crit(i), compensable} P_ij v̄_j
 // (without GAPR every non-critical block is compensated), the layout of the CPU Correction:

@@ -1,5 +1,5 @@
-// IPAR block scores (ALGORITHM.md 4.2) and the GAPR decisions (4.4) in one pass over the pooled
-// pairs.
+// IPAR block scores and the GAPR decisions (docs/methods.md, Block-level attention P and GAPR;
+// docs/gpu.md, Scores) in one pass over the pooled pairs.
 //
 // Kernel 1 (score_tiles): the grid covers, per (batch, head), 64 x 64 tiles of (query block i,
 // key column) pairs, the key columns being the NV pooled video blocks and then the text tokens

@@ -1,4 +1,4 @@
-// Selection of critical blocks (ALGORITHM.md 4.3 and 5) written directly as the attention
+// Selection of critical blocks (docs/methods.md, Selection) written directly as the attention
 // kernel's CSR lists; the rules are those of cpu::select_blocks (src/cpu/select.cpp), reproduced
 // exactly: the same P gives the same lists.
 //

@@ -1,4 +1,4 @@
-// The GPU stages that run outside the attention kernel (ALGORITHM.md section 4): pooling with
+// The GPU stages that run outside the attention kernel (docs/gpu.md, Plan stages): pooling with
 // GAPR's deviations, IPAR block scores with the GAPR decisions, the selection written as the
 // kernel's CSR lists, and the rectification terms R, C. Internal launch functions for the GPU
 // pipeline: each kernel family has one params struct, filled by one host function and passed by

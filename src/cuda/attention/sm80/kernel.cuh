@@ -1,4 +1,4 @@
-// The portable block-sparse attention kernel (ALGORITHM.md section 3), FlashAttention-2 scheme:
+// The portable block-sparse attention kernel (docs/gpu.md), FlashAttention-2 scheme:
 // one CTA per (query block, head, batch item) (decode_work: text query blocks first), 4 warps; Q
 // stays in shared memory, K and V tiles of 64 keys stream through two cp.async stages while the
 // previous tile is computed; scores and output accumulate in fp32 registers with an online softmax
