@@ -89,14 +89,17 @@ TEST(Safetensors, RoundTrip) {
   std::filesystem::remove(path);
 }
 
+// Writes a capture with this header and these bytes and expects load_captured to refuse it,
+// naming `detail`.
+void expect_bad(const std::string& header, const std::string& detail,
+                const std::vector<uint8_t>& bytes) {
+  const std::string path = write_file("bad.safetensors", header, bytes);
+  expect_error([&] { load_captured(path); }, "workload", detail);
+  std::filesystem::remove(path);
+}
+
 TEST(Safetensors, MalformedFilesAreRejectedNamingTheProblem) {
   const std::vector<uint8_t> data = TinyCapture{}.data();
-  auto expect_bad = [&](const std::string& header, const std::string& detail,
-                        const std::vector<uint8_t>& bytes) {
-    const std::string path = write_file("bad.safetensors", header, bytes);
-    expect_error([&] { load_captured(path); }, "workload", detail);
-    std::filesystem::remove(path);
-  };
   expect_error([] { load_captured(temp_path("missing.safetensors")); }, "workload", "cannot open");
   {
     const std::string path = temp_path("short.safetensors");
@@ -129,12 +132,6 @@ TEST(Safetensors, MalformedFilesAreRejectedNamingTheProblem) {
 // offsets in 64 bits, and what load_captured later narrows to int / int32 against that range.
 TEST(Safetensors, SizesAndNumbersAreCheckedBeforeUse) {
   const std::vector<uint8_t> data = TinyCapture{}.data();
-  auto expect_bad = [&](const std::string& header, const std::string& detail,
-                        const std::vector<uint8_t>& bytes) {
-    const std::string path = write_file("bad.safetensors", header, bytes);
-    expect_error([&] { load_captured(path); }, "workload", detail);
-    std::filesystem::remove(path);
-  };
   auto replaced = [](std::string h, const std::string& from, const std::string& to) {
     const size_t at = h.find(from);
     EXPECT_NE(at, std::string::npos) << from;
