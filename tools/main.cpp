@@ -12,7 +12,10 @@ void usage(std::FILE* f) {
                "usage: spaattn <command> [options]\n\n"
                "commands:\n"
                "  eval    compare dense, block-sparse, Rectified SpaAttn and Re-ttention on the\n"
-               "          built-in video-like workload (spaattn eval --help for its options)\n");
+               "          built-in video-like workload (spaattn eval --help for its options)\n\n"
+               "options:\n"
+               "  --version   print the version of spaattn\n"
+               "  --help      this text\n");
 }
 }  // namespace
 
@@ -20,6 +23,10 @@ int main(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
+  }
+  if (!std::strcmp(argv[1], "--version")) {
+    std::printf("spaattn %s\n", SPAATTN_VERSION);
+    return 0;
   }
   try {
     if (!std::strcmp(argv[1], "eval")) return spaattn::tools::run_eval(argc - 2, argv + 2);

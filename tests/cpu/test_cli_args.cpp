@@ -1,16 +1,23 @@
-// Strict parsing of the numeric flags of `spaattn eval` (tools/cli_args.hpp) and the overflow-
-// checked size arithmetic behind it (tools/checked_math.hpp). The flags themselves, run through
+// Strict parsing of the numeric flags of `spaattn eval` (tools/cli_args.hpp), the overflow-
+// checked size arithmetic behind it (tools/checked_math.hpp), the option parser and output files
+// (tools/eval_options.hpp) and the SVG writer (tools/plot.hpp). The flags themselves, run through
 // the built tool, are tested by the cli_* CTest cases in tests/CMakeLists.txt.
 #include <gtest/gtest.h>
 
 #include <array>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <random>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "checked_math.hpp"
 #include "cli_args.hpp"
+#include "eval_options.hpp"
+#include "plot.hpp"
 #include "testing.hpp"
 
 namespace spaattn::testing {
@@ -112,6 +119,175 @@ TEST(CheckedMath, MatchesWideArithmetic) {
   const std::array<int64_t, 4> heads = {1, 6, (int64_t{1} << 58) + 1, 64};
   EXPECT_FALSE(tools::checked_product<int64_t>(heads).has_value());
   EXPECT_EQ(tools::checked_product<int64_t>(std::array<int64_t, 0>{}), 1);
+}
+
+tools::EvalOptions parse(std::vector<std::string> args) { return tools::parse_eval_args(args); }
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+TEST(EvalArgs, ValuesFollowOrComeAfterEquals) {
+  const auto a = parse({"--sparsity", "0.9,0.5", "--block", "64", "--json", "x.json"});
+  const auto b = parse({"--sparsity=0.9,0.5", "--block=64", "--json=x.json"});
+  for (const auto& o : {a, b}) {
+    EXPECT_EQ(o.sparsities, (std::vector<double>{0.9, 0.5}));
+    EXPECT_EQ(o.block, 64);
+    EXPECT_EQ(o.json, "x.json");
+  }
+  // Only the first '=' separates: the value may hold more.
+  EXPECT_EQ(parse({"--plot=a=b.svg"}).plot, "a=b.svg");
+  const auto s = parse({"--workload=synthetic", "--grid=2x3x4", "--text=3", "--text-len=2",
+                        "--heads=2", "--dim=128", "--steps=3", "--seed=7", "--p=0.5",
+                        "--neighbours=on", "--order=raster", "--ref-period=2", "--methods=sparse"});
+  EXPECT_EQ(s.spec.grid.w, 4);
+  EXPECT_EQ(s.spec.num_text, 3);
+  EXPECT_EQ(s.spec.text_len, 2);
+  EXPECT_EQ(s.spec.heads, 2);
+  EXPECT_EQ(s.spec.head_dim, 128);
+  EXPECT_EQ(s.steps, 3);
+  EXPECT_EQ(s.spec.seed, 7u);
+  EXPECT_EQ(s.p, 0.5);
+  EXPECT_TRUE(s.neighbours);
+  EXPECT_EQ(s.order, OrderKind::raster);
+  EXPECT_EQ(s.ref_period, 2);
+  EXPECT_EQ(s.methods, std::vector<std::string>{"sparse"});
+
+  expect_error([] { parse({"--sparsity"}); }, "--sparsity", "expected a value");
+  expect_error([] { parse({"--sparsity="}); }, "--sparsity", "got ''");
+  expect_error([] { parse({"--json="}); }, "--json", "expected a file name");
+  expect_error([] { parse({"--nope=1"}); }, "--nope", "unknown option");
+  expect_error([] { parse({"extra"}); }, "extra", "unknown option");
+}
+
+TEST(EvalArgs, SwitchesAndMethods) {
+  EXPECT_EQ(parse({}).progress, tools::ProgressMode::automatic);
+  EXPECT_EQ(parse({"--progress"}).progress, tools::ProgressMode::on);
+  EXPECT_EQ(parse({"--progress", "--no-progress"}).progress, tools::ProgressMode::off);
+  EXPECT_TRUE(parse({"--version"}).version);
+  EXPECT_TRUE(parse({"-h"}).help);
+  expect_error([] { parse({"--no-progress=1"}); }, "--no-progress", "takes no value, got '1'");
+  expect_error([] { parse({"--version="}); }, "--version", "takes no value");
+
+  // dense names the reference row, which always runs: it adds no row of its own.
+  EXPECT_TRUE(parse({"--methods", "dense"}).methods.empty());
+  EXPECT_EQ(parse({"--methods=rettention,dense,sparse"}).methods,
+            (std::vector<std::string>{"rettention", "sparse"}));
+  expect_error([] { parse({"--methods=dense,flash"}); }, "--methods", "unknown method 'flash'");
+  expect_error([] { parse({"--methods=sparse,sparse"}); }, "--methods",
+               "method 'sparse' given more than once");
+  expect_error([] { parse({"--grid=2x2x2"}); }, "--grid", "synthetic workload only");
+}
+
+TEST(EvalArgs, HelpNamesEveryFlag) {
+  const std::string help = tools::eval_help();
+  for (const char* flag : {"--workload", "--block", "--order", "--sparsity", "--methods", "--p ",
+                           "--neighbours", "--ref-period", "--json", "--plot", "--progress",
+                           "--no-progress", "--version", "--help", "--grid", "--text ",
+                           "--text-len", "--heads", "--dim", "--steps", "--seed", "dense",
+                           "--sparsity=0.9"})
+    EXPECT_NE(help.find(flag), std::string::npos) << flag;
+}
+
+TEST(EvalArgs, SettingsJsonRecordsEveryOption) {
+  const auto o = parse({"--json", "out \"1\".json", "--sparsity=0.3,0.95", "--no-progress"});
+  const std::string j = tools::settings_json(o);
+  for (const char* key : {"workload", "block", "order", "sparsity", "methods", "p", "neighbours",
+                          "ref_period", "json", "plot", "progress", "grid", "text", "text_len",
+                          "heads", "dim", "steps", "seed"})
+    EXPECT_EQ(count(j, std::string("\"") + key + "\": "), 1u) << key << " in " << j;
+  EXPECT_NE(j.find("\"sparsity\": [0.3, 0.95]"), std::string::npos) << j;
+  EXPECT_NE(j.find("\"json\": \"out \\\"1\\\".json\""), std::string::npos) << j;
+  EXPECT_NE(j.find("\"plot\": null"), std::string::npos) << j;
+  EXPECT_NE(j.find("\"progress\": \"off\""), std::string::npos) << j;
+  EXPECT_EQ(tools::json_string("a\\b\n\x01"), "\"a\\\\b\\n\\u0001\"");
+}
+
+TEST(EvalFiles, OutputsAreOpenedUpFrontAndRemovedUnlessCommitted) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("spaattn_cli_files_" + std::to_string(
+                                                        std::random_device{}()));
+  fs::create_directories(dir);
+  const std::string created = (dir / "new.json").string();
+  {
+    tools::OutputFile f(created, "--json");
+    EXPECT_TRUE(fs::exists(created));
+  }
+  EXPECT_FALSE(fs::exists(created)) << "an uncommitted new file is removed";
+
+  const std::string kept = (dir / "old.svg").string();
+  std::ofstream(kept) << "old";
+  { tools::OutputFile f(kept, "--plot"); }
+  std::stringstream old;
+  old << std::ifstream(kept).rdbuf();
+  EXPECT_EQ(old.str(), "old") << "an existing file is neither truncated nor removed";
+
+  {
+    tools::OutputFile f(kept, "--plot");
+    f.commit("new");
+  }
+  std::stringstream now;
+  now << std::ifstream(kept).rdbuf();
+  EXPECT_EQ(now.str(), "new");
+
+  expect_error([&] { tools::OutputFile((dir / "no" / "x.json").string(), "--json"); }, "--json",
+               "cannot create '" + (dir / "no" / "x.json").string() + "' (No such file");
+  expect_error([&] { tools::OutputFile(dir.string(), "--plot"); }, "--plot", "(Is a directory)");
+
+  auto o = parse({"--workload", (dir / "missing.safetensors").string()});
+  expect_error([&] { tools::check_eval_files(o); }, "--workload", "(No such file");
+  o = parse({"--workload=synthetic", "--json", (dir / "a").string(), "--plot",
+             (dir / "." / "a").string()});
+  expect_error([&] { tools::check_eval_files(o); }, "--plot", "is also the --json file");
+  EXPECT_FALSE(fs::exists(dir / "a")) << "nothing is created when a check fails";
+  fs::remove_all(dir);
+}
+
+TEST(Plot, TicksAreRoundAndCoverTheRange) {
+  EXPECT_EQ(tools::axis_ticks(1.0), (std::vector<double>{0, 0.2, 0.4, 0.6, 0.8, 1.0}));
+  EXPECT_EQ(tools::axis_ticks(0.37), (std::vector<double>{0, 0.1, 0.2, 0.3, 0.4}));
+  EXPECT_EQ(tools::axis_ticks(0.0), (std::vector<double>{0, 1}));
+  EXPECT_EQ(tools::axis_ticks(7.0), (std::vector<double>{0, 2, 4, 6, 8}));
+  for (const double max : {1e-4, 0.0123, 0.5, 3.3, 250.0}) {
+    const auto t = tools::axis_ticks(max);
+    EXPECT_GE(t.back(), max);
+    EXPECT_GE(t.size(), 3u);
+    EXPECT_LE(t.size(), 11u);
+  }
+}
+
+TEST(Plot, FrontierSvgHasALineMarkersAndALegendEntryPerMethod) {
+  const std::vector<tools::PlotSeries> series = {
+      {"dense", {{1.0, 0.0}}},
+      {"sparse", {{0.1, 0.36}, {0.26, 0.17}, {0.15, 0.25}}},
+      {"a<b", {{0.5, 0.05}, {0.6, 0.04}}},
+  };
+  const std::string svg = tools::frontier_svg(series);
+  EXPECT_EQ(svg.rfind("<svg xmlns=\"http://www.w3.org/2000/svg\"", 0), 0u);
+  EXPECT_EQ(svg.substr(svg.size() - 7), "</svg>\n");
+  EXPECT_EQ(count(svg, "<polyline"), 2u) << "no line through dense's single point";
+  EXPECT_EQ(count(svg, "<g class=\"series\""), 3u);
+  // One marker per point plus one per legend entry.
+  EXPECT_EQ(count(svg, "<circle"), 6u + 3u);
+  EXPECT_EQ(count(svg, "class=\"tick\""), 6u + 5u);  // x: 0..1 by 0.2; y: 0..0.4 by 0.1
+  EXPECT_NE(svg.find(">a&lt;b</text>"), std::string::npos) << "names are escaped";
+  EXPECT_EQ(svg.find("a<b"), std::string::npos);
+  EXPECT_NE(svg.find("achieved density"), std::string::npos);
+  EXPECT_NE(svg.find("relative L2 error"), std::string::npos);
+  // Points are joined in order of density: x grows along the sparse polyline.
+  const size_t at = svg.find("points=\"", svg.find("data-method=\"sparse\""));
+  std::istringstream pts(svg.substr(at + 8, svg.find('"', at + 8) - at - 8));
+  double last = -1, x = 0, y = 0;
+  char comma = 0;
+  int n = 0;
+  while (pts >> x >> comma >> y) {
+    EXPECT_GT(x, last);
+    last = x;
+    ++n;
+  }
+  EXPECT_EQ(n, 3);
 }
 
 }  // namespace
