@@ -8,7 +8,6 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
-#include <mutex>
 #include <tuple>
 #include <vector>
 
@@ -21,12 +20,11 @@ namespace {
 using AllocateFn = std::function<uintptr_t(size_t bytes, uintptr_t stream)>;
 using ReleaseFn = std::function<void(uintptr_t ptr, size_t bytes, uintptr_t stream)>;
 
-// The C++ object and the lock that keeps two Python threads out of one forward. The lock is
-// taken after the GIL is released, so a memory callback (which takes the GIL) cannot deadlock.
+// The C++ object. Its calls are serialised by SparseAttention's own mutex, taken after the GIL
+// is released here, so a memory callback (which takes the GIL) cannot deadlock.
 struct Attention {
   explicit Attention(SparseAttention&& attention) : impl(std::move(attention)) {}
   SparseAttention impl;
-  std::mutex mutex;
 };
 
 DeviceMemory make_memory(std::optional<AllocateFn> allocate, std::optional<ReleaseFn> release) {
@@ -91,14 +89,14 @@ std::tuple<std::string, double, bool> forward(Attention& self, const In& q, cons
                                               int layer, int entry, int step, int64_t num_text,
                                               const std::string& text_placement,
                                               uintptr_t stream) {
+  // The call's scale stays unset (0): forward applies config.scale.
   const AttentionArgs args =
       make_args(q, k, v, text_lengths, text_lengths_host, num_text, text_placement,
-                self.impl.config().block_size, self.impl.config().scale);
+                self.impl.config().block_size, 0.f);
   const TensorView o = to_view(out, "out");
   CallStats stats;
   {
     nb::gil_scoped_release release;
-    std::lock_guard<std::mutex> lock(self.mutex);
     stats = self.impl.forward(CallInfo{.layer = layer, .entry = entry, .step = step}, args, o,
                               to_stream(stream));
   }
@@ -108,7 +106,6 @@ std::tuple<std::string, double, bool> forward(Attention& self, const In& q, cons
 
 void reset(Attention& self) {
   nb::gil_scoped_release release;
-  std::lock_guard<std::mutex> lock(self.mutex);
   self.impl.reset();
 }
 
@@ -129,7 +126,6 @@ void bind_method(nb::module_& m) {
       .def_prop_ro("state_count",
                    [](Attention& self) {
                      nb::gil_scoped_release release;
-                     std::lock_guard<std::mutex> lock(self.mutex);
                      return self.impl.state_count();
                    })
       .def_prop_ro("selector",

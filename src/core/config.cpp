@@ -54,10 +54,8 @@ void Config::validate() const {
                     "expected raster, gilbert or tiles, got ", static_cast<int>(order.kind));
   SPAATTN_CHECK_ARG(block_size == 64 || block_size == 128, "config.block_size",
                     "expected 64 or 128, got ", block_size);
-  SPAATTN_CHECK_ARG(kernel == KernelFamily::automatic || kernel == KernelFamily::portable ||
-                        kernel == KernelFamily::hopper,
-                    "config.kernel", "expected automatic, portable or hopper, got ",
-                    static_cast<int>(kernel));
+  SPAATTN_CHECK_ARG(kernel <= KernelFamily::hopper, "config.kernel",
+                    "expected automatic, portable or hopper, got ", static_cast<int>(kernel));
   SPAATTN_CHECK_ARG(select.sparsity >= 0.0 && select.sparsity < 1.0, "config.select.sparsity",
                     "expected 0 <= sparsity < 1, got ", select.sparsity);
   SPAATTN_CHECK_ARG(select.p >= 0.0 && select.p <= 1.0, "config.select.p",

@@ -110,15 +110,10 @@ void validate(const AttentionArgs& args, const TensorView* out, const TensorView
   const Layout& L = args.layout;
   SPAATTN_CHECK_ARG(L.block_size == 64 || L.block_size == 128, "layout.block_size",
                     "expected 64 or 128, got ", L.block_size);
-  SPAATTN_CHECK_ARG(L.text_placement == TextPlacement::suffix ||
-                        L.text_placement == TextPlacement::prefix,
-                    "layout.text_placement", "expected suffix or prefix, got ",
-                    static_cast<int>(L.text_placement));
-  SPAATTN_CHECK_ARG(args.kernel == KernelFamily::automatic ||
-                        args.kernel == KernelFamily::portable ||
-                        args.kernel == KernelFamily::hopper,
-                    "kernel", "expected auto, portable or hopper, got ",
-                    static_cast<int>(args.kernel));
+  SPAATTN_CHECK_ARG(L.text_placement <= TextPlacement::prefix, "layout.text_placement",
+                    "expected suffix or prefix, got ", static_cast<int>(L.text_placement));
+  SPAATTN_CHECK_ARG(args.kernel <= KernelFamily::hopper, "kernel",
+                    "expected auto, portable or hopper, got ", static_cast<int>(args.kernel));
   SPAATTN_CHECK_ARG(L.num_video >= 0 && L.num_text >= 0, "layout",
                     "expected num_video >= 0 and num_text >= 0, got ", L.num_video, " and ",
                     L.num_text);
