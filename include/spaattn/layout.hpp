@@ -89,6 +89,12 @@ struct AttentionArgs {
 void validate(const AttentionArgs& args, const TensorView* out = nullptr,
               const TensorView* lse = nullptr);
 
+// What the GPU path asks of q, k, v and out beyond validate(), from their metadata alone: CUDA
+// tensors of one dtype, bfloat16 or float16, with batch, sequence and head strides that are
+// multiples of 8 elements (16-byte rows for the kernels' vector loads). Where the memory lies and
+// the alignment of the base pointers are checked when the call runs.
+void validate_gpu_operands(const AttentionArgs& args, const TensorView& out);
+
 // The most entries a CSR block mask can hold: its offsets are int32.
 inline constexpr int64_t kMaxMaskEntries = (int64_t{1} << 31) - 1;
 

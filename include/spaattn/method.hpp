@@ -80,8 +80,9 @@ struct StateSummary {
 };
 
 // Decides the plan of `call` from the config and the state of its (layer, entry) (nullptr: none
-// yet); throws spaattn::Error when the call cannot be served (a Re-ttention sparse step without
-// its reference step, or with another shape).
+// yet). A Re-ttention step whose state holds no reference since the last scheduled one is planned
+// as a (late) reference step; throws spaattn::Error when the call cannot be served (a Re-ttention
+// sparse step with another shape or layout than its reference step).
 StepPlan plan_step(const Config& config, const CallInfo& call, const AttentionArgs& args,
                    const StateSummary* state);
 
@@ -114,6 +115,11 @@ class SparseAttention {
   // apply where args leaves them unset (0, automatic); args setting another value is an error.
   CallStats forward(const CallInfo& call, const AttentionArgs& args, TensorView out,
                     void* stream = nullptr);
+  // The checks forward() makes before any work, from the arguments' metadata alone: shapes,
+  // dtypes, strides, the layout against the config, and (for CUDA tensors) what the GPU path
+  // asks of them (validate_gpu_operands). Reads no tensor data but host text lengths, and no
+  // state: a Re-ttention step that its state cannot serve is reported by forward().
+  void check(const CallInfo& call, const AttentionArgs& args, const TensorView& out) const;
   // Number of (layer, entry) states held.
   size_t state_count() const;
   // The device memory of the GPU path for calls shaped like `args` (see WorkspaceSize): host
@@ -127,6 +133,9 @@ class SparseAttention {
     Selection selection;
     RettentionCache cache;
   };
+  // args with the config's scale and kernel family applied, after check().
+  AttentionArgs checked(const CallInfo& call, const AttentionArgs& args,
+                        const TensorView& out) const;
   CallStats forward_host(const CallInfo& call, const AttentionArgs& args, TensorView out,
                          const StepPlan& plan);
   Config config_;

@@ -15,6 +15,8 @@ arguments) or RuntimeError with the core's message, e.g.
 - :mod:`spaattn.diffusers`: attention processors for HunyuanVideo, Wan 2.1 and CogVideoX.
 """
 
+import sys as _sys
+
 from . import _C  # type: ignore[attr-defined]
 from .attention import block_sparse_attention, dense_to_csr, rectified_attention
 from .method import METHODS, CallStats, SparseAttention
@@ -26,6 +28,11 @@ from .orders import (
     permute_tokens,
     token_permutation,
 )
+
+if "torch" in _sys.modules:
+    # torch tensors go through torch custom operators (spaattn._ops); registered now when torch
+    # is already imported, else on the first call with torch tensors.
+    from . import _ops  # noqa: F401
 
 __version__ = "0.1.0"
 

@@ -136,6 +136,10 @@ def block_sparse_attention(
     True
     """
     T.check_layout(layout)
+    if T.is_torch(q):
+        from . import _ops
+
+        _ops.check_inputs(q, k, v)
     qv, kv, vv = T.bshd(q, layout, "q"), T.bshd(k, layout, "k"), T.bshd(v, layout, "v")
     num_text = T.integer(num_text, "num_text", bits=64)
     block_size = T.integer(block_size, "block_size")

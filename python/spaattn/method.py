@@ -135,6 +135,7 @@ class SparseAttention:
         self.block_size = block_size
         self.grid = grid3
         self.last_stats: CallStats | None = None
+        self._handle: int | None = None  # the torch operators' handle, made on first use
 
     @property
     def selector(self) -> str:
@@ -176,18 +177,50 @@ class SparseAttention:
         :attr:`last_stats` describes the call.
         """
         T.check_layout(layout)
-        qv, kv, vv = T.bshd(q, layout, "q"), T.bshd(k, layout, "k"), T.bshd(v, layout, "v")
         call = (T.integer(layer, "layer"), T.integer(entry, "entry"), T.integer(step, "step"))
         num_text = T.integer(num_text, "num_text", bits=64)
-        out, out_view = T.output(q, out, layout)
+        if T.is_torch(q):
+            # One custom operator per call (spaattn._ops): torch.compile and CUDA graphs see an
+            # opaque operator, and the state changes only when it runs.
+            from . import _ops
+
+            _ops.check_inputs(q, k, v)
+            lengths = _ops.lengths_tensor(text_lengths, q)
+            if self._handle is None:
+                self._handle = _ops.register(self)
+            args = (lengths, self._handle, *call, num_text, text_placement, layout)
+            if out is None:
+                return _ops.sparse_attention(q, k, v, *args)
+            T.check_array(out, "out")
+            _ops.sparse_attention_out(q, k, v, out, *args)
+            return out
+        out, _ = T.output(q, out, layout)
+        self._run(q, k, v, out, text_lengths, *call, num_text, text_placement, layout)
+        return out
+
+    def _run(self, q: Any, k: Any, v: Any, out: Any, text_lengths: Any, layer: int, entry: int,
+             step: int, num_text: int, text_placement: str, layout: str) -> None:
+        """The call itself, into `out` (the caller's layout); sets :attr:`last_stats`."""
+        qv, kv, vv = T.bshd(q, layout, "q"), T.bshd(k, layout, "k"), T.bshd(v, layout, "v")
+        out_view = T.bshd(out, layout, "out")
         lengths, lengths_host = T.text_lengths(text_lengths, q)
         with T.device_of(q) as stream:
             self._memory.device = q.device if T.is_cuda(q) else None  # type: ignore[attr-defined]
             kind, density, reused = self._impl.forward(
-                qv, kv, vv, out_view, lengths, lengths_host, *call, num_text, text_placement,
-                stream,
+                qv, kv, vv, out_view, lengths, lengths_host, layer, entry, step, num_text,
+                text_placement, stream,
             )
         self.last_stats = CallStats(kind, density, reused)
-        return out
+
+    def _check(self, q: Any, k: Any, v: Any, out: Any, text_lengths: Any, layer: int,
+               entry: int, step: int, num_text: int, text_placement: str, layout: str) -> None:
+        """The checks of :meth:`_run` from torch tensors' metadata (fake and meta tensors)."""
+        from . import _ops
+
+        qv, kv, vv = T.bshd(q, layout, "q"), T.bshd(k, layout, "k"), T.bshd(v, layout, "v")
+        out_view = T.bshd(out, layout, "out")
+        self._impl.check(_ops.meta(qv), _ops.meta(kv), _ops.meta(vv), _ops.meta(out_view),
+                         _ops.lengths_meta(text_lengths, q), layer, entry, step, num_text,
+                         text_placement)
 
     __call__ = forward

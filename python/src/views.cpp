@@ -1,6 +1,8 @@
 // DLPack arrays to TensorViews, and the string options of the Python API.
 #include "views.hpp"
 
+#include <string_view>
+
 namespace spaattn::python {
 namespace {
 
@@ -20,8 +22,15 @@ DType to_dtype(dl::dtype dt, const char* name) {
   static constexpr const char* kCodes[] = {"int", "uint", "float", "opaque", "bfloat", "complex",
                                            "bool"};
   const std::string kind = dt.code < 7 ? kCodes[dt.code] : "code " + std::to_string(dt.code);
-  SPAATTN_CHECK_ARG(false, name,
-                    "expected dtype float32, bfloat16, float16, int32, uint8 or bool, got ", kind,
+  // The dtypes the argument may have: q, k, v, out and lse are floating point, indices int32.
+  const std::string_view arg(name);
+  const char* allowed = arg == "q" || arg == "k" || arg == "v" || arg == "out" || arg == "lse"
+                            ? "float32, bfloat16 or float16"
+                        : arg == "src" || arg == "dst"
+                            ? "float32, bfloat16, float16, int32, uint8 or bool"
+                        : arg == "mask" ? "bool, uint8 or int32"
+                                        : "int32";
+  SPAATTN_CHECK_ARG(false, name, "expected dtype ", allowed, ", got ", kind,
                     static_cast<int>(dt.bits));
   return DType::f32;
 }

@@ -183,7 +183,7 @@ def test_first_frame_blocks_per_frame(case):
     try:
         run(model, spec.inputs(1, 900.0, "cpu", torch.float32))
         control = model._spaattn_control
-        assert control.grid == GRID
+        assert control.info["grid"] == GRID
         assert handle.stats()[0].kind == "sparse"
     finally:
         handle.remove()

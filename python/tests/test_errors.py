@@ -24,7 +24,7 @@ def test_tensor_checks_name_the_argument_and_the_value():
         "k: expected dtype float32 (as q), got float16"
     )
     assert attention_error(q.astype(np.float64), k, v, FULL) == (
-        "q: expected dtype float32, bfloat16, float16, int32, uint8 or bool, got float64"
+        "q: expected dtype float32, bfloat16 or float16, got float64"
     )
     assert attention_error(q, k, v[..., :32].copy(), FULL) == (
         "v: expected shape [1, 128, 2, 64], got [1, 128, 2, 32]"

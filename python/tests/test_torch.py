@@ -57,11 +57,17 @@ def test_cpu_text_padding_matches_masked_sdpa():
 
 def test_cpu_sparse_attention_methods_match_sdpa():
     q, k, v = inputs((1, 4, 512, 64), seed=2, dtype=torch.float32)
-    q.requires_grad_(True)  # inputs that require grad are read through detached views
+    q.requires_grad_(True)  # spaattn computes no gradients: an error unless grad mode is off
     ref = sdpa(q.detach(), k, v)
-    dense = spaattn.SparseAttention("dense", block_size=64).forward(q, k, v, layout="bhsd")
     rect = spaattn.SparseAttention("rectified", sparsity=0.0, grid=(2, 16, 16), block_size=64)
-    out = rect.forward(q, k, v, layout="bhsd")
+    for call in (lambda: rect.forward(q, k, v, layout="bhsd"),
+                 lambda: spaattn.block_sparse_attention(q, k, v, torch.ones(1, 4, 8, 8, dtype=torch.bool),
+                                                        layout="bhsd", block_size=64)):
+        with pytest.raises(ValueError, match="q: expected a tensor that does not require grad"):
+            call()
+    with torch.no_grad():
+        dense = spaattn.SparseAttention("dense", block_size=64).forward(q, k, v, layout="bhsd")
+        out = rect.forward(q, k, v, layout="bhsd")
     torch.testing.assert_close(dense, ref, atol=2e-5, rtol=0)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
     assert rect.last_stats.density == 1.0

@@ -165,6 +165,30 @@ void validate(const AttentionArgs& args, const TensorView* out, const TensorView
   }
 }
 
+namespace {
+void check_gpu_operand(const TensorView& t, const char* name, DType dtype) {
+  SPAATTN_CHECK_ARG(t.device == Device::cuda, name, "expected a CUDA tensor, got ",
+                    to_string(t.device));
+  SPAATTN_CHECK_ARG(t.dtype == DType::bf16 || t.dtype == DType::f16, name,
+                    "expected dtype bfloat16 or float16 on the GPU, got ", to_string(t.dtype));
+  SPAATTN_CHECK_ARG(t.dtype == dtype, name, "expected dtype ", to_string(dtype), " (as q), got ",
+                    to_string(t.dtype));
+  for (int d = 0; d < 3; ++d)
+    SPAATTN_CHECK_ARG(t.stride[d] % 8 == 0, name,
+                      "expected strides that are multiples of 8 elements (16 bytes) for cp.async,"
+                      " got ",
+                      t.stride[d], " on dim ", d);
+}
+}  // namespace
+
+void validate_gpu_operands(const AttentionArgs& args, const TensorView& out) {
+  const DType dtype = args.q.dtype;
+  check_gpu_operand(args.q, "q", dtype);
+  check_gpu_operand(args.k, "k", dtype);
+  check_gpu_operand(args.v, "v", dtype);
+  check_gpu_operand(out, "out", dtype);
+}
+
 void validate(const BlockMaskView& mask, const AttentionArgs& args) {
   const int64_t nb = args.layout.num_blocks();
   SPAATTN_CHECK_ARG(mask.batch == args.batch() && mask.heads == args.heads(), "mask",

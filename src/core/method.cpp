@@ -80,17 +80,17 @@ StepPlan plan_step(const Config& config, const CallInfo& call, const AttentionAr
     return plan;
   }
   // Re-ttention: references at w, w + r, ...; the mask of a reference step is kept until the
-  // next one, so rho always describes the mask it corrects.
+  // next one, so rho always describes the mask it corrects. A (layer, entry) whose state holds no
+  // reference made since the last scheduled one (its call at that step was skipped, e.g. by a
+  // step cache, or the state is new or from an earlier run) computes this call as a reference
+  // step: a late reference rather than statistics of another mask or another run.
   const int since = call.step - sched.dense_steps;
   const int last_ref = call.step - since % config.rettention.ref_period;
-  plan.k = call.step - last_ref;
-  plan.kind = plan.k == 0 ? CallStats::Kind::reference : CallStats::Kind::sparse;
+  const bool has_ref = prev && prev->ref_step >= last_ref && prev->ref_step < call.step;
+  plan.kind = has_ref ? CallStats::Kind::sparse : CallStats::Kind::reference;
+  plan.k = has_ref ? call.step - prev->ref_step : 0;
   plan.fresh_mask = plan.kind == CallStats::Kind::reference;
   if (plan.kind == CallStats::Kind::sparse) {
-    SPAATTN_CHECK_ARG(prev && prev->ref_step == last_ref, "call.step",
-                      "Re-ttention needs the reference step ", last_ref, " of layer ", call.layer,
-                      " entry ", call.entry, " before step ", call.step,
-                      " (call reset() between runs and run every step)");
     const CallShape& c = prev->cache_shape;
     const CallShape now = call_shape(args);
     SPAATTN_CHECK_ARG(c.dims == now.dims, "q", "expected the shape of the reference step [",
@@ -139,11 +139,9 @@ WorkspaceSize SparseAttention::workspace_size(const AttentionArgs& args) const {
   return detail::device_workspace_size(config_, args, perm_.size(), neighbours_);
 }
 
-CallStats SparseAttention::forward(const CallInfo& call, const AttentionArgs& args_in,
-                                   TensorView out, void* stream) {
-  // Everything is checked before any work and before any state changes.
+AttentionArgs SparseAttention::checked(const CallInfo& call, const AttentionArgs& args_in,
+                                       const TensorView& out) const {
   validate(args_in, &out, nullptr);
-  std::lock_guard<std::mutex> lock(*mutex_);
   // The config's softmax scale and kernel family apply where the call leaves them unset; a call
   // that sets another value is an error rather than one of the two silently winning.
   AttentionArgs args = args_in;
@@ -168,6 +166,20 @@ CallStats SparseAttention::forward(const CallInfo& call, const AttentionArgs& ar
   SPAATTN_CHECK_ARG(config_.order.grid.empty() || config_.order.grid.size() == layout.num_video,
                     "args.layout.num_video", "expected the grid's t*h*w = ",
                     config_.order.grid.size(), ", got ", layout.num_video);
+  if (args.q.device == Device::cuda) validate_gpu_operands(args, out);
+  return args;
+}
+
+void SparseAttention::check(const CallInfo& call, const AttentionArgs& args,
+                            const TensorView& out) const {
+  (void)checked(call, args, out);
+}
+
+CallStats SparseAttention::forward(const CallInfo& call, const AttentionArgs& args_in,
+                                   TensorView out, void* stream) {
+  // Everything is checked before any work and before any state changes.
+  const AttentionArgs args = checked(call, args_in, out);
+  std::lock_guard<std::mutex> lock(*mutex_);
   if (args.q.device == Device::cuda) {
     if (!device_) device_ = detail::make_device_pipeline(config_, memory_, perm_, neighbours_);
     const StepPlan plan =

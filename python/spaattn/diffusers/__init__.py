@@ -13,18 +13,31 @@ each transformer forward runs every replaced layer through :class:`spaattn.Spars
   mask: padding keys are skipped, padding queries output zeros, which no valid token reads);
   CogVideoX's text precedes it and is all valid, as in the stock processor; Wan's
   self-attention has none (its cross-attention stays dense).
-- **Steps and guidance.** The same pre-hook counts steps from the timestep: a smaller timestep
-  than the last forward's is the next step, the same timestep is the next *entry* of the same
-  step (guidance as separate cond / uncond forwards: cond is entry 0, uncond entry 1, with
-  separate state), a larger one starts a new run and drops all state. Guidance batched into one
+- **Steps and guidance.** Steps come from the pipeline's scheduler when spaattn is applied to a
+  pipeline (``set_timesteps`` starts a run, every ``step`` call ends a step), from the handle
+  (``steps="manual"``: ``handle.next_step()``, ``handle.reset()``), or from the timestep
+  (``steps="timestep"``, the default for a bare transformer: one host synchronisation per
+  forward). Forwards of one step are *entries* with separate state: the pipeline's
+  ``cache_context("cond")`` / ``("uncond")`` names them, else their order within the step does
+  (guidance as separate forwards: cond is entry 0, uncond entry 1). Guidance batched into one
   forward (CogVideoX) is one entry whose batch items keep separate masks and caches.
+- **torch.compile and CUDA graphs.** Each layer calls one custom operator
+  (``torch.ops.spaattn.model_attention``) that reaches spaattn's state through an opaque
+  handle; no tensor is read on the host (but with ``steps="timestep"``), so
+  ``torch.compile(transformer, fullgraph=True)`` compiles without a graph break and a forward
+  can be captured in a CUDA graph. A replayed graph repeats the captured calls: it suits methods
+  whose calls do not change with the step (``rectified``, ``sparse``; not dense warm-up steps or
+  Re-ttention's schedule).
+- **Step caches.** With diffusers' caches (``transformer.enable_cache(...)``), a layer whose
+  call a cache skips keeps its state; a Re-ttention layer that missed its reference step
+  computes its next call as a (late) reference step, so no cached statistics outlive their
+  mask or run.
 - **Dense warm-up.** ``dense_steps`` and ``dense_layers`` (layer numbers in the order the
   adapter lists: HunyuanVideo's dual-stream blocks, then its single-stream blocks) run full
   attention; Re-ttention's reference steps follow the warm-up.
 
-Published settings: HunyuanVideo ``sparsity=0.8``; Wan 2.1 ``sparsity=0.75, dense_layers=[0, 1]``
-(T2V also ``dense_steps=5``, and ``first_frame_blocks="frame"`` for the first-frame square);
-Re-ttention on CogVideoX ``method="rettention", sparsity=0.96875, dense_steps=15, ref_period=5``.
+Published settings are :data:`PRESETS` (``apply(pipe, preset="flux")``; options given to
+``apply`` override the preset's).
 
 Example (a pipeline loaded with diffusers)::
 
@@ -35,15 +48,31 @@ Example (a pipeline loaded with diffusers)::
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
 
 from ..method import CallStats
-from ._control import Adapter, ModelControl, StepClock
+from ._control import STEP_SOURCES, Adapter, ModelControl, StepClock, _unwrap
 from .cogvideox import CogVideoXAdapter
 from .hunyuan_video import HunyuanVideoAdapter
 from .wan import WanAdapter
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Rectified SpaAttn (block 128, p = 0.3).
+    "hunyuan_video": {"method": "rectified", "sparsity": 0.8},
+    "wan2.1_t2v": {"method": "rectified", "sparsity": 0.75, "dense_layers": [0, 1],
+                   "dense_steps": 5},
+    "wan2.1_i2v": {"method": "rectified", "sparsity": 0.75, "dense_layers": [0, 1]},
+    # The last 20 of Flux.1's 57 blocks dense (negative layer numbers count from the end).
+    "flux": {"method": "rectified", "sparsity": 0.9, "dense_layers": list(range(-20, 0))},
+    # Re-ttention (band selection keeping 1/32 of the keys).
+    "pixart": {"method": "rettention", "sparsity": 0.96875, "dense_steps": 5, "ref_period": 5},
+    "cogvideox": {"method": "rettention", "sparsity": 0.96875, "dense_steps": 15,
+                  "ref_period": 5},
+}
+"""Published per-model settings, by name (``apply(pipe, preset=name)``)."""
 
 ADAPTERS: dict[str, Adapter] = {
     "HunyuanVideoTransformer3DModel": HunyuanVideoAdapter(),
@@ -56,7 +85,7 @@ _ATTRIBUTE = "_spaattn_control"
 
 
 def _adapter(model: torch.nn.Module) -> Adapter | None:
-    for cls in type(model).__mro__:
+    for cls in type(_unwrap(model)).__mro__:
         if cls.__name__ in ADAPTERS:
             return ADAPTERS[cls.__name__]
     return None
@@ -69,7 +98,7 @@ def _transformers(target: Any) -> list[torch.nn.Module]:
         candidates = [target]
     else:
         candidates = [getattr(target, name, None) for name in ("transformer", "transformer_2")]
-    models = [m for m in candidates if isinstance(m, torch.nn.Module) and _adapter(m)]
+    models = [_unwrap(m) for m in candidates if isinstance(m, torch.nn.Module) and _adapter(m)]
     if not models:
         raise ValueError(
             f"pipe: expected a pipeline or transformer of type {', '.join(ADAPTERS)}, got "
@@ -92,8 +121,12 @@ class Handle:
 
     @property
     def entry(self) -> int:
-        """The entry of the last forward within its step (1 for a separate uncond pass)."""
-        return self._clock.entry
+        """The entry of the last call within its step (1 for a separate uncond pass)."""
+        return self._controls[0].entry
+
+    def next_step(self) -> None:
+        """Ends the current denoising step (``steps="manual"``; the other sources move it)."""
+        self._clock.next_step()
 
     def stats(self) -> dict[int, CallStats]:
         """The last call's statistics per layer (of the first transformer)."""
@@ -101,7 +134,7 @@ class Handle:
 
     def reset(self) -> None:
         """Starts a new run: step 0, no cached masks or Re-ttention statistics."""
-        self._clock.reset()
+        self._clock.new_run()
 
     def remove(self) -> None:
         """Puts the stock processors back and removes the hooks."""
@@ -119,48 +152,93 @@ class Handle:
 
 def apply(
     pipe: Any,
-    method: str = "rectified",
+    method: str | None = None,
     *,
-    sparsity: float = 0.9,
-    first_frame_blocks: int | str = 0,
+    preset: str | None = None,
+    sparsity: float | None = None,
+    first_frame_blocks: int | str | None = None,
+    steps: str = "auto",
     **options: Any,
 ) -> Handle:
-    """Runs the self-attention of a diffusers video pipeline (or transformer) through spaattn.
+    """Runs the self-attention of a diffusers pipeline (or transformer) through spaattn.
 
     Args:
-        pipe: a HunyuanVideo, Wan or CogVideoX pipeline (its ``transformer`` and, for Wan
-            2.2, ``transformer_2``) or one of those transformers.
-        method, sparsity: as :class:`spaattn.SparseAttention`.
+        pipe: a HunyuanVideo, Wan, CogVideoX, Flux or PixArt pipeline (its ``transformer`` and,
+            for Wan 2.2, ``transformer_2``) or one of those transformers (also compiled with
+            ``torch.compile``).
+        method, sparsity: as :class:`spaattn.SparseAttention` (default ``"rectified"``, 0.9).
+        preset: a name of :data:`PRESETS`, the published settings of one model; the other
+            arguments override its values.
         first_frame_blocks: an int, or ``"frame"`` for the video blocks of one latent frame.
+        steps: where the denoising step comes from: ``"scheduler"`` (the pipeline's),
+            ``"timestep"`` (the transformer's timestep, one host synchronisation per forward),
+            ``"manual"`` (``handle.next_step()``), or ``"auto"``: the scheduler for a pipeline,
+            the timestep for a bare transformer.
         options: the other arguments of :class:`spaattn.SparseAttention` (``p``,
             ``block_size``, ``order``, ``neighbours``, ``gapr``, ``dense_steps``,
-            ``dense_layers``, ``mask_period``, ``ref_period``, ``drift``, ...) except ``grid``,
-            which comes from each forward's input.
+            ``dense_layers`` (negative numbers count from the last layer), ``mask_period``,
+            ``ref_period``, ``drift``, ...) except ``grid``, which comes from each forward's
+            input.
 
     Returns a :class:`Handle`; ``handle.remove()`` or ``spaattn.diffusers.remove(pipe)``
     restores the stock processors. The options are checked here, before anything changes.
     """
     if "grid" in options:
         raise ValueError("grid: set by spaattn from each forward's input, not an option")
-    if isinstance(first_frame_blocks, str) and first_frame_blocks != "frame":
-        raise ValueError(
-            f"first_frame_blocks: expected an int or 'frame', got {first_frame_blocks!r}"
-        )
-    settings = dict(options, method=method, sparsity=sparsity,
-                    first_frame_blocks=first_frame_blocks)
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
+    if steps not in STEP_SOURCES:
+        raise ValueError(f"steps: expected one of {', '.join(STEP_SOURCES)}, got {steps!r}")
+    settings = dict(PRESETS[preset]) if preset is not None else {}
+    given = {"method": method, "sparsity": sparsity, "first_frame_blocks": first_frame_blocks}
+    settings.update({k: x for k, x in given.items() if x is not None}, **options)
+    settings.setdefault("method", "rectified")
+    settings.setdefault("sparsity", 0.9)
+    frame = settings.get("first_frame_blocks", 0)
+    if isinstance(frame, str) and frame != "frame":
+        raise ValueError(f"first_frame_blocks: expected an int or 'frame', got {frame!r}")
     models = _transformers(pipe)
+    scheduler = getattr(pipe, "scheduler", None)
+    has_scheduler = not isinstance(pipe, torch.nn.Module) and all(
+        callable(getattr(scheduler, name, None)) for name in ("step", "set_timesteps"))
+    if steps == "auto":
+        steps = "scheduler" if has_scheduler else "timestep"
+    elif steps == "scheduler" and not has_scheduler:
+        raise ValueError("steps: 'scheduler' needs a pipeline with a scheduler, got "
+                         f"{type(pipe).__name__}")
     for model in models:
         if getattr(model, _ATTRIBUTE, None) is not None:
             raise ValueError(
                 "pipe: spaattn is already applied; call spaattn.diffusers.remove first"
             )
     clock = StepClock()
-    controls = [ModelControl(m, _adapter(m), clock, settings) for m in models]  # type: ignore[arg-type]
-    controls[0].make_attention((1, 1, 1))  # checks the options with the C++ core's messages
-    for control in controls:
-        control.install()
+    controls = []
+    for model in models:
+        adapter = _adapter(model)
+        layer_count = len(adapter.layers(model))  # type: ignore[union-attr]
+        model_settings = dict(settings)
+        if "dense_layers" in settings:
+            model_settings["dense_layers"] = _layer_numbers(settings["dense_layers"], layer_count)
+        controls.append(ModelControl(model, adapter, clock, model_settings, steps))  # type: ignore[arg-type]
+    for control in controls:  # checks the options with the C++ core's messages
+        control.make_attention((1, 1, 1))
+    for i, control in enumerate(controls):
+        control.install(pipe, scheduler=i == 0)
         setattr(control.model, _ATTRIBUTE, control)
     return Handle(controls, clock)
+
+
+def _layer_numbers(layers: Any, count: int) -> list[int]:
+    """Layer numbers with negative ones counted from the end (-1: the last of `count`)."""
+    try:
+        numbers = [operator.index(x) for x in layers]
+    except TypeError:
+        raise TypeError(f"dense_layers: expected integers, got {layers!r}") from None
+    for x in numbers:
+        if not -count <= x:
+            raise ValueError(f"dense_layers: expected layer numbers >= -{count} (the model has "
+                             f"{count} layers), got {x}")
+    return sorted({x + count if x < 0 else x for x in numbers})
 
 
 def remove(pipe: Any) -> None:
@@ -172,4 +250,4 @@ def remove(pipe: Any) -> None:
             delattr(model, _ATTRIBUTE)
 
 
-__all__ = ["ADAPTERS", "Handle", "apply", "remove"]
+__all__ = ["ADAPTERS", "PRESETS", "Handle", "apply", "remove"]

@@ -45,11 +45,10 @@ class CogVideoXProcessor(LayerProcessor):
             if not attn.is_cross_attention:
                 k[:, :, num_text:] = apply_rotary_emb(k[:, :, num_text:], image_rotary_emb)
 
-        # q, k, v are [b, H, S, d]; the output is written [b, S, H, d] so that merging the
-        # heads below is free.
-        out = torch.empty(batch, seq, attn.heads, head_dim, dtype=q.dtype, device=q.device)
-        self.control.attend(self.layer, q, k, v, num_text=num_text, text_placement="prefix",
-                            layout="bhsd", out=out.transpose(1, 2))
+        # q, k, v are [b, H, S, d]; spaattn reads them as [b, S, H, d] views and writes a
+        # contiguous [b, S, H, d] output, so that merging the heads below is free.
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+        out = self.control.attend(self.layer, q, k, v, num_text=num_text, text_placement="prefix")
         out = attn.to_out[1](attn.to_out[0](out.reshape(batch, seq, attn.heads * head_dim)))
         text_out, out = out.split([num_text, seq - num_text], dim=1)
         return out, text_out
@@ -58,10 +57,10 @@ class CogVideoXProcessor(LayerProcessor):
 class CogVideoXAdapter:
     name = "CogVideoX"
 
-    def grid(self, model: Any, hidden_states: torch.Tensor) -> tuple[int, int, int]:
-        _, frames, _, height, width = hidden_states.shape  # [b, F, c, H, W]
+    def forward_info(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        _, frames, _, height, width = inputs["hidden_states"].shape  # [b, F, c, H, W]
         p, p_t = model.config.patch_size, model.config.patch_size_t
-        return frames // (p_t or 1), height // p, width // p
+        return {"grid": (frames // (p_t or 1), height // p, width // p)}
 
     def layers(self, model: Any) -> list[Any]:
         return [block.attn1 for block in model.transformer_blocks]

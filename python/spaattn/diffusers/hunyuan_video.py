@@ -82,10 +82,10 @@ def _rope_video(x: torch.Tensor, video: int, rope: Any) -> torch.Tensor:
 class HunyuanVideoAdapter:
     name = "HunyuanVideo"
 
-    def grid(self, model: Any, hidden_states: torch.Tensor) -> tuple[int, int, int]:
-        _, _, frames, height, width = hidden_states.shape  # [b, c, F, H, W]
+    def forward_info(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        _, _, frames, height, width = inputs["hidden_states"].shape  # [b, c, F, H, W]
         p, p_t = model.config.patch_size, model.config.patch_size_t
-        return frames // p_t, height // p, width // p
+        return {"grid": (frames // p_t, height // p, width // p)}
 
     def layers(self, model: Any) -> list[Any]:
         blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)

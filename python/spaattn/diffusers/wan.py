@@ -51,10 +51,10 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class WanAdapter:
     name = "Wan"
 
-    def grid(self, model: Any, hidden_states: torch.Tensor) -> tuple[int, int, int]:
-        _, _, frames, height, width = hidden_states.shape  # [b, c, F, H, W]
+    def forward_info(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        _, _, frames, height, width = inputs["hidden_states"].shape  # [b, c, F, H, W]
         p_t, p_h, p_w = model.config.patch_size
-        return frames // p_t, height // p_h, width // p_w
+        return {"grid": (frames // p_t, height // p_h, width // p_w)}
 
     def layers(self, model: Any) -> list[Any]:
         return [block.attn1 for block in model.blocks]

@@ -33,35 +33,24 @@ void check_device_pointer(const void* ptr, const char* name, int device) {
 }
 
 // q/k/v/out: the kernel moves rows with 16-byte cp.async / stores, so every row start must be
-// 16-byte aligned: the base pointer and the batch, sequence and head strides.
-void check_qkv_tensor(const TensorView& t, const char* name, DType dtype, int device) {
-  SPAATTN_CHECK_ARG(t.device == Device::cuda, name, "expected a CUDA tensor, got ",
-                    to_string(t.device));
-  SPAATTN_CHECK_ARG(t.dtype == DType::bf16 || t.dtype == DType::f16, name,
-                    "expected dtype bfloat16 or float16 on the GPU, got ", to_string(t.dtype));
-  SPAATTN_CHECK_ARG(t.dtype == dtype, name, "expected dtype ", to_string(dtype), " (as q), got ",
-                    to_string(t.dtype));
+// 16-byte aligned: the base pointer here, the strides in validate_gpu_operands.
+void check_qkv_pointer(const TensorView& t, const char* name, int device) {
   check_device_pointer(t.data, name, device);
   SPAATTN_CHECK_ARG(reinterpret_cast<uintptr_t>(t.data) % 16 == 0, name,
                     "expected a 16-byte aligned base pointer for cp.async, got ", t.data);
-  for (int d = 0; d < 3; ++d)
-    SPAATTN_CHECK_ARG(t.stride[d] % 8 == 0, name,
-                      "expected strides that are multiples of 8 elements (16 bytes) for cp.async,"
-                      " got ",
-                      t.stride[d], " on dim ", d);
 }
 
 }  // namespace
 
 void check_gpu_call(const AttentionArgs& args, const TensorView& out, const TensorView& lse,
                     const BlockMaskView* mask) {
-  const DType dtype = args.q.dtype;
+  validate_gpu_operands(args, out);
   int device = 0;
   SPAATTN_CUDA_CHECK(cudaGetDevice(&device));
-  check_qkv_tensor(args.q, "q", dtype, device);
-  check_qkv_tensor(args.k, "k", dtype, device);
-  check_qkv_tensor(args.v, "v", dtype, device);
-  check_qkv_tensor(out, "out", dtype, device);
+  check_qkv_pointer(args.q, "q", device);
+  check_qkv_pointer(args.k, "k", device);
+  check_qkv_pointer(args.v, "v", device);
+  check_qkv_pointer(out, "out", device);
   if (!lse.empty()) {
     SPAATTN_CHECK_ARG(lse.device == Device::cuda, "lse", "expected a CUDA tensor");
     check_device_pointer(lse.data, "lse", device);
