@@ -1,5 +1,6 @@
 // Benchmark inputs: seeded random device tensors (never zeros) and random block masks with a
-// fixed number of key blocks per row, as the published kernel's benchmark draws them.
+// fixed number of key blocks per row, as the published kernel's benchmark draws them. Shared by
+// the benchmarks and `spaattn bench` (library spaattn_bench_support, bench/CMakeLists.txt).
 #pragma once
 #include <cstdint>
 #include <vector>

@@ -1,5 +1,6 @@
-// The one timing helper of the benchmarks: warm-up calls, then CUDA events around each timed
-// call on the given stream, and the median. The timed calls are queued back to back (one
+// The one timing helper of the benchmarks and of `spaattn bench` (tools/bench_device.cu), built
+// with inputs.cu as the library spaattn_bench_support: warm-up calls, then CUDA events around
+// each timed call on the given stream, and the median. The timed calls are queued back to back (one
 // synchronisation at the end), so each event pair measures the GPU time of its call and not
 // the host work of enqueueing it (argument checks), which overlaps the previous call.
 #pragma once

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
-#include <charconv>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -30,29 +29,12 @@ constexpr std::array<std::string_view, 17> kValueFlags = {
     "--text-len",   "--heads",      "--dim",   "--steps",    "--seed"};
 constexpr std::array<std::string_view, 7> kSyntheticFlags = {
     "--grid", "--text", "--text-len", "--heads", "--dim", "--steps", "--seed"};
+constexpr std::array<std::string_view, 5> kSwitches = {"--help", "-h", "--version", "--progress",
+                                                       "--no-progress"};
 
 template <size_t N>
 bool contains(const std::array<std::string_view, N>& list, std::string_view s) {
   return std::find(list.begin(), list.end(), s) != list.end();
-}
-
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= s.size()) {
-    const size_t end = s.find(',', start);
-    out.push_back(s.substr(start, end == std::string::npos ? std::string::npos : end - start));
-    if (end == std::string::npos) break;
-    start = end + 1;
-  }
-  return out;
-}
-
-// The shortest text that reads back as `v` ("0.3", not "0.29999999999999999").
-std::string number(double v) {
-  char buf[64];
-  const auto res = std::to_chars(buf, buf + sizeof buf, v);
-  return std::string(buf, res.ptr);
 }
 
 std::string errno_text(int err) { return std::strerror(err); }
@@ -114,21 +96,11 @@ const char* order_name(OrderKind kind) {
 
 EvalOptions parse_eval_args(const std::vector<std::string>& args) {
   EvalOptions o;
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string flag = args[i], val;
-    bool inline_value = false;
-    if (flag.starts_with("--")) {
-      const size_t eq = flag.find('=');
-      if (eq != std::string::npos) {
-        val = flag.substr(eq + 1);
-        flag.resize(eq);
-        inline_value = true;
-      }
-    }
+  for (const CommandOption& opt : split_options(args, kValueFlags, kSwitches, "eval")) {
+    const std::string& flag = opt.flag;
+    const std::string& val = opt.value;
     const char* f = flag.c_str();
-    if (flag == "--help" || flag == "-h" || flag == "--version" || flag == "--progress" ||
-        flag == "--no-progress") {
-      SPAATTN_CHECK_ARG(!inline_value, f, "takes no value, got '", val, "'");
+    if (opt.is_switch) {
       if (flag == "--help" || flag == "-h")
         o.help = true;
       else if (flag == "--version")
@@ -136,11 +108,6 @@ EvalOptions parse_eval_args(const std::vector<std::string>& args) {
       else
         o.progress = flag == "--progress" ? ProgressMode::on : ProgressMode::off;
       continue;
-    }
-    SPAATTN_CHECK_ARG(contains(kValueFlags, flag), f, "unknown option (see spaattn eval --help)");
-    if (!inline_value) {
-      SPAATTN_CHECK_ARG(i + 1 < args.size(), f, "expected a value");
-      val = args[++i];
     }
     if (contains(kSyntheticFlags, flag)) o.synthetic_flags.push_back(flag);
     if (flag == "--workload") {
@@ -180,12 +147,12 @@ EvalOptions parse_eval_args(const std::vector<std::string>& args) {
                                  : OrderKind::raster;
     } else if (flag == "--sparsity") {
       o.sparsities.clear();
-      for (const auto& s : split(val))
+      for (const auto& s : split_list(val))
         o.sparsities.push_back(parse_real_flag(s, f, 0.0, 1.0, /*hi_open=*/true));
     } else if (flag == "--methods") {
       // "dense" is accepted as a name of its row but adds no computation: dense attention
       // always runs once, as the reference of every other row.
-      const std::vector<std::string> names = split(val);
+      const std::vector<std::string> names = split_list(val);
       o.methods.clear();
       for (const auto& m : names) {
         SPAATTN_CHECK_ARG(contains(kMethods, m), f, "unknown method '", m,
@@ -215,41 +182,9 @@ EvalOptions parse_eval_args(const std::vector<std::string>& args) {
   return o;
 }
 
-std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (const char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
-          out += buf;
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out + "\"";
-}
-
 std::string settings_json(const EvalOptions& o) {
   std::string sparsity, methods;
-  for (const double s : o.sparsities) sparsity += (sparsity.empty() ? "" : ", ") + number(s);
+  for (const double s : o.sparsities) sparsity += (sparsity.empty() ? "" : ", ") + json_number(s);
   for (const auto& m : o.methods) methods += (methods.empty() ? "" : ", ") + json_string(m);
   const char* progress = o.progress == ProgressMode::on    ? "on"
                          : o.progress == ProgressMode::off ? "off"
@@ -260,67 +195,13 @@ std::string settings_json(const EvalOptions& o) {
   return detail::concat(
       "{\"workload\": ", json_string(o.workload), ", \"block\": ", o.block, ", \"order\": \"",
       order_name(o.order), "\", \"sparsity\": [", sparsity, "], \"methods\": [", methods,
-      "], \"p\": ", number(o.p), ", \"neighbours\": \"", o.neighbours ? "on" : "off",
+      "], \"p\": ", json_number(o.p), ", \"neighbours\": \"", o.neighbours ? "on" : "off",
       "\", \"ref_period\": ", o.ref_period,
       ", \"json\": ", o.json.empty() ? "null" : json_string(o.json),
       ", \"plot\": ", o.plot.empty() ? "null" : json_string(o.plot), ", \"progress\": \"", progress,
       "\", \"grid\": \"", g.t, "x", g.h, "x", g.w, "\", \"text\": ", o.spec.num_text,
       ", \"text_len\": ", o.spec.text_len, ", \"heads\": ", o.spec.heads,
       ", \"dim\": ", o.spec.head_dim, ", \"steps\": ", o.steps, ", \"seed\": ", o.spec.seed, "}");
-}
-
-OutputFile::OutputFile(const std::string& path, const char* flag) : path_(path), flag_(flag) {
-  std::error_code ec;
-  created_ = !std::filesystem::exists(path, ec);
-  // Append mode creates a missing file and proves that an existing one is writable without
-  // truncating it: its old contents stay if the evaluation fails.
-  file_ = std::fopen(path.c_str(), "a");
-  const int err = errno;
-  SPAATTN_CHECK_ARG(file_ != nullptr, flag, "cannot create '", path, "' (", errno_text(err), ")");
-}
-
-OutputFile::OutputFile(OutputFile&& other) noexcept
-    : path_(std::move(other.path_)),
-      flag_(other.flag_),
-      file_(std::exchange(other.file_, nullptr)),
-      created_(other.created_) {}
-
-OutputFile& OutputFile::operator=(OutputFile&& other) noexcept {
-  if (this != &other) {
-    discard();
-    path_ = std::move(other.path_);
-    flag_ = other.flag_;
-    file_ = std::exchange(other.file_, nullptr);
-    created_ = other.created_;
-  }
-  return *this;
-}
-
-OutputFile::~OutputFile() { discard(); }
-
-void OutputFile::discard() {
-  if (!file_) return;
-  std::fclose(file_);
-  file_ = nullptr;
-  if (created_) std::remove(path_.c_str());
-}
-
-void OutputFile::commit(const std::string& text) {
-  SPAATTN_CHECK_ARG(file_ != nullptr, flag_, "no file open");
-  std::FILE* f = std::freopen(path_.c_str(), "w", file_);
-  file_ = nullptr;
-  int err = errno;
-  bool ok = f != nullptr;
-  if (ok) {
-    ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-    err = errno;
-    ok = (std::fclose(f) == 0) && ok;
-    if (ok)
-      err = 0;
-    else if (err == 0)
-      err = errno;
-  }
-  SPAATTN_CHECK_ARG(ok, flag_, "cannot write '", path_, "' (", errno_text(err), ")");
 }
 
 EvalOutputs check_eval_files(const EvalOptions& o) {

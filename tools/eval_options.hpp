@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "output.hpp"
 #include "spaattn/order.hpp"
 #include "workload.hpp"
 
@@ -52,35 +53,6 @@ const char* order_name(OrderKind kind);
 
 // The settings as a JSON object: every option's value, defaults included.
 std::string settings_json(const EvalOptions& o);
-
-// `s` as a JSON string literal, quotes included.
-std::string json_string(const std::string& s);
-
-// An output file opened for writing when the options are checked, before the evaluation, so that
-// an uncreatable path fails at once. If it is not committed (the run failed), a file that this
-// run created is removed again rather than left empty.
-class OutputFile {
- public:
-  OutputFile() = default;
-  // Opens `path` for writing; throws spaattn::Error "<flag>: cannot create '<path>' (<reason>)".
-  OutputFile(const std::string& path, const char* flag);
-  OutputFile(const OutputFile&) = delete;
-  OutputFile& operator=(const OutputFile&) = delete;
-  OutputFile(OutputFile&& other) noexcept;
-  OutputFile& operator=(OutputFile&& other) noexcept;
-  ~OutputFile();
-
-  bool is_open() const { return file_ != nullptr; }
-  // Writes `text`, closes the file and keeps it; throws spaattn::Error naming the flag on failure.
-  void commit(const std::string& text);
-
- private:
-  void discard();
-  std::string path_;
-  const char* flag_ = "";
-  std::FILE* file_ = nullptr;
-  bool created_ = false;
-};
 
 // Checks the input file (--workload readable, unless synthetic) and opens the output files
 // (--json, --plot); throws spaattn::Error naming the flag.

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <exception>
 
+#include "bench.hpp"
 #include "eval.hpp"
 #include "spaattn/error.hpp"
 
@@ -12,7 +13,10 @@ void usage(std::FILE* f) {
                "usage: spaattn <command> [options]\n\n"
                "commands:\n"
                "  eval    compare dense, block-sparse, Rectified SpaAttn and Re-ttention on the\n"
-               "          built-in video-like workload (spaattn eval --help for its options)\n\n"
+               "          built-in video-like workload (spaattn eval --help for its options)\n"
+               "  bench   time the GPU block-sparse kernel and a whole SparseAttention call on a\n"
+               "          shape you give, against spaattn's dense call (CUDA builds with a GPU;\n"
+               "          spaattn bench --help for its options)\n\n"
                "options:\n"
                "  --version   print the version of spaattn\n"
                "  --help      this text\n");
@@ -30,6 +34,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (!std::strcmp(argv[1], "eval")) return spaattn::tools::run_eval(argc - 2, argv + 2);
+    if (!std::strcmp(argv[1], "bench")) return spaattn::tools::run_bench(argc - 2, argv + 2);
     std::fprintf(stderr, "spaattn: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;

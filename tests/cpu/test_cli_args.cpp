@@ -1,7 +1,8 @@
-// Strict parsing of the numeric flags of `spaattn eval` (tools/cli_args.hpp), the overflow-
-// checked size arithmetic behind it (tools/checked_math.hpp), the option parser and output files
-// (tools/eval_options.hpp) and the SVG writer (tools/plot.hpp). The flags themselves, run through
-// the built tool, are tested by the cli_* CTest cases in tests/CMakeLists.txt.
+// Strict parsing of the numeric flags of `spaattn eval` and `spaattn bench` (tools/cli_args.hpp),
+// the overflow-checked size arithmetic behind it (tools/checked_math.hpp), the option parsers
+// (tools/eval_options.hpp, tools/bench_options.hpp), the output files (tools/output.hpp) and the
+// SVG writer (tools/plot.hpp). The flags themselves, run through the built tool, are tested by the
+// cli_* CTest cases in tests/CMakeLists.txt.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_options.hpp"
 #include "checked_math.hpp"
 #include "cli_args.hpp"
 #include "eval_options.hpp"
@@ -60,6 +62,42 @@ TEST(CliArgs, RealsAreFiniteAndInRange) {
                  std::string("expected a number in [0, 1], got '") + bad + "'");
   expect_error([] { parse_real_flag("1", "--sparsity", 0.0, 1.0, true); }, "--sparsity",
                "expected a number in [0, 1), got '1'");
+  // (0, 1]: the densities of spaattn bench.
+  EXPECT_EQ(parse_real_flag("1", "--densities", 0.0, 1.0, false, true), 1.0);
+  EXPECT_EQ(parse_real_flag("5e-324", "--densities", 0.0, 1.0, false, true), 5e-324);
+  for (const char* bad : {"0", "-0", "0.0", "-1", "1.0001"})
+    expect_error([&] { parse_real_flag(bad, "--densities", 0.0, 1.0, false, true); },
+                 "--densities", std::string("expected a number in (0, 1], got '") + bad + "'");
+}
+
+TEST(CliArgs, ListsAndOptions) {
+  EXPECT_EQ(tools::split_list("0.5"), std::vector<std::string>{"0.5"});
+  EXPECT_EQ(tools::split_list(""), std::vector<std::string>{""});
+  EXPECT_EQ(tools::split_list("a,,b,"), (std::vector<std::string>{"a", "", "b", ""}));
+
+  const std::array<std::string_view, 2> values = {"--seq", "--json"};
+  const std::array<std::string_view, 1> switches = {"--help"};
+  const auto opts = tools::split_options({"--seq", "4096", "--help", "--json=a=b", "--seq="},
+                                         values, switches, "bench");
+  ASSERT_EQ(opts.size(), 4u);
+  EXPECT_EQ(opts[0].flag, "--seq");
+  EXPECT_EQ(opts[0].value, "4096");
+  EXPECT_FALSE(opts[0].is_switch);
+  EXPECT_TRUE(opts[1].is_switch);
+  EXPECT_EQ(opts[2].flag, "--json");
+  EXPECT_EQ(opts[2].value, "a=b");  // only the first '=' separates
+  EXPECT_EQ(opts[3].value, "");
+  // A value may start with '-' ("--text -1" is then rejected by the number's range, not here).
+  EXPECT_EQ(tools::split_options({"--seq", "--help"}, values, switches, "bench")[0].value,
+            "--help");
+  expect_error([&] { tools::split_options({"--seq"}, values, switches, "bench"); }, "--seq",
+               "expected a value");
+  expect_error([&] { tools::split_options({"--help=1"}, values, switches, "bench"); }, "--help",
+               "takes no value, got '1'");
+  expect_error([&] { tools::split_options({"--nope", "1"}, values, switches, "bench"); }, "--nope",
+               "unknown option (see spaattn bench --help)");
+  expect_error([&] { tools::split_options({"4096"}, values, switches, "eval"); }, "4096",
+               "unknown option (see spaattn eval --help)");
 }
 
 TEST(CliArgs, ChoicesAndGrids) {
@@ -242,6 +280,175 @@ TEST(EvalFiles, OutputsAreOpenedUpFrontAndRemovedUnlessCommitted) {
              (dir / "." / "a").string()});
   expect_error([&] { tools::check_eval_files(o); }, "--plot", "is also the --json file");
   EXPECT_FALSE(fs::exists(dir / "a")) << "nothing is created when a check fails";
+  fs::remove_all(dir);
+}
+
+tools::BenchOptions bench(std::vector<std::string> args) { return tools::parse_bench_args(args); }
+
+TEST(BenchArgs, DefaultsAndSizes) {
+  const auto o = bench({});
+  EXPECT_EQ(o.batch, 1);
+  EXPECT_EQ(o.seq, 16384);
+  EXPECT_EQ(o.grid.t, 16);
+  EXPECT_EQ(o.grid.h, 32);
+  EXPECT_EQ(o.grid.w, 32);
+  EXPECT_EQ(o.text, 0);
+  EXPECT_EQ(o.heads, 8);
+  EXPECT_EQ(o.head_dim, 128);
+  EXPECT_EQ(o.block, 128);
+  EXPECT_EQ(o.dtype, DType::bf16);
+  EXPECT_EQ(o.densities, (std::vector<double>{1.0, 0.5, 0.25, 0.11, 0.05}));
+  EXPECT_EQ(o.method, Method::rectified);
+  EXPECT_EQ(o.sparsity, 0.9);
+  EXPECT_EQ(o.kernel, KernelFamily::automatic);
+  EXPECT_EQ(o.iters, 20);
+  EXPECT_EQ(o.warmup, 3);
+  EXPECT_TRUE(o.json.empty());
+  // 16384 tokens x 8 heads x 128 x 2 bytes; lse f32; a full mask of 8 x 128 rows of 128 blocks.
+  EXPECT_EQ(o.sizes.tensor, 16384u * 8 * 128 * 2);
+  EXPECT_EQ(o.sizes.lse, 16384u * 8 * 4);
+  EXPECT_EQ(o.sizes.mask, (8u * 128 + 1) * 4 + 8u * 128 * 128 * 4);
+  EXPECT_EQ(tools::bench_device_bytes(o, 0),
+            4 * o.sizes.tensor + o.sizes.lse + o.sizes.mask + tools::kBenchReserveBytes);
+  EXPECT_EQ(tools::bench_device_bytes(o, uint64_t{1} << 30),
+            4 * o.sizes.tensor + (uint64_t{1} << 30) + tools::kBenchReserveBytes);
+
+  // With text, batch and f16: S = 1000 + 77 tokens, 9 blocks of 128.
+  const auto t = bench({"--seq=1000", "--text=77", "--batch=3", "--heads=2", "--head-dim=64",
+                        "--dtype=f16"});
+  EXPECT_EQ(t.layout().seq_len(), 1077);
+  EXPECT_EQ(t.layout().num_blocks(), 9);
+  EXPECT_EQ(t.sizes.tensor, 3u * 1077 * 2 * 64 * 2);
+  EXPECT_EQ(t.sizes.mask, (3u * 2 * 9 + 1) * 4 + 3u * 2 * 9 * 9 * 4);
+}
+
+TEST(BenchArgs, ValuesFollowOrComeAfterEquals) {
+  const std::vector<std::vector<std::string>> forms = {
+      {"--batch", "2", "--seq", "4096", "--text", "256", "--heads", "4", "--head-dim", "64",
+       "--block-size", "64", "--dtype", "f16", "--densities", "0.5,0.1", "--method", "sparse",
+       "--sparsity", "0.75", "--kernel", "portable", "--iters", "10", "--warmup", "0", "--json",
+       "b.json"},
+      {"--batch=2", "--seq=4096", "--text=256", "--heads=4", "--head-dim=64", "--block=64",
+       "--dtype=f16", "--densities=0.5,0.1", "--method=sparse", "--sparsity=0.75",
+       "--kernel=portable", "--iters=10", "--warmup=0", "--json=b.json"}};
+  for (const auto& args : forms) {
+    const auto o = bench(args);
+    EXPECT_EQ(o.batch, 2);
+    EXPECT_EQ(o.seq, 4096);
+    EXPECT_TRUE(o.grid.empty()) << "--seq alone: no grid";
+    EXPECT_EQ(o.text, 256);
+    EXPECT_EQ(o.heads, 4);
+    EXPECT_EQ(o.head_dim, 64);
+    EXPECT_EQ(o.block, 64);
+    EXPECT_EQ(o.dtype, DType::f16);
+    EXPECT_EQ(o.densities, (std::vector<double>{0.5, 0.1}));
+    EXPECT_EQ(o.method, Method::sparse);
+    EXPECT_EQ(o.sparsity, 0.75);
+    EXPECT_EQ(o.kernel, KernelFamily::portable);
+    EXPECT_EQ(o.iters, 10);
+    EXPECT_EQ(o.warmup, 0);
+    EXPECT_EQ(o.json, "b.json");
+  }
+  EXPECT_TRUE(bench({"--help"}).help);
+  EXPECT_TRUE(bench({"-h"}).help);
+  EXPECT_TRUE(bench({"--version"}).version);
+}
+
+TEST(BenchArgs, SeqAndGrid) {
+  auto o = bench({"--grid", "4x8x8"});
+  EXPECT_EQ(o.seq, 256);
+  EXPECT_EQ(o.grid.w, 8);
+  o = bench({"--seq", "256", "--grid", "4x8x8"});
+  EXPECT_EQ(o.seq, 256);
+  EXPECT_FALSE(o.grid.empty());
+  // The grid puts the pipeline's tokens in gilbert order; no grid leaves them in raster order.
+  EXPECT_EQ(o.config(Method::rectified).order.kind, OrderKind::gilbert);
+  EXPECT_EQ(o.config(Method::rectified).order.grid.size(), 256);
+  const Config raster = bench({"--seq", "256", "--kernel", "hopper", "--sparsity", "0.5",
+                               "--block-size", "64"})
+                            .config(Method::rettention);
+  EXPECT_EQ(raster.order.kind, OrderKind::raster);
+  EXPECT_TRUE(raster.order.grid.empty());
+  EXPECT_EQ(raster.method, Method::rettention);
+  EXPECT_EQ(raster.kernel, KernelFamily::hopper);
+  EXPECT_EQ(raster.select.sparsity, 0.5);
+  EXPECT_EQ(raster.block_size, 64);
+  expect_error([] { bench({"--seq", "255", "--grid", "4x8x8"}); }, "--grid",
+               "expected T*H*W = --seq (255), got 4x8x8 (256 tokens)");
+  expect_error([] { bench({"--grid", "4x8"}); }, "--grid", "expected TxHxW");
+}
+
+TEST(BenchArgs, RangesAndLimits) {
+  expect_error([] { bench({"--batch", "65536"}); }, "--batch",
+               "expected an integer in [1, 65535], got '65536'");
+  expect_error([] { bench({"--heads", "0"}); }, "--heads", "[1, 65535], got '0'");
+  expect_error([] { bench({"--seq", "2147483647"}); }, "--seq",
+               "expected an integer in [1, 2147483646], got '2147483647'");
+  expect_error([] { bench({"--head-dim", "256"}); }, "--head-dim", "expected 64 or 128");
+  expect_error([] { bench({"--block-size", "96"}); }, "--block-size", "expected 64 or 128");
+  expect_error([] { bench({"--dtype", "f32"}); }, "--dtype", "expected bf16 or f16, got 'f32'");
+  expect_error([] { bench({"--densities", "0.5,0"}); }, "--densities", "(0, 1], got '0'");
+  expect_error([] { bench({"--densities", "0.50,0.5"}); }, "--densities",
+               "density 0.5 given more than once");
+  expect_error([] { bench({"--method", "rectified-nogapr"}); }, "--method", "expected one of");
+  expect_error([] { bench({"--sparsity", "1"}); }, "--sparsity", "[0, 1), got '1'");
+  expect_error([] { bench({"--kernel", "wgmma"}); }, "--kernel", "got 'wgmma'");
+  expect_error([] { bench({"--iters", "9"}); }, "--iters", "[10, 100000], got '9'");
+  expect_error([] { bench({"--warmup", "100001"}); }, "--warmup", "[0, 100000], got '100001'");
+  expect_error([] { bench({"--json="}); }, "--json", "expected a file name");
+  expect_error([] { bench({"--grid=4x4x4", "--frames", "2"}); }, "--frames", "unknown option");
+  // Overflow: tokens, then int32 mask offsets (batch * heads * blocks^2), before any size is used.
+  expect_error([] { bench({"--seq", "2147483600", "--text", "100"}); }, "--text",
+               "expected at most 2147483646 video + text tokens, got 2147483600 + 100");
+  expect_error([] { bench({"--seq", "2147483646"}); }, "--seq",
+               "got 1 x 8 x 16777216^2; lower --batch, --heads or --seq");
+  expect_error([] { bench({"--seq", "65536", "--batch", "65535", "--heads", "65535"}); }, "--seq",
+               "got 65535 x 65535 x 512^2");
+  // The largest mask that fits: 2^31 - 2 entries at most.
+  EXPECT_EQ(bench({"--seq", "5931520", "--heads", "1"}).layout().num_blocks(), 46340);
+  expect_error([] { bench({"--seq", "5931521", "--heads", "1"}); }, "--seq", "got 1 x 1 x 46341^2");
+}
+
+TEST(BenchArgs, HelpNamesEveryFlagAndSettingsRecordThem) {
+  const std::string help = tools::bench_help();
+  for (const char* flag : {"--batch", "--seq", "--grid", "--text", "--heads", "--head-dim",
+                           "--block-size", "--dtype", "--densities", "--method", "--sparsity",
+                           "--kernel", "--iters", "--warmup", "--json", "--version", "--help",
+                           "eff TFLOP/s", "eff / dense", "speed-up", "--seq=32768"})
+    EXPECT_NE(help.find(flag), std::string::npos) << flag;
+
+  const auto o = bench({"--seq=4096", "--densities=0.3,1", "--json", "x \"1\".json"});
+  const std::string j = tools::bench_settings_json(o);
+  for (const char* key : {"batch", "seq", "grid", "order", "text", "heads", "head_dim",
+                          "block_size", "dtype", "densities", "method", "sparsity", "kernel",
+                          "iters", "warmup", "json"})
+    EXPECT_EQ(count(j, std::string("\"") + key + "\": "), 1u) << key << " in " << j;
+  EXPECT_NE(j.find("\"grid\": null, \"order\": \"raster\""), std::string::npos) << j;
+  EXPECT_NE(j.find("\"densities\": [0.3, 1]"), std::string::npos) << j;
+  EXPECT_NE(j.find("\"method\": \"rectified\""), std::string::npos) << j;
+  EXPECT_NE(j.find("\"kernel\": \"auto\""), std::string::npos) << j;
+  EXPECT_NE(j.find("\"json\": \"x \\\"1\\\".json\""), std::string::npos) << j;
+  EXPECT_NE(tools::bench_settings_json(bench({})).find("\"grid\": \"16x32x32\", \"order\": "
+                                                       "\"gilbert\""),
+            std::string::npos);
+}
+
+TEST(BenchFiles, JsonIsOpenedUpFront) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("spaattn_cli_bench_" + std::to_string(
+                                                        std::random_device{}()));
+  fs::create_directories(dir);
+  EXPECT_FALSE(tools::check_bench_files(bench({})).is_open());
+  const std::string path = (dir / "b.json").string();
+  {
+    tools::OutputFile f = tools::check_bench_files(bench({"--json", path}));
+    EXPECT_TRUE(f.is_open());
+    EXPECT_TRUE(fs::exists(path));
+  }
+  EXPECT_FALSE(fs::exists(path)) << "an uncommitted new file is removed";
+  const std::string missing = (dir / "no" / "b.json").string();
+  expect_error([&] { tools::check_bench_files(bench({"--json", missing})); }, "--json",
+               "(No such file");
   fs::remove_all(dir);
 }
 
