@@ -33,9 +33,11 @@ struct CallStats {
 };
 
 // How the GPU path obtains device memory for its workspace and per-layer state. Empty functions
-// mean cudaMallocAsync / cudaFreeAsync on the call's stream. Memory is taken when a shape or a
-// (layer, entry) is first seen (and when a larger workspace is needed), never per call, and is
-// given back by reset() or the destructor.
+// mean cudaMallocAsync / cudaFreeAsync. Memory is taken when a shape or a (layer, entry) is first
+// seen (and when a larger workspace is needed) on the call's stream, never per call, and is given
+// back by reset(), the destructor or a workspace that grows: `release` then receives a stream
+// that waits for every call queued so far (nullptr when none was queued), on which the memory
+// may be reused.
 struct DeviceMemory {
   std::function<void*(size_t bytes, void* stream)> allocate;
   std::function<void(void* ptr, size_t bytes, void* stream)> release;

@@ -237,4 +237,8 @@ class TorchMemory:
         return block.data_ptr()
 
     def release(self, ptr: int, nbytes: int, stream: int) -> None:
-        self._blocks.pop(ptr, None)
+        # `stream` (0: none) waits for every call that used the block: torch's allocator may
+        # hand it out again only after the work queued there so far.
+        block = self._blocks.pop(ptr, None)
+        if block is not None and stream:
+            block.record_stream(_torch().cuda.ExternalStream(stream, device=block.device))

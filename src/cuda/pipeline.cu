@@ -84,13 +84,66 @@ Sizes sizes(const Config& config, const st::Dims& dims, DType dtype, size_t perm
   return s;
 }
 
+// Orders the pipeline's calls and the return of its memory. Every call waits for the previous
+// one (they share the workspace and the state, and may come on different streams) and records
+// `done` when its launches are queued; memory goes back on a stream of the pipeline's own that
+// first waits for `done`, so neither a later call on another stream nor the caller's allocator
+// (which may hand the memory to other work at once) can reuse memory that queued work still
+// reads. A stream that is being captured into a CUDA graph neither waits nor records: the
+// capture's own dependencies order it, and the memory must outlive the graph's replays.
+class StreamOrder {
+ public:
+  StreamOrder() = default;
+  StreamOrder(const StreamOrder&) = delete;
+  StreamOrder& operator=(const StreamOrder&) = delete;
+  ~StreamOrder() {
+    if (stream_) cudaStreamDestroy(stream_);  // pending frees still complete
+    if (done_) cudaEventDestroy(done_);
+  }
+  // Before a call's first launch on `stream`.
+  void begin(cudaStream_t stream) {
+    if (!done_) SPAATTN_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+    if (recorded_ && !capturing(stream)) SPAATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, done_, 0));
+  }
+  // After a call's last launch on `stream`.
+  void end(cudaStream_t stream) {
+    if (capturing(stream)) return;
+    SPAATTN_CUDA_CHECK(cudaEventRecord(done_, stream));
+    recorded_ = true;
+    waited_ = false;
+  }
+  // The stream memory is given back on, after every queued call (never throws: destructors).
+  cudaStream_t release_stream() noexcept {
+    if (!recorded_) return nullptr;  // nothing queued yet: any stream will do
+    if (!stream_ && cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking) != cudaSuccess) {
+      stream_ = nullptr;
+      cudaGetLastError();
+      cudaEventSynchronize(done_);  // no stream of our own: wait on the host instead
+      return nullptr;
+    }
+    if (!waited_) waited_ = cudaStreamWaitEvent(stream_, done_, 0) == cudaSuccess;
+    if (!waited_) cudaEventSynchronize(done_);
+    return stream_;
+  }
+
+ private:
+  static bool capturing(cudaStream_t stream) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    SPAATTN_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+    return status != cudaStreamCaptureStatusNone;
+  }
+  cudaEvent_t done_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  bool recorded_ = false, waited_ = false;
+};
+
 // One device allocation taken from DeviceMemory (default: stream-ordered cudaMallocAsync) and
-// given back by the destructor.
+// given back by the destructor, stream-ordered after every call queued so far (StreamOrder).
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
-  DeviceBuffer(const DeviceMemory& mem, size_t bytes, cudaStream_t stream)
-      : mem_(&mem), bytes_(bytes), stream_(stream) {
+  DeviceBuffer(const DeviceMemory& mem, size_t bytes, cudaStream_t stream, StreamOrder& order)
+      : mem_(&mem), order_(&order), bytes_(bytes) {
     if (mem.allocate) {
       ptr_ = mem.allocate(bytes, stream);
     } else {
@@ -104,17 +157,18 @@ class DeviceBuffer {
   DeviceBuffer(DeviceBuffer&& o) noexcept { *this = std::move(o); }
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
     std::swap(mem_, o.mem_);
+    std::swap(order_, o.order_);
     std::swap(ptr_, o.ptr_);
     std::swap(bytes_, o.bytes_);
-    std::swap(stream_, o.stream_);
     return *this;
   }
   ~DeviceBuffer() {
     if (!ptr_) return;
+    const cudaStream_t stream = order_->release_stream();
     if (mem_->release)
-      mem_->release(ptr_, bytes_, stream_);
+      mem_->release(ptr_, bytes_, stream);
     else
-      cudaFreeAsync(ptr_, nullptr);  // legacy stream: after all work queued on blocking streams
+      cudaFreeAsync(ptr_, stream);
   }
   void* get() const { return ptr_; }
   size_t size() const { return bytes_; }
@@ -125,9 +179,9 @@ class DeviceBuffer {
 
  private:
   const DeviceMemory* mem_ = nullptr;
+  StreamOrder* order_ = nullptr;
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
-  cudaStream_t stream_ = nullptr;
 };
 
 BlockMaskView mask_view(const st::Dims& dims, const st::Buffers& buf) {
@@ -164,45 +218,11 @@ class GpuPipeline final : public DevicePipeline {
                       "expected batch * heads * blocks^2 < 2^31 (int32 mask offsets), got ",
                       dims.max_nnz(), ": split the call over batch or heads");
     const auto stream = static_cast<cudaStream_t>(stream_ptr);
-    prepare(dims, args.q.dtype, stream);
-
-    CallStats stats;
-    stats.kind = plan.kind;
-    stats.density = std::numeric_limits<double>::quiet_NaN();
-    stats.mask_reused = plan.kind != CallStats::Kind::dense && !plan.fresh_mask;
-    if (plan.kind == CallStats::Kind::dense) {
-      st::launch_csr_from_critical(dims, nullptr, /*complement=*/false, buf_, stream);
-      launch(args, mask_view(dims, buf_), out, {}, {}, /*permute=*/false, stream);
-      if (config_.measure_density) stats.density = 1.0;
-      return stats;
-    }
-
-    // The (layer, entry) state: found, or built here and kept only if every launch is queued.
-    const auto key = std::make_tuple(call.layer, call.entry);
-    auto found = states_.find(key);
-    LayerState created;
-    LayerState& state = found != states_.end() ? found->second : created;
-    allocate_state(state, plan, stream);
-
-    plan_masks(args, dims, plan, state, stream);
-    const BlockMaskView mask = mask_view(dims, buf_);
-    const AttentionArgs ordered = gather(args, stream);
-    if (plan.kind == CallStats::Kind::reference)
-      run_reference(ordered, dims, mask, out, state, stream);
-    else
-      run_sparse(ordered, mask, out, plan, state, stream);
-
-    if (plan.fresh_mask) {
-      state.summary.mask_step = call.step;
-      state.summary.mask_shape = call_shape(args);
-    }
-    if (plan.kind == CallStats::Kind::reference) {
-      state.summary.ref_step = call.step;
-      state.summary.cache_shape = call_shape(args);
-    }
-    if (found == states_.end()) states_.emplace(key, std::move(created));
-    if (config_.measure_density)
-      stats.density = plan.kind == CallStats::Kind::reference ? 1.0 : read_density(args, dims, stream);
+    order_.begin(stream);
+    CallStats stats = run(call, args, out, plan, dims, stream);
+    order_.end(stream);
+    if (config_.measure_density && plan.kind == CallStats::Kind::sparse)
+      stats.density = read_density(args, dims, stream);
     return stats;
   }
 
@@ -234,6 +254,7 @@ class GpuPipeline final : public DevicePipeline {
     return it == states_.end() ? nullptr : &it->second.summary;
   }
 
+
  private:
   struct LayerState {
     StateSummary summary;
@@ -241,17 +262,66 @@ class GpuPipeline final : public DevicePipeline {
     DeviceBuffer rho, delta;  // Re-ttention cache: f32 [b, S, H], q's dtype [b, S, H, d]
   };
 
+  // The call's launches. The (layer, entry) state changes all or nothing: a new state is kept
+  // only when every launch is queued, and a found one that a failing call may have written to
+  // part way is dropped (its next call then starts afresh: a fresh selection, a late reference).
+  CallStats run(const CallInfo& call, const AttentionArgs& args, const TensorView& out,
+                const StepPlan& plan, const st::Dims& dims, cudaStream_t stream) {
+    prepare(dims, args.q.dtype, stream);
+
+    CallStats stats;
+    stats.kind = plan.kind;
+    stats.density = std::numeric_limits<double>::quiet_NaN();
+    stats.mask_reused = plan.kind != CallStats::Kind::dense && !plan.fresh_mask;
+    if (plan.kind == CallStats::Kind::dense) {
+      st::launch_csr_from_critical(dims, nullptr, /*complement=*/false, buf_, stream);
+      launch(args, mask_view(dims, buf_), out, {}, {}, /*permute=*/false, stream);
+      if (config_.measure_density) stats.density = 1.0;
+      return stats;
+    }
+
+    const auto key = std::make_tuple(call.layer, call.entry);
+    auto found = states_.find(key);
+    LayerState created;
+    LayerState& state = found != states_.end() ? found->second : created;
+    try {
+      allocate_state(state, plan, stream);
+      plan_masks(args, dims, plan, state, stream);
+      const BlockMaskView mask = mask_view(dims, buf_);
+      const AttentionArgs ordered = gather(args, stream);
+      if (plan.kind == CallStats::Kind::reference)
+        run_reference(ordered, dims, mask, out, state, stream);
+      else
+        run_sparse(ordered, mask, out, plan, state, stream);
+    } catch (...) {
+      if (found != states_.end()) states_.erase(found);
+      throw;
+    }
+
+    if (plan.fresh_mask) {
+      state.summary.mask_step = call.step;
+      state.summary.mask_shape = call_shape(args);
+    }
+    if (plan.kind == CallStats::Kind::reference) {
+      state.summary.ref_step = call.step;
+      state.summary.cache_shape = call_shape(args);
+    }
+    if (found == states_.end()) states_.emplace(key, std::move(created));
+    if (config_.measure_density && plan.kind == CallStats::Kind::reference) stats.density = 1.0;
+    return stats;
+  }
+
   // Constants once; the workspace whenever the shape or dtype changes (reallocated only when it
   // must grow).
   void prepare(const st::Dims& dims, DType dtype, cudaStream_t stream) {
     if (!perm_.empty() && !perm_mem_.get()) {
-      perm_mem_ = DeviceBuffer(memory_, align256(perm_.size() * 4), stream);
+      perm_mem_ = DeviceBuffer(memory_, align256(perm_.size() * 4), stream, order_);
       SPAATTN_CUDA_CHECK(cudaMemcpyAsync(perm_mem_.get(), perm_.data(), perm_.size() * 4,
                                          cudaMemcpyHostToDevice, stream));
     }
     const auto& [offsets, cols] = neighbour_csr_;
     if (!offsets.empty() && !neighbour_mem_.get()) {
-      neighbour_mem_ = DeviceBuffer(memory_, align256((offsets.size() + cols.size()) * 4), stream);
+      neighbour_mem_ = DeviceBuffer(memory_, align256((offsets.size() + cols.size()) * 4), stream, order_);
       SPAATTN_CUDA_CHECK(cudaMemcpyAsync(neighbour_mem_.get(), offsets.data(), offsets.size() * 4,
                                          cudaMemcpyHostToDevice, stream));
       if (!cols.empty())
@@ -262,7 +332,7 @@ class GpuPipeline final : public DevicePipeline {
     if (workspace_.get() && same_dims(dims, dims_) && dtype == dtype_) return;
     sizes_ = sizes(config_, dims, dtype, perm_.size(), offsets.size() + cols.size());
     const size_t bytes = sizes_.stages + sizes_.lse + sizes_.gathered;
-    if (workspace_.size() < bytes) workspace_ = DeviceBuffer(memory_, bytes, stream);
+    if (workspace_.size() < bytes) workspace_ = DeviceBuffer(memory_, bytes, stream, order_);
     dims_ = dims;
     dtype_ = dtype;
     char* base = workspace_.as<char>();
@@ -275,11 +345,11 @@ class GpuPipeline final : public DevicePipeline {
 
   void allocate_state(LayerState& state, const StepPlan& plan, cudaStream_t stream) {
     if (state.critical.size() != sizes_.critical)
-      state.critical = DeviceBuffer(memory_, sizes_.critical, stream);
+      state.critical = DeviceBuffer(memory_, sizes_.critical, stream, order_);
     if (plan.kind != CallStats::Kind::reference) return;
-    if (state.rho.size() != sizes_.rho) state.rho = DeviceBuffer(memory_, sizes_.rho, stream);
+    if (state.rho.size() != sizes_.rho) state.rho = DeviceBuffer(memory_, sizes_.rho, stream, order_);
     if (sizes_.delta && state.delta.size() != sizes_.delta)
-      state.delta = DeviceBuffer(memory_, sizes_.delta, stream);
+      state.delta = DeviceBuffer(memory_, sizes_.delta, stream, order_);
   }
 
   const int32_t* perm_device() const { return perm_.empty() ? nullptr : perm_mem_.as<int32_t>(); }
@@ -395,6 +465,7 @@ class GpuPipeline final : public DevicePipeline {
 
   Config config_;
   DeviceMemory memory_;
+  StreamOrder order_;  // before every DeviceBuffer: they give their memory back through it
   std::vector<int32_t> perm_;
   std::pair<std::vector<int32_t>, std::vector<int32_t>> neighbour_csr_;
   DeviceBuffer perm_mem_, neighbour_mem_, workspace_;
