@@ -15,6 +15,10 @@
 #   --bin DIR: spaattn_gpu_tests, spaattn_bench and spaattn_bench_pipeline built elsewhere for
 #              sm_90a (e.g. a machine without a GPU) instead of a build here; a build still runs
 #              if they do not start.
+#   --cli: also build the command-line tool and run `spaattn bench` at its default shape and at
+#          S = 76,800, H = 40 (bench_cli*.json).
+#   --sanitizer-tools LIST: the compute-sanitizer tools (default "memcheck racecheck synccheck
+#          initcheck").
 #   --python: build and install the Python package with its CUDA kernels, run its tests
 #             (python/run_gpu_tests.sh; logs python_*.log).
 #   --testbed CKPT: the testbed evaluation (spaattn_testbed.evaluate) of model CKPT into
@@ -23,7 +27,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-families="portable hopper" quick=0 tests=1 sanitizer=1 bench=1 pipeline=1 shape="" densities="" bin="" python=0 testbed=""
+families="portable hopper" cli=0 tools="memcheck racecheck synccheck initcheck" quick=0 tests=1 sanitizer=1 bench=1 pipeline=1 shape="" densities="" bin="" python=0 testbed=""
 testbed_args=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -37,6 +41,8 @@ while [[ $# -gt 0 ]]; do
     --no-bench) bench=0 ;;
     --no-pipeline) pipeline=0 ;;
     --python) python=1 ;;
+    --cli) cli=1 ;;
+    --sanitizer-tools) tools=$2; shift ;;
     --testbed) testbed=$2; shift ;;
     --testbed-args) testbed_args=$2; shift ;;
     *) echo "gpu_check.sh: unknown argument $1" >&2; exit 2 ;;
@@ -64,7 +70,8 @@ elif [[ -n $bin ]] && "$bin/spaattn_gpu_tests" --gtest_list_tests >/dev/null 2>&
 else
   if ! { cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
            -DCMAKE_CUDA_ARCHITECTURES=90a-real &&
-         cmake --build "$BUILD" --target spaattn_gpu_tests spaattn_bench spaattn_bench_pipeline
+         cmake --build "$BUILD" --target spaattn_gpu_tests spaattn_bench spaattn_bench_pipeline \
+           $([[ $cli == 1 ]] && echo spaattn_cli)
        } >>"$OUT/build.log" 2>&1; then
     tail -n 60 "$OUT/build.log"
     echo "gpu_check: build failed"
@@ -82,6 +89,7 @@ if [[ $tests == 1 ]]; then
     SPAATTN_KERNEL=$fam "$TESTS" 2>&1 | tee "$OUT/gpu_tests_$fam.log"
     rc=${PIPESTATUS[0]}
     note "GPU tests ($fam): $(grep -E '^\[  (PASSED|FAILED|SKIPPED)' "$OUT/gpu_tests_$fam.log" | tr '\n' ' ') (exit $rc)"
+    note "GPU vs CPU ($fam): $(grep -E '^cross-check:' "$OUT/gpu_tests_$fam.log" || echo 'cross-check did not run')"
     [[ $rc == 0 ]] || status=1
   done
 fi
@@ -89,16 +97,28 @@ fi
 if [[ $sanitizer == 1 ]]; then
   : >"$OUT/sanitizer.log"
   for fam in $families; do
-    for tool in memcheck racecheck synccheck; do
+    for tool in $tools; do
       echo "== compute-sanitizer --tool $tool (SPAATTN_GPU_TESTS_SMALL=1, SPAATTN_KERNEL=$fam)" |
         tee -a "$OUT/sanitizer.log"
       SPAATTN_KERNEL=$fam SPAATTN_GPU_TESTS_SMALL=1 timeout "${SANITIZER_TIMEOUT:-1800}" \
         compute-sanitizer --tool "$tool" \
         --error-exitcode 3 "$TESTS" >>"$OUT/sanitizer.log" 2>&1
       rc=$?
-      note "sanitizer $tool ($fam): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK SUMMARY' "$OUT/sanitizer.log" | tail -n 1) (exit $rc)"
+      note "sanitizer $tool ($fam): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK SUMMARY|INITCHECK SUMMARY' "$OUT/sanitizer.log" | tail -n 1) (exit $rc)"
       [[ $rc == 0 ]] || status=1
     done
+  done
+fi
+
+if [[ $cli == 1 ]]; then
+  : >"$OUT/bench_cli.log"
+  for shape in "" "--seq 76800 --heads 40 --grid 20x60x64"; do
+    name=bench_cli${shape:+_76800}
+    # shellcheck disable=SC2086
+    "$BUILD/spaattn" bench $shape --json "$OUT/$name.json" 2>&1 | tee -a "$OUT/bench_cli.log"
+    rc=${PIPESTATUS[0]}
+    note "spaattn bench ${shape:-(defaults)}: exit $rc"
+    [[ $rc == 0 ]] || status=1
   done
 fi
 
