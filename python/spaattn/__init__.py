@@ -12,7 +12,8 @@ arguments) or RuntimeError with the core's message, e.g.
   (Re-ttention's caches included).
 - token orders: :func:`gilbert`, :func:`token_permutation`, :func:`invert_permutation`,
   :func:`block_neighbours`, :func:`permute_tokens`.
-- :mod:`spaattn.diffusers`: attention processors for HunyuanVideo, Wan 2.1 and CogVideoX.
+- :mod:`spaattn.diffusers`: attention processors for HunyuanVideo, Wan 2.1 / 2.2, CogVideoX,
+  Flux.1 and PixArt.
 """
 
 import sys as _sys

@@ -1,6 +1,7 @@
-"""spaattn's diffusers processors on tiny randomly initialised HunyuanVideo, Wan and CogVideoX
-transformers (no downloaded weights): the same output as the stock processors at density 1, runs
-at sparsity 0.9, step and guidance accounting, removal. CPU float32; CUDA bfloat16 on a GPU."""
+"""spaattn's diffusers processors on tiny randomly initialised HunyuanVideo, Wan, CogVideoX, Flux
+and PixArt transformers (no downloaded weights): the same output as the stock processors at
+density 1, runs at sparsity 0.9, step and guidance accounting, removal. CPU float32; CUDA
+bfloat16 on a GPU."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-import spaattn  # noqa: E402
+import spaattn  # noqa: E402, F401
 import spaattn.diffusers as sd  # noqa: E402
 from diffusers.models.embeddings import get_3d_rotary_pos_embed  # noqa: E402
 
 FRAMES, HEIGHT, WIDTH = 4, 32, 32  # latent input; 4 x 16 x 16 = 1,024 video tokens (patch 2)
 GRID = (4, 16, 16)
+IMAGE_H, IMAGE_W = 16, 24  # the image models' patch grid: 384 image tokens (6 blocks of 64)
 
 
 @dataclass
@@ -28,6 +30,7 @@ class Case:
     build: Callable[[], torch.nn.Module]
     inputs: Callable[[int, float, str, torch.dtype], dict[str, Any]]
     num_layers: int
+    grid: tuple[int, int, int] | None = GRID  # what the adapter reads off the inputs
 
 
 def _hunyuan() -> torch.nn.Module:
@@ -90,10 +93,58 @@ def _cogvideox_inputs(batch: int, t: float, device: str, dtype: torch.dtype) -> 
     )
 
 
+def _flux() -> torch.nn.Module:
+    return diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=64,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16,
+        guidance_embeds=True, axes_dims_rope=(16, 24, 24),
+    )
+
+
+def _flux_inputs(batch: int, t: float, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(batch)
+    rows, cols = torch.meshgrid(torch.arange(IMAGE_H), torch.arange(IMAGE_W), indexing="ij")
+    img_ids = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3).float()
+    inputs = dict(  # packed latents: IMAGE_H x IMAGE_W tokens in raster order
+        hidden_states=torch.randn(batch, IMAGE_H * IMAGE_W, 16, generator=g),
+        encoder_hidden_states=torch.randn(batch, 8, 32, generator=g),
+        pooled_projections=torch.randn(batch, 16, generator=g),
+    )
+    inputs = {k: x.to(device, dtype) for k, x in inputs.items()}
+    return dict(inputs, timestep=torch.full((batch,), t / 1000, device=device),
+                guidance=torch.full((batch,), 3.5, device=device),
+                img_ids=img_ids.to(device), txt_ids=torch.zeros(8, 3, device=device))
+
+
+def _pixart() -> torch.nn.Module:
+    return diffusers.PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=64, in_channels=4, out_channels=8,
+        num_layers=2, cross_attention_dim=128, sample_size=2 * IMAGE_H, patch_size=2,
+        caption_channels=32,
+    )
+
+
+def _pixart_inputs(batch: int, t: float, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(batch)
+    text_mask = torch.ones(batch, 10, dtype=torch.long)
+    text_mask[-1, 7:] = 0  # padding text tokens on the last item (the dense cross-attention's)
+    latents = torch.randn(batch, 4, 2 * IMAGE_H, 2 * IMAGE_W, generator=g)
+    return dict(
+        hidden_states=latents.to(device, dtype),
+        encoder_hidden_states=torch.randn(batch, 10, 32, generator=g).to(device, dtype),
+        encoder_attention_mask=text_mask.to(device),
+        timestep=torch.full((batch,), t, device=device),
+        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+    )
+
+
 CASES = {
     "hunyuan_video": Case("hunyuan_video", _hunyuan, _hunyuan_inputs, 2),
     "wan": Case("wan", _wan, _wan_inputs, 2),
     "cogvideox": Case("cogvideox", _cogvideox, _cogvideox_inputs, 2),
+    # Flux's packed latent tokens have no grid (raster order of the sequence).
+    "flux": Case("flux", _flux, _flux_inputs, 2, grid=None),
+    "pixart": Case("pixart", _pixart, _pixart_inputs, 2, grid=(1, IMAGE_H, IMAGE_W)),
 }
 
 
@@ -183,7 +234,7 @@ def test_first_frame_blocks_per_frame(case):
     try:
         run(model, spec.inputs(1, 900.0, "cpu", torch.float32))
         control = model._spaattn_control
-        assert control.info["grid"] == GRID
+        assert control.info["grid"] == spec.grid
         assert handle.stats()[0].kind == "sparse"
     finally:
         handle.remove()
@@ -199,3 +250,62 @@ def test_cuda_bfloat16_density_one_and_sparse(case, gpu_pipeline):
     assert (out - stock).norm() / stock.norm() < 2e-2
     with sd.apply(model, sparsity=0.9, block_size=64):
         assert torch.isfinite(run(model, inputs)).all()
+
+
+def test_fused_projections(case):
+    spec, model = case
+    model = copy.deepcopy(model)
+    inputs = spec.inputs(2, 900.0, "cpu", torch.float32)
+    stock = run(model, inputs)
+    model.fuse_qkv_projections()
+    with torch.no_grad():  # the separate projections must not be read once fused
+        for module in model.modules():
+            if getattr(module, "fused_projections", False):
+                for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
+                    if getattr(module, name, None) is not None and hasattr(module, "to_qkv"):
+                        if name.startswith("add_") and not hasattr(module, "to_added_qkv"):
+                            continue
+                        getattr(module, name).weight.fill_(float("nan"))
+    torch.testing.assert_close(run(model, inputs), stock, atol=2e-5 * stock.abs().max().item(),
+                               rtol=0)
+    with sd.apply(model, sparsity=0.0, block_size=64):
+        out = run(model, inputs)
+    torch.testing.assert_close(out, stock, atol=2e-5 * stock.abs().max().item(), rtol=0)
+
+
+def test_flux_refuses_masks_and_ip_adapters():
+    torch.manual_seed(0)
+    model = _flux().eval()
+    inputs = _flux_inputs(1, 900.0, "cpu", torch.float32)
+    mask = torch.ones(1, 1, 8 + IMAGE_H * IMAGE_W, 8 + IMAGE_H * IMAGE_W, dtype=torch.bool)
+    with sd.apply(model, sparsity=0.9, block_size=64):
+        with pytest.raises(ValueError, match="Flux processor takes no attention_mask"):
+            run(model, dict(inputs, joint_attention_kwargs={"attention_mask": mask}))
+    from diffusers.models.transformers.transformer_flux import FluxIPAdapterAttnProcessor
+
+    attn = model.transformer_blocks[0].attn
+    attn.set_processor(FluxIPAdapterAttnProcessor(hidden_size=128, cross_attention_dim=32))
+    blocks = [*model.transformer_blocks, *model.single_transformer_blocks]
+    before = [block.attn.processor for block in blocks]
+    with pytest.raises(ValueError, match="does not support Flux with an IP-Adapter"):
+        sd.apply(model)
+    assert all(block.attn.processor is p for block, p in zip(blocks, before, strict=True))
+    assert not model._forward_pre_hooks
+
+
+def test_pixart_refuses_what_its_processor_does_not_compute():
+    torch.manual_seed(0)
+    model = _pixart().eval()
+    inputs = _pixart_inputs(1, 900.0, "cpu", torch.float32)
+    with sd.apply(model, sparsity=0.9, block_size=64):
+        with pytest.raises(ValueError, match="PixArt processor serves self-attention only"):
+            run(model, dict(inputs, attention_mask=torch.ones(1, IMAGE_H * IMAGE_W)))
+        attn = model.transformer_blocks[0].attn1
+        with pytest.raises(ValueError, match=r"expects hidden_states \[b, S, C\]"):
+            attn(torch.zeros(1, 128, IMAGE_H, IMAGE_W))
+        attn.group_norm = torch.nn.GroupNorm(2, 128)
+        with pytest.raises(ValueError, match="no spatial_norm or group_norm"):
+            run(model, inputs)
+        attn.group_norm = None
+        assert torch.isfinite(run(model, inputs)).all()
+

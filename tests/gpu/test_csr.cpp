@@ -44,6 +44,7 @@ TEST(DenseToCsr, RejectsBadArguments) {
   out.num_k_blocks = 4;
   out.row_offsets = TensorView::contiguous(offsets.get(), DType::i32, {7}, Device::cuda);
   out.col_indices = TensorView::contiguous(cols.get(), DType::i32, {24}, Device::cuda);
+  cuda_ok(cudaMemset(dense.get(), 1, dense.bytes()), "cudaMemset");  // initcheck: a defined mask
   const TensorView d = TensorView::contiguous(dense.get(), DType::u8, {1, 2, 3, 4}, Device::cuda);
   EXPECT_NO_THROW(cuda::dense_to_csr(d, out, ws.get(), nullptr));
   TensorView bad = d;

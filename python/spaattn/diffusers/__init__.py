@@ -1,4 +1,4 @@
-"""spaattn in diffusers' video transformers: HunyuanVideo, Wan 2.1 / 2.2 and CogVideoX.
+"""spaattn in diffusers' transformers: HunyuanVideo, Wan 2.1 / 2.2, CogVideoX, Flux.1, PixArt.
 
 ``apply(pipe, method="rectified", sparsity=0.9)`` replaces the attention processors of the
 self-attention layers of the pipeline's transformer(s) with spaattn's; ``remove(pipe)`` (or the
@@ -8,11 +8,13 @@ each transformer forward runs every replaced layer through :class:`spaattn.Spars
 - **Token order and grid.** A forward pre-hook reads the latent grid (T, H, W) off the input
   and the model's patch sizes, once per forward; the attention object of that grid visits the
   video tokens in its order (gilbert by default) inside each call, so the model's tokens stay in
-  raster order. One attention object (with its per-layer state) is kept per grid.
+  raster order. One attention object (with its per-layer state) is kept per grid. PixArt's
+  images have the grid (1, H, W) of their patches; Flux's packed latent tokens have none (their
+  (h, w) is not known from shapes): they are taken in the raster order of the sequence.
 - **Text tokens.** HunyuanVideo's text follows the video (padding from the transformer's key
   mask: padding keys are skipped, padding queries output zeros, which no valid token reads);
-  CogVideoX's text precedes it and is all valid, as in the stock processor; Wan's
-  self-attention has none (its cross-attention stays dense).
+  CogVideoX's and Flux's text precedes it and is all valid, as in the stock processors; the
+  self-attention of Wan and PixArt has none (their cross-attention stays dense).
 - **Steps and guidance.** Steps come from the pipeline's scheduler when spaattn is applied to a
   pipeline (``set_timesteps`` starts a run, every ``step`` call ends a step), from the handle
   (``steps="manual"``: ``handle.next_step()``, ``handle.reset()``), or from the timestep
@@ -20,7 +22,7 @@ each transformer forward runs every replaced layer through :class:`spaattn.Spars
   forward). Forwards of one step are *entries* with separate state: the pipeline's
   ``cache_context("cond")`` / ``("uncond")`` names them, else their order within the step does
   (guidance as separate forwards: cond is entry 0, uncond entry 1). Guidance batched into one
-  forward (CogVideoX) is one entry whose batch items keep separate masks and caches.
+  forward (CogVideoX, PixArt) is one entry whose batch items keep separate masks and caches.
 - **torch.compile and CUDA graphs.** Each layer calls one custom operator
   (``torch.ops.spaattn.model_attention``) that reaches spaattn's state through an opaque
   handle; no tensor is read on the host (but with ``steps="timestep"``), so
@@ -33,8 +35,8 @@ each transformer forward runs every replaced layer through :class:`spaattn.Spars
   computes its next call as a (late) reference step, so no cached statistics outlive their
   mask or run.
 - **Dense warm-up.** ``dense_steps`` and ``dense_layers`` (layer numbers in the order the
-  adapter lists: HunyuanVideo's dual-stream blocks, then its single-stream blocks) run full
-  attention; Re-ttention's reference steps follow the warm-up.
+  adapter lists: HunyuanVideo's and Flux's dual-stream blocks, then their single-stream
+  blocks) run full attention; Re-ttention's reference steps follow the warm-up.
 
 Published settings are :data:`PRESETS` (``apply(pipe, preset="flux")``; options given to
 ``apply`` override the preset's).
@@ -56,7 +58,9 @@ import torch
 from ..method import CallStats
 from ._control import STEP_SOURCES, Adapter, ModelControl, StepClock, _unwrap
 from .cogvideox import CogVideoXAdapter
+from .flux import FluxAdapter
 from .hunyuan_video import HunyuanVideoAdapter
+from .pixart import PixArtAdapter
 from .wan import WanAdapter
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -78,6 +82,8 @@ ADAPTERS: dict[str, Adapter] = {
     "HunyuanVideoTransformer3DModel": HunyuanVideoAdapter(),
     "WanTransformer3DModel": WanAdapter(),
     "CogVideoXTransformer3DModel": CogVideoXAdapter(),
+    "FluxTransformer2DModel": FluxAdapter(),
+    "PixArtTransformer2DModel": PixArtAdapter(),
 }
 """Supported transformer classes by name (subclasses are matched through their bases)."""
 
@@ -116,8 +122,11 @@ class Handle:
 
     @property
     def step(self) -> int:
-        """The denoising step of the last transformer forward (0 at a run's first)."""
-        return self._clock.step
+        """The denoising step of the last transformer forward (0 at a run's first).
+
+        With the scheduler's steps, the clock moves on at each ``scheduler.step`` call: after a
+        run of N steps this is N - 1, the step of the run's last forward."""
+        return self._clock.called
 
     @property
     def entry(self) -> int:

@@ -78,6 +78,7 @@ class StepClock:
 
     def __init__(self) -> None:
         self.step = 0
+        self.called = 0  # the step of the last layer call (Handle.step)
         self.run = 0  # counts runs; a new run drops every cached state
         self.context: str | None = None  # the pipeline's cache_context name, while one is open
         self._last_timestep: float | None = None
@@ -90,7 +91,7 @@ class StepClock:
         self.step += 1
 
     def new_run(self) -> None:
-        self.step, self.run, self._last_timestep = 0, self.run + 1, None
+        self.step, self.called, self.run, self._last_timestep = 0, 0, self.run + 1, None
         for callback in self._on_new_run:
             callback()
 
@@ -286,6 +287,7 @@ class ModelControl:
                        text_placement, "bshd")
         self.stats[layer] = attention.last_stats  # type: ignore[assignment]
         self.entry = entry
+        self.clock.called = self.clock.step
 
     def check_layer(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                     text_lengths: torch.Tensor | None, layer: int, grid: tuple[int, ...],
