@@ -9,6 +9,8 @@ bfloat16), CUDA torch tensors on the GPU kernel (bfloat16, float16) on torch's c
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -187,8 +189,11 @@ def rectified_attention(
     the block neighbours of the latent ``grid`` (T, H, W) and every text block; the sparse
     output is then rectified, ``O = R_i O_spa + C_i``, with gain-aware pooling (``gapr``).
     With a grid the video tokens are visited in ``order`` ("gilbert" by default, "tiles" or
-    "raster") inside the call; inputs and output stay in raster order. For repeated calls
-    (layers, steps) use :class:`SparseAttention`, which keeps the token order and state.
+    "raster") inside the call; inputs and output stay in raster order. The objects that hold
+    the token order and the GPU workspace are kept for the last few settings and devices
+    (``rectified_attention.cache_clear()`` drops them), so repeated calls do not rebuild them;
+    no selection carries over between calls. For layers and steps with state use
+    :class:`SparseAttention`.
 
     >>> import numpy as np, spaattn
     >>> rng = np.random.default_rng(0)
@@ -199,15 +204,52 @@ def rectified_attention(
     >>> out.shape, stats.kind, bool(stats.density < 1.0)
     ((1, 1024, 2, 64), 'sparse', True)
     """
-    attention = SparseAttention(
-        "rectified", sparsity=sparsity, p=p, grid=grid, order=order, gapr=gapr,
-        neighbours=neighbours, first_frame_blocks=first_frame_blocks, block_size=block_size,
-        scale=scale,
-    )
-    out = attention.forward(
-        q, k, v, num_text=num_text, text_lengths=text_lengths, text_placement=text_placement,
-        layout=layout,
-    )
-    stats = attention.last_stats
+    settings = dict(sparsity=sparsity, p=p, grid=None if grid is None else tuple(grid),
+                    order=order, gapr=gapr, neighbours=neighbours,
+                    first_frame_blocks=first_frame_blocks, block_size=block_size, scale=scale)
+    device = str(q.device) if T.is_torch(q) else "cpu"  # type: ignore[attr-defined]
+    attention, lock = _attention_for(settings, device)
+    with lock:
+        # No state carries over from another call: a fresh selection every time.
+        attention.reset()
+        out = attention.forward(
+            q, k, v, num_text=num_text, text_lengths=text_lengths,
+            text_placement=text_placement, layout=layout,
+        )
+        stats = attention.last_stats
     assert stats is not None
     return (out, stats) if return_stats else out
+
+
+# rectified_attention's SparseAttention objects, by settings and device: the token order, the
+# neighbour map, their device copies and the GPU workspace are made once, not per call. The
+# least recently used object beyond _CACHE_SIZE is dropped (with its device memory).
+_CACHE_SIZE = 4
+_cache: OrderedDict[tuple[Any, ...], tuple[SparseAttention, threading.Lock]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _attention_for(settings: dict[str, Any], device: str) -> tuple[SparseAttention, threading.Lock]:
+    key = (device, *sorted(settings.items()))
+    with _cache_lock:
+        entry = _cache.get(key)
+        if entry is not None:
+            _cache.move_to_end(key)
+            return entry
+    # Made outside the lock (the constructor checks the settings and may raise).
+    entry = (SparseAttention("rectified", **settings), threading.Lock())
+    with _cache_lock:
+        entry = _cache.setdefault(key, entry)
+        _cache.move_to_end(key)
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return entry
+
+
+def _cache_clear() -> None:
+    """Drops the cached objects of :func:`rectified_attention` and their device memory."""
+    with _cache_lock:
+        _cache.clear()
+
+
+rectified_attention.cache_clear = _cache_clear  # type: ignore[attr-defined]

@@ -330,3 +330,28 @@ def test_empty_lists_at_attention():
     )
     assert message(ValueError, spaattn.SparseAttention("dense", block_size=64).forward, empty,
                    empty, empty, text_lengths=3) == "q: expected batch >= 1, got 0"
+
+
+def test_rectified_attention_reuses_its_object_but_no_selection():
+    import spaattn.attention as A
+
+    A._cache_clear()
+    rng = np.random.default_rng(11)
+    shape = (1, 4 * 16 * 16, 2, 64)
+    first = [rng.standard_normal(shape, dtype=np.float32) for _ in range(3)]
+    second = [rng.standard_normal(shape, dtype=np.float32) for _ in range(3)]
+    options = dict(sparsity=0.8, grid=(4, 16, 16), block_size=64)
+    out_first = spaattn.rectified_attention(*first, **options)
+    assert len(A._cache) == 1
+    out_second = spaattn.rectified_attention(*second, **options)
+    assert len(A._cache) == 1  # the same object served both calls
+    # Each call equals a fresh object's: the second did not reuse the first's selection.
+    fresh = spaattn.SparseAttention("rectified", **options).forward(*second)
+    np.testing.assert_array_equal(out_second, fresh)
+    fresh = spaattn.SparseAttention("rectified", **options).forward(*first)
+    np.testing.assert_array_equal(out_first, fresh)
+    for sparsity in (0.5, 0.6, 0.7, 0.9, 0.95):
+        spaattn.rectified_attention(*first, **dict(options, sparsity=sparsity))
+    assert len(A._cache) == A._CACHE_SIZE
+    spaattn.rectified_attention.cache_clear()
+    assert not A._cache

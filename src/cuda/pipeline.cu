@@ -274,8 +274,9 @@ class GpuPipeline final : public DevicePipeline {
     stats.density = std::numeric_limits<double>::quiet_NaN();
     stats.mask_reused = plan.kind != CallStats::Kind::dense && !plan.fresh_mask;
     if (plan.kind == CallStats::Kind::dense) {
-      st::launch_csr_from_critical(dims, nullptr, /*complement=*/false, buf_, stream);
-      launch(args, mask_view(dims, buf_), out, {}, {}, /*permute=*/false, stream);
+      // Full attention: the kernel walks every key block, no CSR lists are written.
+      launch(args, mask_view(dims, buf_), out, {}, {}, /*permute=*/false, stream,
+             /*every_block=*/true);
       if (config_.measure_density) stats.density = 1.0;
       return stats;
     }
@@ -454,8 +455,10 @@ class GpuPipeline final : public DevicePipeline {
   }
 
   void launch(const AttentionArgs& args, const BlockMaskView& mask, const TensorView& out,
-              const TensorView& lse, const FwdEpilogue& epi, bool permute, cudaStream_t stream) {
+              const TensorView& lse, const FwdEpilogue& epi, bool permute, cudaStream_t stream,
+              bool every_block = false) {
     FwdParams p = cuda_detail::make_fwd_params(args, mask, out, lse);
+    if (every_block) p.row_offsets = p.col_indices = nullptr;
     p.epi = epi;
     p.video_perm = permute ? perm_device() : nullptr;
     p.kv_ordered = permute && k_ordered_ != nullptr;

@@ -171,6 +171,40 @@ TEST(PipelineErrors, HostTextLengthsWithDeviceTensorsAreRejectedBeforeAnyWork) {
   EXPECT_EQ(sa.state_count(), 0u);
 }
 
+// Device text lengths are read only on the device: values outside [0, N_t] are clamped there (the
+// host path refuses them before any work), so L_t = N_t + 50 and -3 act as N_t and 0.
+TEST(PipelineTextLengths, DeviceValuesOutsideTheRangeAreClamped) {
+  const Layout layout{.num_video = 200, .num_text = 77, .block_size = 64};
+  PipelineCase c;
+  c.method = Method::rectified;
+  c.grid = Grid{2, 10, 10};
+  c.dim = 64;
+  c.block = 64;
+  test::Problem p;
+  test::make_problem(p, DType::bf16, 2, 2, 64, layout, 91, {77, 0});
+  test::HostTensor ref = test::make_tensor(DType::f32, 2, layout.seq_len(), 2, 64);
+  SparseAttention cpu(make_config(c)), gpu(make_config(c));
+  cpu.forward(CallInfo{.step = 1}, p.args, ref.view);
+
+  DeviceTensor q(p.q), k(p.k), v(p.v);
+  test::HostTensor out = test::make_tensor(DType::bf16, 2, layout.seq_len(), 2, 64);
+  out.poison();
+  DeviceTensor d_out(out);
+  const int32_t outside[] = {77 + 50, -3};
+  DeviceBuffer d_len(sizeof outside);
+  d_len.upload(outside, sizeof outside);
+  AttentionArgs args = p.args;
+  args.q = q.view;
+  args.k = k.view;
+  args.v = v.view;
+  args.text_lengths.data = d_len.get();
+  args.text_lengths.device = Device::cuda;
+  gpu.forward(CallInfo{.step = 1}, args, d_out.view);
+  cuda_ok(cudaDeviceSynchronize(), "forward");
+  d_out.to_host(out);
+  EXPECT_LE(rel_l2(out, ref), 1e-2);
+}
+
 // One object called on two non-blocking streams in turn, then destroyed and reset with work still
 // queued: its calls are ordered after each other and its memory goes back only after the work
 // that reads it (run under compute-sanitizer by scripts/gpu_check.sh). The outputs equal those

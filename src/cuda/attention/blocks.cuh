@@ -28,6 +28,16 @@ __device__ __forceinline__ Work decode_work(const FwdParams& p, int index) {
   return Work{bh / p.heads, bh % p.heads, index % p.num_video_blocks};
 }
 
+// The key-block entries of mask row `row`: [begin, end) of the CSR lists, or every key block
+// when the call has no lists (row_offsets == nullptr: a dense call, whose entry e is block e).
+__device__ __forceinline__ int2 row_entries(const FwdParams& p, int64_t row) {
+  if (!p.row_offsets) return make_int2(0, p.num_q_blocks);
+  return make_int2(p.row_offsets[row], p.row_offsets[row + 1]);
+}
+__device__ __forceinline__ int key_block(const FwdParams& p, int e) {
+  return p.row_offsets ? __ldg(p.col_indices + e) : e;
+}
+
 // Per-CTA values the threads need only now and then (when a key block is entered, in the
 // epilogue): kept in shared memory rather than in registers, the main loop's scarce resource.
 struct CtaShared {

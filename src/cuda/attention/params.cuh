@@ -19,6 +19,7 @@ struct FwdParams {
   int64_t lse_stride[3];
 
   // CSR block mask: row (b * heads + h) * num_q_blocks + i lists key blocks (logical ids).
+  // row_offsets == nullptr: every row lists every key block (a dense call needs no lists).
   const int32_t* row_offsets;
   const int32_t* col_indices;
   const int32_t* text_lengths;  // L_t per batch item, nullptr: all num_text valid

@@ -175,8 +175,11 @@ void launch_pool(const PoolParams& p, cudaStream_t stream) {
       cuda_detail::dispatch_block_size(p.dims.block, [&](auto b) {
         constexpr int D = decltype(d)::value, B = decltype(b)::value;
         constexpr int smem = 3 * B * D * 2;  // the block's Q, K and V rows, 16-bit
-        SPAATTN_CUDA_CHECK(cudaFuncSetAttribute(pool_kernel<T, D, B>,
-                                                cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        static cuda_detail::OncePerDevice smem_opt_in;
+        smem_opt_in([&] {
+          SPAATTN_CUDA_CHECK(cudaFuncSetAttribute(
+              pool_kernel<T, D, B>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        });
         pool_kernel<T, D, B><<<grid, kThreads, smem, stream>>>(p);
       });
     });

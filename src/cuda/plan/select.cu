@@ -397,8 +397,17 @@ void launch_select(const SelectParams& p, cudaStream_t stream) {
   const Dims& d = p.dims;
   const int64_t rows = d.mask_rows();
   const size_t smem = select_smem_bytes(d, p.selector);
-  SPAATTN_CUDA_CHECK(cudaFuncSetAttribute(select_rows, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(smem)));
+  // Opted in once per device to the most the device allows (make_select_params checked that
+  // `smem` fits in it), so that calls of any size skip the driver call.
+  static cuda_detail::OncePerDevice smem_opt_in;
+  smem_opt_in([] {
+    int device = 0, optin = 0;
+    SPAATTN_CUDA_CHECK(cudaGetDevice(&device));
+    SPAATTN_CUDA_CHECK(
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    SPAATTN_CUDA_CHECK(
+        cudaFuncSetAttribute(select_rows, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+  });
   select_rows<<<static_cast<unsigned>(rows), 32, smem, stream>>>(p);
   cuda_detail::check_launch("select_rows");
   scan_and_write(p, stream);

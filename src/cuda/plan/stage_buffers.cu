@@ -79,6 +79,9 @@ Dims make_dims(const Layout& layout, int64_t batch, int64_t heads, int64_t head_
                     head_dim);
   SPAATTN_CHECK_ARG(batch >= 1 && batch <= 65535, "q", "expected 1 <= batch <= 65535, got ", batch);
   SPAATTN_CHECK_ARG(heads >= 1 && heads <= 65535, "q", "expected 1 <= heads <= 65535, got ", heads);
+  // The scores and rectification stages put batch * heads on one grid axis (y or z).
+  SPAATTN_CHECK_ARG(batch * heads <= 65535, "q", "expected batch * heads <= 65535, got ",
+                    batch * heads, ": split the call over batch or heads");
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
   SPAATTN_CHECK_ARG(layout.num_video >= 0 && layout.num_text >= 0 && layout.seq_len() >= 1 &&
                         layout.seq_len() < kMax,

@@ -63,7 +63,8 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, FwdTraits<D, B>::kM
 
   __shared__ CtaShared cta;
   __shared__ CtaRows<B> rows;
-  const int e_begin = p.row_offsets[row], e_end = p.row_offsets[row + 1];
+  const int2 entries = row_entries(p, row);
+  const int e_begin = entries.x, e_end = entries.y;
   if (tid == 0) cta = {w.b, w.h, w.qb, text_len, e_end};
   if (tid < q.count)
     rows.q[tid] = p.video_perm && w.qb < p.num_video_blocks

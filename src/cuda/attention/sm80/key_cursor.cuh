@@ -60,8 +60,8 @@ struct KeyCursor {
   __device__ __forceinline__ KeyCursor(const FwdParams& p, int e_begin, int e_end) {
     e = e_begin - 1;
     j = -1;
-    j_next = e_begin < e_end ? __ldg(p.col_indices + e_begin) : -1;
-    j_after = e_begin + 1 < e_end ? __ldg(p.col_indices + e_begin + 1) : -1;
+    j_next = e_begin < e_end ? key_block(p, e_begin) : -1;
+    j_after = e_begin + 1 < e_end ? key_block(p, e_begin + 1) : -1;
     u = B / kTileN;
   }
 
@@ -84,7 +84,7 @@ struct KeyCursor {
       ++e;
       j = j_next;
       j_next = j_after;
-      j_after = e + 2 < e_end ? __ldg(p.col_indices + e + 2) : -1;
+      j_after = e + 2 < e_end ? key_block(p, e + 2) : -1;
       u = 0;
       if (p.video_perm && !p.kv_ordered && j_next >= 0 && j_next < p.num_video_blocks)
         fetch_block_perm<B>(p, rows.key + ((e + 1) & 1) * B, j_next);

@@ -42,14 +42,15 @@ struct Item {
     text_len = p.text_lengths ? min(max(p.text_lengths[w.b], 0), p.num_text) : p.num_text;
     q = block_span<B>(p, w.qb, text_len);
     const int64_t row = (static_cast<int64_t>(w.b) * p.heads + w.h) * p.num_q_blocks + w.qb;
-    e_begin = p.row_offsets[row];
-    e_end = q.valid > 0 ? p.row_offsets[row + 1] : e_begin;
+    const int2 entries = row_entries(p, row);
+    e_begin = entries.x;
+    e_end = q.valid > 0 ? entries.y : e_begin;
   }
   // The next key block with usable keys; producer and consumers walk the same sequence, so the
   // n-th block of either side is the n-th pipeline slot.
   __device__ __forceinline__ bool next_key(const FwdParams& p, Span& s) {
     while (e_begin < e_end) {
-      s = block_span<B>(p, __ldg(p.col_indices + e_begin++), text_len);
+      s = block_span<B>(p, key_block(p, e_begin++), text_len);
       if (s.valid > 0) return true;
     }
     return false;

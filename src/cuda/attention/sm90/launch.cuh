@@ -21,8 +21,11 @@ void run_fwd_sm90(const FwdParams& params, cudaStream_t stream) {
   dispatch_epilogue(params.epi.kind, [&](auto epi) {
     using Epi = typename decltype(epi)::template type<T, D>;
     const auto kernel = sm90::fwd_kernel_sm90<T, D, B, Epi>;
-    SPAATTN_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+    static OncePerDevice smem_opt_in;
+    smem_opt_in([&] {
+      SPAATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              Tr::kSmemBytes));
+    });
     const int items = params.batch * params.heads * params.num_q_blocks;
     const dim3 grid(std::min(items, sm90::resident_ctas(Tr::kMinBlocks)));
     kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(sp);
