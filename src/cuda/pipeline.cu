@@ -44,11 +44,12 @@ bool uses_rettention(Method m) {
 
 size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
-// The stage arrays a method needs: pooling and scores only for an IPAR selection or Rectified
-// SpaAttn's R, C; the selection arrays always (dense calls use them for the full CSR).
+// The stage arrays a method needs: none for dense attention (the kernel walks every key block),
+// pooling and scores only for an IPAR selection or Rectified SpaAttn's R, C, the selection's
+// lists for every other method; the crit bits live in the (layer, entry) states.
 unsigned workspace_parts(const Config& c) {
+  if (c.method == Method::dense) return 0;
   unsigned parts = st::kSelection;
-  if (c.method == Method::dense) return parts;
   if (c.method == Method::rectified || c.selector() == Selector::ipar)
     parts |= st::kPooled | st::kScores;
   if (c.method == Method::rectified) parts |= st::kCorrection;
@@ -337,7 +338,8 @@ class GpuPipeline final : public DevicePipeline {
     dims_ = dims;
     dtype_ = dtype;
     char* base = workspace_.as<char>();
-    buf_ = st::carve_workspace(dims, base, workspace_parts(config_));
+    // Dense attention without a token order needs no workspace at all.
+    buf_ = sizes_.stages ? st::carve_workspace(dims, base, workspace_parts(config_)) : st::Buffers{};
     lse_spa_ = reinterpret_cast<float*>(base + sizes_.stages);
     lse_full_ = lse_spa_ + sizes_.lse / 8;  // two arrays of sizes_.lse / 2 bytes
     k_ordered_ = sizes_.gathered ? base + sizes_.stages + sizes_.lse : nullptr;

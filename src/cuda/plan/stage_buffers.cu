@@ -55,7 +55,7 @@ Buffers carve(const Dims& dims, char* base, unsigned parts, size_t* total) {
   }
   if (parts & kSelection) {
     const size_t items = static_cast<size_t>(dims.mask_rows()) + 1;
-    b.critical = c.take<uint32_t>(bits);
+    if (parts & kCritical) b.critical = c.take<uint32_t>(bits);
     b.row_counts = c.take<int32_t>(items);
     b.scan_temp_bytes = scan_bytes(static_cast<int64_t>(items));
     b.scan_temp = c.take<char>(b.scan_temp_bytes);

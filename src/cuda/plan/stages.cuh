@@ -45,8 +45,16 @@ struct Dims {
 Dims make_dims(const Layout& layout, int64_t batch, int64_t heads, int64_t head_dim);
 
 // Which stages a workspace serves (bit flags): the band and local selectors need no pooling or
-// scores, plain sparse attention no correction.
-enum Part : unsigned { kPooled = 1u, kScores = 2u, kSelection = 4u, kCorrection = 8u, kAll = 15u };
+// scores, plain sparse attention no correction. kCritical carves the crit bits too, for callers
+// that keep no selection of their own (the GPU pipeline keeps them per (layer, entry)).
+enum Part : unsigned {
+  kPooled = 1u,
+  kScores = 2u,
+  kSelection = 4u,
+  kCorrection = 8u,
+  kCritical = 16u,
+  kAll = 31u
+};
 
 // The device arrays the stages exchange. carve_workspace() points them into one allocation; a
 // caller may point any of them elsewhere (e.g. the CSR lists into buffers it owns).
