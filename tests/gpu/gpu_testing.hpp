@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
@@ -62,6 +63,48 @@ struct DeviceTensor {
   }
   void to_host(test::HostTensor& h) const { buf.download(h.storage.data(), buf.bytes()); }
 };
+
+// A host problem's q, k, v and text lengths copied to the device, and the call's arguments
+// pointing at those copies (the text lengths as device memory).
+struct DeviceProblem {
+  DeviceTensor q, k, v;
+  DeviceBuffer text_len;
+  AttentionArgs args;
+  explicit DeviceProblem(const test::Problem& p)
+      : q(p.q), k(p.k), v(p.v), text_len(p.text_len.size() * sizeof(int32_t)), args(p.args) {
+    args.q = q.view;
+    args.k = k.view;
+    args.v = v.view;
+    if (!p.text_len.empty()) {
+      text_len.upload(p.text_len.data(), text_len.bytes());
+      args.text_lengths.data = text_len.get();
+      args.text_lengths.device = Device::cuda;
+    }
+  }
+};
+
+// Relative L2 distance of a [b, S, H, d] output from a reference. NaN elements (never written
+// over the poison) are counted in `unwritten` and left out; without a counter any NaN makes the
+// distance infinite.
+inline double rel_l2(const test::HostTensor& x, const test::HostTensor& ref,
+                     int64_t* unwritten = nullptr) {
+  double err = 0, norm = 0;
+  const auto& s = ref.view.shape;
+  for (int64_t b = 0; b < s[0]; ++b)
+    for (int64_t n = 0; n < s[1]; ++n)
+      for (int64_t h = 0; h < s[2]; ++h)
+        for (int64_t e = 0; e < s[3]; ++e) {
+          const double a = x.get(b, n, h, e), r = ref.get(b, n, h, e);
+          if (std::isnan(a)) {
+            if (!unwritten) return INFINITY;
+            ++*unwritten;
+            continue;
+          }
+          err += (a - r) * (a - r);
+          norm += r * r;
+        }
+  return norm == 0 ? std::sqrt(err) : std::sqrt(err / norm);
+}
 
 // A [b, S, H, d] tensor (d = 0: f32 [b, S, H]) whose rows, heads and batch items are separated
 // by gaps that keep every row start 16-byte aligned (what the kernel needs).

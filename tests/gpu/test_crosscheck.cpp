@@ -89,24 +89,6 @@ Case random_case(std::mt19937_64& rng) {
   return c;
 }
 
-double rel_l2(const test::HostTensor& x, const test::HostTensor& ref, int64_t* unwritten) {
-  double err = 0, norm = 0;
-  const auto& s = ref.view.shape;
-  for (int64_t b = 0; b < s[0]; ++b)
-    for (int64_t n = 0; n < s[1]; ++n)
-      for (int64_t h = 0; h < s[2]; ++h)
-        for (int64_t e = 0; e < s[3]; ++e) {
-          const double a = x.get(b, n, h, e), r = ref.get(b, n, h, e);
-          if (std::isnan(a)) {
-            ++*unwritten;
-            continue;
-          }
-          err += (a - r) * (a - r);
-          norm += r * r;
-        }
-  return norm == 0 ? std::sqrt(err) : std::sqrt(err / norm);
-}
-
 TEST(CrossCheck, RandomShapesAndMethodsMatchTheCpuPath) {
   if (small_mode()) GTEST_SKIP() << "large test (SPAATTN_GPU_TESTS_SMALL)";
   const char* env = std::getenv("SPAATTN_CROSSCHECK_CASES");
@@ -128,21 +110,11 @@ TEST(CrossCheck, RandomShapesAndMethodsMatchTheCpuPath) {
       const CallInfo info{.layer = 1, .entry = 0, .step = step};
       const CallStats cs = cpu.forward(info, p.args, ref.view);
 
-      DeviceTensor q(p.q), k(p.k), v(p.v);
+      const DeviceProblem d(p);
       test::HostTensor out = test::make_tensor(c.dtype, c.batch, S, c.heads, c.dim, c.strides);
       out.poison();
       DeviceTensor d_out(out);
-      DeviceBuffer d_len(p.text_len.size() * 4);
-      AttentionArgs args = p.args;
-      args.q = q.view;
-      args.k = k.view;
-      args.v = v.view;
-      if (!p.text_len.empty()) {
-        d_len.upload(p.text_len.data(), d_len.bytes());
-        args.text_lengths.data = d_len.get();
-        args.text_lengths.device = Device::cuda;
-      }
-      const CallStats gs = gpu.forward(info, args, d_out.view);
+      const CallStats gs = gpu.forward(info, d.args, d_out.view);
       cuda_ok(cudaDeviceSynchronize(), "forward");
       d_out.to_host(out);
       ++calls;

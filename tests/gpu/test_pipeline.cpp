@@ -43,21 +43,6 @@ Config make_config(const PipelineCase& c) {
   return cfg;
 }
 
-double rel_l2(const test::HostTensor& x, const test::HostTensor& ref) {
-  double err = 0, norm = 0;
-  const auto& s = ref.view.shape;
-  for (int64_t b = 0; b < s[0]; ++b)
-    for (int64_t n = 0; n < s[1]; ++n)
-      for (int64_t h = 0; h < s[2]; ++h)
-        for (int64_t e = 0; e < s[3]; ++e) {
-          const double a = x.get(b, n, h, e), r = ref.get(b, n, h, e);
-          if (std::isnan(a)) return INFINITY;
-          err += (a - r) * (a - r);
-          norm += r * r;
-        }
-  return std::sqrt(err / std::max(norm, 1e-30));
-}
-
 class Pipeline : public ::testing::TestWithParam<PipelineCase> {};
 
 TEST_P(Pipeline, MatchesTheCpuPathStepByStep) {
@@ -79,21 +64,11 @@ TEST_P(Pipeline, MatchesTheCpuPathStepByStep) {
     const CallInfo info{.layer = 2, .entry = 1, .step = step};
     const CallStats cs = cpu.forward(info, p.args, cpu_out.view);
 
-    DeviceTensor q(p.q), k(p.k), v(p.v);
+    const DeviceProblem d(p);
     test::HostTensor out = test::make_tensor(c.dtype, batch, layout.seq_len(), heads, c.dim);
     out.poison();
     DeviceTensor d_out(out);
-    DeviceBuffer d_len(p.text_len.size() * 4);
-    AttentionArgs args = p.args;
-    args.q = q.view;
-    args.k = k.view;
-    args.v = v.view;
-    if (!p.text_len.empty()) {
-      d_len.upload(p.text_len.data(), d_len.bytes());
-      args.text_lengths.data = d_len.get();
-      args.text_lengths.device = Device::cuda;
-    }
-    const CallStats gs = gpu.forward(info, args, d_out.view, stream);
+    const CallStats gs = gpu.forward(info, d.args, d_out.view, stream);
     cuda_ok(cudaStreamSynchronize(stream), "forward");
     d_out.to_host(out);
 
@@ -186,20 +161,13 @@ TEST(PipelineTextLengths, DeviceValuesOutsideTheRangeAreClamped) {
   SparseAttention cpu(make_config(c)), gpu(make_config(c));
   cpu.forward(CallInfo{.step = 1}, p.args, ref.view);
 
-  DeviceTensor q(p.q), k(p.k), v(p.v);
+  DeviceProblem d(p);
+  const int32_t outside[] = {77 + 50, -3};
+  d.text_len.upload(outside, sizeof outside);
   test::HostTensor out = test::make_tensor(DType::bf16, 2, layout.seq_len(), 2, 64);
   out.poison();
   DeviceTensor d_out(out);
-  const int32_t outside[] = {77 + 50, -3};
-  DeviceBuffer d_len(sizeof outside);
-  d_len.upload(outside, sizeof outside);
-  AttentionArgs args = p.args;
-  args.q = q.view;
-  args.k = k.view;
-  args.v = v.view;
-  args.text_lengths.data = d_len.get();
-  args.text_lengths.device = Device::cuda;
-  gpu.forward(CallInfo{.step = 1}, args, d_out.view);
+  gpu.forward(CallInfo{.step = 1}, d.args, d_out.view);
   cuda_ok(cudaDeviceSynchronize(), "forward");
   d_out.to_host(out);
   EXPECT_LE(rel_l2(out, ref), 1e-2);
@@ -217,11 +185,8 @@ TEST(PipelineStreams, CallsOnTwoNonBlockingStreamsAndReleaseWithWorkQueued) {
   c.block = 64;
   test::Problem p;
   test::make_problem(p, DType::bf16, 1, 2, 64, layout, 77, {});
-  DeviceTensor q(p.q), k(p.k), v(p.v);
-  AttentionArgs args = p.args;
-  args.q = q.view;
-  args.k = k.view;
-  args.v = v.view;
+  const DeviceProblem d(p);
+  const AttentionArgs& args = d.args;
   const int steps = 5;
   std::vector<test::HostTensor> expected, got;
   for (int step = 0; step < steps; ++step) {
