@@ -1,5 +1,6 @@
-"""spaattn in whole tiny diffusers pipelines (Wan, Flux, PixArt-α) built from random components
-(no downloads, no text encoders: prompt embeddings are passed in): the stock latents at density 1,
+"""spaattn in whole tiny diffusers pipelines (HunyuanVideo, Wan, CogVideoX, Flux, PixArt-α) built
+from random components (no downloads, no text encoders: prompt embeddings are passed in; no VAE
+where the pipeline only reads its compression ratios): the stock latents at density 1,
 steps from the scheduler and entries from the pipeline's cache contexts, and Re-ttention under
 diffusers' First Block Cache. CPU float32."""
 
@@ -60,6 +61,53 @@ def _wan_kwargs() -> dict[str, Any]:
                 num_frames=9, guidance_scale=5.0)
 
 
+def _hunyuan_video() -> Any:
+    # No text encoders or tokenizers (both prompts' embeddings are passed in) and no VAE: with
+    # vae=None the pipeline takes its default compression ratios (4 in time, 8 in space), and
+    # output_type="latent" never decodes.
+    torch.manual_seed(0)
+    return diffusers.HunyuanVideoPipeline(
+        text_encoder=None, tokenizer=None, transformer=CASES["hunyuan_video"].build().eval(),
+        vae=None, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+        text_encoder_2=None, tokenizer_2=None,
+    )
+
+
+def _hunyuan_video_kwargs() -> dict[str, Any]:
+    prompt, negative, pooled, negative_pooled = _embeds((1, 12, 32), (1, 12, 32), (1, 16),
+                                                        (1, 16))
+    mask, negative_mask = torch.ones(1, 12, dtype=torch.long), torch.ones(1, 12, dtype=torch.long)
+    mask[:, 9:] = 0  # padding text tokens (the text lengths spaattn reads off the key mask)
+    negative_mask[:, 5:] = 0
+    # 9 frames of 128 x 192: 3 x 8 x 12 = 288 video tokens (VAE 4 x 8 x 8, patch 1 x 2 x 2);
+    # true CFG: a cond and an uncond forward per step (cache contexts "cond", "uncond").
+    return dict(prompt_embeds=prompt, pooled_prompt_embeds=pooled,
+                prompt_attention_mask=mask, negative_prompt_embeds=negative,
+                negative_pooled_prompt_embeds=negative_pooled,
+                negative_prompt_attention_mask=negative_mask, true_cfg_scale=2.0,
+                guidance_scale=6.0, height=128, width=192, num_frames=9)
+
+
+def _cogvideox() -> Any:
+    # No text encoder or tokenizer (prompt and negative embeddings are passed in) and no VAE
+    # (default compression ratios 4 and 8; output_type="latent" never decodes). The DPM
+    # scheduler's step takes other arguments than the usual (the last prediction and timestep).
+    torch.manual_seed(0)
+    return diffusers.CogVideoXPipeline(
+        tokenizer=None, text_encoder=None, vae=None,
+        transformer=CASES["cogvideox"].build().eval(),
+        scheduler=diffusers.CogVideoXDPMScheduler(timestep_spacing="trailing"),
+    )
+
+
+def _cogvideox_kwargs() -> dict[str, Any]:
+    prompt, negative = _embeds((1, 8, 32), (1, 8, 32))
+    # 9 frames of 128 x 192: 3 x 8 x 12 = 288 video tokens after the 8 text tokens; guidance
+    # batched into one forward (cache context "cond_uncond": one entry per step).
+    return dict(prompt_embeds=prompt, negative_prompt_embeds=negative, guidance_scale=6.0,
+                height=128, width=192, num_frames=9)
+
+
 def _flux() -> Any:
     torch.manual_seed(0)
     return diffusers.FluxPipeline(
@@ -99,7 +147,9 @@ def _pixart_kwargs() -> dict[str, Any]:
 
 
 PIPELINES = {
+    "hunyuan_video": Pipeline(_hunyuan_video, _hunyuan_video_kwargs, 2),
     "wan": Pipeline(_wan, _wan_kwargs, 2),
+    "cogvideox": Pipeline(_cogvideox, _cogvideox_kwargs, 1),
     "flux": Pipeline(_flux, _flux_kwargs, 2),
     "pixart": Pipeline(_pixart, _pixart_kwargs, 1),
 }
@@ -172,7 +222,7 @@ def test_steps_from_the_scheduler_and_entries_from_the_cache_contexts(pipeline):
     assert "step" not in vars(scheduler) and "set_timesteps" not in vars(scheduler)
 
 
-@pytest.mark.parametrize("name", ["wan", "flux"])
+@pytest.mark.parametrize("name", ["hunyuan_video", "wan", "cogvideox", "flux"])
 def test_rettention_under_first_block_cache(name):
     """A call the cache skips leaves the layer's state alone; a layer that missed a reference step
     computes its next call as a (late) reference step. The threshold that makes the cache skip
@@ -180,7 +230,7 @@ def test_rettention_under_first_block_cache(name):
     spec = PIPELINES[name]
     late_references = 0
     skipped = 0
-    for threshold in (0.1, 0.2, 0.5, 0.8):
+    for threshold in (0.1, 0.2, 0.3, 0.4, 0.5, 0.8):
         pipe = spec.build()
         pipe.set_progress_bar_config(disable=True)
         pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
