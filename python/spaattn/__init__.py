@@ -14,6 +14,8 @@ arguments) or RuntimeError with the core's message, e.g.
   :func:`block_neighbours`, :func:`permute_tokens`.
 - :mod:`spaattn.diffusers`: attention processors for HunyuanVideo, Wan 2.1 / 2.2, CogVideoX,
   Flux.1 and PixArt.
+- :mod:`spaattn.distributed`: Ulysses sequence parallelism over torch.distributed
+  (:class:`spaattn.distributed.UlyssesAttention`); imported on its own, as it imports torch.
 """
 
 import sys as _sys

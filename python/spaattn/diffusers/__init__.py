@@ -34,6 +34,9 @@ each transformer forward runs every replaced layer through :class:`spaattn.Spars
   call a cache skips keeps its state; a Re-ttention layer that missed its reference step
   computes its next call as a (late) reference step, so no cached statistics outlive their
   mask or run.
+- **Several GPUs.** A transformer with diffusers' context parallelism (``enable_parallelism``)
+  is refused with a clear error (``ring_degree > 1`` always: the methods need whole rows of the
+  softmax); model code of one's own can use :class:`spaattn.distributed.UlyssesAttention`.
 - **Dense warm-up.** ``dense_steps`` and ``dense_layers`` (layer numbers in the order the
   adapter lists: HunyuanVideo's and Flux's dual-stream blocks, then their single-stream
   blocks) run full attention; Re-ttention's reference steps follow the warm-up.
@@ -56,7 +59,14 @@ from typing import Any
 import torch
 
 from ..method import CallStats
-from ._control import STEP_SOURCES, Adapter, ModelControl, StepClock, _unwrap
+from ._control import (
+    STEP_SOURCES,
+    Adapter,
+    ModelControl,
+    StepClock,
+    _unwrap,
+    check_context_parallel,
+)
 from .cogvideox import CogVideoXAdapter
 from .flux import FluxAdapter
 from .hunyuan_video import HunyuanVideoAdapter
@@ -216,6 +226,7 @@ def apply(
         raise ValueError("steps: 'scheduler' needs a pipeline with a scheduler, got "
                          f"{type(pipe).__name__}")
     for model in models:
+        check_context_parallel(model)
         if getattr(model, _ATTRIBUTE, None) is not None:
             raise ValueError(
                 "pipe: spaattn is already applied; call spaattn.diffusers.remove first"

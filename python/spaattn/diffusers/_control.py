@@ -118,6 +118,38 @@ def _unwrap(model: Any) -> Any:
     return getattr(model, "_orig_mod", model)
 
 
+def check_context_parallel(model: Any) -> None:
+    """Refuses a transformer with diffusers' context parallelism (``enable_parallelism``).
+
+    spaattn's methods need whole rows of the softmax, so ring attention (``ring_degree > 1``)
+    cannot carry them, and Ulysses needs the heads divisible by its degree. Ulysses inside these
+    processors is not implemented yet: model code of one's own can use
+    :class:`spaattn.distributed.UlyssesAttention`.
+    """
+    parallel = getattr(_unwrap(model), "_parallel_config", None)
+    config = getattr(parallel, "context_parallel_config", None)
+    if config is None:
+        return
+    ring = getattr(config, "ring_degree", 1) or 1
+    ulysses = getattr(config, "ulysses_degree", 1) or 1
+    if ring > 1:
+        raise ValueError(
+            f"enable_parallelism: expected ring_degree 1 (spaattn's methods need whole rows of "
+            f"the softmax; use ulysses_degree), got {ring}"
+        )
+    heads = getattr(getattr(_unwrap(model), "config", None), "num_attention_heads", None)
+    if isinstance(heads, int) and heads % ulysses:
+        raise ValueError(
+            f"enable_parallelism: expected ulysses_degree dividing the model's "
+            f"{heads} attention heads, got {ulysses}"
+        )
+    raise ValueError(
+        f"enable_parallelism: spaattn's diffusers processors do not run under context "
+        f"parallelism yet (ulysses_degree {ulysses}); in model code of your own use "
+        "spaattn.distributed.UlyssesAttention"
+    )
+
+
 class ModelControl:
     """spaattn's state for one transformer: its processors, hooks and attention objects."""
 
@@ -230,6 +262,9 @@ class ModelControl:
         self._counted = None
 
     def _pre_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        # Context parallelism enabled after apply() would hand the processors sequence
+        # shards: refused here, as apply() refuses it.
+        check_context_parallel(module)
         inputs = dict(zip(self._parameters, args, strict=False))
         inputs.update(kwargs)
         self.info = self.adapter.forward_info(module, inputs)
