@@ -15,6 +15,9 @@
 #   --bin DIR: spaattn_gpu_tests, spaattn_bench and spaattn_bench_pipeline built elsewhere for
 #              sm_90a (e.g. a machine without a GPU) instead of a build here; a build still runs
 #              if they do not start.
+#   --profile: Nsight Compute on the Hopper kernel (d = 128, B = 128, S = 76,800, H = 40) at
+#          densities 1.0 and 0.05: throughput, memory (DRAM, L2 hit rate), warp stalls and
+#          scheduler statistics of one launch each (profile_density_*.txt).
 #   --cli: also build the command-line tool and run `spaattn bench` at its default shape and at
 #          S = 76,800, H = 40 (bench_cli*.json).
 #   --sanitizer-tools LIST: the compute-sanitizer tools (default "memcheck racecheck synccheck
@@ -23,11 +26,11 @@
 #             (python/run_gpu_tests.sh; logs python_*.log).
 #   --testbed CKPT: the testbed evaluation (spaattn_testbed.evaluate) of model CKPT into
 #             $OUT/testbed, with --testbed-args added; needs the package (--python).
-#   The C++ build runs only when tests, sanitizer or benchmarks are on.
+#   The C++ build runs only when tests, sanitizer, benchmarks, the profile or the CLI are on.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-families="portable hopper" cli=0 tools="memcheck racecheck synccheck initcheck" quick=0 tests=1 sanitizer=1 bench=1 pipeline=1 shape="" densities="" bin="" python=0 testbed=""
+families="portable hopper" profile=0 cli=0 tools="memcheck racecheck synccheck initcheck" quick=0 tests=1 sanitizer=1 bench=1 pipeline=1 shape="" densities="" bin="" python=0 testbed=""
 testbed_args=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -42,6 +45,7 @@ while [[ $# -gt 0 ]]; do
     --no-pipeline) pipeline=0 ;;
     --python) python=1 ;;
     --cli) cli=1 ;;
+    --profile) profile=1 ;;
     --sanitizer-tools) tools=$2; shift ;;
     --testbed) testbed=$2; shift ;;
     --testbed-args) testbed_args=$2; shift ;;
@@ -62,8 +66,10 @@ echo "commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   | tee -a "$OUT/build.log"
 TESTS=$BUILD/tests/spaattn_gpu_tests BENCH=$BUILD/bench/spaattn_bench
 PIPE=$BUILD/bench/spaattn_bench_pipeline
-if [[ $tests == 0 && $sanitizer == 0 && $bench == 0 && $pipeline == 0 ]]; then
-  echo "no C++ build: no tests, sanitizer or benchmarks asked for" | tee -a "$OUT/build.log"
+if [[ $tests == 0 && $sanitizer == 0 && $bench == 0 && $pipeline == 0 && $profile == 0 &&
+      $cli == 0 ]]; then
+  echo "no C++ build: no tests, sanitizer, benchmarks, profile or CLI asked for" |
+    tee -a "$OUT/build.log"
 elif [[ -n $bin ]] && "$bin/spaattn_gpu_tests" --gtest_list_tests >/dev/null 2>&1; then
   TESTS=$bin/spaattn_gpu_tests BENCH=$bin/spaattn_bench PIPE=$bin/spaattn_bench_pipeline
   echo "prebuilt binaries from $bin" | tee -a "$OUT/build.log"
@@ -107,6 +113,20 @@ if [[ $sanitizer == 1 ]]; then
       note "sanitizer $tool ($fam): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK SUMMARY|INITCHECK SUMMARY' "$OUT/sanitizer.log" | tail -n 1) (exit $rc)"
       [[ $rc == 0 ]] || status=1
     done
+  done
+fi
+
+if [[ $profile == 1 ]]; then
+  for density in 1.0 0.05; do
+    # One launch after the benchmark's warm-up calls; clocks as the benchmark sees them.
+    ncu --clock-control none -k regex:fwd_kernel_sm90 --launch-skip 3 --launch-count 1 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+      --section WarpStateStats --section SchedulerStats --section Occupancy \
+      "$BENCH" --kernel hopper --head-dim 128 --block 128 --shape S=76800 --densities "$density" \
+      --iters 10 >"$OUT/profile_density_$density.txt" 2>&1
+    rc=$?
+    note "ncu, hopper kernel at density $density: exit $rc ($OUT/profile_density_$density.txt)"
+    [[ $rc == 0 ]] || status=1
   done
 fi
 
