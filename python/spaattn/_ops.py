@@ -1,7 +1,8 @@
 """spaattn's attention calls on torch tensors as torch custom operators.
 
 torch.compile, CUDA-graph capture and torch's other tracing tools see each call as one operator,
-``torch.ops.spaattn.sparse_attention`` (a :class:`spaattn.SparseAttention` call) or
+``torch.ops.spaattn.sparse_attention`` (a :class:`spaattn.SparseAttention` call),
+``torch.ops.spaattn.block_sparse_attention`` (:func:`spaattn.block_sparse_attention`) or
 ``torch.ops.spaattn.model_attention`` (a call of spaattn's diffusers processors), instead of
 tracing into the binding: ``torch.compile(model, fullgraph=True)`` compiles a model that calls
 spaattn without a graph break. The operators reach the per-layer state through an opaque handle,
@@ -159,3 +160,38 @@ def _(q, k, v, text_lengths, handle, layer, grid, num_text, text_placement):
     _resolve(handle).check_layer(q, k, v, out, text_lengths, layer, tuple(grid), num_text,
                                  text_placement)
     return out
+
+
+@torch.library.custom_op("spaattn::block_sparse_attention", mutates_args=())
+def block_sparse_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, row_offsets: Tensor | None,
+    col_indices: Tensor | None, text_lengths: Tensor | None, num_text: int, text_placement: str,
+    block_size: int, scale: float, kernel: str, layout: str, return_lse: bool,
+) -> tuple[Tensor, Tensor]:
+    """spaattn.block_sparse_attention over a dense block mask or CSR lists (the other None);
+    returns (out, lse), lse empty unless `return_lse`. `scale` 0: 1/sqrt(d)."""
+    from .attention import _block_sparse
+
+    out, lse = _block_sparse(
+        q, k, v, mask if mask is not None else (row_offsets, col_indices), num_text,
+        text_lengths, text_placement, block_size, scale or None, layout, return_lse, kernel,
+    )
+    return out, lse if lse is not None else torch.empty(0, dtype=torch.float32, device=q.device)
+
+
+@block_sparse_attention.register_fake
+def _(q, k, v, mask, row_offsets, col_indices, text_lengths, num_text, text_placement, block_size,
+      scale, kernel, layout, return_lse):
+    from . import _C  # type: ignore[attr-defined]
+    from . import _tensors as T
+
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(tuple(q.shape[:3]) if return_lse else (0,), dtype=torch.float32,
+                      device=q.device)
+    lse_view = (lse.transpose(1, 2) if layout == "bhsd" else lse) if return_lse else None
+    views = [T.bshd(x, layout, name) for x, name in ((q, "q"), (k, "k"), (v, "v"), (out, "out"))]
+    _C.check_block_sparse_attention(
+        *(meta(x) for x in views), None if lse_view is None else meta(lse_view),
+        lengths_meta(text_lengths, q), num_text, text_placement, block_size, scale, kernel,
+    )
+    return out, lse

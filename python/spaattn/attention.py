@@ -138,13 +138,44 @@ def block_sparse_attention(
     True
     """
     T.check_layout(layout)
+    num_text = T.integer(num_text, "num_text", bits=64)
+    block_size = T.integer(block_size, "block_size")
     if T.is_torch(q):
+        # One custom operator per call (spaattn._ops), as SparseAttention.forward.
         from . import _ops
 
         _ops.check_inputs(q, k, v)
+        torch = T._torch()
+        dense, row_offsets, col_indices = None, None, None
+        if isinstance(mask, (tuple, list)):
+            if len(mask) != 2:
+                raise ValueError(
+                    f"mask: expected a dense block mask or a (row_offsets, col_indices) pair, "
+                    f"got a sequence of {len(mask)}"
+                )
+            row_offsets, col_indices = (
+                x if isinstance(x, torch.Tensor) else torch.from_numpy(T.int32_array(x, name))
+                for x, name in zip(mask, ("mask.row_offsets", "mask.col_indices"), strict=True)
+            )
+        else:
+            T.check_array(mask, "mask")
+            dense = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.asarray(mask))
+        out, lse = _ops.block_sparse_attention(
+            q, k, v, dense, row_offsets, col_indices, _ops.lengths_tensor(text_lengths, q),
+            num_text, text_placement, block_size, 0.0 if scale is None else scale, kernel,
+            layout, return_lse,
+        )
+        return (out, lse) if return_lse else out
+    out, lse = _block_sparse(q, k, v, mask, num_text, text_lengths, text_placement, block_size,
+                             scale, layout, return_lse, kernel)
+    return (out, lse) if return_lse else out
+
+
+def _block_sparse(q: Any, k: Any, v: Any, mask: Mask, num_text: int, text_lengths: Any,
+                  text_placement: str, block_size: int, scale: float | None, layout: str,
+                  return_lse: bool, kernel: str) -> tuple[Any, Any]:
+    """The call itself: (out, lse or None) in q's framework."""
     qv, kv, vv = T.bshd(q, layout, "q"), T.bshd(k, layout, "k"), T.bshd(v, layout, "v")
-    num_text = T.integer(num_text, "num_text", bits=64)
-    block_size = T.integer(block_size, "block_size")
     out, out_view = T.output(q, None, layout)
     lse: Any = None
     lse_view: Any = None
@@ -159,7 +190,7 @@ def block_sparse_attention(
             num_text, text_placement, block_size, 0.0 if scale is None else scale, kernel,
             tuple(mask.shape) if dense else None, stream,
         )
-    return (out, lse) if return_lse else out
+    return out, lse
 
 
 def rectified_attention(

@@ -4,6 +4,8 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
 
 #include <vector>
 
@@ -45,6 +47,27 @@ void attention(const In& q, const In& k, const In& v, const In& row_offsets,
     cuda::block_sparse_attention(args, mask, o, l, to_stream(stream));
   else
     cpu::block_sparse_attention(args, mask, o, l);
+}
+
+// attention()'s checks from the tensors' metadata (torch's fake tensors): q, k, v, out, lse, the
+// text lengths and the layout. The mask's lists are checked when the call runs.
+void check_attention(const Meta& q, const Meta& k, const Meta& v, const Meta& out,
+                     const std::optional<Meta>& lse, const std::optional<Meta>& text_lengths,
+                     int64_t num_text, const std::string& text_placement, int block_size,
+                     float scale, const std::string& kernel) {
+  AttentionArgs args;
+  args.q = meta_view(q, "q");
+  args.k = meta_view(k, "k");
+  args.v = meta_view(v, "v");
+  std::vector<int32_t> zeros;
+  if (text_lengths) args.text_lengths = meta_view(*text_lengths, "text_lengths", &zeros);
+  args.layout = make_layout(args.q, num_text, text_placement, block_size);
+  args.scale = scale;
+  args.kernel = parse_kernel_family(kernel, "kernel");
+  const TensorView o = meta_view(out, "out");
+  const TensorView l = lse ? meta_view(*lse, "lse") : TensorView{};
+  validate(args, &o, l.empty() ? nullptr : &l);
+  if (args.q.device == Device::cuda) validate_gpu_operands(args, o);
 }
 
 // Mask rows (b * H * num_q_blocks) of a dense [b, H, nq, nk] mask.
@@ -98,6 +121,10 @@ void bind_attention(nb::module_& m) {
         "text_lengths_host"_a.none(), "num_text"_a, "text_placement"_a, "block_size"_a,
         "scale"_a, "kernel"_a, "mask_dims"_a.none(), "stream"_a,
         "Block-sparse attention over CSR block lists into `out` (and `lse` when given).");
+  m.def("check_block_sparse_attention", &check_attention, "q"_a, "k"_a, "v"_a, "out"_a,
+        "lse"_a.none(), "text_lengths"_a.none(), "num_text"_a, "text_placement"_a, "block_size"_a,
+        "scale"_a, "kernel"_a,
+        "block_sparse_attention's checks from metadata (shape, strides, dtype, device) tuples.");
   m.def("dense_to_csr_workspace_size", &cuda::dense_to_csr_workspace_size, "rows"_a);
   m.def("dense_to_csr", &dense_to_csr_device, "mask"_a, "row_offsets"_a, "col_indices"_a,
         "workspace"_a, "stream"_a, "Dense CUDA block mask -> CSR lists on the GPU.");

@@ -107,46 +107,6 @@ std::tuple<std::string, double, bool> forward(Attention& self, const In& q, cons
   return {kKinds[static_cast<int>(stats.kind)], stats.density, stats.mask_reused};
 }
 
-// A tensor's metadata as torch's fake (meta) tensors have it: shape, strides in elements, dtype
-// and device by torch's names.
-using Meta = std::tuple<std::vector<int64_t>, std::vector<int64_t>, std::string, std::string>;
-
-// The TensorView of a tensor known by its metadata alone, at a placeholder address that is never
-// read (host text lengths read zeros, a valid length, from `zeros`).
-TensorView meta_view(const Meta& meta, const char* name, const std::vector<int32_t>* zeros = nullptr) {
-  const auto& [shape, strides, dtype, device] = meta;
-  SPAATTN_CHECK_ARG(shape.size() >= 1 && shape.size() <= 4 && strides.size() == shape.size(), name,
-                    "expected 1 to 4 dimensions, got ", shape.size());
-  static const std::pair<const char*, DType> kDtypes[] = {
-      {"float32", DType::f32}, {"bfloat16", DType::bf16}, {"float16", DType::f16},
-      {"int32", DType::i32},   {"uint8", DType::u8},      {"bool", DType::u8}};
-  TensorView t;
-  const auto found = std::find_if(std::begin(kDtypes), std::end(kDtypes),
-                                  [&](const auto& d) { return dtype == d.first; });
-  const bool lengths = std::string_view(name) == "text_lengths";
-  SPAATTN_CHECK_ARG(found != std::end(kDtypes), name, "expected dtype ",
-                    lengths ? "int32" : "float32, bfloat16 or float16", ", got ", dtype);
-  t.dtype = found->second;
-  SPAATTN_CHECK_ARG(device == "cpu" || device == "cuda", name,
-                    "expected a cpu or cuda tensor, got device ", device);
-  t.device = device == "cuda" ? Device::cuda : Device::cpu;
-  t.rank = static_cast<int>(shape.size());
-  alignas(256) static char placeholder[256];
-  t.data = zeros && t.device == Device::cpu ? static_cast<void*>(const_cast<int32_t*>(zeros->data()))
-                                            : placeholder;
-  for (int d = 0; d < t.rank; ++d) {
-    t.shape[d] = shape[d];
-    t.stride[d] = strides[d];
-  }
-  // As for DLPack arrays (views.cpp): strides of extent-1 dims and of empty tensors never move.
-  int64_t contiguous = 1;
-  for (int d = t.rank - 1; d >= 0; --d) {
-    if (t.shape[d] == 1 || t.numel() == 0) t.stride[d] = contiguous;
-    contiguous *= t.shape[d];
-  }
-  return t;
-}
-
 // forward()'s checks from the arguments' metadata (SparseAttention::check); `out` is the output
 // forward would write.
 void check(const Attention& self, const Meta& q, const Meta& k, const Meta& v, const Meta& out,
@@ -157,14 +117,7 @@ void check(const Attention& self, const Meta& q, const Meta& k, const Meta& v, c
   args.k = meta_view(k, "k");
   args.v = meta_view(v, "v");
   std::vector<int32_t> zeros;
-  if (text_lengths) {
-    const auto& shape = std::get<0>(*text_lengths);
-    const int64_t n = shape.empty() ? 1 : shape[0];
-    SPAATTN_CHECK_ARG(n >= 0 && n <= (int64_t{1} << 24), "text_lengths",
-                      "expected at most 2^24 entries, got ", n);
-    zeros.assign(std::max<int64_t>(n, 1), 0);
-    args.text_lengths = meta_view(*text_lengths, "text_lengths", &zeros);
-  }
+  if (text_lengths) args.text_lengths = meta_view(*text_lengths, "text_lengths", &zeros);
   args.layout = make_layout(args.q, num_text, text_placement, self.impl.config().block_size);
   self.impl.check(CallInfo{.layer = layer, .entry = entry, .step = step}, args,
                   meta_view(out, "out"));

@@ -1,7 +1,10 @@
 // DLPack arrays to TensorViews, and the string options of the Python API.
 #include "views.hpp"
 
+#include <algorithm>
+#include <iterator>
 #include <string_view>
+#include <utility>
 
 namespace spaattn::python {
 namespace {
@@ -84,6 +87,46 @@ Int32Array to_numpy(std::vector<int32_t>&& values) {
   auto* owned = new std::vector<int32_t>(std::move(values));
   nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<std::vector<int32_t>*>(p); });
   return Int32Array(owned->data(), {owned->size()}, owner);
+}
+
+TensorView meta_view(const Meta& meta, const char* name, std::vector<int32_t>* zeros) {
+  const auto& [shape, strides, dtype, device] = meta;
+  SPAATTN_CHECK_ARG(shape.size() >= 1 && shape.size() <= 4 && strides.size() == shape.size(), name,
+                    "expected 1 to 4 dimensions, got ", shape.size());
+  static const std::pair<const char*, DType> kDtypes[] = {
+      {"float32", DType::f32}, {"bfloat16", DType::bf16}, {"float16", DType::f16},
+      {"int32", DType::i32},   {"uint8", DType::u8},      {"bool", DType::u8}};
+  TensorView t;
+  const auto found = std::find_if(std::begin(kDtypes), std::end(kDtypes),
+                                  [&](const auto& d) { return dtype == d.first; });
+  const bool lengths = std::string_view(name) == "text_lengths";
+  SPAATTN_CHECK_ARG(found != std::end(kDtypes), name, "expected dtype ",
+                    lengths ? "int32" : "float32, bfloat16 or float16", ", got ", dtype);
+  t.dtype = found->second;
+  SPAATTN_CHECK_ARG(device == "cpu" || device == "cuda", name,
+                    "expected a cpu or cuda tensor, got device ", device);
+  t.device = device == "cuda" ? Device::cuda : Device::cpu;
+  t.rank = static_cast<int>(shape.size());
+  alignas(256) static char placeholder[256];
+  t.data = placeholder;
+  if (zeros && t.device == Device::cpu) {
+    const int64_t n = shape[0];
+    SPAATTN_CHECK_ARG(n >= 0 && n <= (int64_t{1} << 24), name, "expected at most 2^24 entries, got ",
+                      n);
+    zeros->assign(static_cast<size_t>(std::max<int64_t>(n, 1)), 0);
+    t.data = zeros->data();
+  }
+  for (int d = 0; d < t.rank; ++d) {
+    t.shape[d] = shape[d];
+    t.stride[d] = strides[d];
+  }
+  // As for DLPack arrays: strides of extent-1 dims and of empty tensors never move.
+  int64_t contiguous = 1;
+  for (int d = t.rank - 1; d >= 0; --d) {
+    if (t.shape[d] == 1 || t.numel() == 0) t.stride[d] = contiguous;
+    contiguous *= t.shape[d];
+  }
+  return t;
 }
 
 TextPlacement parse_placement(const std::string& name) {

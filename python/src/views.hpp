@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "spaattn/spaattn.hpp"
@@ -32,6 +33,14 @@ TensorView to_view(const Out& array, const char* name);
 // An empty view for None.
 TensorView to_view(const std::optional<In>& array, const char* name);
 TensorView to_view(const std::optional<Out>& array, const char* name);
+
+// A tensor's metadata as torch's fake (meta) tensors have it: shape, strides in elements, dtype
+// and device by torch's names.
+using Meta = std::tuple<std::vector<int64_t>, std::vector<int64_t>, std::string, std::string>;
+
+// The TensorView of a tensor known by its metadata alone, at a placeholder address that is never
+// read; host text lengths read zeros (a valid length) from `zeros`, sized here.
+TensorView meta_view(const Meta& meta, const char* name, std::vector<int32_t>* zeros = nullptr);
 
 TextPlacement parse_placement(const std::string& name);
 OrderKind parse_order(const std::string& name);

@@ -105,3 +105,37 @@ def test_model_attention_on_meta_tensors():
         message = _error(lambda: call("meta", 96))
         assert "expected head_dim 64 or 128, got 96" in message
         assert message == _error(lambda: call("cpu", 96))
+
+
+def test_block_sparse_attention_compiles_without_a_graph_break_and_on_meta_tensors():
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 300, 64, generator=g) for _ in range(3))  # [b, H, S, d]
+    mask = torch.rand(1, 2, 5, 5, generator=g) < 0.6  # 5 blocks of 64 (the last partial)
+    mask[..., 0] = True
+    csr = tuple(torch.from_numpy(x) for x in spaattn.dense_to_csr(mask.numpy()))
+
+    def f(q, k, v, mask):
+        out, lse = spaattn.block_sparse_attention(q, k, v, mask, block_size=64, layout="bhsd",
+                                                  return_lse=True)
+        return out * 2, lse
+
+    for m in (mask, csr):
+        counter = CompileCounterWithBackend("aot_eager")
+        compiled = torch.compile(f, fullgraph=True, backend=counter)
+        for got, want in zip(compiled(q, k, v, m), f(q, k, v, m), strict=True):
+            torch.testing.assert_close(got, want, atol=0, rtol=0)
+        assert counter.frame_count == 1
+
+    out, lse = f(q.to("meta"), k.to("meta"), v.to("meta"), mask.to("meta"))
+    assert out.device.type == "meta" and out.shape == (1, 2, 300, 64)
+    assert lse.shape == (1, 2, 300) and lse.dtype == torch.float32
+
+    def wrong(device: str):
+        x = torch.zeros(1, 2, 300, 96, device=device)
+        return lambda: spaattn.block_sparse_attention(x, x, x, mask.to(device), block_size=64,
+                                                      layout="bhsd")
+
+    message = _error(wrong("meta"))
+    assert "expected head_dim 64 or 128, got 96" in message
+    assert message == _error(wrong("cpu"))
