@@ -180,16 +180,20 @@ class UlyssesAttention:
     __call__ = forward
 
     def _whole_meta(self, x: Tensor, layout: str) -> tuple[Any, ...]:
-        """What the core's checks take of the tensor this rank's call will get in place of `x`
-        (whole sequence, local heads, contiguous in `layout`), seen as [b, S, H, d]."""
-        shape = list(x.shape)
-        shape[_seq_dim(layout)] *= self.world_size
-        shape[_head_dim(layout)] //= self.world_size
-        strides = list(_contiguous_strides(tuple(shape)))
-        if layout == "bhsd":
-            shape[1], shape[2], strides[1], strides[2] = shape[2], shape[1], strides[2], strides[1]
-        return (tuple(shape), tuple(strides), str(x.dtype).removeprefix("torch."),
-                x.device.type)
+        return whole_meta(x, self.world_size, layout)
+
+
+def whole_meta(x: Tensor, n: int, layout: str = "bshd") -> tuple[Any, ...]:
+    """What the core's checks take of the tensor a rank of `n` gets in place of its shard `x`
+    after :func:`sequence_to_heads` (whole sequence, local heads, contiguous in `layout`), seen
+    as [b, S, H, d]: the one-process call's checks can run before any communication."""
+    shape = list(x.shape)
+    shape[_seq_dim(layout)] *= n
+    shape[_head_dim(layout)] //= n
+    strides = list(_contiguous_strides(tuple(shape)))
+    if layout == "bhsd":
+        shape[1], shape[2], strides[1], strides[2] = shape[2], shape[1], strides[2], strides[1]
+    return (tuple(shape), tuple(strides), str(x.dtype).removeprefix("torch."), x.device.type)
 
 
 def _exchange(send: Tensor, group: Any) -> Tensor:

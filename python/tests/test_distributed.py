@@ -8,6 +8,12 @@ The two ranks run once for the whole module (one spawn, a few seconds): each ran
 the distributed result and the one-process reference on the whole tensors, and writes what it
 found to a file the tests read. float32 on the CPU: the local heads run the same per-head
 computation as the whole tensors, so the shards agree to ATOL (measured: exactly).
+
+The same spawn runs spaattn.diffusers under diffusers' context parallelism
+(ContextParallelConfig(ulysses_degree=2)): tiny random Wan and Flux transformers give the
+one-process model's output (Wan: exactly; Flux: 5.4e-7, as diffusers' own Ulysses attention
+on it, from the shards' matrix products), and the configs spaattn cannot run are refused on
+every rank.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ LENGTHS = [32, 9]  # the second batch item's text is padded after 9 tokens
 HEADS = 4
 STEPS = 5
 LAYERS = 2
+DIFFUSERS_STEPS = 4
 OPTIONS: dict[str, dict[str, Any]] = {
     "dense": {},
     "sparse": {"sparsity": 0.75, "dense_steps": 1, "mask_period": 2},
@@ -117,6 +124,133 @@ def _errors(rank: int) -> dict[str, Any]:
     return found
 
 
+def _tiny_wan(heads: int = 2, layers: int = 1) -> Any:
+    import diffusers
+
+    torch.manual_seed(0)  # the same weights in every model and on every rank
+    return diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=64, in_channels=4,
+        out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=layers,
+        rope_max_seq_len=32,
+    ).eval()
+
+
+def _tiny_flux() -> Any:
+    import diffusers
+
+    torch.manual_seed(0)
+    return diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=64,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16,
+        guidance_embeds=False, axes_dims_rope=(16, 24, 24),
+    ).eval()
+
+
+def _wan_inputs(step: int, entry: int) -> dict[str, Any]:
+    """One forward's inputs: grid (2, 16, 16), 512 video tokens (8 blocks of 64); the latents
+    drift from step to step, the two entries (cond / uncond) have different text."""
+    base, drift = torch.Generator().manual_seed(1), torch.Generator().manual_seed(10 + step)
+    return {"hidden_states": torch.randn(1, 4, 2, 32, 32, generator=base)
+            + 0.1 * torch.randn(1, 4, 2, 32, 32, generator=drift),
+            "encoder_hidden_states": torch.randn(1, 10, 32,
+                                                 generator=torch.Generator().manual_seed(entry)),
+            "timestep": torch.tensor([900 - 100 * step]), "return_dict": False}
+
+
+def _flux_inputs(step: int, entry: int) -> dict[str, Any]:
+    """16 x 16 packed image tokens (4 blocks of 64) after 8 text tokens."""
+    base, drift = torch.Generator().manual_seed(1), torch.Generator().manual_seed(10 + step)
+    rows, cols = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    img_ids = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3).float()
+    text = torch.Generator().manual_seed(entry)
+    return {"hidden_states": torch.randn(1, 256, 16, generator=base)
+            + 0.1 * torch.randn(1, 256, 16, generator=drift),
+            "encoder_hidden_states": torch.randn(1, 8, 32, generator=text),
+            "pooled_projections": torch.randn(1, 16, generator=text),
+            "timestep": torch.tensor([0.9 - 0.1 * step]), "img_ids": img_ids,
+            "txt_ids": torch.zeros(8, 3), "return_dict": False}
+
+
+def _enable(model: Any, **degrees: int) -> None:
+    """diffusers' enable_parallelism on the CPU: diffusers picks the device as rank % the
+    accelerators' count, which is 0 without an accelerator (counted as 1 here)."""
+    from unittest import mock
+
+    from diffusers.models._modeling_parallel import ContextParallelConfig
+
+    count = torch.accelerator.device_count
+    with mock.patch.object(torch.accelerator, "device_count", lambda: max(1, count())):
+        model.enable_parallelism(config=ContextParallelConfig(**degrees))
+
+
+def _diffusers_run(make: Any, inputs: Any, method: str, before: bool) -> dict[str, Any]:
+    """A run of DIFFUSERS_STEPS steps x 2 entries of a tiny transformer with spaattn, with
+    ulysses_degree 2 (enabled before or after apply) and in one process (a copy of the same
+    weights on each rank); then both with the stock processors put back."""
+    import spaattn.diffusers
+
+    options = {"method": method, "sparsity": 0.75, "block_size": 64, "dense_steps": 1,
+               "mask_period": 2, "ref_period": 2, "neighbours": False, "steps": "manual"}
+    single, parallel = make(), make()
+    if before:
+        _enable(parallel, ulysses_degree=WORLD)
+    handles = [spaattn.diffusers.apply(model, **options) for model in (single, parallel)]
+    if not before:
+        _enable(parallel, ulysses_degree=WORLD)
+    worst, scale, kinds, density = 0.0, 0.0, [], 1.0
+    for step in range(DIFFUSERS_STEPS):
+        for entry in (0, 1):
+            expected = single(**inputs(step, entry))[0]
+            out = parallel(**inputs(step, entry))[0]
+            worst = max(worst, (out - expected).abs().max().item())
+            scale = max(scale, expected.abs().max().item())
+            stats = [handle.stats() for handle in handles]
+            kinds.append([[s.kind for _, s in sorted(found.items())] for found in stats])
+            density = min(density, *(s.density for s in stats[1].values()))
+        for handle in handles:
+            handle.next_step()
+    for handle in handles:
+        handle.remove()
+    # The stock processors put back carry the model's context parallel config.
+    stock = (parallel(**inputs(0, 0))[0] - single(**inputs(0, 0))[0]).abs().max().item()
+    return {"worst": worst, "scale": scale, "kinds": kinds, "density": density, "stock": stock}
+
+
+def _diffusers_refusals() -> dict[str, str]:
+    """apply() on transformers with diffusers' context parallelism it cannot run: the error
+    on every rank, nothing changed."""
+    import spaattn.diffusers
+
+    found = {}
+    for name, heads, degrees in (("ring", 2, {"ring_degree": WORLD}),
+                                 ("heads", 3, {"ulysses_degree": WORLD})):
+        model = _tiny_wan(heads)
+        _enable(model, **degrees)
+        processors = [block.attn1.processor for block in model.blocks]
+        found[name] = _expect_error(lambda m=model: spaattn.diffusers.apply(m))
+        assert [block.attn1.processor for block in model.blocks] == processors
+    dist.barrier()
+    return found
+
+
+def _diffusers(rank: int) -> dict[str, Any]:
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        return {"skipped": "diffusers is not installed"}
+    try:
+        with torch.inference_mode():
+            return {
+                "wan_rectified": _diffusers_run(_tiny_wan, _wan_inputs, "rectified", False),
+                "wan_rettention": _diffusers_run(_tiny_wan, _wan_inputs, "rettention", True),
+                "flux_rectified_rettention": _diffusers_run(
+                    _tiny_flux, _flux_inputs, "rectified_rettention", False),
+                "refusals": _diffusers_refusals(),
+            }
+    except Exception:
+        return {"failure": traceback.format_exc()}
+
+
 def _worker(rank: int, store: str, folder: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD,
@@ -131,6 +265,7 @@ def _worker(rank: int, store: str, folder: str) -> None:
                                                  batch=1, placement="prefix")
             results["bshd_batch1"] = _run_method("rettention", rank, batch=1)
             results["errors"] = _errors(rank)
+        results["diffusers"] = _diffusers(rank)
     except Exception:  # reported by the tests, with the rank
         results["failure"] = traceback.format_exc()
     finally:
@@ -190,41 +325,110 @@ def test_invalid_calls_raise_on_every_rank_before_any_communication(ranks):
     assert ranks[0]["errors"]["grid"] == ranks[1]["errors"]["grid"]
 
 
-def _tiny_wan(heads: int) -> Any:
+DIFFUSERS_ATOL = 1e-5  # relative to the output's largest magnitude (measured: see the docs)
+
+
+def _diffusers_results(ranks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    pytest.importorskip("diffusers")
+    for rank, result in enumerate(ranks):
+        assert "failure" not in result["diffusers"], (
+            f"rank {rank}:\n{result['diffusers']['failure']}")
+    return [result["diffusers"] for result in ranks]
+
+
+def _diffusers_schedule(method: str, layers: int) -> list[list[str]]:
+    kinds = {"rectified": ["dense"] + ["sparse"] * (DIFFUSERS_STEPS - 1),
+             "rettention": ["dense", "reference", "sparse", "reference"],
+             "rectified_rettention": ["dense", "reference", "sparse", "reference"]}[method]
+    return [[[kind] * layers] * 2 for kind in kinds for _ in (0, 1)]
+
+
+@pytest.mark.parametrize(("case", "layers"), [
+    ("wan_rectified", 1), ("wan_rettention", 1), ("flux_rectified_rettention", 2),
+])
+def test_diffusers_ulysses_matches_one_process(ranks, case, layers):
+    """A tiny random transformer with ContextParallelConfig(ulysses_degree=2) and spaattn
+    (enabled after apply for rectified, before it for rettention) gives the one-process output
+    over a run of steps with two entries each, with the same schedule of dense, reference and
+    sparse calls; with the stock processors put back it still matches."""
+    for rank, result in enumerate(_diffusers_results(ranks)):
+        found = result[case]
+        assert found["worst"] <= DIFFUSERS_ATOL * found["scale"], (rank, found["worst"])
+        assert found["stock"] <= DIFFUSERS_ATOL * found["scale"], (rank, found["stock"])
+        assert found["kinds"] == _diffusers_schedule(case.split("_", 1)[1], layers)
+        assert found["density"] < 0.75, found["density"]
+
+
+def test_diffusers_context_parallelism_refusals_on_every_rank(ranks):
+    for result in _diffusers_results(ranks):
+        assert result["refusals"] == {
+            "ring": "ValueError: enable_parallelism: expected ring_degree 1 (spaattn's methods "
+                    "need whole rows of the softmax; use ulysses_degree), got 2",
+            "heads": "ValueError: enable_parallelism: expected ulysses_degree dividing the "
+                     "model's 3 attention heads, got 2",
+        }
+
+
+def _tiny(name: str) -> Any:
     diffusers = pytest.importorskip("diffusers")
-    return diffusers.WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=64, in_channels=4,
-        out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=1, rope_max_seq_len=32,
-    )
+    if name == "HunyuanVideo":
+        return diffusers.HunyuanVideoTransformer3DModel(
+            in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=64,
+            num_layers=1, num_single_layers=1, num_refiner_layers=1, patch_size=2,
+            patch_size_t=1, text_embed_dim=32, pooled_projection_dim=16,
+            rope_axes_dim=(16, 24, 24))
+    if name == "CogVideoX":
+        return diffusers.CogVideoXTransformer3DModel(
+            num_attention_heads=2, attention_head_dim=64, in_channels=4, out_channels=4,
+            time_embed_dim=32, text_embed_dim=32, num_layers=1, sample_width=16,
+            sample_height=16, sample_frames=5, patch_size=2, max_text_seq_length=8)
+    if name == "PixArt":
+        return diffusers.PixArtTransformer2DModel(
+            num_attention_heads=2, attention_head_dim=64, in_channels=4, out_channels=8,
+            num_layers=1, cross_attention_dim=128, sample_size=16, patch_size=2,
+            caption_channels=32)
+    return _tiny_wan(int(name.removeprefix("Wan")))
 
 
-@pytest.mark.parametrize(("degrees", "heads", "message"), [
-    ({"ring_degree": 2}, 2, "enable_parallelism: expected ring_degree 1 (spaattn's methods need "
-                            "whole rows of the softmax; use ulysses_degree), got 2"),
-    ({"ulysses_degree": 2}, 3, "enable_parallelism: expected ulysses_degree dividing the model's "
-                               "3 attention heads, got 2"),
-    ({"ulysses_degree": 2}, 2, "enable_parallelism: spaattn's diffusers processors do not run "
-                               "under context parallelism yet"),
-], ids=["ring", "heads", "ulysses"])
-def test_diffusers_context_parallelism_is_refused_with_a_clear_error(degrees, heads, message):
-    """A transformer with diffusers' context parallelism (enable_parallelism records its config
-    on the model): refused by apply() before anything changes, and at the first forward when
-    it is enabled after apply()."""
+UNSUPPORTED = ("enable_parallelism: spaattn runs diffusers' context parallelism in Wan and Flux "
+               "transformers only, got {}; in model code of your own use "
+               "spaattn.distributed.UlyssesAttention")
+
+
+@pytest.mark.parametrize(("model", "degrees", "message"), [
+    ("Wan2", {"ring_degree": 2}, "enable_parallelism: expected ring_degree 1 (spaattn's methods "
+                                 "need whole rows of the softmax; use ulysses_degree), got 2"),
+    ("Wan2", {"ulysses_degree": 2, "ulysses_anything": True},
+     "enable_parallelism: expected ulysses_anything=False (spaattn needs equal sequence shards "
+     "and heads divisible by ulysses_degree), got True"),
+    ("Wan3", {"ulysses_degree": 2}, "enable_parallelism: expected ulysses_degree dividing the "
+                                    "model's 3 attention heads, got 2"),
+    ("HunyuanVideo", {"ulysses_degree": 2}, UNSUPPORTED.format("HunyuanVideo")),
+    ("CogVideoX", {"ulysses_degree": 2}, UNSUPPORTED.format("CogVideoX")),
+    ("PixArt", {"ulysses_degree": 2}, UNSUPPORTED.format("PixArt")),
+    ("Wan2", {"ulysses_degree": 2}, "enable_parallelism: expected a context parallel config set "
+                                    "up by enable_parallelism, got one without a device mesh"),
+], ids=["ring", "anything", "heads", "hunyuan_video", "cogvideox", "pixart", "no_mesh"])
+def test_diffusers_context_parallelism_is_refused_with_a_clear_error(model, degrees, message):
+    """A transformer whose context parallel config spaattn cannot run (the config recorded on
+    the model as enable_parallelism records it, in one process): refused by apply() before
+    anything changes, and at the first forward when it is recorded after apply()."""
     import spaattn.diffusers
     from diffusers.models._modeling_parallel import ContextParallelConfig, ParallelConfig
 
     config = ParallelConfig(context_parallel_config=ContextParallelConfig(**degrees))
-    model = _tiny_wan(heads)
-    processors = [block.attn1.processor for block in model.blocks]
-    model._parallel_config = config
+    transformer = _tiny(model)
+    modules = spaattn.diffusers.ADAPTERS[type(transformer).__name__].layers(transformer)
+    processors = [module.processor for module in modules]
+    transformer._parallel_config = config
     with pytest.raises(ValueError, match=re.escape(message)):
-        spaattn.diffusers.apply(model)
-    assert [block.attn1.processor for block in model.blocks] == processors
-    model = _tiny_wan(heads)
-    handle = spaattn.diffusers.apply(model, steps="manual")
-    model._parallel_config = config
-    inputs = {"hidden_states": torch.randn(1, 4, 2, 16, 16),
-              "encoder_hidden_states": torch.randn(1, 10, 32), "timestep": torch.tensor([500])}
+        spaattn.diffusers.apply(transformer)
+    assert [module.processor for module in modules] == processors
+    if model != "Wan2":
+        return
+    transformer = _tiny(model)
+    handle = spaattn.diffusers.apply(transformer, steps="manual")
+    transformer._parallel_config = config
     with torch.inference_mode(), pytest.raises(ValueError, match=re.escape(message)):
-        model(**inputs)
+        transformer(**_wan_inputs(0, 0))
     handle.remove()

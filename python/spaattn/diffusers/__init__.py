@@ -34,9 +34,14 @@ each transformer forward runs every replaced layer through :class:`spaattn.Spars
   call a cache skips keeps its state; a Re-ttention layer that missed its reference step
   computes its next call as a (late) reference step, so no cached statistics outlive their
   mask or run.
-- **Several GPUs.** A transformer with diffusers' context parallelism (``enable_parallelism``)
-  is refused with a clear error (``ring_degree > 1`` always: the methods need whole rows of the
-  softmax); model code of one's own can use :class:`spaattn.distributed.UlyssesAttention`.
+- **Several GPUs.** With diffusers' context parallelism (``enable_parallelism`` with
+  ``ContextParallelConfig(ulysses_degree=N)``, before or after ``apply``), each rank's
+  processors receive the rank's shard of the sequence; they exchange the heads over the model's
+  Ulysses mesh (all-to-all, :mod:`spaattn.distributed`), run spaattn on the whole sequence of
+  their H / N heads and exchange the output back, so the result is the one-process one. Wan
+  and Flux are supported; ``ring_degree > 1`` (the methods need whole rows of the softmax),
+  ``ulysses_anything``, heads not divisible by N and the other models are refused with a clear
+  error, by ``apply`` before anything changes or at the first forward.
 - **Dense warm-up.** ``dense_steps`` and ``dense_layers`` (layer numbers in the order the
   adapter lists: HunyuanVideo's and Flux's dual-stream blocks, then their single-stream
   blocks) run full attention; Re-ttention's reference steps follow the warm-up.
@@ -226,7 +231,7 @@ def apply(
         raise ValueError("steps: 'scheduler' needs a pipeline with a scheduler, got "
                          f"{type(pipe).__name__}")
     for model in models:
-        check_context_parallel(model)
+        check_context_parallel(model, _adapter(model))
         if getattr(model, _ATTRIBUTE, None) is not None:
             raise ValueError(
                 "pipe: spaattn is already applied; call spaattn.diffusers.remove first"

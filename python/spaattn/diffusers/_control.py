@@ -22,6 +22,12 @@ forwards): the name the pipeline gives through ``cache_context("cond")`` / ``("u
 gives one (entries numbered in the order the names first appear in the step), else the order of
 the forwards within the step (a forward starts when a layer is called whose number is not above
 the last one called).
+
+Under diffusers' Ulysses context parallelism (``enable_parallelism``), the pre-hook also reads
+the model's parallel config at every forward (:func:`check_context_parallel`, which refuses
+what spaattn cannot run), and :meth:`ModelControl.attend` exchanges the heads of each rank's
+sequence shard over the Ulysses mesh (:mod:`spaattn.distributed`) around the operator, which
+then runs on the whole sequence of the rank's heads.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Any, Protocol
 import torch
 
 from .. import _ops
+from ..distributed import heads_to_sequence, sequence_to_heads, whole_meta
 from ..method import CallStats, SparseAttention
 
 STEP_SOURCES = ("auto", "scheduler", "timestep", "manual")
@@ -43,12 +50,17 @@ class Adapter(Protocol):
     """What spaattn needs to know about one diffusers transformer class."""
 
     name: str
+    # Whether the processors run under diffusers' Ulysses context parallelism (the model's
+    # sequence shards are known to spaattn's attend: contiguous, or text and video apart).
+    context_parallel: bool
 
     def forward_info(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         """What the layers need from a forward's inputs (its keyword arguments, positional ones
         bound to their names), from shapes only: ``grid``, the latent grid (T, H, W) of the
-        video tokens or None for the raster order of the sequence, and adapter-specific
-        values."""
+        video tokens or None for the raster order of the sequence, optionally ``seq``, the
+        length of the whole attention sequence, and adapter-specific values. The pre-hook sees
+        the inputs before diffusers' context parallel hooks split them: these describe the
+        whole sequence."""
 
     def layers(self, model: Any) -> list[Any]:
         """The self-attention modules whose processors are replaced, in layer order."""
@@ -118,18 +130,21 @@ def _unwrap(model: Any) -> Any:
     return getattr(model, "_orig_mod", model)
 
 
-def check_context_parallel(model: Any) -> None:
-    """Refuses a transformer with diffusers' context parallelism (``enable_parallelism``).
+def check_context_parallel(model: Any, adapter: Any) -> tuple[Any, int] | None:
+    """The Ulysses group and degree of a transformer with diffusers' context parallelism
+    (``enable_parallelism``), or None without it; refuses what spaattn cannot run.
 
     spaattn's methods need whole rows of the softmax, so ring attention (``ring_degree > 1``)
-    cannot carry them, and Ulysses needs the heads divisible by its degree. Ulysses inside these
-    processors is not implemented yet: model code of one's own can use
-    :class:`spaattn.distributed.UlyssesAttention`.
+    cannot carry them; Ulysses needs equal sequence shards (no ``ulysses_anything``), the heads
+    divisible by its degree, and a model whose sequence shards spaattn knows how to put back in
+    order (the adapter's ``context_parallel``). Only shapes and the config are read: the same
+    error is raised on every rank, before any communication.
     """
-    parallel = getattr(_unwrap(model), "_parallel_config", None)
+    model = _unwrap(model)
+    parallel = getattr(model, "_parallel_config", None)
     config = getattr(parallel, "context_parallel_config", None)
     if config is None:
-        return
+        return None
     ring = getattr(config, "ring_degree", 1) or 1
     ulysses = getattr(config, "ulysses_degree", 1) or 1
     if ring > 1:
@@ -137,17 +152,41 @@ def check_context_parallel(model: Any) -> None:
             f"enable_parallelism: expected ring_degree 1 (spaattn's methods need whole rows of "
             f"the softmax; use ulysses_degree), got {ring}"
         )
-    heads = getattr(getattr(_unwrap(model), "config", None), "num_attention_heads", None)
+    if getattr(config, "ulysses_anything", False):
+        raise ValueError(
+            "enable_parallelism: expected ulysses_anything=False (spaattn needs equal sequence "
+            "shards and heads divisible by ulysses_degree), got True"
+        )
+    if not getattr(adapter, "context_parallel", False):
+        raise ValueError(
+            f"enable_parallelism: spaattn runs diffusers' context parallelism in Wan and Flux "
+            f"transformers only, got {adapter.name}; in model code of your own use "
+            "spaattn.distributed.UlyssesAttention"
+        )
+    heads = getattr(getattr(model, "config", None), "num_attention_heads", None)
     if isinstance(heads, int) and heads % ulysses:
         raise ValueError(
             f"enable_parallelism: expected ulysses_degree dividing the model's "
             f"{heads} attention heads, got {ulysses}"
         )
-    raise ValueError(
-        f"enable_parallelism: spaattn's diffusers processors do not run under context "
-        f"parallelism yet (ulysses_degree {ulysses}); in model code of your own use "
-        "spaattn.distributed.UlyssesAttention"
-    )
+    mesh = getattr(config, "_ulysses_mesh", None)
+    if mesh is None:
+        raise ValueError(
+            "enable_parallelism: expected a context parallel config set up by "
+            "enable_parallelism, got one without a device mesh"
+        )
+    group = mesh.get_group()
+    size, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
+    flat = getattr(config, "_flattened_mesh", None)
+    # The sequence is split over the flattened (ring, ulysses) mesh: with ring_degree 1 it must
+    # be the Ulysses group itself, in the same rank order.
+    if size != ulysses or (flat is not None and (
+            flat.size() != size or torch.distributed.get_rank(flat.get_group()) != rank)):
+        raise ValueError(
+            f"enable_parallelism: expected the sequence split over the {ulysses} ranks of the "
+            "Ulysses mesh in their order, got a different mesh"
+        )
+    return group, size
 
 
 class ModelControl:
@@ -163,6 +202,8 @@ class ModelControl:
         self.options = options
         self.steps = steps
         self.info: dict[str, Any] | None = None  # the current forward's (forward_info)
+        # (group, N) of diffusers' Ulysses context parallelism in the current forward, or None.
+        self.parallel: tuple[Any, int] | None = None
         self.stats: dict[int, CallStats] = {}
         self.entry = 0  # entry of the last call
         self.handle = _ops.register(self)
@@ -241,8 +282,19 @@ class ModelControl:
 
         return cache_context
 
+    @property
+    def shards(self) -> int:
+        """N, the number of sequence shards of the current forward (1 without parallelism)."""
+        return 1 if self.parallel is None else self.parallel[1]
+
     def uninstall(self) -> None:
+        parallel = getattr(self.model, "_parallel_config", None)
         for module, original in self._originals:
+            # A stock processor put back after enable_parallelism ran on spaattn's must carry
+            # the model's context parallel config, as enable_parallelism gives it to its own.
+            if (getattr(parallel, "context_parallel_config", None) is not None
+                    and hasattr(original, "_parallel_config")):
+                original._parallel_config = parallel
             module.set_processor(original)
         self._originals.clear()
         if self._hook is not None:
@@ -262,9 +314,8 @@ class ModelControl:
         self._counted = None
 
     def _pre_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        # Context parallelism enabled after apply() would hand the processors sequence
-        # shards: refused here, as apply() refuses it.
-        check_context_parallel(module)
+        # Context parallelism may be enabled after apply(): read (and checked) at every forward.
+        self.parallel = check_context_parallel(module, self.adapter)
         inputs = dict(zip(self._parameters, args, strict=False))
         inputs.update(kwargs)
         self.info = self.adapter.forward_info(module, inputs)
@@ -296,10 +347,20 @@ class ModelControl:
     def attend(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         num_text: int = 0, text_lengths: torch.Tensor | None = None,
-        text_placement: str = "suffix",
+        text_placement: str = "suffix", text_shards: bool = False,
     ) -> torch.Tensor:
         """spaattn's attention of `layer` on [b, S, H, d] tensors (any strides) at the current
-        step and entry; returns a contiguous [b, S, H, d] output."""
+        step and entry; returns a contiguous [b, S, H, d] output.
+
+        Under diffusers' context parallelism (:attr:`parallel`), q, k and v are this rank's
+        shard of the sequence and `num_text` counts the text tokens of the whole sequence: the
+        heads are exchanged (:func:`spaattn.distributed.sequence_to_heads`), spaattn runs on the
+        whole sequence of this rank's heads, and the output goes back to the rank's shard.
+        `text_shards`: each rank's shard is its shard of the text followed by its shard of the
+        video (the text placed first, ``text_placement="prefix"``), not a contiguous shard of
+        the whole sequence; the whole sequence is put in order (all text, then all video) for
+        the attention and back for the output.
+        """
         if self.info is None:
             raise RuntimeError(
                 f"spaattn's {self.adapter.name} processor ran outside the transformer's forward: "
@@ -307,10 +368,48 @@ class ModelControl:
             )
         _ops.check_inputs(q, k, v)
         grid = self.info["grid"]
-        return torch.ops.spaattn.model_attention(
-            q, k, v, text_lengths, self.handle, layer, list(grid or ()), num_text,
+        if self.parallel is None:
+            return torch.ops.spaattn.model_attention(
+                q, k, v, text_lengths, self.handle, layer, list(grid or ()), num_text,
+                text_placement,
+            )
+        group, n = self.parallel
+        self._check_shards(layer, q, k, v, text_lengths, grid, num_text, text_placement,
+                           text_shards, n)
+        qh, kh, vh = (sequence_to_heads(x, n, group) for x in (q, k, v))
+        if text_shards:
+            qh, kh, vh = (_text_first(x, n, num_text // n) for x in (qh, kh, vh))
+        out = torch.ops.spaattn.model_attention(
+            qh, kh, vh, text_lengths, self.handle, layer, list(grid or ()), num_text,
             text_placement,
         )
+        if text_shards:
+            out = _text_sharded(out, n, num_text)
+        return heads_to_sequence(out, n, group)
+
+    def _check_shards(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      text_lengths: torch.Tensor | None, grid: tuple[int, ...] | None,
+                      num_text: int, text_placement: str, text_shards: bool, n: int) -> None:
+        """The checks of a call on this rank's shard, before any communication: the heads
+        divisible by N, the shard N-th of the forward's whole sequence, and the core's checks of
+        the one-process call on the whole sequence of the local heads."""
+        for name, x in (("q", q), ("k", k), ("v", v)):
+            if x.dim() != 4 or x.shape[2] % n:
+                raise ValueError(f"{name}: expected [b, S/{n}, H, d] with a number of heads "
+                                 f"divisible by ulysses_degree {n}, got {tuple(x.shape)}")
+        whole = self.info.get("seq") if self.info else None
+        if whole is None and grid:
+            whole = num_text + grid[0] * grid[1] * grid[2]
+        if whole is not None and q.shape[1] * n != whole:
+            raise ValueError(f"q: expected this rank's shard of the forward's {whole} tokens "
+                             f"({whole / n:g} on each of {n} ranks), got {q.shape[1]}")
+        if text_shards and num_text % n:
+            raise ValueError(f"num_text: expected a multiple of ulysses_degree {n}, got "
+                             f"{num_text}")
+        mq, mk, mv = (whole_meta(x, n) for x in (q, k, v))
+        self.attention(tuple(grid or ()))._impl.check(
+            mq, mk, mv, mq, _ops.lengths_meta(text_lengths, q),
+            layer, 0, 0, num_text, text_placement)
 
     # The operator's two sides (spaattn._ops.model_attention).
     def run_layer(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
@@ -329,3 +428,17 @@ class ModelControl:
                     num_text: int, text_placement: str) -> None:
         self.attention(grid)._check(q, k, v, out, text_lengths, layer, 0, 0, num_text,
                                     text_placement, "bshd")
+
+
+def _text_first(x: torch.Tensor, n: int, text: int) -> torch.Tensor:
+    """[b, S, h, d] whose sequence is the N ranks' [text shard, video shard] pairs -> the text
+    shards in rank order, then the video shards (`text`: tokens of one text shard)."""
+    pairs = x.unflatten(1, (n, -1))
+    return torch.cat([pairs[:, :, :text].flatten(1, 2), pairs[:, :, text:].flatten(1, 2)], 1)
+
+
+def _text_sharded(out: torch.Tensor, n: int, num_text: int) -> torch.Tensor:
+    """The inverse of :func:`_text_first` (`num_text`: the whole sequence's text tokens)."""
+    text = out[:, :num_text].unflatten(1, (n, -1))
+    video = out[:, num_text:].unflatten(1, (n, -1))
+    return torch.cat([text, video], 2).flatten(1, 2)

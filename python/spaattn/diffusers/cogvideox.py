@@ -56,6 +56,7 @@ class CogVideoXProcessor(LayerProcessor):
 
 class CogVideoXAdapter:
     name = "CogVideoX"
+    context_parallel = False  # no diffusers context parallel plan for this model
 
     def forward_info(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         _, frames, _, height, width = inputs["hidden_states"].shape  # [b, F, c, H, W]

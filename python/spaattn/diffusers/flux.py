@@ -15,6 +15,11 @@ the forward's inputs (only from the values of ``img_ids``), so the image tokens 
 raster order of the packed latent sequence, without the grid's neighbour map
 (``first_frame_blocks="frame"`` means none). IP-Adapter processors and attention masks are not
 supported.
+
+Under diffusers' context parallelism (``ContextParallelConfig(ulysses_degree=N)``), Flux's plan
+splits the text and the image tokens separately, so each rank's joint sequence is its text
+shard followed by its image shard; after the heads are exchanged the whole sequence is put in
+order, all text then all image tokens, for spaattn (and back for the output).
 """
 
 from __future__ import annotations
@@ -52,20 +57,23 @@ class FluxProcessor(LayerProcessor):
             )
         q, k, v = (x.unflatten(-1, (-1, attn.head_dim)) for x in project_qkv(attn, hidden_states))
         q, k = attn.norm_q(q), attn.norm_k(k)
+        shards = self.control.shards  # N under diffusers' context parallelism, else 1
         if double:
-            num_text = encoder_hidden_states.shape[1]
+            num_text = encoder_hidden_states.shape[1]  # this rank's text tokens
             eq, ek, ev = (x.unflatten(-1, (-1, attn.head_dim))
                           for x in _project_text(attn, encoder_hidden_states))
             eq, ek = attn.norm_added_q(eq), attn.norm_added_k(ek)
             q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
         else:
-            num_text = (self.control.info or {}).get("num_text", 0)
+            num_text = (self.control.info or {}).get("num_text", 0) // shards
         if image_rotary_emb is not None:
             # diffusers annotates apply_rotary_emb as returning a pair; it returns the tensor.
             q = cast(torch.Tensor, apply_rotary_emb(q, image_rotary_emb, sequence_dim=1))
             k = cast(torch.Tensor, apply_rotary_emb(k, image_rotary_emb, sequence_dim=1))
 
-        out = self.control.attend(self.layer, q, k, v, num_text=num_text, text_placement="prefix")
+        # num_text of the whole sequence; each rank's shard is [its text shard, its image shard].
+        out = self.control.attend(self.layer, q, k, v, num_text=num_text * shards,
+                                  text_placement="prefix", text_shards=shards > 1)
         out = out.flatten(2, 3).to(q.dtype)
         if not double:
             return out  # pre-only attention: the block projects it together with its MLP
@@ -82,10 +90,13 @@ def _project_text(attn: Any, text: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 class FluxAdapter:
     name = "Flux"
+    context_parallel = True
 
     def forward_info(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         text = inputs.get("encoder_hidden_states")  # [b, text tokens, joint_attention_dim]
-        return {"grid": None, "num_text": 0 if text is None else text.shape[1]}
+        image = inputs["hidden_states"]  # [b, image tokens, in_channels]
+        num_text = 0 if text is None else text.shape[1]
+        return {"grid": None, "num_text": num_text, "seq": num_text + image.shape[1]}
 
     def layers(self, model: Any) -> list[Any]:
         """The attention modules of the blocks; a model with IP-Adapter processors is refused

@@ -81,6 +81,7 @@ def _rope_video(x: torch.Tensor, video: int, rope: Any) -> torch.Tensor:
 
 class HunyuanVideoAdapter:
     name = "HunyuanVideo"
+    context_parallel = False  # no diffusers context parallel plan for this model
 
     def forward_info(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         _, _, frames, height, width = inputs["hidden_states"].shape  # [b, c, F, H, W]

@@ -57,6 +57,7 @@ class PixArtProcessor(LayerProcessor):
 
 class PixArtAdapter:
     name = "PixArt"
+    context_parallel = False  # no diffusers context parallel plan for this model
 
     def forward_info(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         _, _, height, width = inputs["hidden_states"].shape  # [b, c, H, W]

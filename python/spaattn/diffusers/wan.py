@@ -4,6 +4,11 @@ The self-attention of every block (``blocks[i].attn1``, layer i) gets the proces
 cross-attention to the text (``attn2``) stays diffusers' dense attention. q, k and v are
 computed as diffusers' WanAttnProcessor computes them (fused or separate projections, RMS norms
 across heads, RoPE in the interleaved pairs layout).
+
+Under diffusers' context parallelism (``ContextParallelConfig(ulysses_degree=N)``), Wan's plan
+splits the patch tokens (and the RoPE angles) into contiguous raster shards before the first
+block: each rank's processors exchange the heads (``ModelControl.attend``) and run spaattn on
+the whole video of their H / N heads, with the grid read off the whole input.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 class WanAdapter:
     name = "Wan"
+    context_parallel = True
 
     def forward_info(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         _, _, frames, height, width = inputs["hidden_states"].shape  # [b, c, F, H, W]
