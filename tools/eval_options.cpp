@@ -19,8 +19,9 @@ namespace {
 
 constexpr int kMaxInt = std::numeric_limits<int>::max();
 
-constexpr std::array<std::string_view, 6> kMethods = {
-    "dense", "sparse", "rectified", "rectified-nogapr", "rettention", "rectified_rettention"};
+constexpr std::array<std::string_view, 7> kMethods = {
+    "dense",      "sparse",               "rectified", "rectified-nogapr",
+    "rettention", "rectified_rettention", "calibrated"};
 
 // Flags that take a value, and the synthetic-only ones among them.
 constexpr std::array<std::string_view, 17> kValueFlags = {
@@ -42,11 +43,12 @@ std::string errno_text(int err) { return std::strerror(err); }
 const char* kHelp =
     "usage: spaattn eval [options]\n\n"
     "Compares dense attention, plain block-sparse attention, Rectified SpaAttn (GAPR on and off),\n"
-    "Re-ttention and Rectified SpaAttn selection with Re-ttention's correction on Q/K/V captured\n"
-    "from the testbed model, or on a deterministic synthetic workload (see README: 'The eval\n"
-    "workload'). The calls of each captured layer run in step order as one denoising run; error\n"
-    "is against dense attention of the same call, averaged over all calls; time is wall clock\n"
-    "per call of the CPU implementation.\n\n"
+    "Re-ttention, Rectified SpaAttn selection with Re-ttention's correction and the calibrated\n"
+    "correction (per head, the candidate with the least error at reference steps) on Q/K/V\n"
+    "captured from the testbed model, or on a deterministic synthetic workload (see README: 'The\n"
+    "eval workload'). The calls of each captured layer run in step order as one denoising run;\n"
+    "error is against dense attention of the same call, averaged over all calls; time is wall\n"
+    "clock per call of the CPU implementation.\n\n"
     "Every option with a value takes it as the next argument or after '=' (--sparsity=0.9).\n"
     "All options, the --workload file and the output paths are checked before the evaluation\n"
     "starts; an invalid one exits with status 2 and a message naming the option.\n\n"
@@ -59,13 +61,14 @@ const char* kHelp =
     "  --sparsity LIST     comma-separated target sparsities in [0, 1) (default\n"
     "                      0.75,0.85,0.9,0.95)\n"
     "  --methods LIST      comma-separated, each at most once, from dense, sparse, rectified,\n"
-    "                      rectified-nogapr, rettention, rectified_rettention (default all);\n"
+    "                      rectified-nogapr, rettention, rectified_rettention, calibrated\n"
+    "                      (default all but calibrated);\n"
     "                      the dense row is always computed, as the reference of the errors\n"
     "  --p P               cumulative attention share kept by selection, in [0, 1] (default 0.3)\n"
     "  --neighbours on|off add each block's 3D neighbour blocks to the selection (default off:\n"
     "                      on these small grids they alone cover 22-35% of the blocks at B=128)\n"
-    "  --ref-period R      Re-ttention reference period >= 1, first reference at a layer's\n"
-    "                      first call (default 5)\n"
+    "  --ref-period R      Re-ttention (and calibrated) reference period >= 1, first reference\n"
+    "                      at a layer's first call (default 5)\n"
     "  --json FILE         also write {\"version\", \"settings\": {every option's value},\n"
     "                      \"workload\": {kind, path or synthetic parameters, shapes},\n"
     "                      \"rows\": [{method, sparsity, density, rel_l2, cos, ms}]}\n"
@@ -156,8 +159,8 @@ EvalOptions parse_eval_args(const std::vector<std::string>& args) {
       o.methods.clear();
       for (const auto& m : names) {
         SPAATTN_CHECK_ARG(contains(kMethods, m), f, "unknown method '", m,
-                          "' (expected dense, sparse, rectified, rectified-nogapr, rettention "
-                          "or rectified_rettention)");
+                          "' (expected dense, sparse, rectified, rectified-nogapr, rettention, "
+                          "rectified_rettention or calibrated)");
         SPAATTN_CHECK_ARG(std::count(names.begin(), names.end(), m) == 1, f, "method '", m,
                           "' given more than once");
         if (m != "dense") o.methods.push_back(m);

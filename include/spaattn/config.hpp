@@ -15,9 +15,13 @@ enum class Method : uint8_t {
   rectified,             // Rectified SpaAttn: IPAR selection, GAPR, O = R O_spa + C
   rettention,            // Re-ttention: cached rho and Delta from reference steps
   rectified_rettention,  // IPAR selection with Re-ttention's cached correction
+  calibrated,            // IPAR selection; at Re-ttention reference steps, per (b, head), the
+                         // candidate correction with the least error against full attention
+                         // (none included); host tensors only for now
 };
 const char* to_string(Method m);
-// Parses "dense", "sparse", "rectified", "rettention", "rectified_rettention"; throws naming `arg`.
+// Parses "dense", "sparse", "rectified", "rettention", "rectified_rettention", "calibrated";
+// throws naming `arg`.
 Method parse_method(std::string_view name, const char* arg = "method");
 
 // Which key blocks are critical.
@@ -37,6 +41,8 @@ struct SelectConfig {
   int64_t first_frame_blocks = 0;  // F: dense square of the first F video blocks in token order
 };
 
+// Re-ttention's schedule and correction; `calibrated` uses ref_period and clamp, fits its own
+// drift per head (ignoring `drift`) and needs cache_delta.
 struct RettentionConfig {
   int ref_period = 5;          // r: a reference step every r steps after the dense warm-up
   float drift = 0.04f;         // lambda: rho' = rho + (k - 1) lambda at the k-th sparse step
@@ -55,7 +61,8 @@ struct Config {
   int block_size = 128;        // B: 64 or 128
   TokenOrder order;            // applied to the video tokens inside the call; raster = none
   SelectConfig select;
-  bool gapr = true;            // rectified: compensate only blocks with gain > error
+  bool gapr = true;            // rectified (and calibrated's R, C): compensate only blocks
+                               // with gain > error
   RettentionConfig rettention;
   Schedule schedule;
   float scale = 0.f;           // 0: 1/sqrt(d)

@@ -7,6 +7,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <span>
 #include <tuple>
 #include <vector>
 
@@ -88,6 +90,36 @@ struct StateSummary {
 StepPlan plan_step(const Config& config, const CallInfo& call, const AttentionArgs& args,
                    const StateSummary* state);
 
+// The candidate corrections of Method::calibrated (docs/methods.md, Calibrated correction). Each
+// is one formula per video query row n of block i of a (b, h):
+//   none:       O = O_spa[n]
+//   affine:     O = R_i O_spa[n] + C_i                      (Rectified SpaAttn)
+//   scale:      O = R_i O_spa[n]
+//   rettention: O = rho'[n] O_spa[n] + Delta[n], rho' = rho + (k - 1) lambda_(b, h)
+//   merge:      O_spa merged through the log-sum-exps with the pooled attention of the row's
+//               non-critical video blocks
+enum class Candidate : uint8_t { none, affine, scale, rettention, merge };
+inline constexpr int kCandidates = 5;
+const char* to_string(Candidate c);
+
+// What the last reference step of one (layer, entry) of Method::calibrated decided
+// (SparseAttention::calibration). Arrays are per (b, h), index b * heads + h.
+struct Calibration {
+  int64_t batch = 0, heads = 0;
+  int ref_step = -1;               // the reference step that measured the errors
+  std::vector<Candidate> choice;   // applied at the sparse steps until the next reference step
+  std::vector<float> drift;        // lambda fitted so far (0 before two references)
+  // Squared L2 error against full attention over the video query rows of (b, h), measured at
+  // ref_step, per candidate: errors[(b * heads + h) * kCandidates + c]; NaN where a candidate
+  // was not measured (rettention before a second reference step).
+  std::vector<double> errors;
+};
+
+// Least-squares drift of Re-ttention's rho from one reference step to a later one at distance k,
+// in the form rettention applies it (rho at the k-th step = rho + (k - 1) lambda): over the rows,
+// lambda = sum_n (now[n] - prev[n]) / (rows (k - 1)). No fit (nullopt) for k <= 1 or no rows.
+std::optional<float> fit_drift(std::span<const float> prev, std::span<const float> now, int k);
+
 namespace detail {
 class DevicePipeline;  // the GPU path, src/cuda/pipeline.cu
 }
@@ -95,6 +127,8 @@ class DevicePipeline;  // the GPU path, src/cuda/pipeline.cu
 // Runs the configured method and keeps its state (masks reused across steps, Re-ttention caches),
 // keyed by (layer, entry). Host tensors run on the CPU reference; CUDA tensors run on the GPU on
 // `stream` without synchronising with the host. Call reset() between diffusion runs.
+// Method::calibrated has no GPU path yet: forward(), check() and workspace_size() with CUDA
+// tensors throw spaattn::Error naming config.method, before any work or state change.
 //
 // Threads: an object may be shared by threads. forward(), reset() and state_count() take the
 // object's own mutex, so its calls run one at a time (a GPU call holds it only while it enqueues
@@ -128,18 +162,27 @@ class SparseAttention {
   // arithmetic only, nothing is allocated or launched; throws spaattn::Error for arguments the
   // GPU path cannot serve, or in a build without CUDA.
   WorkspaceSize workspace_size(const AttentionArgs& args) const;
+  // Method::calibrated: the choices of (layer, entry)'s last reference step; nullopt when it has
+  // none (no reference step yet, or another method).
+  std::optional<Calibration> calibration(int layer, int entry) const;
 
  private:
   struct LayerState {
     StateSummary summary;
     Selection selection;
     RettentionCache cache;
+    Calibration calibration;  // Method::calibrated only
   };
   // args with the config's scale and kernel family applied, after check().
   AttentionArgs checked(const CallInfo& call, const AttentionArgs& args,
                         const TensorView& out) const;
   CallStats forward_host(const CallInfo& call, const AttentionArgs& args, TensorView out,
                          const StepPlan& plan);
+  // Method::calibrated on the ordered host tensors `args`: writes the call's output to `o`
+  // ([b, S, H, d] fp32) and, at a reference step, the new selection, cache and calibration to
+  // `next`.
+  void calibrated_step(const CallInfo& call, const AttentionArgs& args, const StepPlan& plan,
+                       const LayerState* prev, std::vector<float>& o, LayerState& next) const;
   Config config_;
   DeviceMemory memory_;
   std::vector<int32_t> perm_, inv_perm_;

@@ -10,7 +10,7 @@ from . import _C  # type: ignore[attr-defined]
 from . import _tensors as T
 from ._tensors import ArrayT
 
-METHODS = ("dense", "sparse", "rectified", "rettention", "rectified_rettention")
+METHODS = ("dense", "sparse", "rectified", "rettention", "rectified_rettention", "calibrated")
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,11 @@ class SparseAttention:
     Methods: ``"rectified"`` (Rectified SpaAttn), ``"sparse"`` (the same selection without
     correction), ``"dense"``, ``"rettention"`` (Re-ttention: reference steps every
     ``ref_period`` steps after ``dense_steps`` dense ones, band selection by default) and
-    ``"rectified_rettention"`` (Rectified SpaAttn's selection with Re-ttention's correction).
+    ``"rectified_rettention"`` (Rectified SpaAttn's selection with Re-ttention's correction) and
+    ``"calibrated"`` (Rectified SpaAttn's selection on Re-ttention's schedule; at each reference
+    step, per batch item and head, the candidate correction with the least error against full
+    attention, "no correction" included, serves until the next one; CPU tensors only for now:
+    CUDA tensors raise ValueError naming ``config.method``).
 
     Args:
         sparsity: target share of video key blocks skipped, ``0 <= sparsity < 1``.

@@ -50,6 +50,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "rectified": {"sparsity": 0.75, "dense_steps": 1, "mask_period": 2},
     "rettention": {"sparsity": 0.75, "dense_steps": 1, "ref_period": 2},
     "rectified_rettention": {"sparsity": 0.75, "dense_steps": 1, "ref_period": 2},
+    "calibrated": {"sparsity": 0.75, "dense_steps": 1, "ref_period": 2},
 }
 
 

@@ -85,7 +85,7 @@ def test_config_checks():
         spaattn.SparseAttention("foo")
     assert str(error.value) == (
         "method: expected one of dense, sparse, rectified, rettention, rectified_rettention, "
-        "got 'foo'"
+        "calibrated, got 'foo'"
     )
 
 

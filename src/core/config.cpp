@@ -15,17 +15,19 @@ const char* to_string(Method m) {
     case Method::rectified: return "rectified";
     case Method::rettention: return "rettention";
     case Method::rectified_rettention: return "rectified_rettention";
+    case Method::calibrated: return "calibrated";
   }
   return "unknown";
 }
 
 Method parse_method(std::string_view name, const char* arg) {
   for (Method m : {Method::dense, Method::sparse, Method::rectified, Method::rettention,
-                   Method::rectified_rettention})
+                   Method::rectified_rettention, Method::calibrated})
     if (name == to_string(m)) return m;
   throw Error(Error::Kind::invalid_argument,
               detail::concat(arg, ": expected one of dense, sparse, rectified, rettention, "
-                                  "rectified_rettention, got '", std::string(name), "'"));
+                                  "rectified_rettention, calibrated, got '", std::string(name),
+                             "'"));
 }
 
 const char* to_string(Selector s) {
@@ -44,8 +46,9 @@ Selector Config::selector() const {
 }
 
 void Config::validate() const {
-  SPAATTN_CHECK_ARG(method <= Method::rectified_rettention, "config.method",
-                    "expected dense, sparse, rectified, rettention or rectified_rettention, got ",
+  SPAATTN_CHECK_ARG(method <= Method::calibrated, "config.method",
+                    "expected dense, sparse, rectified, rettention, rectified_rettention or "
+                    "calibrated, got ",
                     static_cast<int>(method));
   SPAATTN_CHECK_ARG(select.selector <= Selector::local, "config.select.selector",
                     "expected automatic, ipar, band or local, got ",
@@ -66,6 +69,11 @@ void Config::validate() const {
                     "expected >= 1, got ", rettention.ref_period);
   SPAATTN_CHECK_ARG(std::isfinite(rettention.drift), "config.rettention.drift",
                     "expected a finite value, got ", rettention.drift);
+  // calibrated's Re-ttention candidate is rho' O_spa + Delta: it cannot do without Delta.
+  SPAATTN_CHECK_ARG(method != Method::calibrated || rettention.cache_delta,
+                    "config.rettention.cache_delta",
+                    "expected true for calibrated (its Re-ttention candidate adds Delta), got "
+                    "false");
   SPAATTN_CHECK_ARG(schedule.dense_steps >= 0, "config.schedule.dense_steps",
                     "expected >= 0, got ", schedule.dense_steps);
   SPAATTN_CHECK_ARG(schedule.mask_period >= 1, "config.schedule.mask_period",

@@ -4,17 +4,32 @@
 #include "spaattn/method.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "core/device_pipeline.hpp"
+#include "cpu/calibrate.hpp"
 #include "cpu/parallel.hpp"
 #include "spaattn/error.hpp"
 
 namespace spaattn {
 namespace {
 
-
+// The methods that apply Re-ttention's rho and Delta to every sparse step.
 bool uses_rettention(Method m) {
   return m == Method::rettention || m == Method::rectified_rettention;
+}
+
+// The methods scheduled as Re-ttention is: reference steps, and a mask that serves until the
+// next one.
+bool uses_reference_steps(Method m) { return uses_rettention(m) || m == Method::calibrated; }
+
+// Method::calibrated has no GPU path yet; refused before any work or state change.
+void check_host_only(const Config& config, const AttentionArgs& args) {
+  SPAATTN_CHECK_ARG(config.method != Method::calibrated || args.q.device != Device::cuda,
+                    "config.method",
+                    "calibrated: expected a host call; the GPU path of this method is not built "
+                    "yet");
 }
 
 // Contiguous [b, S, H, d] host buffer of q's dtype holding the tokens in the configured order.
@@ -72,7 +87,7 @@ StepPlan plan_step(const Config& config, const CallInfo& call, const AttentionAr
     plan.fresh_mask = false;
     return plan;
   }
-  if (!uses_rettention(config.method)) {
+  if (!uses_reference_steps(config.method)) {
     plan.kind = CallStats::Kind::sparse;
     plan.fresh_mask = !prev || prev->mask_step < 0 || call.step < prev->mask_step ||
                       call.step - prev->mask_step >= sched.mask_period ||
@@ -133,6 +148,9 @@ size_t SparseAttention::state_count() const {
 
 WorkspaceSize SparseAttention::workspace_size(const AttentionArgs& args) const {
   validate(args);
+  SPAATTN_CHECK_ARG(config_.method != Method::calibrated, "config.method",
+                    "calibrated: the GPU path of this method is not built yet (it has no "
+                    "workspace)");
   SPAATTN_CHECK_ARG(args.layout.block_size == config_.block_size, "args.layout.block_size",
                     "expected config.block_size ", config_.block_size, ", got ",
                     args.layout.block_size);
@@ -166,6 +184,7 @@ AttentionArgs SparseAttention::checked(const CallInfo& call, const AttentionArgs
   SPAATTN_CHECK_ARG(config_.order.grid.empty() || config_.order.grid.size() == layout.num_video,
                     "args.layout.num_video", "expected the grid's t*h*w = ",
                     config_.order.grid.size(), ", got ", layout.num_video);
+  check_host_only(config_, args);
   if (args.q.device == Device::cuda) validate_gpu_operands(args, out);
   return args;
 }
@@ -181,6 +200,7 @@ CallStats SparseAttention::forward(const CallInfo& call, const AttentionArgs& ar
   const AttentionArgs args = checked(call, args_in, out);
   std::lock_guard<std::mutex> lock(*mutex_);
   if (args.q.device == Device::cuda) {
+    check_host_only(config_, args);  // checked() refused it already; never reach the pipeline
     if (!device_) device_ = detail::make_device_pipeline(config_, memory_, perm_, neighbours_);
     const StepPlan plan =
         plan_step(config_, call, args, device_->summary(call.layer, call.entry));
@@ -219,6 +239,25 @@ CallStats SparseAttention::forward_host(const CallInfo& call, const AttentionArg
     BlockMask full = BlockMask::full(B, H, layout.num_blocks(), layout.num_blocks());
     cpu::block_sparse_attention(args, full.view(), o_view, TensorView{});
     write_output(o, out, layout, inv_perm_);
+    return stats;
+  }
+
+  if (config_.method == Method::calibrated) {
+    LayerState next;
+    calibrated_step(call, args, plan, prev, o, next);
+    stats.mask_reused = !plan.fresh_mask;
+    stats.density = stats.kind == CallStats::Kind::reference
+                        ? 1.0
+                        : prev->selection.mask.density(layout);
+    write_output(o, out, layout, inv_perm_);
+    if (stats.kind == CallStats::Kind::reference) {
+      LayerState& state = states_[key];
+      state.selection = std::move(next.selection);
+      state.cache = std::move(next.cache);
+      state.calibration = std::move(next.calibration);
+      state.summary.mask_step = state.summary.ref_step = call.step;
+      state.summary.mask_shape = state.summary.cache_shape = call_shape(args);
+    }
     return stats;
   }
 
@@ -272,6 +311,143 @@ CallStats SparseAttention::forward_host(const CallInfo& call, const AttentionArg
     state.summary.cache_shape = call_shape(args);
   }
   return stats;
+}
+
+std::optional<Calibration> SparseAttention::calibration(int layer, int entry) const {
+  std::lock_guard<std::mutex> lock(*mutex_);
+  const auto it = states_.find(std::make_tuple(layer, entry));
+  if (it == states_.end() || it->second.calibration.ref_step < 0) return std::nullopt;
+  return it->second.calibration;
+}
+
+// Method::calibrated (docs/methods.md, Calibrated correction). A reference step outputs full
+// attention and measures, per (b, h), the error of every candidate over the video query rows;
+// a sparse step applies each (b, h)'s choice over the reference step's mask.
+void SparseAttention::calibrated_step(const CallInfo& call, const AttentionArgs& args,
+                                      const StepPlan& plan, const LayerState* prev,
+                                      std::vector<float>& o, LayerState& next) const {
+  const Layout& layout = args.layout;
+  const int64_t B = args.batch(), S = args.seq_len(), H = args.heads(), D = args.head_dim();
+  const TensorView o_view = TensorView::contiguous(o.data(), DType::f32, {B, S, H, D});
+  std::vector<float> lse_spa(static_cast<size_t>(B * S * H));
+  const TensorView ls = TensorView::contiguous(lse_spa.data(), DType::f32, {B, S, H});
+  cpu::CandidateTerms terms{.layout = layout, .batch = B, .seq = S, .heads = H, .dim = D,
+                            .lse_spa = lse_spa.data(), .clamp = config_.rettention.clamp};
+  Pooled pooled;
+  BlockScores scores;
+  Correction rect;
+  std::vector<float> o_pool, lse_pool;
+  const auto* neighbours = neighbours_.empty() ? nullptr : &neighbours_;
+
+  if (plan.kind == CallStats::Kind::sparse) {
+    const Selection& sel = prev->selection;
+    const Calibration& cal = prev->calibration;
+    cpu::block_sparse_attention(args, sel.mask.view(), o_view, ls);
+    // Pooling, P, R and C, and the pooled complement only where some head's choice reads them.
+    std::vector<uint8_t> merge(static_cast<size_t>(B * H), 0);
+    bool rectify = false, any_merge = false;
+    for (size_t bh = 0; bh < cal.choice.size(); ++bh) {
+      const Candidate c = cal.choice[bh];
+      rectify = rectify || c == Candidate::affine || c == Candidate::scale;
+      merge[bh] = c == Candidate::merge;
+      any_merge = any_merge || merge[bh];
+    }
+    if (rectify || any_merge) pooled = cpu::pool(args);
+    if (rectify) {
+      scores = cpu::implicit_full_attention(args, pooled);
+      rect = cpu::rectification(pooled, scores, sel, config_.gapr);
+    }
+    if (any_merge) cpu::pooled_complement(args, pooled, sel, merge, o_pool, lse_pool);
+    terms.o_spa = o.data();
+    terms.rect = &rect;
+    terms.cache = &prev->cache;
+    terms.drift = cal.drift.data();
+    terms.k = plan.k;
+    terms.o_pool = o_pool.data();
+    terms.lse_pool = lse_pool.data();
+    cpu::apply_candidates(cal.choice, terms, o.data());
+    return;
+  }
+
+  // Reference step: the fresh selection, one pass for full and masked attention, and every
+  // candidate's terms for this step.
+  pooled = cpu::pool(args);
+  scores = cpu::implicit_full_attention(args, pooled);
+  next.selection = cpu::select_blocks(args, config_,
+                                      config_.selector() == Selector::ipar ? &scores : nullptr,
+                                      neighbours);
+  std::vector<float> lse_full(lse_spa.size()), o_spa(o.size());
+  const TensorView lf = TensorView::contiguous(lse_full.data(), DType::f32, {B, S, H});
+  const TensorView os = TensorView::contiguous(o_spa.data(), DType::f32, {B, S, H, D});
+  cpu::reference_attention(args, next.selection.mask.view(), o_view, lf, os, ls);
+  next.cache = cpu::rettention_statistics(o_view, lf, os, ls, /*cache_delta=*/true);
+  rect = cpu::rectification(pooled, scores, next.selection, config_.gapr);
+  cpu::pooled_complement(args, pooled, next.selection, {}, o_pool, lse_pool);
+  terms.o_spa = o_spa.data();
+  terms.rect = &rect;
+  terms.o_pool = o_pool.data();
+  terms.lse_pool = lse_pool.data();
+
+  // The Re-ttention candidate is measured as it would have served this step: the previous
+  // reference step's mask, rho, Delta and the drift fitted before this step, at this step's
+  // distance k from it. Without a previous reference of this run and shape it is no candidate.
+  const bool has_prev = prev && prev->calibration.ref_step >= 0 &&
+                        prev->summary.ref_step < call.step &&
+                        prev->summary.cache_shape == call_shape(args);
+  const size_t heads = static_cast<size_t>(B * H);
+  std::vector<float> prev_drift(heads, 0.f);
+  if (has_prev) prev_drift = prev->calibration.drift;
+  const int k = has_prev ? call.step - prev->summary.ref_step : 0;
+  std::vector<float> o_then, lse_then;
+  cpu::CandidateTerms then = terms;
+  if (has_prev) {
+    o_then.resize(o.size());
+    lse_then.resize(lse_spa.size());
+    cpu::block_sparse_attention(
+        args, prev->selection.mask.view(),
+        TensorView::contiguous(o_then.data(), DType::f32, {B, S, H, D}),
+        TensorView::contiguous(lse_then.data(), DType::f32, {B, S, H}));
+    then.o_spa = o_then.data();
+    then.lse_spa = lse_then.data();
+    then.cache = &prev->cache;
+    then.drift = prev_drift.data();
+    then.k = k;
+  }
+
+  Calibration& cal = next.calibration;
+  cal.batch = B;
+  cal.heads = H;
+  cal.ref_step = call.step;
+  cal.choice.assign(heads, Candidate::none);
+  cal.drift = prev_drift;
+  cal.errors.assign(heads * kCandidates, std::numeric_limits<double>::quiet_NaN());
+  const int64_t v0 = layout.video_offset(), nv = layout.num_video;
+  cpu::parallel_for(B * H, [&](int64_t bh) {
+    const int64_t b = bh / H, h = bh % H;
+    // The least error wins; a tie keeps the lower index, so "none" wins every tie.
+    double best = std::numeric_limits<double>::infinity();
+    for (int c = 0; c < kCandidates; ++c) {
+      const Candidate cand = static_cast<Candidate>(c);
+      if (cand == Candidate::rettention && !has_prev) continue;
+      const double e = cpu::candidate_error(cand, cand == Candidate::rettention ? then : terms,
+                                            o.data(), b, h);
+      cal.errors[bh * kCandidates + c] = e;
+      if (e < best) {
+        best = e;
+        cal.choice[bh] = cand;
+      }
+    }
+    if (!has_prev) return;
+    // The drift from the previous reference step to this one: rho of the previous mask then
+    // against the share of the full mass the same mask holds now.
+    std::vector<float> rho_then(nv), rho_now(nv);
+    for (int64_t t = 0; t < nv; ++t) {
+      const int64_t r = (b * S + v0 + t) * H + h;
+      rho_then[t] = prev->cache.rho[r];
+      rho_now[t] = std::exp(lse_then[r] - lse_full[r]);
+    }
+    if (const auto fitted = fit_drift(rho_then, rho_now, k)) cal.drift[bh] = *fitted;
+  });
 }
 
 }  // namespace spaattn

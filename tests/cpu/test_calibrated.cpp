@@ -1,0 +1,453 @@
+// Method::calibrated (docs/methods.md, Calibrated correction): reference steps are full
+// attention, the choice of each (b, h) is the candidate with the least error at the reference
+// step, sparse steps apply that candidate's formula, the drift fit, the errors of invalid use,
+// and on the captured testbed workload an error never above plain block-sparse attention's.
+// Every candidate is recomputed here from the public CPU stages and its own formula, in double.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <optional>
+#include <random>
+#include <vector>
+
+#include "cpu/testing.hpp"
+#include "workload.hpp"
+
+namespace spaattn {
+namespace {
+
+using testing::expect_error;
+
+constexpr int kNone = 0, kAffine = 1, kScale = 2, kRett = 3, kMerge = 4;
+
+// Batch 2 with L_t = {37, 5} of 37 text tokens (padding in item 1), 200 video tokens in blocks of
+// 64 (the last holds 8), 3 heads. Step s adds s * 0.15 * (a fixed second draw) to q and k, so that
+// the share of the mass inside a mask drifts from step to step.
+struct Steps {
+  int64_t B = 2, NV = 200, NT = 37, H = 3, D = 64, S = NV + NT;
+  TextPlacement placement;
+  std::vector<float> q0, k0, v0, dq, dk;
+  std::vector<int32_t> lengths{37, 5};
+  std::vector<float> q, k, v;
+  explicit Steps(TextPlacement p, uint32_t seed = 11) : placement(p) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> n;
+    for (auto* t : {&q0, &k0, &v0, &dq, &dk}) {
+      t->resize(static_cast<size_t>(B * S * H * D));
+      for (auto& x : *t) x = n(rng);
+    }
+    // A spatial bias per head so that attention is local for some heads and diffuse for others.
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t s = 0; s < S; ++s)
+        for (int64_t h = 0; h < H; ++h) {
+          const float pos = static_cast<float>(s) / static_cast<float>(S);
+          const float gain = 0.5f * static_cast<float>(h);
+          float* qr = q0.data() + ((b * S + s) * H + h) * D;
+          float* kr = k0.data() + ((b * S + s) * H + h) * D;
+          qr[0] += gain * 6.f * std::cos(6.f * pos);
+          qr[1] += gain * 6.f * std::sin(6.f * pos);
+          kr[0] += gain * 6.f * std::cos(6.f * pos);
+          kr[1] += gain * 6.f * std::sin(6.f * pos);
+        }
+  }
+  AttentionArgs args(int step) {
+    q = q0;
+    k = k0;
+    v = v0;
+    for (size_t i = 0; i < q.size(); ++i) {
+      q[i] += 0.15f * static_cast<float>(step) * dq[i];
+      k[i] += 0.15f * static_cast<float>(step) * dk[i];
+    }
+    AttentionArgs a;
+    a.q = TensorView::contiguous(q.data(), DType::f32, {B, S, H, D});
+    a.k = TensorView::contiguous(k.data(), DType::f32, {B, S, H, D});
+    a.v = TensorView::contiguous(v.data(), DType::f32, {B, S, H, D});
+    a.text_lengths = TensorView::contiguous(lengths.data(), DType::i32, {B});
+    a.layout = Layout{.num_video = NV, .num_text = NT, .block_size = 64};
+    a.layout.text_placement = placement;
+    return a;
+  }
+  Config config() const {
+    Config c;
+    c.method = Method::calibrated;
+    c.block_size = 64;
+    c.select.sparsity = 0.5;  // k = 2 of 4 video blocks
+    c.select.p = 0.2;
+    c.schedule.dense_steps = 1;
+    c.rettention.ref_period = 3;
+    return c;
+  }
+  TensorView view(std::vector<float>& o) const {
+    return TensorView::contiguous(o.data(), DType::f32, {B, S, H, D});
+  }
+  int64_t row(int64_t b, int64_t n, int64_t h) const { return (b * S + n) * H + h; }
+};
+
+// What the test keeps of a reference step to recompute the candidates later.
+struct Reference {
+  int step = -1;
+  Selection selection;
+  std::vector<float> rho, delta;  // [b, S, H(, d)]
+  std::vector<double> drift;      // per (b, h)
+};
+
+// Every candidate's output of every video row, [5][b, S, H, d] (other rows 0), recomputed from
+// the public stages: O_spa over `sel`, R_i, C_i from this call's pooling, the pooled complement
+// over the non-critical blocks of `sel`, and Re-ttention's terms of `ref` at distance k.
+struct Candidates {
+  std::vector<std::vector<double>> out;
+  std::vector<float> o_spa_ref;  // O_spa over ref's mask (for the drift)
+  std::vector<float> lse_spa_ref;
+};
+
+Candidates candidates(Steps& s, const AttentionArgs& a, const Selection& sel, const Config& cfg,
+                      const Reference* ref, int k) {
+  const int64_t B = s.B, S = s.S, H = s.H, D = s.D;
+  const Layout& L = a.layout;
+  std::vector<float> o_spa(static_cast<size_t>(B * S * H * D)), lse_spa(B * S * H);
+  cpu::block_sparse_attention(a, sel.mask.view(), s.view(o_spa),
+                              TensorView::contiguous(lse_spa.data(), DType::f32, {B, S, H}));
+  const Pooled pooled = cpu::pool(a);
+  const BlockScores scores = cpu::implicit_full_attention(a, pooled);
+  const Correction rect = cpu::rectification(pooled, scores, sel, cfg.gapr);
+  Candidates c;
+  c.out.assign(kCandidates, std::vector<double>(o_spa.size(), 0.0));
+  if (ref) {
+    c.o_spa_ref.resize(o_spa.size());
+    c.lse_spa_ref.resize(lse_spa.size());
+    cpu::block_sparse_attention(
+        a, ref->selection.mask.view(), s.view(c.o_spa_ref),
+        TensorView::contiguous(c.lse_spa_ref.data(), DType::f32, {B, S, H}));
+  }
+  const int64_t nv = L.num_video_blocks(), v0 = L.video_offset();
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t t = 0; t < L.num_video; ++t) {
+        const int64_t n = v0 + t, i = t / 64, r = s.row(b, n, h);
+        const int64_t e0 = (b * H + h) * nv + i;
+        const float* spa = o_spa.data() + r * D;
+        // Merge: a softmax over the pooled non-critical blocks, weighed against lse_spa.
+        const uint8_t* crit = sel.critical.data() + e0 * nv;
+        std::vector<double> m;
+        std::vector<int64_t> cols;
+        for (int64_t j = 0; j < nv; ++j) {
+          if (crit[j]) continue;
+          double dot = 0;
+          for (int64_t e = 0; e < D; ++e)
+            dot += static_cast<double>(a.q.ptr<float>()[r * D + e]) *
+                   pooled.k[pooled.at(b, h, j) + e];
+          m.push_back(scale * dot + std::log(static_cast<double>(L.block_count(j))));
+          cols.push_back(j);
+        }
+        double w_pool = 0;
+        std::vector<double> pool_sum(D, 0.0);
+        const double ls = lse_spa[r];
+        for (size_t c2 = 0; c2 < m.size(); ++c2) {
+          const double w = std::exp(m[c2] - ls);
+          w_pool += w;
+          const float* v = pooled.v.data() + pooled.at(b, h, cols[c2]);
+          for (int64_t e = 0; e < D; ++e) pool_sum[e] += w * v[e];
+        }
+        for (int64_t e = 0; e < D; ++e) {
+          const size_t x = static_cast<size_t>(r * D + e);
+          c.out[kNone][x] = spa[e];
+          c.out[kAffine][x] = rect.a[e0] * static_cast<double>(spa[e]) + rect.c[e0 * D + e];
+          c.out[kScale][x] = rect.a[e0] * static_cast<double>(spa[e]);
+          c.out[kMerge][x] = (spa[e] + pool_sum[e]) / (1.0 + w_pool);
+          if (ref) {
+            double rho = ref->rho[r] + (k - 1) * ref->drift[b * H + h];
+            if (cfg.rettention.clamp) rho = std::min(rho, 1.0);
+            c.out[kRett][x] = rho * c.o_spa_ref[r * D + e] + ref->delta[r * D + e];
+          }
+        }
+      }
+  return c;
+}
+
+double head_error(const std::vector<double>& x, const std::vector<float>& full, const Steps& s,
+                  const Layout& L, int64_t b, int64_t h) {
+  double err = 0;
+  for (int64_t n = L.video_offset(); n < L.video_offset() + L.num_video; ++n)
+    for (int64_t e = 0; e < s.D; ++e) {
+      const size_t i = static_cast<size_t>(s.row(b, n, h) * s.D + e);
+      err += (x[i] - full[i]) * (x[i] - full[i]);
+    }
+  return err;
+}
+
+// Runs steps 0 .. 8 (dense, then references at 1, 4, 7 and sparse steps between) and checks each
+// call against the candidates recomputed here; counts in `chosen` how often each candidate was
+// chosen.
+void run_schedule(TextPlacement placement, std::vector<int>& chosen) {
+  Steps s(placement);
+  const Config cfg = s.config();
+  SparseAttention sa(cfg);
+  Reference ref;
+  chosen.assign(kCandidates, 0);
+  for (int step = 0; step < 9; ++step) {
+    SCOPED_TRACE(::testing::Message() << "step " << step);
+    const AttentionArgs a = s.args(step);
+    const Layout& L = a.layout;
+    std::vector<float> out(static_cast<size_t>(s.B * s.S * s.H * s.D), std::nanf(""));
+    const CallStats st = sa.forward({0, 0, step}, a, s.view(out));
+    std::vector<float> full(out.size()), lse_full(s.B * s.S * s.H);
+    const BlockMask all = BlockMask::full(s.B, s.H, L.num_blocks(), L.num_blocks());
+    cpu::reference_attention(a, all.view(), s.view(full),
+                             TensorView::contiguous(lse_full.data(), DType::f32, {s.B, s.S, s.H}),
+                             TensorView{}, TensorView{});
+    if (step == 0) {
+      EXPECT_EQ(st.kind, CallStats::Kind::dense);
+      EXPECT_FALSE(sa.calibration(0, 0).has_value());
+      EXPECT_EQ(sa.state_count(), 0u);
+      continue;
+    }
+    const bool is_ref = (step - 1) % 3 == 0;
+    if (is_ref) {
+      // (1) A reference step is full attention.
+      EXPECT_EQ(st.kind, CallStats::Kind::reference);
+      EXPECT_EQ(st.density, 1.0);
+      double worst = 0;
+      for (size_t i = 0; i < out.size(); ++i)
+        worst = std::max(worst, static_cast<double>(std::fabs(out[i] - full[i])));
+      EXPECT_LT(worst, 1e-5);
+      // (3) The choice is the argmin of the errors recomputed here.
+      const Pooled pooled = cpu::pool(a);
+      const BlockScores scores = cpu::implicit_full_attention(a, pooled);
+      Reference now;
+      now.step = step;
+      now.selection = cpu::select_blocks(a, cfg, &scores, nullptr);
+      const bool has_prev = ref.step >= 0;
+      const int k = step - ref.step;
+      const Candidates c = candidates(s, a, now.selection, cfg, has_prev ? &ref : nullptr, k);
+      const std::optional<Calibration> cal = sa.calibration(0, 0);
+      ASSERT_TRUE(cal.has_value());
+      EXPECT_EQ(cal->ref_step, step);
+      ASSERT_EQ(cal->choice.size(), static_cast<size_t>(s.B * s.H));
+      now.drift.assign(s.B * s.H, 0.0);
+      for (int64_t b = 0; b < s.B; ++b)
+        for (int64_t h = 0; h < s.H; ++h) {
+          SCOPED_TRACE(::testing::Message() << "b " << b << ", h " << h);
+          const int64_t bh = b * s.H + h;
+          double best = std::numeric_limits<double>::infinity();
+          int want = kNone;
+          for (int cand = 0; cand < kCandidates; ++cand) {
+            const double got = cal->errors[bh * kCandidates + cand];
+            if (cand == kRett && !has_prev) {
+              EXPECT_TRUE(std::isnan(got));
+              continue;
+            }
+            const double e = head_error(c.out[cand], full, s, L, b, h);
+            EXPECT_NEAR(got, e, 1e-4 * e + 1e-7) << to_string(static_cast<Candidate>(cand));
+            if (e < best) {
+              best = e;
+              want = cand;
+            }
+          }
+          const int got_choice = static_cast<int>(cal->choice[bh]);
+          // Equal to the recomputed argmin unless the two are within rounding of each other.
+          if (got_choice != want)
+            EXPECT_NEAR(head_error(c.out[got_choice], full, s, L, b, h), best, 1e-5 * best);
+          ++chosen[got_choice];
+          // (4) The drift: the share the previous mask holds now against its rho then.
+          if (has_prev) {
+            double sum = 0;
+            for (int64_t n = L.video_offset(); n < L.video_offset() + L.num_video; ++n) {
+              const int64_t r = s.row(b, n, h);
+              sum += std::exp(static_cast<double>(c.lse_spa_ref[r]) - lse_full[r]) - ref.rho[r];
+            }
+            now.drift[bh] = sum / (static_cast<double>(L.num_video) * (k - 1));
+          }
+          EXPECT_NEAR(cal->drift[bh], now.drift[bh], 1e-5);
+        }
+      // Keep rho, Delta of this step (the stage that computes them is tested in
+      // test_rettention.cpp).
+      std::vector<float> o_spa(out.size()), lse_spa(lse_full.size());
+      cpu::reference_attention(a, now.selection.mask.view(), s.view(full),
+                               TensorView::contiguous(lse_full.data(), DType::f32, {s.B, s.S, s.H}),
+                               s.view(o_spa),
+                               TensorView::contiguous(lse_spa.data(), DType::f32, {s.B, s.S, s.H}));
+      const RettentionCache cache = cpu::rettention_statistics(
+          s.view(full), TensorView::contiguous(lse_full.data(), DType::f32, {s.B, s.S, s.H}),
+          s.view(o_spa), TensorView::contiguous(lse_spa.data(), DType::f32, {s.B, s.S, s.H}),
+          true);
+      now.rho = cache.rho;
+      now.delta = cache.delta;
+      ref = std::move(now);
+      continue;
+    }
+    // (2) A sparse step: each head's video rows are its chosen candidate over the reference
+    // step's mask; text rows are exact attention, padding rows zero.
+    EXPECT_EQ(st.kind, CallStats::Kind::sparse);
+    EXPECT_TRUE(st.mask_reused);
+    EXPECT_LT(st.density, 1.0);
+    const int k = step - ref.step;
+    const Candidates c = candidates(s, a, ref.selection, cfg, &ref, k);
+    const std::optional<Calibration> cal = sa.calibration(0, 0);
+    ASSERT_TRUE(cal.has_value());
+    for (int64_t b = 0; b < s.B; ++b)
+      for (int64_t h = 0; h < s.H; ++h) {
+        const int cand = static_cast<int>(cal->choice[b * s.H + h]);
+        SCOPED_TRACE(::testing::Message() << "b " << b << ", h " << h << ", candidate "
+                                          << to_string(static_cast<Candidate>(cand)));
+        double worst = 0;
+        for (int64_t n = 0; n < s.S; ++n) {
+          const bool video = n >= L.video_offset() && n < L.video_offset() + L.num_video;
+          for (int64_t e = 0; e < s.D; ++e) {
+            const size_t i = static_cast<size_t>(s.row(b, n, h) * s.D + e);
+            const double want = video ? c.out[cand][i] : full[i];
+            worst = std::max(worst, std::fabs(out[i] - want));
+          }
+        }
+        EXPECT_LT(worst, 2e-5);
+      }
+  }
+}
+
+TEST(Calibrated, ReferenceStepsChooseTheLeastErrorAndSparseStepsApplyIt) {
+  std::vector<int> suffix, prefix;
+  run_schedule(TextPlacement::suffix, suffix);
+  run_schedule(TextPlacement::prefix, prefix);
+  // The inputs make the choice differ between heads: more than one candidate is exercised.
+  int kinds = 0;
+  for (int c = 0; c < kCandidates; ++c) kinds += suffix[c] + prefix[c] > 0;
+  EXPECT_GE(kinds, 2);
+  for (int c = 0; c < kCandidates; ++c)
+    std::printf("candidate %-10s chosen %d times (suffix), %d (prefix)\n",
+                to_string(static_cast<Candidate>(c)), suffix[c], prefix[c]);
+}
+
+// (4) The drift fit: the least-squares slope of rho over (k - 1), the form rettention applies.
+TEST(Calibrated, DriftFitRecoversTheSlope) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(0.2f, 0.8f);
+  std::vector<float> prev(101), now(101);
+  for (const float lambda : {0.04f, -0.013f, 0.f}) {
+    for (const int k : {2, 3, 5}) {
+      for (size_t n = 0; n < prev.size(); ++n) {
+        prev[n] = u(rng);
+        // Noise of zero mean (+e, -e in pairs) does not move a least-squares slope.
+        const float noise = n + 1 < prev.size() ? (n % 2 ? -0.01f : 0.01f) : 0.f;
+        now[n] = prev[n] + static_cast<float>(k - 1) * lambda + noise;
+      }
+      const std::optional<float> fit = fit_drift(prev, now, k);
+      ASSERT_TRUE(fit.has_value());
+      EXPECT_NEAR(*fit, lambda, 1e-6) << "k " << k;
+    }
+  }
+  // k = 1 is the reference step's own mask distance in rettention's form: nothing to fit.
+  EXPECT_FALSE(fit_drift(prev, now, 1).has_value());
+  EXPECT_FALSE(fit_drift({}, {}, 3).has_value());
+  expect_error([&] { fit_drift(prev, std::span<const float>(now).first(3), 3); }, "now",
+               "expected 101 values");
+}
+
+// (5) What the method refuses, before any work or state change.
+TEST(Calibrated, InvalidUseIsRefused) {
+  EXPECT_EQ(parse_method("calibrated"), Method::calibrated);
+  EXPECT_STREQ(to_string(Method::calibrated), "calibrated");
+  expect_error([] { parse_method("calibrate"); }, "method",
+               "rectified_rettention, calibrated, got 'calibrate'");
+  Config bad;
+  bad.method = Method::calibrated;
+  bad.rettention.cache_delta = false;
+  expect_error([&] { SparseAttention sa(bad); }, "config.rettention.cache_delta",
+               "expected true for calibrated");
+  bad = Config{};
+  bad.method = static_cast<Method>(static_cast<int>(Method::calibrated) + 1);
+  expect_error([&] { bad.validate(); }, "config.method", "or calibrated, got 6");
+
+  // CUDA tensors: refused naming config.method, whether or not the build has CUDA.
+  Steps s(TextPlacement::suffix);
+  SparseAttention sa(s.config());
+  std::vector<float> out(static_cast<size_t>(s.B * s.S * s.H * s.D));
+  ASSERT_EQ(sa.forward({0, 0, 1}, s.args(1), s.view(out)).kind, CallStats::Kind::reference);
+  std::vector<bf16> q(out.size()), k(out.size()), v(out.size()), o(out.size(), bf16(7.f));
+  AttentionArgs dev = s.args(2);
+  dev.q = TensorView::contiguous(q.data(), DType::bf16, {s.B, s.S, s.H, s.D});
+  dev.k = TensorView::contiguous(k.data(), DType::bf16, {s.B, s.S, s.H, s.D});
+  dev.v = TensorView::contiguous(v.data(), DType::bf16, {s.B, s.S, s.H, s.D});
+  for (TensorView* t : {&dev.q, &dev.k, &dev.v}) t->device = Device::cuda;
+  dev.text_lengths = TensorView{};
+  TensorView dev_out = TensorView::contiguous(o.data(), DType::bf16, {s.B, s.S, s.H, s.D});
+  dev_out.device = Device::cuda;
+  const std::string msg = "calibrated: expected a host call; the GPU path of this method is not "
+                          "built yet";
+  expect_error([&] { sa.forward({0, 0, 2}, dev, dev_out); }, "config.method", msg);
+  expect_error([&] { sa.check({0, 0, 2}, dev, dev_out); }, "config.method", msg);
+  expect_error([&] { sa.workspace_size(dev); }, "config.method", "not built yet");
+  EXPECT_EQ(o[0].bits, bf16(7.f).bits);
+  EXPECT_EQ(sa.state_count(), 1u);
+  EXPECT_EQ(sa.calibration(0, 0)->ref_step, 1);
+  // A sparse step of another layout than its reference step's: refused, the state kept.
+  AttentionArgs other = s.args(2);
+  other.layout.num_video -= 8;
+  other.layout.num_text += 8;
+  std::vector<int32_t> lengths{45, 5};
+  other.text_lengths = TensorView::contiguous(lengths.data(), DType::i32, {s.B});
+  expect_error([&] { sa.forward({0, 0, 2}, other, s.view(out)); }, "layout",
+               "expected the layout of the reference step");
+  EXPECT_EQ(sa.forward({0, 0, 2}, s.args(2), s.view(out)).kind, CallStats::Kind::sparse);
+  // Other methods keep no calibration.
+  Config rect = s.config();
+  rect.method = Method::rectified;
+  SparseAttention r(rect);
+  r.forward({0, 0, 1}, s.args(1), s.view(out));
+  EXPECT_FALSE(r.calibration(0, 0).has_value());
+}
+
+// (6) On the captured testbed workload (each layer: step 10 a reference, step 14 a sparse step
+// at k = 4) at sparsity 0.9, calibrated's error at the sparse step is at most that of plain
+// block-sparse attention, in every layer and head.
+TEST(Calibrated, CapturedWorkloadNeverWorseThanSparse) {
+  const tools::CapturedWorkload w = tools::load_captured(SPAATTN_DEFAULT_WORKLOAD);
+  auto make = [&](Method m) {
+    Config cfg;
+    cfg.method = m;
+    cfg.block_size = 128;
+    cfg.order = TokenOrder{.kind = OrderKind::gilbert, .grid = w.grid};
+    cfg.select.sparsity = 0.9;
+    cfg.select.neighbours = false;
+    return SparseAttention(cfg);
+  };
+  SparseAttention dense = make(Method::dense), sparse = make(Method::sparse),
+                  calibrated = make(Method::calibrated);
+  const int64_t S = w.seq_len(), H = w.heads, D = w.head_dim;
+  int sparse_steps = 0;
+  for (size_t i = 0; i < w.calls.size(); ++i) {
+    std::vector<std::vector<float>> outs;
+    CallStats st;
+    for (SparseAttention* sa : {&dense, &sparse, &calibrated}) {
+      outs.emplace_back(w.calls[i].q.size());
+      st = sa->forward(w.info(i), w.args(i, 128),
+                       TensorView::contiguous(outs.back().data(), DType::f32, {w.batch, S, H, D}));
+    }
+    if (st.kind != CallStats::Kind::sparse) continue;
+    ++sparse_steps;
+    const std::optional<Calibration> cal = calibrated.calibration(w.calls[i].layer, 0);
+    ASSERT_TRUE(cal.has_value());
+    for (int64_t b = 0; b < w.batch; ++b)
+      for (int64_t h = 0; h < H; ++h) {
+        double e_sparse = 0, e_cal = 0, norm = 0;
+        for (int64_t n = 0; n < S; ++n)
+          for (int64_t e = 0; e < D; ++e) {
+            const size_t x = static_cast<size_t>(((b * S + n) * H + h) * D + e);
+            const double ref = outs[0][x];
+            e_sparse += (outs[1][x] - ref) * (outs[1][x] - ref);
+            e_cal += (outs[2][x] - ref) * (outs[2][x] - ref);
+            norm += ref * ref;
+          }
+        std::printf("layer %d step %d b %lld h %lld: rel_l2 sparse %.5f, calibrated %.5f (%s)\n",
+                    w.calls[i].layer, w.calls[i].step, static_cast<long long>(b),
+                    static_cast<long long>(h), std::sqrt(e_sparse / norm),
+                    std::sqrt(e_cal / norm), to_string(cal->choice[b * H + h]));
+        EXPECT_LE(e_cal, e_sparse) << "layer " << w.calls[i].layer << ", b " << b << ", h " << h;
+      }
+  }
+  EXPECT_GE(sparse_steps, 1);
+}
+
+}  // namespace
+}  // namespace spaattn
