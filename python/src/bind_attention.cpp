@@ -55,13 +55,9 @@ void check_attention(const Meta& q, const Meta& k, const Meta& v, const Meta& ou
                      const std::optional<Meta>& lse, const std::optional<Meta>& text_lengths,
                      int64_t num_text, const std::string& text_placement, int block_size,
                      float scale, const std::string& kernel) {
-  AttentionArgs args;
-  args.q = meta_view(q, "q");
-  args.k = meta_view(k, "k");
-  args.v = meta_view(v, "v");
   std::vector<int32_t> zeros;
-  if (text_lengths) args.text_lengths = meta_view(*text_lengths, "text_lengths", &zeros);
-  args.layout = make_layout(args.q, num_text, text_placement, block_size);
+  AttentionArgs args =
+      meta_args(q, k, v, text_lengths, zeros, num_text, text_placement, block_size);
   args.scale = scale;
   args.kernel = parse_kernel_family(kernel, "kernel");
   const TensorView o = meta_view(out, "out");

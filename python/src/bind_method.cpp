@@ -112,13 +112,9 @@ std::tuple<std::string, double, bool> forward(Attention& self, const In& q, cons
 void check(const Attention& self, const Meta& q, const Meta& k, const Meta& v, const Meta& out,
            const std::optional<Meta>& text_lengths, int layer, int entry, int step,
            int64_t num_text, const std::string& text_placement) {
-  AttentionArgs args;
-  args.q = meta_view(q, "q");
-  args.k = meta_view(k, "k");
-  args.v = meta_view(v, "v");
   std::vector<int32_t> zeros;
-  if (text_lengths) args.text_lengths = meta_view(*text_lengths, "text_lengths", &zeros);
-  args.layout = make_layout(args.q, num_text, text_placement, self.impl.config().block_size);
+  const AttentionArgs args = meta_args(q, k, v, text_lengths, zeros, num_text, text_placement,
+                                       self.impl.config().block_size);
   self.impl.check(CallInfo{.layer = layer, .entry = entry, .step = step}, args,
                   meta_view(out, "out"));
 }

@@ -129,6 +129,18 @@ TensorView meta_view(const Meta& meta, const char* name, std::vector<int32_t>* z
   return t;
 }
 
+AttentionArgs meta_args(const Meta& q, const Meta& k, const Meta& v,
+                        const std::optional<Meta>& text_lengths, std::vector<int32_t>& zeros,
+                        int64_t num_text, const std::string& placement, int block_size) {
+  AttentionArgs args;
+  args.q = meta_view(q, "q");
+  args.k = meta_view(k, "k");
+  args.v = meta_view(v, "v");
+  if (text_lengths) args.text_lengths = meta_view(*text_lengths, "text_lengths", &zeros);
+  args.layout = make_layout(args.q, num_text, placement, block_size);
+  return args;
+}
+
 TextPlacement parse_placement(const std::string& name) {
   if (name == "suffix") return TextPlacement::suffix;
   if (name == "prefix") return TextPlacement::prefix;

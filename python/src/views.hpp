@@ -42,6 +42,12 @@ using Meta = std::tuple<std::vector<int64_t>, std::vector<int64_t>, std::string,
 // read; host text lengths read zeros (a valid length) from `zeros`, sized here.
 TensorView meta_view(const Meta& meta, const char* name, std::vector<int32_t>* zeros = nullptr);
 
+// The arguments of a call known by the metadata of q, k, v and the text lengths (whose host
+// values read as zeros from `zeros`), with the sequence layout.
+AttentionArgs meta_args(const Meta& q, const Meta& k, const Meta& v,
+                        const std::optional<Meta>& text_lengths, std::vector<int32_t>& zeros,
+                        int64_t num_text, const std::string& placement, int block_size);
+
 TextPlacement parse_placement(const std::string& name);
 OrderKind parse_order(const std::string& name);
 Selector parse_selector(const std::string& name);
