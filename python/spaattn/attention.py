@@ -239,12 +239,14 @@ def rectified_attention(
                     order=order, gapr=gapr, neighbours=neighbours,
                     first_frame_blocks=first_frame_blocks, block_size=block_size, scale=scale)
     device = str(q.device) if T.is_torch(q) else "cpu"  # type: ignore[attr-defined]
-    attention, lock = _attention_for(settings, device)
-    with lock:
-        # No state carries over from another call: a fresh selection every time.
-        attention.reset()
+    cached = _attention_for(settings, device)
+    with cached.lock:
+        # Steps 0 and 1 in turn: each call makes a fresh selection (mask_period 1), and the state
+        # and its memory stay allocated from one call to the next.
+        cached.step ^= 1
+        attention = cached.attention
         out = attention.forward(
-            q, k, v, num_text=num_text, text_lengths=text_lengths,
+            q, k, v, step=cached.step, num_text=num_text, text_lengths=text_lengths,
             text_placement=text_placement, layout=layout,
         )
         stats = attention.last_stats
@@ -256,11 +258,22 @@ def rectified_attention(
 # neighbour map, their device copies and the GPU workspace are made once, not per call. The
 # least recently used object beyond _CACHE_SIZE is dropped (with its device memory).
 _CACHE_SIZE = 4
-_cache: OrderedDict[tuple[Any, ...], tuple[SparseAttention, threading.Lock]] = OrderedDict()
+
+
+class _Cached:
+    """One cached object, the lock its calls take and the step of its last call."""
+
+    def __init__(self, attention: SparseAttention) -> None:
+        self.attention = attention
+        self.lock = threading.Lock()
+        self.step = 1
+
+
+_cache: OrderedDict[tuple[Any, ...], _Cached] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def _attention_for(settings: dict[str, Any], device: str) -> tuple[SparseAttention, threading.Lock]:
+def _attention_for(settings: dict[str, Any], device: str) -> _Cached:
     key = (device, *sorted(settings.items()))
     with _cache_lock:
         entry = _cache.get(key)
@@ -268,7 +281,7 @@ def _attention_for(settings: dict[str, Any], device: str) -> tuple[SparseAttenti
             _cache.move_to_end(key)
             return entry
     # Made outside the lock (the constructor checks the settings and may raise).
-    entry = (SparseAttention("rectified", **settings), threading.Lock())
+    entry = _Cached(SparseAttention("rectified", **settings))
     with _cache_lock:
         entry = _cache.setdefault(key, entry)
         _cache.move_to_end(key)

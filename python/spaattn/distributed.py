@@ -166,7 +166,7 @@ class UlyssesAttention:
         _check_backend(self.group, q)
         # The one-process call's checks on the shapes this rank's call will have (whole
         # sequence, local heads), before any communication.
-        mq, mk, mv = (self._whole_meta(x, layout) for x in (q, k, v))
+        mq, mk, mv = (whole_meta(x, size, layout) for x in (q, k, v))
         self.attention._impl.check(mq, mk, mv, mq, _ops.lengths_meta(lengths, q), *call,
                                    num_text, text_placement)
 
@@ -178,9 +178,6 @@ class UlyssesAttention:
         return heads_to_sequence(out, size, self.group, layout)
 
     __call__ = forward
-
-    def _whole_meta(self, x: Tensor, layout: str) -> tuple[Any, ...]:
-        return whole_meta(x, self.world_size, layout)
 
 
 def whole_meta(x: Tensor, n: int, layout: str = "bshd") -> tuple[Any, ...]:

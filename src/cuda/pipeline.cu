@@ -101,14 +101,16 @@ class StreamOrder {
     if (stream_) cudaStreamDestroy(stream_);  // pending frees still complete
     if (done_) cudaEventDestroy(done_);
   }
-  // Before a call's first launch on `stream`.
-  void begin(cudaStream_t stream) {
+  // Before a call's first launch on `stream`; returns whether the stream is being captured.
+  bool begin(cudaStream_t stream) {
     if (!done_) SPAATTN_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
-    if (recorded_ && !capturing(stream)) SPAATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, done_, 0));
+    const bool captured = capturing(stream);
+    if (recorded_ && !captured) SPAATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, done_, 0));
+    return captured;
   }
-  // After a call's last launch on `stream`.
-  void end(cudaStream_t stream) {
-    if (capturing(stream)) return;
+  // After a call's last launch on `stream`, with what begin() returned.
+  void end(cudaStream_t stream, bool captured) {
+    if (captured) return;
     SPAATTN_CUDA_CHECK(cudaEventRecord(done_, stream));
     recorded_ = true;
     waited_ = false;
@@ -219,9 +221,9 @@ class GpuPipeline final : public DevicePipeline {
                       "expected batch * heads * blocks^2 < 2^31 (int32 mask offsets), got ",
                       dims.max_nnz(), ": split the call over batch or heads");
     const auto stream = static_cast<cudaStream_t>(stream_ptr);
-    order_.begin(stream);
+    const bool captured = order_.begin(stream);
     CallStats stats = run(call, args, out, plan, dims, stream);
-    order_.end(stream);
+    order_.end(stream, captured);
     if (config_.measure_density && plan.kind == CallStats::Kind::sparse)
       stats.density = read_density(args, dims, stream);
     return stats;
