@@ -18,6 +18,9 @@
 #   --profile: Nsight Compute on the Hopper kernel (d = 128, B = 128, S = 76,800, H = 40) at
 #          densities 1.0 and 0.05: throughput, memory (DRAM, L2 hit rate), warp stalls and
 #          scheduler statistics of one launch each (profile_density_*.txt).
+#   --ulysses: with two or more GPUs, Ulysses sequence parallelism over 2 GPUs (NCCL):
+#          bench/ulysses_bench.py at S = 76,800, H = 40, d = 128, sparsity 0.9 for rectified and
+#          rettention (ulysses_*.json), and with --python the distributed tests on 2 GPUs.
 #   --cli: also build the command-line tool and run `spaattn bench` at its default shape and at
 #          S = 76,800, H = 40 (bench_cli*.json).
 #   --sanitizer-tools LIST: the compute-sanitizer tools (default "memcheck racecheck synccheck
@@ -30,7 +33,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-families="portable hopper" profile=0 cli=0 tools="memcheck racecheck synccheck initcheck" quick=0 tests=1 sanitizer=1 bench=1 pipeline=1 shape="" densities="" bin="" python=0 testbed=""
+families="portable hopper" profile=0 ulysses=0 cli=0 tools="memcheck racecheck synccheck initcheck" quick=0 tests=1 sanitizer=1 bench=1 pipeline=1 shape="" densities="" bin="" python=0 testbed=""
 testbed_args=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -46,6 +49,7 @@ while [[ $# -gt 0 ]]; do
     --python) python=1 ;;
     --cli) cli=1 ;;
     --profile) profile=1 ;;
+    --ulysses) ulysses=1 ;;
     --sanitizer-tools) tools=$2; shift ;;
     --testbed) testbed=$2; shift ;;
     --testbed-args) testbed_args=$2; shift ;;
@@ -186,6 +190,27 @@ if [[ $python == 1 ]]; then
   rc=${PIPESTATUS[0]}
   note "Python package: build and tests exit $rc (python_build.log, python_tests.log)"
   [[ $rc == 0 ]] || status=1
+fi
+if [[ $ulysses == 1 ]]; then
+  gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
+  if [[ $gpus -lt 2 ]]; then
+    note "Ulysses: needs 2 GPUs, found $gpus (not run)"
+    status=1
+  elif [[ $python == 0 ]] && ! python3 -c "import spaattn" 2>/dev/null; then
+    note "Ulysses: needs the Python package (--python)"
+    status=1
+  else
+    for method in rectified rettention; do
+      PYTHONUNBUFFERED=1 timeout 600 python3 -m torch.distributed.run --nproc-per-node 2 \
+        bench/ulysses_bench.py --method "$method" --json "$OUT/ulysses_$method.json" \
+        >"$OUT/ulysses_$method.log" 2>&1
+      rc=$?
+      note "Ulysses bench ($method, 2 GPUs): exit $rc, $(python3 -c "import json,sys
+r=json.load(open(sys.argv[1]))
+print(f\"{r['ms_parallel']:.1f} ms vs {r['ms_one']:.1f} ms on one GPU: {r['speedup']:.2f}x, rel L2 {r['rel_l2_vs_one']:.2e}\")" "$OUT/ulysses_$method.json" 2>/dev/null)"
+      [[ $rc == 0 ]] || { status=1; tail -n 20 "$OUT/ulysses_$method.log"; }
+    done
+  fi
 fi
 if [[ -n $testbed ]]; then
   mkdir -p "$OUT/testbed"

@@ -180,12 +180,14 @@ class UlyssesAttention:
     __call__ = forward
 
 
-def whole_meta(x: Tensor, n: int, layout: str = "bshd") -> tuple[Any, ...]:
+def whole_meta(x: Tensor, n: int, layout: str = "bshd", *,
+               whole_tokens: int = 0) -> tuple[Any, ...]:
     """What the core's checks take of the tensor a rank of `n` gets in place of its shard `x`
     after :func:`sequence_to_heads` (whole sequence, local heads, contiguous in `layout`), seen
-    as [b, S, H, d]: the one-process call's checks can run before any communication."""
+    as [b, S, H, d]: the one-process call's checks can run before any communication.
+    `whole_tokens`: the shard's last tokens that every rank holds whole (not exchanged)."""
     shape = list(x.shape)
-    shape[_seq_dim(layout)] *= n
+    shape[_seq_dim(layout)] = (shape[_seq_dim(layout)] - whole_tokens) * n + whole_tokens
     shape[_head_dim(layout)] //= n
     strides = list(_contiguous_strides(tuple(shape)))
     if layout == "bhsd":

@@ -39,7 +39,10 @@ each transformer forward runs every replaced layer through :class:`spaattn.Spars
   processors receive the rank's shard of the sequence; they exchange the heads over the model's
   Ulysses mesh (all-to-all, :mod:`spaattn.distributed`), run spaattn on the whole sequence of
   their H / N heads and exchange the output back, so the result is the one-process one. Wan
-  and Flux are supported; ``ring_degree > 1`` (the methods need whole rows of the softmax),
+  and Flux run with diffusers' own context parallel plan, HunyuanVideo with spaattn's
+  (``enable_parallelism(config, cp_plan=spaattn.diffusers.context_parallel_plan(transformer))``,
+  which keeps the text whole on every rank); ``ring_degree > 1`` (the methods need whole rows
+  of the softmax),
   ``ulysses_anything``, heads not divisible by N and the other models are refused with a clear
   error, by ``apply`` before anything changes or at the first forward.
 - **Dense warm-up.** ``dense_steps`` and ``dense_layers`` (layer numbers in the order the
@@ -266,6 +269,23 @@ def _layer_numbers(layers: Any, count: int) -> list[int]:
     return sorted({x + count if x < 0 else x for x in numbers})
 
 
+def context_parallel_plan(transformer: Any) -> dict[str, Any]:
+    """The context parallel plan to give ``transformer.enable_parallelism(config, cp_plan=...)``
+    for spaattn's processors: spaattn's own for HunyuanVideo (diffusers has none), diffusers'
+    for Wan and Flux. Other transformers are refused with a ValueError."""
+    model = _unwrap(transformer)
+    adapter = _adapter(model)
+    own = getattr(adapter, "parallel_plan", None)
+    if own is not None:
+        return own(model)  # type: ignore[no-any-return]
+    plan = getattr(type(model), "_cp_plan", None)
+    if not getattr(adapter, "context_parallel", False) or plan is None:
+        raise ValueError(
+            f"transformer: expected a Wan, Flux or HunyuanVideo transformer (spaattn runs "
+            f"context parallelism in these), got {type(model).__name__}")
+    return dict(plan)
+
+
 def remove(pipe: Any) -> None:
     """Restores the stock attention processors of a pipeline or transformer spaattn runs in."""
     for model in _transformers(pipe):
@@ -275,4 +295,4 @@ def remove(pipe: Any) -> None:
             delattr(model, _ATTRIBUTE)
 
 
-__all__ = ["ADAPTERS", "PRESETS", "Handle", "apply", "remove"]
+__all__ = ["ADAPTERS", "PRESETS", "Handle", "apply", "context_parallel_plan", "remove"]

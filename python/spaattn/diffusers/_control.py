@@ -159,10 +159,13 @@ def check_context_parallel(model: Any, adapter: Any) -> tuple[Any, int] | None:
         )
     if not getattr(adapter, "context_parallel", False):
         raise ValueError(
-            f"enable_parallelism: spaattn runs diffusers' context parallelism in Wan and Flux "
-            f"transformers only, got {adapter.name}; in model code of your own use "
+            f"enable_parallelism: spaattn runs diffusers' context parallelism in Wan, Flux and "
+            f"HunyuanVideo transformers only, got {adapter.name}; in model code of your own use "
             "spaattn.distributed.UlyssesAttention"
         )
+    check_model = getattr(adapter, "check_context_parallel", None)
+    if check_model is not None:
+        check_model(model)
     heads = getattr(getattr(model, "config", None), "num_attention_heads", None)
     if isinstance(heads, int) and heads % ulysses:
         raise ValueError(
@@ -288,6 +291,9 @@ class ModelControl:
         return 1 if self.parallel is None else self.parallel[1]
 
     def uninstall(self) -> None:
+        release = getattr(self.adapter, "release_context_parallel", None)
+        if release is not None:
+            release(self.model)
         parallel = getattr(self.model, "_parallel_config", None)
         for module, original in self._originals:
             # A stock processor put back after enable_parallelism ran on spaattn's must carry
@@ -347,7 +353,7 @@ class ModelControl:
     def attend(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         num_text: int = 0, text_lengths: torch.Tensor | None = None,
-        text_placement: str = "suffix", text_shards: bool = False,
+        text_placement: str = "suffix", text_shards: bool = False, text_whole: bool = False,
     ) -> torch.Tensor:
         """spaattn's attention of `layer` on [b, S, H, d] tensors (any strides) at the current
         step and entry; returns a contiguous [b, S, H, d] output.
@@ -359,7 +365,10 @@ class ModelControl:
         `text_shards`: each rank's shard is its shard of the text followed by its shard of the
         video (the text placed first, ``text_placement="prefix"``), not a contiguous shard of
         the whole sequence; the whole sequence is put in order (all text, then all video) for
-        the attention and back for the output.
+        the attention and back for the output. `text_whole`: each rank's shard is its video
+        shard followed by the whole text (``num_text`` tokens, the same on every rank); the
+        rank's heads of the text join the whole video of those heads, and the text output of
+        every head is gathered back on every rank.
         """
         if self.info is None:
             raise RuntimeError(
@@ -375,7 +384,10 @@ class ModelControl:
             )
         group, n = self.parallel
         self._check_shards(layer, q, k, v, text_lengths, grid, num_text, text_placement,
-                           text_shards, n)
+                           text_shards, text_whole, n)
+        if text_whole:
+            return self._attend_text_whole(layer, q, k, v, text_lengths, grid, num_text, group,
+                                           n)
         qh, kh, vh = (sequence_to_heads(x, n, group) for x in (q, k, v))
         if text_shards:
             qh, kh, vh = (_text_first(x, n, num_text // n) for x in (qh, kh, vh))
@@ -387,12 +399,33 @@ class ModelControl:
             out = _text_sharded(out, n, num_text)
         return heads_to_sequence(out, n, group)
 
+    def _attend_text_whole(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           text_lengths: torch.Tensor | None, grid: tuple[int, ...] | None,
+                           num_text: int, group: Any, n: int) -> torch.Tensor:
+        """:meth:`attend` with `text_whole` (checked): rank r's heads r * H/N .. of the whole
+        video (one all-to-all per tensor) followed by the same heads of the text."""
+        video = q.shape[1] - num_text
+        heads = q.shape[2] // n
+        rank = torch.distributed.get_rank(group)
+        local = slice(rank * heads, (rank + 1) * heads)
+        qh, kh, vh = (torch.cat([sequence_to_heads(x[:, :video], n, group), x[:, video:, local]],
+                                1) for x in (q, k, v))
+        out = torch.ops.spaattn.model_attention(
+            qh, kh, vh, text_lengths, self.handle, layer, list(grid or ()), num_text, "suffix")
+        video_out = heads_to_sequence(out[:, :n * video], n, group)
+        text_out = out[:, n * video:].contiguous()
+        texts = [torch.empty_like(text_out) for _ in range(n)]
+        torch.distributed.all_gather(texts, text_out, group=group)
+        return torch.cat([video_out, torch.cat(texts, 2)], 1)
+
     def _check_shards(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       text_lengths: torch.Tensor | None, grid: tuple[int, ...] | None,
-                      num_text: int, text_placement: str, text_shards: bool, n: int) -> None:
+                      num_text: int, text_placement: str, text_shards: bool, text_whole: bool,
+                      n: int) -> None:
         """The checks of a call on this rank's shard, before any communication: the heads
-        divisible by N, the shard N-th of the forward's whole sequence, and the core's checks of
-        the one-process call on the whole sequence of the local heads."""
+        divisible by N, the shard N-th of the forward's whole sequence (with `text_whole`: of
+        its video tokens, followed by the whole text), and the core's checks of the one-process
+        call on the whole sequence of the local heads."""
         for name, x in (("q", q), ("k", k), ("v", v)):
             if x.dim() != 4 or x.shape[2] % n:
                 raise ValueError(f"{name}: expected [b, S/{n}, H, d] with a number of heads "
@@ -400,13 +433,27 @@ class ModelControl:
         whole = self.info.get("seq") if self.info else None
         if whole is None and grid:
             whole = num_text + grid[0] * grid[1] * grid[2]
-        if whole is not None and q.shape[1] * n != whole:
+        if text_whole:
+            if text_placement != "suffix" or num_text > q.shape[1]:
+                raise ValueError(f"num_text: expected the whole text after this rank's video "
+                                 f"shard of {q.shape[1]} tokens, got {num_text} tokens "
+                                 f"({text_placement})")
+            video = q.shape[1] - num_text
+            if whole is not None and video * n != whole - num_text:
+                raise ValueError(
+                    f"q: expected this rank's shard of the forward's {whole - num_text} video "
+                    f"tokens ({(whole - num_text) / n:g} on each of {n} ranks) followed by "
+                    f"{num_text} text tokens, got {q.shape[1]} tokens")
+        elif whole is not None and q.shape[1] * n != whole:
             raise ValueError(f"q: expected this rank's shard of the forward's {whole} tokens "
                              f"({whole / n:g} on each of {n} ranks), got {q.shape[1]}")
         if text_shards and num_text % n:
             raise ValueError(f"num_text: expected a multiple of ulysses_degree {n}, got "
                              f"{num_text}")
-        mq, mk, mv = (whole_meta(x, n) for x in (q, k, v))
+        if text_whole:
+            mq, mk, mv = (whole_meta(x, n, whole_tokens=num_text) for x in (q, k, v))
+        else:
+            mq, mk, mv = (whole_meta(x, n) for x in (q, k, v))
         self.attention(tuple(grid or ()))._impl.check(
             mq, mk, mv, mq, _ops.lengths_meta(text_lengths, q),
             layer, 0, 0, num_text, text_placement)

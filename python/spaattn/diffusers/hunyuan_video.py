@@ -8,6 +8,15 @@ norms, RoPE on the video tokens); the sequence is the video tokens followed by t
 builds from ``encoder_attention_mask``. Padding text queries get zero output where the stock
 processor computes them; no valid token ever attends to them, so the model's output is the same.
 The token refiner's attention over the text alone stays diffusers' own.
+
+Several GPUs: diffusers has no context parallel plan for this model, so spaattn brings one
+(:func:`context_parallel_plan`, given to ``enable_parallelism(config, cp_plan=...)``). It splits
+the video tokens after the patch embedding and their RoPE tables over the Ulysses ranks and
+gathers the video tokens before the output projection; the text stays whole on every rank (the
+token refiner, the attention mask and the text stream are computed as in one process). Each
+processor exchanges the video shards for the whole video of the rank's heads, takes the same
+heads of the text, runs spaattn on the whole sequence, and gives back the rank's video shard of
+every head and the whole text of every head (one all-gather of the text output).
 """
 
 from __future__ import annotations
@@ -57,7 +66,8 @@ class HunyuanVideoProcessor(LayerProcessor):
         num_video = q.shape[1] - num_text
         lengths = (None if attention_mask is None or num_text == 0
                    else self.control.text_lengths(attention_mask, num_video))
-        out = self.control.attend(self.layer, q, k, v, num_text=num_text, text_lengths=lengths)
+        out = self.control.attend(self.layer, q, k, v, num_text=num_text, text_lengths=lengths,
+                                  text_whole=self.control.shards > 1)
         out = out.flatten(2, 3).to(q.dtype)
 
         if encoder_hidden_states is None:
@@ -79,9 +89,76 @@ def _rope_video(x: torch.Tensor, video: int, rope: Any) -> torch.Tensor:
     return torch.cat([rotated, x[:, video:]], dim=1)
 
 
+def context_parallel_plan() -> dict[str, Any]:
+    """spaattn's context parallel plan of HunyuanVideoTransformer3DModel (module docstring): the
+    patch embedding's output and the RoPE tables split along the video tokens, the output
+    projection's output gathered; the text is not split."""
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    video = ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)
+    table = ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)
+    return {
+        "x_embedder": {0: video},
+        "rope": {0: table, 1: table},
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+
+
+def _has_plan(model: Any) -> bool:
+    """Whether every module of spaattn's plan carries a context parallel hook."""
+    for name in context_parallel_plan():
+        registry = getattr(getattr(model, name, None), "_diffusers_hook", None)
+        hooks = getattr(registry, "hooks", None) or {}
+        if not any(key.endswith(f"---{name}") for key in hooks):
+            return False
+    return True
+
+
 class HunyuanVideoAdapter:
     name = "HunyuanVideo"
-    context_parallel = False  # no diffusers context parallel plan for this model
+    context_parallel = True  # with spaattn's plan (context_parallel_plan)
+
+    def parallel_plan(self, model: Any) -> dict[str, Any]:
+        return context_parallel_plan()
+
+    def check_context_parallel(self, model: Any) -> None:
+        """Refuses context parallelism not set up with spaattn's plan, and the first-frame token
+        replacement (image-to-video), whose first frame lies on one rank only."""
+        if getattr(model.config, "image_condition_type", None) == "token_replace":
+            raise ValueError(
+                "enable_parallelism: expected a HunyuanVideo transformer without "
+                "image_condition_type='token_replace' (its first-frame tokens are not split), "
+                "got 'token_replace'"
+            )
+        for name in context_parallel_plan():
+            registry = getattr(getattr(model, name, None), "_diffusers_hook", None)
+            hooks = getattr(registry, "hooks", None) or {}
+            if not any(key.endswith(f"---{name}") for key in hooks):
+                raise ValueError(
+                    "enable_parallelism: expected cp_plan=spaattn.diffusers."
+                    "context_parallel_plan(transformer) for HunyuanVideo, got a plan that does "
+                    f"not split or gather at '{name}'"
+                )
+
+    def release_context_parallel(self, model: Any) -> None:
+        """Before the stock processors come back: takes spaattn's plan off the model. The stock
+        processors cannot run under it (diffusers' Ulysses attention would see the whole text
+        once per rank and weigh it N times), so the model goes back to one-process attention
+        on every rank, as before ``enable_parallelism``; it can be enabled again."""
+        import dataclasses
+
+        from diffusers.hooks.context_parallel import remove_context_parallel
+
+        parallel = getattr(model, "_parallel_config", None)
+        if getattr(parallel, "context_parallel_config", None) is None or not _has_plan(model):
+            return
+        remove_context_parallel(model, context_parallel_plan())
+        for module in model.modules():
+            if getattr(getattr(module, "processor", None), "_parallel_config", None) is not None:
+                module.processor._parallel_config = None
+        model._parallel_config = (
+            None if getattr(parallel, "tensor_parallel_config", None) is None
+            else dataclasses.replace(parallel, context_parallel_config=None))
 
     def forward_info(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         _, _, frames, height, width = inputs["hidden_states"].shape  # [b, c, F, H, W]
