@@ -15,8 +15,11 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH=/tmp/spaattn-wheels${PYTHONPATH:+:$PYTHONPATH}
 fi
 archs=${CMAKE_CUDA_ARCHITECTURES:-90a-real}
+# SPAATTN_PY_BUILD_DIR: a build folder kept between runs (a second build is incremental).
 if ! python3 -m pip install --no-build-isolation --no-deps -v . \
-       -C cmake.define.CMAKE_CUDA_ARCHITECTURES="$archs" >"$OUT/python_build.log" 2>&1; then
+       -C cmake.define.CMAKE_CUDA_ARCHITECTURES="$archs" \
+       ${SPAATTN_PY_BUILD_DIR:+-C build-dir="$SPAATTN_PY_BUILD_DIR"} \
+       >"$OUT/python_build.log" 2>&1; then
   tail -n 40 "$OUT/python_build.log"
   echo "run_gpu_tests: build failed"
   exit 1
