@@ -11,6 +11,8 @@ step (a fresh selection):
 
 - ms per call on N GPUs (wall time between barriers, both all-to-alls included) and on one GPU
   (CUDA events), and the speed-up;
+- the parts of the N-GPU call, each timed alone the same way: the exchanges (q, k, v to heads
+  and the output back, no attention) and the attention on the local heads (the slowest rank);
 - the largest relative difference of the gathered output from the one-GPU output.
 
 Without CUDA it runs on the CPU with gloo (a smoke test: use a small --seq and --grid).
@@ -28,7 +30,13 @@ import torch
 import torch.distributed as dist
 
 import spaattn
-from spaattn.distributed import UlyssesAttention, gather, shard
+from spaattn.distributed import (
+    UlyssesAttention,
+    gather,
+    heads_to_sequence,
+    sequence_to_heads_many,
+    shard,
+)
 
 
 def main() -> None:
@@ -76,7 +84,30 @@ def main() -> None:
             sync()
             times.append(time.perf_counter() - start)
         parallel = gather(out)
+        # The parts alone: the exchanges, then the attention on this rank's heads.
+        exchange, local_ms = [], []
+        heads = sequence_to_heads_many(local, world, None)
+        for _ in range(args.iters + 3):
+            sync()
+            start = time.perf_counter()
+            qh, kh, vh = sequence_to_heads_many(local, world, None)
+            heads_to_sequence(qh, world, None)
+            sync()
+            exchange.append(time.perf_counter() - start)
+        alone = spaattn.SparseAttention(args.method, **options)
+        for step in range(args.iters + 3):
+            sync()
+            start = time.perf_counter()
+            alone(*heads, step=step)
+            if cuda:
+                torch.cuda.synchronize()
+            local_ms.append(time.perf_counter() - start)
+        slowest = torch.tensor([statistics.median(local_ms[3:])], device=device)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        del heads, qh, kh, vh
     many_ms = 1e3 * statistics.median(times[3:])
+    exchange_ms = 1e3 * statistics.median(exchange[3:])
+    local_attention_ms = 1e3 * slowest.item()
 
     if rank == 0:
         single = spaattn.SparseAttention(args.method, **options)
@@ -108,6 +139,8 @@ def main() -> None:
             "heads": args.heads,
             "dtype": str(dtype).removeprefix("torch."),
             "ms_parallel": many_ms,
+            "ms_exchanges_alone": exchange_ms,
+            "ms_local_attention_alone": local_attention_ms,
             "ms_one": one_ms,
             "speedup": one_ms / many_ms,
             "rel_l2_vs_one": diff,

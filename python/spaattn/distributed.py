@@ -170,7 +170,7 @@ class UlyssesAttention:
         self.attention._impl.check(mq, mk, mv, mq, _ops.lengths_meta(lengths, q), *call,
                                    num_text, text_placement)
 
-        qh, kh, vh = (sequence_to_heads(x, size, self.group, layout) for x in (q, k, v))
+        qh, kh, vh = sequence_to_heads_many((q, k, v), size, self.group, layout)
         out = self.attention.forward(
             qh, kh, vh, layer=call[0], step=call[2], entry=call[1], num_text=num_text,
             text_lengths=lengths, text_placement=text_placement, layout=layout,
@@ -203,20 +203,45 @@ def _exchange(send: Tensor, group: Any) -> Tensor:
     return received
 
 
+def _pack_heads(x: Tensor, n: int, layout: str) -> Tensor:
+    """The all-to-all send buffer of a sequence shard: [N, ...] with head group j in slice j."""
+    if layout == "bshd":
+        b, s, h, d = x.shape
+        return x.unflatten(2, (n, h // n)).permute(2, 0, 1, 3, 4).contiguous()  # [N, b, s, h, d]
+    b, h, s, d = x.shape
+    return x.unflatten(1, (n, h // n)).transpose(0, 1).contiguous()  # [N, b, H/N, s, d]
+
+
+def _unpack_sequence(received: Tensor, layout: str) -> Tensor:
+    """The received buffer (slice i = sequence shard i of this rank's heads) -> the whole
+    sequence: [b, S, H/N, d] (a view when b == 1) or [b, H/N, S, d]."""
+    n = received.shape[0]
+    if layout == "bshd":
+        _, b, s, h, d = received.shape
+        return received.transpose(0, 1).reshape(b, n * s, h, d)
+    _, b, h, s, d = received.shape
+    return received.permute(1, 2, 0, 3, 4).reshape(b, h, n * s, d)
+
+
 def sequence_to_heads(x: Tensor, n: int, group: Any, layout: str = "bshd") -> Tensor:
     """This rank's sequence shard of every head ([b, S/N, H, d]) -> the whole sequence of its
     heads ([b, S, H/N, d]); one all-to-all over the `n` ranks of `group` (unchecked)."""
-    if layout == "bshd":
-        b, s, h, d = x.shape
-        # [b, s, N, H/N, d] -> [N, b, s, H/N, d]: head group j goes to rank j.
-        send = x.unflatten(2, (n, h // n)).permute(2, 0, 1, 3, 4).contiguous()
-        # Received [N, b, s, H/N, d], slice i = sequence shard i -> [b, N * s, H/N, d]
-        # (a view when b == 1).
-        return _exchange(send, group).transpose(0, 1).reshape(b, n * s, h // n, d)
-    b, h, s, d = x.shape
-    send = x.unflatten(1, (n, h // n)).transpose(0, 1).contiguous()  # [N, b, H/N, s, d]
-    received = _exchange(send, group)  # [N, b, H/N, s, d], slice i = sequence shard i
-    return received.permute(1, 2, 0, 3, 4).reshape(b, h // n, n * s, d)
+    return _unpack_sequence(_exchange(_pack_heads(x, n, layout), group), layout)
+
+
+def sequence_to_heads_many(xs: list[Tensor] | tuple[Tensor, ...], n: int, group: Any,
+                           layout: str = "bshd") -> list[Tensor]:
+    """:func:`sequence_to_heads` of several tensors (q, k and v), overlapped: each tensor's
+    all-to-all runs on the communicator while the next one's send buffer is packed."""
+    works, received = [], []
+    for x in xs:
+        send = _pack_heads(x, n, layout)
+        buffer = torch.empty_like(send)
+        works.append(dist.all_to_all_single(buffer, send, group=group, async_op=True))
+        received.append(buffer)
+    for work in works:
+        work.wait()
+    return [_unpack_sequence(buffer, layout) for buffer in received]
 
 
 def heads_to_sequence(out: Tensor, n: int, group: Any, layout: str = "bshd") -> Tensor:
@@ -243,4 +268,5 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-__all__ = ["UlyssesAttention", "gather", "heads_to_sequence", "sequence_to_heads", "shard"]
+__all__ = ["UlyssesAttention", "gather", "heads_to_sequence", "sequence_to_heads",
+           "sequence_to_heads_many", "shard"]

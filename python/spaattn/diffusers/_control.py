@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import torch
 
 from .. import _ops
-from ..distributed import heads_to_sequence, sequence_to_heads, whole_meta
+from ..distributed import heads_to_sequence, sequence_to_heads_many, whole_meta
 from ..method import CallStats, SparseAttention
 
 STEP_SOURCES = ("auto", "scheduler", "timestep", "manual")
@@ -388,7 +388,7 @@ class ModelControl:
         if text_whole:
             return self._attend_text_whole(layer, q, k, v, text_lengths, grid, num_text, group,
                                            n)
-        qh, kh, vh = (sequence_to_heads(x, n, group) for x in (q, k, v))
+        qh, kh, vh = sequence_to_heads_many((q, k, v), n, group)
         if text_shards:
             qh, kh, vh = (_text_first(x, n, num_text // n) for x in (qh, kh, vh))
         out = torch.ops.spaattn.model_attention(
@@ -408,8 +408,9 @@ class ModelControl:
         heads = q.shape[2] // n
         rank = torch.distributed.get_rank(group)
         local = slice(rank * heads, (rank + 1) * heads)
-        qh, kh, vh = (torch.cat([sequence_to_heads(x[:, :video], n, group), x[:, video:, local]],
-                                1) for x in (q, k, v))
+        exchanged = sequence_to_heads_many([x[:, :video] for x in (q, k, v)], n, group)
+        qh, kh, vh = (torch.cat([xh, x[:, video:, local]], 1)
+                      for xh, x in zip(exchanged, (q, k, v), strict=True))
         out = torch.ops.spaattn.model_attention(
             qh, kh, vh, text_lengths, self.handle, layer, list(grid or ()), num_text, "suffix")
         video_out = heads_to_sequence(out[:, :n * video], n, group)
