@@ -17,7 +17,9 @@
 #              if they do not start.
 #   --profile: Nsight Compute on the Hopper kernel (d = 128, B = 128, S = 76,800, H = 40) at
 #          densities 1.0 and 0.05: throughput, memory (DRAM, L2 hit rate), warp stalls and
-#          scheduler statistics of one launch each (profile_density_*.txt).
+#          scheduler statistics of one launch each (profile_density_*.txt), and the SASS lines
+#          with the most warp-stall samples (profile_density_*_lines.txt; the build gets
+#          -lineinfo).
 #   --ulysses: with two or more GPUs, Ulysses sequence parallelism over 2 GPUs (NCCL):
 #          bench/ulysses_bench.py at S = 76,800, H = 40, d = 128, sparsity 0.9 for rectified and
 #          rettention (ulysses_*.json), and with --python the distributed tests on 2 GPUs.
@@ -79,7 +81,8 @@ elif [[ -n $bin ]] && "$bin/spaattn_gpu_tests" --gtest_list_tests >/dev/null 2>&
   echo "prebuilt binaries from $bin" | tee -a "$OUT/build.log"
 else
   if ! { cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-           -DCMAKE_CUDA_ARCHITECTURES=90a-real &&
+           -DCMAKE_CUDA_ARCHITECTURES=90a-real \
+           -DCMAKE_CUDA_FLAGS="$([[ $profile == 1 ]] && echo -lineinfo)" &&
          cmake --build "$BUILD" --target spaattn_gpu_tests spaattn_bench spaattn_bench_pipeline \
            $([[ $cli == 1 ]] && echo spaattn_cli)
        } >>"$OUT/build.log" 2>&1; then
@@ -126,9 +129,15 @@ if [[ $profile == 1 ]]; then
     ncu --clock-control none -k regex:fwd_kernel_sm90 --launch-skip 3 --launch-count 1 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
       --section WarpStateStats --section SchedulerStats --section Occupancy \
+      --section SourceCounters --import-source yes --print-details all \
+      --export "/tmp/profile_density_$density" --force-overwrite \
       "$BENCH" --kernel hopper --head-dim 128 --block 128 --shape S=76800 --densities "$density" \
       --iters 10 >"$OUT/profile_density_$density.txt" 2>&1
     rc=$?
+    # The source page as CSV, reduced to the 60 SASS lines with the most stall samples.
+    ncu --import "/tmp/profile_density_$density.ncu-rep" --page source --csv \
+      --print-source sass 2>&1 | python3 scripts/top_stalls.py 60 \
+      >"$OUT/profile_density_${density}_lines.txt" 2>&1
     note "ncu, hopper kernel at density $density: exit $rc ($OUT/profile_density_$density.txt)"
     [[ $rc == 0 ]] || status=1
   done

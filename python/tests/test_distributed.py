@@ -103,7 +103,8 @@ def _run_method(method: str, rank: int, layout: str = "bshd", batch: int = 2,
     seq = GRID[0] * GRID[1] * GRID[2] + TEXT
     shape = (batch, seq, HEADS, 64) if layout == "bshd" else (batch, HEADS, seq, 64)
     lengths = LENGTHS[:batch]
-    options = dict(OPTIONS[method], block_size=64, grid=GRID, neighbours=False)
+    options = dict(OPTIONS[method], block_size=64, grid=GRID, neighbours=False,
+                   measure_density=True)
     whole = spaattn.SparseAttention(method, **options)
     parallel = UlyssesAttention(spaattn.SparseAttention(method, **options))
     worst, kinds, local_kinds, density = 0.0, [], [], 1.0
@@ -257,7 +258,8 @@ def _diffusers_run(make: Any, inputs: Any, method: str, before: bool) -> dict[st
     import spaattn.diffusers
 
     options = {"method": method, "sparsity": 0.75, "block_size": 64, "dense_steps": 1,
-               "mask_period": 2, "ref_period": 2, "neighbours": False, "steps": "manual"}
+               "mask_period": 2, "ref_period": 2, "neighbours": False, "steps": "manual",
+               "measure_density": True}
     single, parallel = make(), make()
     if before:
         _enable(parallel, ulysses_degree=WORLD)
@@ -363,7 +365,8 @@ def _video(make: Any, method: str, parallel: bool) -> tuple[torch.Tensor, float]
     if parallel:
         _enable(pipe.transformer, ulysses_degree=WORLD)
     handle = spaattn.diffusers.apply(pipe, method=method, sparsity=0.75, block_size=64,
-                                     dense_steps=1, ref_period=2, neighbours=False)
+                                     dense_steps=1, ref_period=2, neighbours=False,
+                                     measure_density=True)
     density = [1.0]
     record = pipe.scheduler.step
 
