@@ -13,6 +13,8 @@ step (a fresh selection):
   (CUDA events), and the speed-up;
 - the parts of the N-GPU call, each timed alone the same way: the exchanges (q, k, v to heads
   and the output back, no attention) and the attention on the local heads (the slowest rank);
+  and one bare all-to-all of a shard-sized buffer, with the bandwidth it reaches (bytes leaving
+  each rank for the others per second);
 - the largest relative difference of the gathered output from the one-GPU output.
 
 Without CUDA it runs on the CPU with gloo (a smoke test: use a small --seq and --grid).
@@ -102,12 +104,24 @@ def main() -> None:
             if cuda:
                 torch.cuda.synchronize()
             local_ms.append(time.perf_counter() - start)
+        bare = []
+        send = torch.empty(local[0].numel(), dtype=dtype, device=device)
+        receive = torch.empty_like(send)
+        for _ in range(args.iters + 3):
+            sync()
+            start = time.perf_counter()
+            dist.all_to_all_single(receive, send)
+            sync()
+            bare.append(time.perf_counter() - start)
+        del send, receive
         slowest = torch.tensor([statistics.median(local_ms[3:])], device=device)
         dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
         del heads, qh, kh, vh
     many_ms = 1e3 * statistics.median(times[3:])
     exchange_ms = 1e3 * statistics.median(exchange[3:])
     local_attention_ms = 1e3 * slowest.item()
+    bare_s = statistics.median(bare[3:])
+    leaving = local[0].numel() * local[0].element_size() * (world - 1) / world
 
     if rank == 0:
         single = spaattn.SparseAttention(args.method, **options)
@@ -141,6 +155,8 @@ def main() -> None:
             "ms_parallel": many_ms,
             "ms_exchanges_alone": exchange_ms,
             "ms_local_attention_alone": local_attention_ms,
+            "ms_one_all_to_all": 1e3 * bare_s,
+            "all_to_all_gb_per_s": leaving / bare_s / 1e9,
             "ms_one": one_ms,
             "speedup": one_ms / many_ms,
             "rel_l2_vs_one": diff,
