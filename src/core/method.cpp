@@ -424,7 +424,9 @@ void SparseAttention::calibrated_step(const CallInfo& call, const AttentionArgs&
   const int64_t v0 = layout.video_offset(), nv = layout.num_video;
   cpu::parallel_for(B * H, [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H;
-    // The least error wins; a tie keeps the lower index, so "none" wins every tie.
+    // The least error wins; a tie keeps the lower index, so "none" wins every tie. Before the
+    // Re-ttention candidate can be measured (no previous reference step), it is the choice:
+    // until the next reference step the call is corrected as `rettention` would correct it.
     double best = std::numeric_limits<double>::infinity();
     for (int c = 0; c < kCandidates; ++c) {
       const Candidate cand = static_cast<Candidate>(c);
@@ -437,7 +439,10 @@ void SparseAttention::calibrated_step(const CallInfo& call, const AttentionArgs&
         cal.choice[bh] = cand;
       }
     }
-    if (!has_prev) return;
+    if (!has_prev) {
+      cal.choice[bh] = Candidate::rettention;
+      return;
+    }
     // The drift from the previous reference step to this one: rho of the previous mask then
     // against the share of the full mass the same mask holds now.
     std::vector<float> rho_then(nv), rho_now(nv);
