@@ -22,7 +22,7 @@ import sys as _sys
 
 from . import _C  # type: ignore[attr-defined]
 from .attention import block_sparse_attention, dense_to_csr, rectified_attention
-from .method import METHODS, CallStats, SparseAttention
+from .method import CANDIDATES, METHODS, Calibration, CallStats, SparseAttention
 from .orders import (
     ORDERS,
     block_neighbours,
@@ -46,8 +46,10 @@ def cuda_available() -> bool:
 
 
 __all__ = [
+    "CANDIDATES",
     "METHODS",
     "ORDERS",
+    "Calibration",
     "CallStats",
     "SparseAttention",
     "block_neighbours",

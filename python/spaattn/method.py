@@ -29,6 +29,28 @@ class CallStats:
     mask_reused: bool
 
 
+CANDIDATES = ("none", "affine", "scale", "rettention", "merge")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What the last reference step of one (layer, entry) of the ``"calibrated"`` method
+    decided, per batch item b and head h.
+
+    ref_step: the reference step that measured the errors. choice[b][h]: the candidate applied
+    at the sparse steps until the next reference step, one of :data:`CANDIDATES`. drift[b][h]:
+    Re-ttention's drift ``lambda`` fitted so far (0 before two reference steps). errors[b][h]:
+    the squared L2 error against full attention over the video query rows of each candidate at
+    ``ref_step`` (NaN for ``"rettention"`` before a second reference step, where it is chosen
+    without a measurement).
+    """
+
+    ref_step: int
+    choice: list[list[str]]
+    drift: list[list[float]]
+    errors: list[list[dict[str, float]]]
+
+
 class SparseAttention:
     """Rectified SpaAttn, Re-ttention, their combination or a baseline, with per-layer state.
 
@@ -154,6 +176,24 @@ class SparseAttention:
     def reset(self) -> None:
         """Drops every cached selection and Re-ttention statistic (and frees GPU state)."""
         self._impl.reset()
+
+    def calibration(self, layer: int = 0, entry: int = 0) -> Calibration | None:
+        """The ``"calibrated"`` method's choices at the last reference step of ``(layer,
+        entry)``; None for other methods and before a reference step."""
+        layer = T.integer(layer, "layer")
+        entry = T.integer(entry, "entry")
+        found = self._impl.calibration(layer, entry)
+        if found is None:
+            return None
+        ref_step, batch, heads, choice, drift, errors = found
+        n = len(CANDIDATES)
+        return Calibration(
+            ref_step=ref_step,
+            choice=[choice[b * heads:(b + 1) * heads] for b in range(batch)],
+            drift=[drift[b * heads:(b + 1) * heads] for b in range(batch)],
+            errors=[[dict(zip(CANDIDATES, errors[(b * heads + h) * n:(b * heads + h + 1) * n],
+                              strict=True)) for h in range(heads)] for b in range(batch)],
+        )
 
     def forward(
         self,

@@ -119,6 +119,24 @@ void check(const Attention& self, const Meta& q, const Meta& k, const Meta& v, c
                   meta_view(out, "out"));
 }
 
+// Method::calibrated's choices of (layer, entry)'s last reference step, or None:
+// (ref_step, batch, heads, choice names per (b, h), drift per (b, h), errors per (b, h, candidate)).
+using CalibrationTuple = std::tuple<int, int64_t, int64_t, std::vector<std::string>,
+                                    std::vector<float>, std::vector<double>>;
+std::optional<CalibrationTuple> calibration(const Attention& self, int layer, int entry) {
+  std::optional<Calibration> cal;
+  {
+    nb::gil_scoped_release release;
+    cal = self.impl.calibration(layer, entry);
+  }
+  if (!cal) return std::nullopt;
+  std::vector<std::string> choice;
+  choice.reserve(cal->choice.size());
+  for (Candidate c : cal->choice) choice.emplace_back(to_string(c));
+  return CalibrationTuple{cal->ref_step, cal->batch, cal->heads, std::move(choice),
+                          std::move(cal->drift), std::move(cal->errors)};
+}
+
 void reset(Attention& self) {
   nb::gil_scoped_release release;
   self.impl.reset();
@@ -140,6 +158,7 @@ void bind_method(nb::module_& m) {
       .def("check", &check, "q"_a, "k"_a, "v"_a, "out"_a, "text_lengths"_a.none(), "layer"_a,
            "entry"_a, "step"_a, "num_text"_a, "text_placement"_a)
       .def("reset", &reset)
+      .def("calibration", &calibration, "layer"_a, "entry"_a)
       .def_prop_ro("state_count",
                    [](Attention& self) {
                      nb::gil_scoped_release release;

@@ -99,3 +99,48 @@ def test_failed_call_leaves_the_state_untouched():
         attention.forward(bad, bad, bad, step=1, num_text=32)
     attention.forward(q, k, v, step=1, num_text=32)
     assert attention.last_stats.kind == "sparse"
+
+
+def test_calibration_of_the_calibrated_method():
+    """The choices of each reference step per (b, h): Re-ttention's correction after the first
+    (where it cannot be measured: its error is NaN), the least measured error after the next;
+    None for other methods and before a reference step."""
+    attention = spaattn.SparseAttention("calibrated", sparsity=0.75, dense_steps=1,
+                                        ref_period=2, block_size=64, grid=(2, 16, 16))
+    rng = np.random.default_rng(3)
+    q, k, v = qkv(SHAPE, seed=3)
+    found = []
+    for step in range(4):
+        drift = [0.2 * step * rng.standard_normal(SHAPE).astype(np.float32) for _ in range(3)]
+        attention.forward(q + drift[0], k + drift[1], v + drift[2], layer=1, step=step,
+                          num_text=32, text_lengths=[32, 10])
+        found.append(attention.calibration(layer=1))
+    assert found[0] is None  # dense warm-up
+    first, second = found[1], found[3]
+    # The sparse step keeps the reference step's choices (NaN errors: compared as equal).
+    assert (found[2].ref_step, found[2].choice, found[2].drift) == (
+        first.ref_step, first.choice, first.drift)
+    np.testing.assert_equal(found[2].errors, first.errors)
+    assert first.ref_step == 1 and second.ref_step == 3
+    for calibration in (first, second):
+        assert len(calibration.choice) == 2 and all(len(row) == 2 for row in calibration.choice)
+        for b in range(2):
+            for h in range(2):
+                errors = calibration.errors[b][h]
+                assert list(errors) == list(spaattn.CANDIDATES)
+                measured = {c: e for c, e in errors.items() if c != "rettention"}
+                assert all(np.isfinite(e) and e >= 0 for e in measured.values())
+                if calibration is first:
+                    assert np.isnan(errors["rettention"])
+                    assert calibration.choice[b][h] == "rettention"
+                    assert calibration.drift[b][h] == 0.0
+                else:
+                    assert np.isfinite(errors["rettention"])
+                    best = min(errors, key=lambda c: (errors[c], spaattn.CANDIDATES.index(c)))
+                    assert calibration.choice[b][h] == best
+    assert attention.calibration(layer=0) is None  # no state for that layer
+    rectified = spaattn.SparseAttention("rectified", sparsity=0.75, block_size=64)
+    rectified.forward(q, k, v, num_text=32)
+    assert rectified.calibration() is None
+    with pytest.raises(TypeError, match="layer"):
+        attention.calibration(layer=1.5)  # type: ignore[arg-type]
