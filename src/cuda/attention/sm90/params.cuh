@@ -17,22 +17,30 @@ struct Params {
 // (warp 0 issues the K / V copies, warps 1-3 load Q) and B / 64 consumer warpgroups of 64 query
 // rows each. A key tile is one key block (B keys); K and V tiles have their own full barriers so
 // that S = Q K^T can start before V has landed. Q has one buffer: the loaders fill it for the
-// next query block once every consumer has issued its last S = Q K^T of the current one.
+// next query block once every consumer has issued its last S = Q K^T of the current one. A stage
+// is released one key block late (a consumer waits for O += P V of block n together with
+// S = Q K^T of block n + 1), so B = 128 keeps three stages; B = 64, two CTAs to an SM, has
+// shared memory for two.
 template <int D, int B>
 struct Traits {
   static constexpr int kConsumers = B / 64;
   static constexpr int kThreads = 128 * (kConsumers + 1);
-  static constexpr int kStages = 2;
+  static constexpr int kStages = B == 128 ? 3 : 2;
   static constexpr int kChunks = D / 64;           // 64-column swizzle chunks per row
   static constexpr int kQBytes = B * D * 2;        // Q tile
   static constexpr int kTileBytes = B * D * 2;     // one K or one V tile
   static constexpr int kChunkBytes = B * 128;      // one 64-column chunk of a Q / K / V tile
-  static constexpr int kSmemBytes = kQBytes + 2 * kStages * kTileBytes + 1024;  // + alignment
+  static constexpr int kBarriers = 2 + 3 * kStages;  // Q full / empty; K full, V full, empty
+  // Dynamic shared memory, all of the CTA's: up to 1 KB to align the tiles (128-byte swizzle),
+  // Q, the K / V stages, the barriers and the two tables of the query rows' sequence indices.
+  static constexpr int kSmemBytes =
+      1024 + kQBytes + 2 * kStages * kTileBytes + 8 * kBarriers + 2 * B * 4;
   // B = 128: one CTA per SM, 384 threads; B = 64: two CTAs of 256 threads. The producer gives
   // registers back to the consumers (setmaxnreg), within the SM's 64K.
   static constexpr int kMinBlocks = B == 128 ? 1 : 2;
   static constexpr int kProducerRegs = 40;
   static constexpr int kConsumerRegs = B == 128 ? 232 : 216;
+  static_assert(kSmemBytes <= 227 * 1024 / kMinBlocks, "shared memory of an SM");
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   static_assert(B == 64 || B == 128, "block size 64 or 128");
 };
