@@ -51,11 +51,12 @@ done
 # With two GPUs, the distributed tests again over NCCL in bfloat16 (the measured values of the
 # whole-pipeline cases go to dist_report.jsonl).
 if [[ $(python3 -c "import torch; print(torch.cuda.device_count())") -ge 2 ]]; then
+  : >"$OUT/dist_report.jsonl"
   SPAATTN_DIST_BACKEND=nccl SPAATTN_DIST_REPORT="$OUT/dist_report.jsonl" \
     python3 -m pytest python/tests/test_distributed.py -rs "$@" 2>&1 | tee "$OUT/last.log"
   rc=${PIPESTATUS[0]}
   cat "$OUT/last.log" >>"$OUT/python_tests.log"
-  [[ $rc == 0 ]] || status=1
+  [[ $rc == 0 || $rc == 5 ]] || status=1
   counts=$(grep -E "[0-9]+ (passed|failed|skipped|error)" "$OUT/last.log" | tail -n 1)
   summary+=("python/tests/test_distributed.py (NCCL, 2 GPUs): exit $rc, ${counts:-no summary (crashed?)}")
 fi

@@ -22,7 +22,8 @@
 #          -lineinfo).
 #   --ulysses: with two or more GPUs, Ulysses sequence parallelism over 2 GPUs (NCCL):
 #          bench/ulysses_bench.py at S = 76,800, H = 40, d = 128, sparsity 0.9 for rectified and
-#          rettention (ulysses_*.json), and with --python the distributed tests on 2 GPUs.
+#          rettention (ulysses_*.json); needs the Python package (--python, which on a machine
+#          with two GPUs also runs the distributed tests over NCCL).
 #   --cli: also build the command-line tool and run `spaattn bench` at its default shape and at
 #          S = 76,800, H = 40 (bench_cli*.json).
 #   --sanitizer-tools LIST: the compute-sanitizer tools (default "memcheck racecheck synccheck

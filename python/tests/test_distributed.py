@@ -284,8 +284,11 @@ def _diffusers_run(make: Any, inputs: Any, method: str, before: bool) -> dict[st
     # HunyuanVideo's goes back to one process with spaattn's plan taken off.
     stock = (parallel(**inputs(0, 0))[0].float()
              - single(**inputs(0, 0))[0].float()).abs().max().item()
+    layers = spaattn.diffusers.ADAPTERS[type(parallel).__name__].layers(parallel)
     return {"worst": worst, "scale": scale, "kinds": kinds, "density": density, "stock": stock,
-            "still_parallel": parallel._parallel_config is not None}
+            "still_parallel": parallel._parallel_config is not None,
+            "stock_configs": [getattr(m.processor, "_parallel_config", None) is not None
+                              for m in layers]}
 
 
 def _diffusers_refusals() -> dict[str, str]:
@@ -436,13 +439,24 @@ def _worker(rank: int, store: str, folder: str) -> None:
     sections.update(_diffusers_sections(rank))
     try:
         for name, section in sections.items():
-            # Each section reports its own failure (the ranks fail together: every call
-            # is checked on each rank before any communication), and the others still run.
+            # Each section reports its own failure and the others still run, as long as the
+            # ranks agree on it (spaattn checks every call on each rank before communicating,
+            # so its errors come on every rank); after a section that failed on one rank only,
+            # the ranks' collectives would no longer pair up, so the rest is not run.
             try:
                 with torch.inference_mode():
                     results[name] = section()
+                failed = 0
             except Exception:
                 results[name] = {"failure": traceback.format_exc()}
+                failed = 1
+            flags = torch.tensor([failed, 1 - failed], device=_device())
+            dist.all_reduce(flags)
+            if flags.min().item() > 0:
+                for rest in list(sections)[list(sections).index(name) + 1:]:
+                    results[rest] = {"failure": f"not run: section {name} failed on some "
+                                                "ranks only"}
+                break
     finally:
         torch.save(results, os.path.join(folder, f"rank{rank}.pt"))
         dist.destroy_process_group()
@@ -538,7 +552,9 @@ def test_diffusers_ulysses_matches_one_process(ranks, case, layers):
     for rank, found in enumerate(_diffusers_section(ranks, case)):
         assert found["worst"] <= DIFFUSERS_ATOL * found["scale"], (rank, found["worst"])
         assert found["stock"] <= DIFFUSERS_ATOL * found["scale"], (rank, found["stock"])
+        # HunyuanVideo is back in one process: no stock processor keeps a parallel config.
         assert found["still_parallel"] == (not case.startswith("hunyuan"))
+        assert found["stock_configs"] == [found["still_parallel"]] * layers
         assert found["kinds"] == _diffusers_schedule(case.split("_", 1)[1], layers)
         assert found["density"] < 0.75, found["density"]
 
@@ -646,7 +662,7 @@ def test_diffusers_context_parallelism_is_refused_with_a_clear_error(model, degr
 
 def test_context_parallel_plan_for_each_model():
     """spaattn's plan for HunyuanVideo (the video split after the patch embedding with its RoPE
-    tables, gathered before the output projection; the text whole), diffusers' own for Wan and
+    tables, the output projection's output gathered; the text whole), diffusers' own for Wan and
     Flux, and a clear error for the others."""
     import spaattn.diffusers
     from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput

@@ -295,12 +295,14 @@ class ModelControl:
         if release is not None:
             release(self.model)
         parallel = getattr(self.model, "_parallel_config", None)
+        context = getattr(parallel, "context_parallel_config", None) is not None
         for module, original in self._originals:
-            # A stock processor put back after enable_parallelism ran on spaattn's must carry
-            # the model's context parallel config, as enable_parallelism gives it to its own.
-            if (getattr(parallel, "context_parallel_config", None) is not None
-                    and hasattr(original, "_parallel_config")):
-                original._parallel_config = parallel
+            # A stock processor put back carries the model's context parallel config as
+            # enable_parallelism gives it to its own (also when enable_parallelism ran on
+            # spaattn's), and none when the model has none (any more): a config the stock
+            # processor got before apply() must not outlive the model's.
+            if hasattr(original, "_parallel_config"):
+                original._parallel_config = parallel if context else None
             module.set_processor(original)
         self._originals.clear()
         if self._hook is not None:

@@ -12,7 +12,7 @@ The token refiner's attention over the text alone stays diffusers' own.
 Several GPUs: diffusers has no context parallel plan for this model, so spaattn brings one
 (:func:`context_parallel_plan`, given to ``enable_parallelism(config, cp_plan=...)``). It splits
 the video tokens after the patch embedding and their RoPE tables over the Ulysses ranks and
-gathers the video tokens before the output projection; the text stays whole on every rank (the
+gathers the output projection's output; the text stays whole on every rank (the
 token refiner, the attention mask and the text stream are computed as in one process). Each
 processor exchanges the video shards for the whole video of the rank's heads, takes the same
 heads of the text, runs spaattn on the whole sequence, and gives back the rank's video shard of
@@ -144,7 +144,8 @@ class HunyuanVideoAdapter:
         """Before the stock processors come back: takes spaattn's plan off the model. The stock
         processors cannot run under it (diffusers' Ulysses attention would see the whole text
         once per rank and weigh it N times), so the model goes back to one-process attention
-        on every rank, as before ``enable_parallelism``; it can be enabled again."""
+        on every rank, as before ``enable_parallelism``; it can be enabled again. (The stock
+        processors' own copies of the config are cleared when they are put back.)"""
         import dataclasses
 
         from diffusers.hooks.context_parallel import remove_context_parallel
