@@ -104,14 +104,14 @@ def context_parallel_plan() -> dict[str, Any]:
     }
 
 
-def _has_plan(model: Any) -> bool:
-    """Whether every module of spaattn's plan carries a context parallel hook."""
-    for name in context_parallel_plan():
+def _unplanned(model: Any) -> str | None:
+    """The first module of spaattn's plan without a context parallel hook, or None."""
+    for name in ("x_embedder", "rope", "proj_out"):  # the keys of context_parallel_plan()
         registry = getattr(getattr(model, name, None), "_diffusers_hook", None)
         hooks = getattr(registry, "hooks", None) or {}
         if not any(key.endswith(f"---{name}") for key in hooks):
-            return False
-    return True
+            return name
+    return None
 
 
 class HunyuanVideoAdapter:
@@ -130,33 +130,30 @@ class HunyuanVideoAdapter:
                 "image_condition_type='token_replace' (its first-frame tokens are not split), "
                 "got 'token_replace'"
             )
-        for name in context_parallel_plan():
-            registry = getattr(getattr(model, name, None), "_diffusers_hook", None)
-            hooks = getattr(registry, "hooks", None) or {}
-            if not any(key.endswith(f"---{name}") for key in hooks):
-                raise ValueError(
-                    "enable_parallelism: expected cp_plan=spaattn.diffusers."
-                    "context_parallel_plan(transformer) for HunyuanVideo, got a plan that does "
-                    f"not split or gather at '{name}'"
-                )
+        missing = _unplanned(model)
+        if missing is not None:
+            raise ValueError(
+                "enable_parallelism: expected cp_plan=spaattn.diffusers."
+                "context_parallel_plan(transformer) for HunyuanVideo, got a plan that does "
+                f"not split or gather at '{missing}'"
+            )
 
     def release_context_parallel(self, model: Any) -> None:
         """Before the stock processors come back: takes spaattn's plan off the model. The stock
         processors cannot run under it (diffusers' Ulysses attention would see the whole text
         once per rank and weigh it N times), so the model goes back to one-process attention
         on every rank, as before ``enable_parallelism``; it can be enabled again. (The stock
-        processors' own copies of the config are cleared when they are put back.)"""
+        processors' own copies of the config are cleared when they are put back: they are the
+        only processors of this model that carry one.)"""
         import dataclasses
 
         from diffusers.hooks.context_parallel import remove_context_parallel
 
         parallel = getattr(model, "_parallel_config", None)
-        if getattr(parallel, "context_parallel_config", None) is None or not _has_plan(model):
+        if (getattr(parallel, "context_parallel_config", None) is None
+                or _unplanned(model) is not None):
             return
         remove_context_parallel(model, context_parallel_plan())
-        for module in model.modules():
-            if getattr(getattr(module, "processor", None), "_parallel_config", None) is not None:
-                module.processor._parallel_config = None
         model._parallel_config = (
             None if getattr(parallel, "tensor_parallel_config", None) is None
             else dataclasses.replace(parallel, context_parallel_config=None))
