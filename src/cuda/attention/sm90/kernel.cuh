@@ -19,6 +19,10 @@
 // block n) needs P of two blocks live next to S and O: 0.68 of cuDNN dense against 0.86, from
 // register spills and serialised wgmma; warpgroups taking turns (named barriers) to issue P V of
 // block n - 1 with S of block n: 0.80 against 0.89 dense, 0.68 against 0.73 at B = 64.
+// Also measured and left out (bench/results/2026-11-30-h200-9211efd-kernel-experiments.md):
+// the next CSR entry loaded one step ahead, item records built by the Q loaders, the next Q
+// fetched into L2 an item early, L2 cache policies on the copies, and rotating each item's walk
+// so that all CTAs sweep K and V together; none raised the rate, most lowered it.
 //
 // Work items (query blocks) are taken in decode_work order (text query blocks, the densest,
 // first), item blockIdx.x + k * gridDim.x by CTA blockIdx.x.
