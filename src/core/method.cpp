@@ -369,8 +369,7 @@ void SparseAttention::calibrated_step(const CallInfo& call, const AttentionArgs&
     return;
   }
 
-  // Reference step: the fresh selection, one pass for full and masked attention, and every
-  // candidate's terms for this step.
+  // Reference step: the fresh selection and one pass for full and masked attention.
   pooled = cpu::pool(args);
   scores = cpu::implicit_full_attention(args, pooled);
   next.selection = cpu::select_blocks(args, config_,
@@ -381,16 +380,14 @@ void SparseAttention::calibrated_step(const CallInfo& call, const AttentionArgs&
   const TensorView os = TensorView::contiguous(o_spa.data(), DType::f32, {B, S, H, D});
   cpu::reference_attention(args, next.selection.mask.view(), o_view, lf, os, ls);
   next.cache = cpu::rettention_statistics(o_view, lf, os, ls, /*cache_delta=*/true);
-  rect = cpu::rectification(pooled, scores, next.selection, config_.gapr);
-  cpu::pooled_complement(args, pooled, next.selection, {}, o_pool, lse_pool);
-  terms.o_spa = o_spa.data();
-  terms.rect = &rect;
-  terms.o_pool = o_pool.data();
-  terms.lse_pool = lse_pool.data();
 
-  // The Re-ttention candidate is measured as it would have served this step: the previous
-  // reference step's mask, rho, Delta and the drift fitted before this step, at this step's
-  // distance k from it. Without a previous reference of this run and shape it is no candidate.
+  // Every candidate is measured as it would have served this step from the previous reference
+  // step: over that step's mask (O_spa, R_i and C_i of that mask with this call's pooling, the
+  // pooled complement of that mask), Re-ttention with that step's rho, Delta and the drift
+  // fitted before this step, all at this step's distance k from it. So all are compared at one
+  // distance, as they are used. Without a previous reference of this run and shape, the
+  // candidates but Re-ttention are measured on the fresh mask and recorded (the choice is then
+  // Re-ttention's correction, below).
   const bool has_prev = prev && prev->calibration.ref_step >= 0 &&
                         prev->summary.ref_step < call.step &&
                         prev->summary.cache_shape == call_shape(args);
@@ -398,21 +395,24 @@ void SparseAttention::calibrated_step(const CallInfo& call, const AttentionArgs&
   std::vector<float> prev_drift(heads, 0.f);
   if (has_prev) prev_drift = prev->calibration.drift;
   const int k = has_prev ? call.step - prev->summary.ref_step : 0;
-  std::vector<float> o_then, lse_then;
-  cpu::CandidateTerms then = terms;
+  const Selection& measured = has_prev ? prev->selection : next.selection;
+  std::vector<float> lse_then;
   if (has_prev) {
-    o_then.resize(o.size());
+    // O_spa over the previous mask (o_spa is reused) and its lse.
     lse_then.resize(lse_spa.size());
-    cpu::block_sparse_attention(
-        args, prev->selection.mask.view(),
-        TensorView::contiguous(o_then.data(), DType::f32, {B, S, H, D}),
-        TensorView::contiguous(lse_then.data(), DType::f32, {B, S, H}));
-    then.o_spa = o_then.data();
-    then.lse_spa = lse_then.data();
-    then.cache = &prev->cache;
-    then.drift = prev_drift.data();
-    then.k = k;
+    cpu::block_sparse_attention(args, measured.mask.view(), os,
+                                TensorView::contiguous(lse_then.data(), DType::f32, {B, S, H}));
+    terms.lse_spa = lse_then.data();
+    terms.cache = &prev->cache;
+    terms.drift = prev_drift.data();
+    terms.k = k;
   }
+  rect = cpu::rectification(pooled, scores, measured, config_.gapr);
+  cpu::pooled_complement(args, pooled, measured, {}, o_pool, lse_pool);
+  terms.o_spa = o_spa.data();
+  terms.rect = &rect;
+  terms.o_pool = o_pool.data();
+  terms.lse_pool = lse_pool.data();
 
   Calibration& cal = next.calibration;
   cal.batch = B;
@@ -431,8 +431,7 @@ void SparseAttention::calibrated_step(const CallInfo& call, const AttentionArgs&
     for (int c = 0; c < kCandidates; ++c) {
       const Candidate cand = static_cast<Candidate>(c);
       if (cand == Candidate::rettention && !has_prev) continue;
-      const double e = cpu::candidate_error(cand, cand == Candidate::rettention ? then : terms,
-                                            o.data(), b, h);
+      const double e = cpu::candidate_error(cand, terms, o.data(), b, h);
       cal.errors[bh * kCandidates + c] = e;
       if (e < best) {
         best = e;

@@ -228,7 +228,10 @@ void run_schedule(TextPlacement placement, std::vector<int>& chosen) {
       now.selection = cpu::select_blocks(a, cfg, &scores, nullptr);
       const bool has_prev = ref.step >= 0;
       const int k = step - ref.step;
-      const Candidates c = candidates(s, a, now.selection, cfg, has_prev ? &ref : nullptr, k);
+      // Measured as each would have served this step from the previous reference (its mask,
+      // at distance k); before there is one, on the fresh mask.
+      const Candidates c = has_prev ? candidates(s, a, ref.selection, cfg, &ref, k)
+                                    : candidates(s, a, now.selection, cfg, nullptr, k);
       const std::optional<Calibration> cal = sa.calibration(0, 0);
       ASSERT_TRUE(cal.has_value());
       EXPECT_EQ(cal->ref_step, step);
