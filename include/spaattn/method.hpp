@@ -120,6 +120,13 @@ struct Calibration {
 // lambda = sum_n (now[n] - prev[n]) / (rows (k - 1)). No fit (nullopt) for k <= 1 or no rows.
 std::optional<float> fit_drift(std::span<const float> prev, std::span<const float> now, int k);
 
+// The error Method::calibrated expects of a candidate over the sparse steps a reference step's
+// choice serves, from its squared error e0 at distance 0 (the reference step's own mask) and ek
+// at distance k (as it would have served the reference step from the previous one): the error's
+// norm taken as linear in the distance, the mean of its square over the distances 1 .. k - 1
+// (over distance k alone for k < 2). e0, ek >= 0.
+double served_error(double e0, double ek, int k);
+
 namespace detail {
 class DevicePipeline;  // the GPU path, src/cuda/pipeline.cu
 }

@@ -381,12 +381,15 @@ void SparseAttention::calibrated_step(const CallInfo& call, const AttentionArgs&
   cpu::reference_attention(args, next.selection.mask.view(), o_view, lf, os, ls);
   next.cache = cpu::rettention_statistics(o_view, lf, os, ls, /*cache_delta=*/true);
 
-  // Every candidate is measured as it would have served this step from the previous reference
-  // step: over that step's mask (O_spa, R_i and C_i of that mask with this call's pooling, the
-  // pooled complement of that mask), Re-ttention with that step's rho, Delta and the drift
-  // fitted before this step, all at this step's distance k from it. So all are compared at one
-  // distance, as they are used. Without a previous reference of this run and shape, the
-  // candidates but Re-ttention are measured on the fresh mask and recorded (the choice is then
+  // Each candidate's error is measured at two distances from a reference step and the choice
+  // goes by the error expected where it will serve, the distances 1 .. k - 1 after this step
+  // (k: the distance from the previous reference step, taken as the next one's):
+  //  - distance 0: this step's fresh mask (O_spa, R_i and C_i, the pooled complement of that
+  //    mask); Re-ttention's candidate is exact there (error 0, its rho and Delta are this step's);
+  //  - distance k: as it would have served this step from the previous reference step, over
+  //    that step's mask, Re-ttention with that step's rho, Delta and the drift fitted before.
+  // served_error() interpolates the error's norm linearly between the two. Without a previous
+  // reference of this run and shape only distance 0 is measured and recorded (the choice is then
   // Re-ttention's correction, below).
   const bool has_prev = prev && prev->calibration.ref_step >= 0 &&
                         prev->summary.ref_step < call.step &&
@@ -395,24 +398,33 @@ void SparseAttention::calibrated_step(const CallInfo& call, const AttentionArgs&
   std::vector<float> prev_drift(heads, 0.f);
   if (has_prev) prev_drift = prev->calibration.drift;
   const int k = has_prev ? call.step - prev->summary.ref_step : 0;
-  const Selection& measured = has_prev ? prev->selection : next.selection;
-  std::vector<float> lse_then;
-  if (has_prev) {
-    // O_spa over the previous mask (o_spa is reused) and its lse.
-    lse_then.resize(lse_spa.size());
-    cpu::block_sparse_attention(args, measured.mask.view(), os,
-                                TensorView::contiguous(lse_then.data(), DType::f32, {B, S, H}));
-    terms.lse_spa = lse_then.data();
-    terms.cache = &prev->cache;
-    terms.drift = prev_drift.data();
-    terms.k = k;
-  }
-  rect = cpu::rectification(pooled, scores, measured, config_.gapr);
-  cpu::pooled_complement(args, pooled, measured, {}, o_pool, lse_pool);
+  rect = cpu::rectification(pooled, scores, next.selection, config_.gapr);
+  cpu::pooled_complement(args, pooled, next.selection, {}, o_pool, lse_pool);
   terms.o_spa = o_spa.data();
   terms.rect = &rect;
   terms.o_pool = o_pool.data();
   terms.lse_pool = lse_pool.data();
+  std::vector<float> o_then, lse_then, o_pool_then, lse_pool_then;
+  Correction rect_then;
+  cpu::CandidateTerms then = terms;
+  if (has_prev) {
+    o_then.resize(o.size());
+    lse_then.resize(lse_spa.size());
+    cpu::block_sparse_attention(
+        args, prev->selection.mask.view(),
+        TensorView::contiguous(o_then.data(), DType::f32, {B, S, H, D}),
+        TensorView::contiguous(lse_then.data(), DType::f32, {B, S, H}));
+    rect_then = cpu::rectification(pooled, scores, prev->selection, config_.gapr);
+    cpu::pooled_complement(args, pooled, prev->selection, {}, o_pool_then, lse_pool_then);
+    then.o_spa = o_then.data();
+    then.lse_spa = lse_then.data();
+    then.rect = &rect_then;
+    then.o_pool = o_pool_then.data();
+    then.lse_pool = lse_pool_then.data();
+    then.cache = &prev->cache;
+    then.drift = prev_drift.data();
+    then.k = k;
+  }
 
   Calibration& cal = next.calibration;
   cal.batch = B;
@@ -431,7 +443,10 @@ void SparseAttention::calibrated_step(const CallInfo& call, const AttentionArgs&
     for (int c = 0; c < kCandidates; ++c) {
       const Candidate cand = static_cast<Candidate>(c);
       if (cand == Candidate::rettention && !has_prev) continue;
-      const double e = cpu::candidate_error(cand, terms, o.data(), b, h);
+      const double e0 =
+          cand == Candidate::rettention ? 0.0 : cpu::candidate_error(cand, terms, o.data(), b, h);
+      const double e =
+          has_prev ? served_error(e0, cpu::candidate_error(cand, then, o.data(), b, h), k) : e0;
       cal.errors[bh * kCandidates + c] = e;
       if (e < best) {
         best = e;

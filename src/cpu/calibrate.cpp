@@ -34,6 +34,17 @@ std::optional<float> fit_drift(std::span<const float> prev, std::span<const floa
   return static_cast<float>(sum / (static_cast<double>(prev.size()) * (k - 1)));
 }
 
+double served_error(double e0, double ek, int k) {
+  const double a = std::sqrt(std::max(e0, 0.0)), b = std::sqrt(std::max(ek, 0.0));
+  if (k < 2) return b * b;
+  double sum = 0;
+  for (int d = 1; d < k; ++d) {
+    const double x = a + (b - a) * d / k;
+    sum += x * x;
+  }
+  return sum / (k - 1);
+}
+
 namespace cpu {
 
 void candidate_row(Candidate c, const CandidateTerms& t, int64_t b, int64_t n, int64_t h,

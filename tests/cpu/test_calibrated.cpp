@@ -25,9 +25,10 @@ constexpr int kNone = 0, kAffine = 1, kScale = 2, kRett = 3, kMerge = 4;
 
 // Batch 2 with L_t = {37, 5} of 37 text tokens (padding in item 1), 200 video tokens in blocks of
 // 64 (the last holds 8), 3 heads. Step s adds s * 0.15 * (a fixed second draw) to q and k, so that
-// the share of the mass inside a mask drifts from step to step, and (0, 0.5, 2 for heads 0, 1, 2)
-// * (a fresh draw of each step) to v, so that the values cached at a reference step go stale at
-// different rates and the choices differ between heads.
+// the share of the mass inside a mask drifts from step to step, and to v (0, 0.5, 2 for heads 0,
+// 1, 2) * (a fresh draw of each step) plus (0, 0.5, 4) * (an offset per step and head, the same
+// for every token), so that the values cached at a reference step go stale at different rates
+// and the choices differ between heads.
 struct Steps {
   int64_t B = 2, NV = 200, NT = 37, H = 3, D = 64, S = NV + NT;
   TextPlacement placement;
@@ -60,12 +61,17 @@ struct Steps {
     k = k0;
     v = v0;
     constexpr float kValueNoise[3] = {0.f, 0.5f, 2.f};
+    constexpr float kValueShift[3] = {0.f, 0.5f, 4.f};
     std::mt19937 rng(1000u + static_cast<uint32_t>(step));
     std::normal_distribution<float> n;
+    // One offset per (step, head), the same for every token of the head.
+    std::vector<float> shift(static_cast<size_t>(H * D));
+    for (auto& x : shift) x = n(rng);
     for (size_t i = 0; i < q.size(); ++i) {
+      const size_t h = (i / static_cast<size_t>(D)) % 3;
       q[i] += 0.15f * static_cast<float>(step) * dq[i];
       k[i] += 0.15f * static_cast<float>(step) * dk[i];
-      v[i] += kValueNoise[(i / static_cast<size_t>(D)) % 3] * n(rng);
+      v[i] += kValueNoise[h] * n(rng) + kValueShift[h] * shift[h * D + i % D];
     }
     AttentionArgs a;
     a.q = TensorView::contiguous(q.data(), DType::f32, {B, S, H, D});
@@ -228,10 +234,11 @@ void run_schedule(TextPlacement placement, std::vector<int>& chosen) {
       now.selection = cpu::select_blocks(a, cfg, &scores, nullptr);
       const bool has_prev = ref.step >= 0;
       const int k = step - ref.step;
-      // Measured as each would have served this step from the previous reference (its mask,
-      // at distance k); before there is one, on the fresh mask.
-      const Candidates c = has_prev ? candidates(s, a, ref.selection, cfg, &ref, k)
-                                    : candidates(s, a, now.selection, cfg, nullptr, k);
+      // Each candidate at distance 0 (the fresh mask; Re-ttention exact there) and, with a
+      // previous reference, at distance k (as it would have served this step from it).
+      const Candidates c = candidates(s, a, now.selection, cfg, nullptr, k);
+      const Candidates ck =
+          has_prev ? candidates(s, a, ref.selection, cfg, &ref, k) : Candidates{};
       const std::optional<Calibration> cal = sa.calibration(0, 0);
       ASSERT_TRUE(cal.has_value());
       EXPECT_EQ(cal->ref_step, step);
@@ -249,7 +256,16 @@ void run_schedule(TextPlacement placement, std::vector<int>& chosen) {
               EXPECT_TRUE(std::isnan(got));
               continue;
             }
-            const double e = head_error(c.out[cand], full, s, L, b, h);
+            const double e0 = cand == kRett ? 0.0 : head_error(c.out[cand], full, s, L, b, h);
+            double e = e0;
+            if (has_prev) {
+              // The mean square of the error's norm, linear from distance 0 to k, over the
+              // distances 1 .. k - 1 where the choice serves.
+              const double a0 = std::sqrt(e0),
+                           ak = std::sqrt(head_error(ck.out[cand], full, s, L, b, h));
+              e = k < 2 ? ak * ak : 0.0;
+              for (int d = 1; d < k; ++d) e += std::pow(a0 + (ak - a0) * d / k, 2) / (k - 1);
+            }
             EXPECT_NEAR(got, e, 1e-4 * e + 1e-7) << to_string(static_cast<Candidate>(cand));
             if (e < best) {
               best = e;
@@ -262,7 +278,7 @@ void run_schedule(TextPlacement placement, std::vector<int>& chosen) {
             EXPECT_EQ(got_choice, kRett);
           } else if (got_choice != want) {
             // Equal to the recomputed argmin unless the two are within rounding of each other.
-            EXPECT_NEAR(head_error(c.out[got_choice], full, s, L, b, h), best, 1e-5 * best);
+            EXPECT_NEAR(cal->errors[bh * kCandidates + got_choice], best, 1e-5 * best);
           }
           ++chosen[got_choice];
           // (4) The drift: the share the previous mask holds now against its rho then.
@@ -270,7 +286,7 @@ void run_schedule(TextPlacement placement, std::vector<int>& chosen) {
             double sum = 0;
             for (int64_t n = L.video_offset(); n < L.video_offset() + L.num_video; ++n) {
               const int64_t r = s.row(b, n, h);
-              sum += std::exp(static_cast<double>(c.lse_spa_ref[r]) - lse_full[r]) - ref.rho[r];
+              sum += std::exp(static_cast<double>(ck.lse_spa_ref[r]) - lse_full[r]) - ref.rho[r];
             }
             now.drift[bh] = sum / (static_cast<double>(L.num_video) * (k - 1));
           }
@@ -334,6 +350,17 @@ TEST(Calibrated, ReferenceStepsChooseTheLeastErrorAndSparseStepsApplyIt) {
 }
 
 // (4) The drift fit: the least-squares slope of rho over (k - 1), the form rettention applies.
+TEST(Calibrated, ServedErrorInterpolatesTheNorm) {
+  // Norms 0 and 3 at distances 0 and 3: 1 and 2 at distances 1 and 2, squares 1 and 4.
+  EXPECT_DOUBLE_EQ(served_error(0.0, 9.0, 3), 2.5);
+  // A candidate whose error does not change with the distance.
+  EXPECT_NEAR(served_error(4.0, 4.0, 5), 4.0, 1e-12);
+  // Norms 1 and 5 at distances 0 and 4: 2, 3, 4 -> (4 + 9 + 16) / 3.
+  EXPECT_NEAR(served_error(1.0, 25.0, 4), 29.0 / 3.0, 1e-12);
+  // No distance between the two reference steps: the error at distance k.
+  EXPECT_DOUBLE_EQ(served_error(1.0, 7.0, 1), 7.0);
+}
+
 TEST(Calibrated, DriftFitRecoversTheSlope) {
   std::mt19937 rng(5);
   std::uniform_real_distribution<float> u(0.2f, 0.8f);
