@@ -109,9 +109,10 @@ struct Calibration {
   int ref_step = -1;               // the reference step that measured the errors
   std::vector<Candidate> choice;   // applied at the sparse steps until the next reference step
   std::vector<float> drift;        // lambda fitted so far (0 before two references)
-  // Squared L2 error against full attention over the video query rows of (b, h), measured at
-  // ref_step, per candidate: errors[(b * heads + h) * kCandidates + c]; NaN where a candidate
-  // was not measured (rettention before a second reference step).
+  // Squared L2 error against full attention over the video query rows of (b, h) that each
+  // candidate is expected to have over the sparse steps after ref_step (served_error of its
+  // errors measured at ref_step), per candidate: errors[(b * heads + h) * kCandidates + c];
+  // NaN where a candidate was not measured (rettention before a second reference step).
   std::vector<double> errors;
 };
 
