@@ -27,6 +27,7 @@ error over steps at ``--strip-sparsity``), ``videos.npz``; with ``--capture-laye
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import time
@@ -122,6 +123,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--sparsities/--strip-sparsity: expected values in [0, 1), got {s}")
     if bool(args.capture_layers) != bool(args.capture_steps):
         p.error("--capture-layers and --capture-steps go together")
+    # Checked before the runs, which take long: the outputs are written only at the end.
+    for module, writes in (("matplotlib", "strip.png and the plots"), ("imageio", "strip.gif")):
+        if importlib.util.find_spec(module) is None:
+            p.error(f"{module} is not installed; the evaluation writes {writes} with it (pip install {module})")
     return args
 
 
