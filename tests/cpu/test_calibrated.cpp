@@ -349,7 +349,7 @@ TEST(Calibrated, ReferenceStepsChooseTheLeastErrorAndSparseStepsApplyIt) {
                 to_string(static_cast<Candidate>(c)), suffix[c], prefix[c]);
 }
 
-// (4) The drift fit: the least-squares slope of rho over (k - 1), the form rettention applies.
+// The expected error over the distances a choice serves (served_error).
 TEST(Calibrated, ServedErrorInterpolatesTheNorm) {
   // Norms 0 and 3 at distances 0 and 3: 1 and 2 at distances 1 and 2, squares 1 and 4.
   EXPECT_DOUBLE_EQ(served_error(0.0, 9.0, 3), 2.5);
@@ -361,6 +361,7 @@ TEST(Calibrated, ServedErrorInterpolatesTheNorm) {
   EXPECT_DOUBLE_EQ(served_error(1.0, 7.0, 1), 7.0);
 }
 
+// (4) The drift fit: the least-squares slope of rho over (k - 1), the form rettention applies.
 TEST(Calibrated, DriftFitRecoversTheSlope) {
   std::mt19937 rng(5);
   std::uniform_real_distribution<float> u(0.2f, 0.8f);

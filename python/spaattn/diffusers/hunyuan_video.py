@@ -106,7 +106,7 @@ def context_parallel_plan() -> dict[str, Any]:
 
 def _unplanned(model: Any) -> str | None:
     """The first module of spaattn's plan without a context parallel hook, or None."""
-    for name in ("x_embedder", "rope", "proj_out"):  # the keys of context_parallel_plan()
+    for name in context_parallel_plan():
         registry = getattr(getattr(model, name, None), "_diffusers_hook", None)
         hooks = getattr(registry, "hooks", None) or {}
         if not any(key.endswith(f"---{name}") for key in hooks):

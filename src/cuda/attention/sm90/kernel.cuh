@@ -21,10 +21,10 @@
 // block n - 1 with S of block n: 0.80 against 0.89 dense, 0.68 against 0.73 at B = 64.
 // Also measured and left out (bench/results/2026-11-30-h200-9211efd-kernel-experiments.md):
 // the next CSR entry loaded one step ahead, item records built by the Q loaders, the next Q
-// fetched into L2 an item early, L2 cache policies on the copies, and rotating each item's walk
-// so that all CTAs sweep K and V together, and items handed out at run time (in their usual
-// order: 2.5% faster on uneven masks, but the hand-out cost 4% everywhere; longest first: 15%
-// slower, as it mixes heads in L2); none raised the rate, most lowered it.
+// fetched into L2 an item early, L2 cache policies on the copies, each item's walk rotated so
+// that all CTAs sweep K and V together, and items handed out at run time (in their usual order
+// 2.5% faster on uneven masks, but the hand-out cost 4% everywhere; longest first 15% slower,
+// as it mixes heads in L2). None raised the rate; most lowered it.
 //
 // Work items (query blocks) are taken in decode_work order (text query blocks, the densest,
 // first), item blockIdx.x + k * gridDim.x by CTA blockIdx.x.
