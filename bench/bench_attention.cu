@@ -7,7 +7,10 @@
 // run) it prints the ratios to PyTorch SDPA dense (cuDNN and flash back-ends).
 // Usage: spaattn_bench [--quick] [--shape S=76800] [--densities 1,0.05] [--dtype bf16|f16]
 //                      [--head-dim 64|128] [--block 128|64] [--iters N]
-//                      [--kernel auto|portable|hopper] [--baseline sdpa.json] [--json out.json]
+//                      [--kernel auto|portable|hopper] [--precision input|fp8]
+//                      [--baseline sdpa.json] [--json out.json]
+// --precision fp8 times block_sparse_attention_fp8 on operands quantised once per shape, and
+// quantize_fp8 on its own (its time is printed with the table; d = 128, B = 128 only).
 // --shape keeps the shapes whose name contains the text; --quick keeps the first shape.
 #include <algorithm>
 #include <cstdio>
@@ -37,6 +40,7 @@ struct Options {
   int block = 128;
   int iters = 10;
   KernelFamily kernel = KernelFamily::automatic;
+  bool fp8 = false;
   std::string shape, densities, baseline, json;
 };
 
@@ -44,6 +48,7 @@ struct Row {
   std::string shape;
   int64_t seq, heads;
   double density, token_density, ms, tflops, csr_ms, cudnn_ms, flash_ms;
+  double quant_ms = 0;  // --precision fp8: quantize_fp8 of the shape
 };
 
 Options parse(int argc, char** argv) {
@@ -66,7 +71,12 @@ Options parse(int argc, char** argv) {
       o.iters = std::stoi(value());
     else if (a == "--kernel")
       o.kernel = parse_kernel_family(value(), "--kernel");
-    else if (a == "--shape")
+    else if (a == "--precision") {
+      const std::string v = value();
+      if (v != "input" && v != "fp8")
+        throw std::runtime_error("--precision: expected input or fp8, got " + v);
+      o.fp8 = v == "fp8";
+    } else if (a == "--shape")
       o.shape = value();
     else if (a == "--densities")
       o.densities = value();
@@ -100,6 +110,17 @@ void run_shape(const Options& o, const Shape& sh, const std::vector<double>& den
   args.kernel = o.kernel;
   const TensorView out_v = TensorView::contiguous(out.p, o.dtype, {1, S, H, D}, Device::cuda);
   const TensorView lse_v = TensorView::contiguous(lse.p, DType::f32, {1, S, H}, Device::cuda);
+  // FP8: the operands are quantised once per shape (as a pipeline quantises once per call);
+  // the quantisation is timed on its own.
+  size_t ws_bytes = 0;
+  double quant_ms = 0;
+  DeviceMem fp8_ws(o.fp8 ? (ws_bytes = cuda::fp8_workspace_size(args)) : 0);
+  if (o.fp8) {
+    quant_ms = time_calls([&](cudaStream_t s) { cuda::quantize_fp8(args, fp8_ws.p, ws_bytes, s); },
+                          stream, 2, 10)
+                   .median_ms;
+    std::fprintf(stderr, "%s quantize_fp8: %.3f ms\n", sh.name, quant_ms);
+  }
   const int64_t mrows = H * nb;
   DeviceMem dense(mrows * nb), offsets(4 * (mrows + 1)), cols(4 * mrows * nb),
       ws(cuda::dense_to_csr_workspace_size(mrows));
@@ -117,8 +138,13 @@ void run_shape(const Options& o, const Shape& sh, const std::vector<double>& den
     const Timing csr = time_calls(
         [&](cudaStream_t s) { cuda::dense_to_csr(dense_v, mask, ws.p, s); }, stream, 2, 10, 20);
     const Timing t = time_calls(
-        [&](cudaStream_t s) { cuda::block_sparse_attention(args, mask, out_v, lse_v, s); }, stream,
-        3, o.iters);
+        [&](cudaStream_t s) {
+          if (o.fp8)
+            cuda::block_sparse_attention_fp8(args, mask, out_v, lse_v, fp8_ws.p, ws_bytes, s);
+          else
+            cuda::block_sparse_attention(args, mask, out_v, lse_v, s);
+        },
+        stream, 3, o.iters);
     const double flop = token_density * 4.0 * double(S) * double(S) * double(D) * double(H);
     Row r{sh.name,
           S,
@@ -129,7 +155,8 @@ void run_shape(const Options& o, const Shape& sh, const std::vector<double>& den
           flop / (t.median_ms * 1e9),
           csr.median_ms,
           baseline_ms(base, S, H, D, "cudnn"),
-          baseline_ms(base, S, H, D, "flash")};
+          baseline_ms(base, S, H, D, "flash"),
+          quant_ms};
     std::fprintf(stderr, "%s density %.2f: %.3f ms (min %.3f, max %.3f), %.1f TFLOP/s\n", sh.name,
                  density, t.median_ms, t.min_ms, t.max_ms, r.tflops);
     rows.push_back(r);
@@ -138,9 +165,9 @@ void run_shape(const Options& o, const Shape& sh, const std::vector<double>& den
 
 void print_table(const Options& o, const std::vector<Row>& rows, const char* gpu) {
   std::printf(
-      "\nspaattn block-sparse kernel (family %s), %s, %s, d = %lld, B = %d, batch 1, median of "
-      ">= %d calls (CUDA events)\n\n",
-      to_string(o.kernel), gpu, o.dtype == DType::f16 ? "f16" : "bf16", static_cast<long long>(o.dim), o.block,
+      "\nspaattn block-sparse kernel (family %s%s), %s, %s, d = %lld, B = %d, batch 1, median "
+      "of >= %d calls (CUDA events)\n\n",
+      to_string(o.kernel), o.fp8 ? ", FP8 e4m3 operands" : "", gpu, o.dtype == DType::f16 ? "f16" : "bf16", static_cast<long long>(o.dim), o.block,
       std::max(o.iters, 10));
   std::printf(
       "| shape | density (token) | ms | eff TFLOP/s | cuDNN dense ms | flash dense ms | "
@@ -174,6 +201,11 @@ void print_table(const Options& o, const std::vector<Row>& rows, const char* gpu
       std::printf("- | ");
     std::printf("%.3f |\n", r.csr_ms);
   }
+  if (o.fp8)
+    for (size_t i = 0; i < rows.size(); ++i)
+      if (i == 0 || rows[i].shape != rows[i - 1].shape)
+        std::printf("\nquantize_fp8 (once per call, not in the rows above), %s: %.3f ms\n",
+                    rows[i].shape.c_str(), rows[i].quant_ms);
 }
 
 void write_json(const Options& o, const std::vector<Row>& rows, const char* gpu) {
@@ -182,6 +214,7 @@ void write_json(const Options& o, const std::vector<Row>& rows, const char* gpu)
   f << "{\n  \"gpu\": \"" << gpu << "\",\n  \"dtype\": \""
     << (o.dtype == DType::f16 ? "f16" : "bf16") << "\",\n  \"d\": " << o.dim
     << ",\n  \"block\": " << o.block << ",\n  \"kernel\": \"" << to_string(o.kernel)
+    << "\",\n  \"precision\": \"" << (o.fp8 ? "fp8" : "input")
     << "\",\n  \"results\": [\n";
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
@@ -189,7 +222,7 @@ void write_json(const Options& o, const std::vector<Row>& rows, const char* gpu)
       << ", \"density\": " << r.density << ", \"token_density\": " << r.token_density
       << ", \"ms\": " << r.ms << ", \"eff_tflops\": " << r.tflops
       << ", \"cudnn_ms\": " << r.cudnn_ms << ", \"flash_ms\": " << r.flash_ms
-      << ", \"dense_to_csr_ms\": " << r.csr_ms << "}" << (i + 1 < rows.size() ? "," : "") << "\n";
+      << ", \"dense_to_csr_ms\": " << r.csr_ms << ", \"quantize_ms\": " << r.quant_ms << "}" << (i + 1 < rows.size() ? "," : "") << "\n";
   }
   f << "  ]\n}\n";
 }

@@ -19,6 +19,25 @@ bool available();
 void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask, TensorView out,
                             TensorView lse, void* stream);
 
+// FP8 (e4m3) block-sparse attention on Hopper (docs/gpu.md, FP8), in two calls so that one
+// quantisation serves several launches on the same q, k, v (several masks, or a Re-ttention
+// reference step's two launches):
+//   quantize_fp8 reads q, k, v of `args` and writes their e4m3 copies and scales into
+//   `workspace` (device memory, 256-byte aligned, at least fp8_workspace_size(args) bytes);
+//   block_sparse_attention_fp8 computes what block_sparse_attention computes, from the workspace
+//   that quantize_fp8 filled for the same args (q, k, v themselves are not read), out and lse in
+//   out's dtype / f32 as there. Both need d = 128, block_size 128 and a device of compute
+//   capability 9.0 with a build holding sm_90a code, and throw naming the argument otherwise.
+// Q and K are scaled per 128-token block and head, K after subtracting its mean over the
+// sequence (the lse is exact in that term), V per channel and head; P is rounded to e4m3 and
+// every product accumulates in fp32.
+size_t fp8_workspace_size(const AttentionArgs& args);
+void quantize_fp8(const AttentionArgs& args, void* workspace, size_t workspace_bytes,
+                  void* stream);
+void block_sparse_attention_fp8(const AttentionArgs& args, const BlockMaskView& mask,
+                                TensorView out, TensorView lse, const void* workspace,
+                                size_t workspace_bytes, void* stream);
+
 // Bytes of scratch memory dense_to_csr needs for `rows` mask rows.
 size_t dense_to_csr_workspace_size(int64_t rows);
 // Converts a dense u8 mask [batch, heads, num_q_blocks, num_k_blocks] (device) into CSR on the

@@ -18,6 +18,17 @@ void block_sparse_attention(const AttentionArgs&, const BlockMaskView&, TensorVi
   unavailable("cuda::block_sparse_attention");
 }
 
+size_t fp8_workspace_size(const AttentionArgs&) { unavailable("cuda::fp8_workspace_size"); }
+
+void quantize_fp8(const AttentionArgs&, void*, size_t, void*) {
+  unavailable("cuda::quantize_fp8");
+}
+
+void block_sparse_attention_fp8(const AttentionArgs&, const BlockMaskView&, TensorView, TensorView,
+                                const void*, size_t, void*) {
+  unavailable("cuda::block_sparse_attention_fp8");
+}
+
 size_t dense_to_csr_workspace_size(int64_t) { unavailable("cuda::dense_to_csr_workspace_size"); }
 
 void dense_to_csr(const TensorView&, BlockMaskView, void*, void*) {

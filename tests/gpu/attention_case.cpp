@@ -72,6 +72,12 @@ CaseResult run_case(const Case& c) {
       for (int64_t n = 1; n < S; ++n)
         for (int64_t h = 0; h < H; ++h)
           for (int64_t e = 0; e < D; ++e) p.k.set(b, n, h, e, p.k.get(b, 0, h, e));
+  if (c.k_mean != 0.0)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t n = 0; n < S; ++n)
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t e = 0; e < D; ++e)
+            p.k.set(b, n, h, e, p.k.get(b, n, h, e) + c.k_mean * double(1 + e % 5));
   const std::vector<uint8_t> dense = random_mask(c, nb);
   const BlockMask host_mask = BlockMask::from_dense(dense.data(), B, H, nb, nb);
 
@@ -98,7 +104,16 @@ CaseResult run_case(const Case& c) {
   out.poison();
   lse.poison();
   DeviceTensor out_d(out), lse_d(lse);
-  cuda::block_sparse_attention(args, mask.view, out_d.view, lse_d.view, stream);
+  if (c.fp8) {
+    const size_t bytes = cuda::fp8_workspace_size(args);
+    DeviceBuffer ws(bytes);
+    cuda::quantize_fp8(args, ws.get(), bytes, stream);
+    cuda::block_sparse_attention_fp8(args, mask.view, out_d.view, lse_d.view, ws.get(), bytes,
+                                     stream);
+    cuda_ok(cudaStreamSynchronize(stream), "fp8 kernel");
+  } else {
+    cuda::block_sparse_attention(args, mask.view, out_d.view, lse_d.view, stream);
+  }
   cuda_ok(cudaStreamSynchronize(stream), "kernel");
   cuda_ok(cudaStreamDestroy(stream), "cudaStreamDestroy");
   out_d.to_host(out);

@@ -30,6 +30,8 @@ struct Case {
   double lse_tol = 1e-2;
   uint64_t seed = 1;
   KernelFamily kernel = KernelFamily::automatic;  // AttentionArgs::kernel of the call
+  bool fp8 = false;     // quantize_fp8 + block_sparse_attention_fp8 instead of the 16-bit call
+  double k_mean = 0.0;  // added to every key: k_mean * (1 + channel % 5), a shared offset
 };
 
 // gtest prints a parameter by its name.

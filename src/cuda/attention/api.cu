@@ -13,12 +13,11 @@
 #include "cuda/attention/api.hpp"
 #include "cuda/attention/launch.hpp"
 #include "cuda/attention/sm90/tensor_map.hpp"
+#include "cuda/plan/quant.cuh"
 #include "spaattn/cuda.hpp"
 
 namespace spaattn::cuda_detail {
-namespace {
 
-// The pointer must be device memory of `device`, the current device (or managed memory).
 void check_device_pointer(const void* ptr, const char* name, int device) {
   cudaPointerAttributes attr{};
   const cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
@@ -34,13 +33,11 @@ void check_device_pointer(const void* ptr, const char* name, int device) {
 
 // q/k/v/out: the kernel moves rows with 16-byte cp.async / stores, so every row start must be
 // 16-byte aligned: the base pointer here, the strides in validate_gpu_operands.
-void check_qkv_pointer(const TensorView& t, const char* name, int device) {
+static void check_qkv_pointer(const TensorView& t, const char* name, int device) {
   check_device_pointer(t.data, name, device);
   SPAATTN_CHECK_ARG(reinterpret_cast<uintptr_t>(t.data) % 16 == 0, name,
                     "expected a 16-byte aligned base pointer for cp.async, got ", t.data);
 }
-
-}  // namespace
 
 void check_gpu_call(const AttentionArgs& args, const TensorView& out, const TensorView& lse,
                     const BlockMaskView* mask) {
@@ -149,6 +146,20 @@ void launch_fwd(const FwdParams& params, DType dtype, int64_t head_dim, int bloc
                         "merge_reference needs prev_out, prev_lse, rho_out and lse");
       break;
   }
+  if (params.fp8.q8) {
+    // FP8 operands exist only for the sm90 family at d = 128, B = 128 (quant.cuh checked the
+    // shape when they were sized).
+    SPAATTN_CHECK_ARG(head_dim == 128 && block_size == 128, "precision",
+                      "fp8 needs head_dim 128 and block_size 128, got ", head_dim, " and ",
+                      block_size);
+    SPAATTN_CHECK_ARG(family != KernelFamily::portable, "precision",
+                      "fp8 runs on the hopper kernel family only, and the portable one was "
+                      "requested");
+    SPAATTN_CHECK_ARG(sm90::kernels_available(), "precision",
+                      "fp8 needs a compute capability 9.0 device and a build with sm_90a code");
+    dispatch_dtype(dtype, [&](auto t) { run_fwd_sm90_fp8<decltype(t)>(params, stream); });
+    return;
+  }
   const bool hopper = resolve_family(family, params) == KernelFamily::hopper;
   dispatch_dtype(dtype, [&](auto t) {
     using T = decltype(t);
@@ -183,6 +194,56 @@ void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask
   validate(mask, args);
   cuda_detail::check_gpu_call(args, out, lse, &mask);
   const cuda_detail::FwdParams params = cuda_detail::make_fwd_params(args, mask, out, lse);
+  cuda_detail::launch_fwd(params, args.q.dtype, args.head_dim(), args.layout.block_size,
+                          static_cast<cudaStream_t>(stream), args.kernel);
+}
+
+namespace {
+
+// The FP8 calls' own checks: Hopper first (what a user can act on), then the shape and the
+// workspace.
+stages::Fp8Layout check_fp8_call(const AttentionArgs& args, const void* workspace,
+                                 size_t workspace_bytes) {
+  SPAATTN_CHECK_ARG(args.kernel != KernelFamily::portable, "kernel",
+                    "FP8 runs on the hopper kernel family only");
+  SPAATTN_CHECK_ARG(cuda_detail::sm90::kernels_available(), "precision",
+                    "FP8 needs a compute capability 9.0 device and a build with sm_90a code");
+  const stages::Fp8Layout l = stages::fp8_layout(args);
+  SPAATTN_CHECK_ARG(workspace, "workspace", "expected device memory of ", l.total, " bytes");
+  SPAATTN_CHECK_ARG(workspace_bytes >= l.total, "workspace", "expected at least ", l.total,
+                    " bytes (fp8_workspace_size), got ", workspace_bytes);
+  SPAATTN_CHECK_ARG(reinterpret_cast<uintptr_t>(workspace) % 256 == 0, "workspace",
+                    "expected a 256-byte aligned pointer, got ", workspace);
+  int device = 0;
+  SPAATTN_CUDA_CHECK(cudaGetDevice(&device));
+  cuda_detail::check_device_pointer(workspace, "workspace", device);
+  return l;
+}
+
+}  // namespace
+
+size_t fp8_workspace_size(const AttentionArgs& args) {
+  validate(args);
+  return stages::fp8_layout(args).total;
+}
+
+void quantize_fp8(const AttentionArgs& args, void* workspace, size_t workspace_bytes,
+                  void* stream) {
+  validate(args);
+  cuda_detail::check_gpu_call(args, args.q, TensorView{});
+  check_fp8_call(args, workspace, workspace_bytes);
+  stages::launch_quantize_fp8(args, nullptr, workspace, static_cast<cudaStream_t>(stream));
+}
+
+void block_sparse_attention_fp8(const AttentionArgs& args, const BlockMaskView& mask,
+                                TensorView out, TensorView lse, const void* workspace,
+                                size_t workspace_bytes, void* stream) {
+  validate(args, &out, lse.empty() ? nullptr : &lse);
+  validate(mask, args);
+  cuda_detail::check_gpu_call(args, out, lse, &mask);
+  const stages::Fp8Layout l = check_fp8_call(args, workspace, workspace_bytes);
+  cuda_detail::FwdParams params = cuda_detail::make_fwd_params(args, mask, out, lse);
+  params.fp8 = stages::fp8_operands(l, workspace);
   cuda_detail::launch_fwd(params, args.q.dtype, args.head_dim(), args.layout.block_size,
                           static_cast<cudaStream_t>(stream), args.kernel);
 }

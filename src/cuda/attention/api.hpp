@@ -15,6 +15,9 @@ namespace spaattn::cuda_detail {
 void check_gpu_call(const AttentionArgs& args, const TensorView& out, const TensorView& lse,
                     const BlockMaskView* mask = nullptr);
 
+// Throws naming `name` unless ptr is device (or managed) memory of `device`.
+void check_device_pointer(const void* ptr, const char* name, int device);
+
 // Params of one launch: no epilogue, no token permutation (the caller sets p.epi, p.video_perm).
 FwdParams make_fwd_params(const AttentionArgs& args, const BlockMaskView& mask,
                           const TensorView& out, const TensorView& lse);

@@ -8,6 +8,33 @@
 
 namespace spaattn::cuda_detail {
 
+// Q, K and V quantised to FP8 e4m3 for the sm90 kernel (plan/quant.cuh writes them; docs/gpu.md,
+// FP8). Per (batch item, head) bh and logical block j of B tokens, every array in block order:
+//   q8, k8  u8 [bh, j * B + r, d]: row r of block j (the token order applied), rows past the
+//           valid count zero; K minus its mean over the (b, h) sequence (k_mean), then each
+//           array divided by its block's scale (q_scale, k_scale f32 [bh, j]);
+//   vt8     u8 [bh, j, d, B]: V of block j transposed (a channel's B keys contiguous), divided by
+//           the per-channel scale v_scale f32 [bh, d], keys inside each group of 16 in the order
+//           in which the kernel's P fragments hold them (key_of_position);
+//   q_shift f32 [bh, j * B + r]: q_r . k_mean, the logit term the smoothing of K removes
+//           (constant along a row, so it changes the lse and nothing else).
+struct Fp8Operands {
+  const uint8_t* q8 = nullptr;
+  const uint8_t* k8 = nullptr;
+  const uint8_t* vt8 = nullptr;
+  const float* q_scale = nullptr;
+  const float* k_scale = nullptr;
+  const float* v_scale = nullptr;
+  const float* q_shift = nullptr;
+};
+
+// Position p (0 .. 15) of a group of 16 keys in vt8 holds key key_of_position(p) of the group:
+// a thread's S accumulators cover columns 2 q, 2 q + 1 of two neighbouring 8-key tiles, and the
+// FP8 A fragment it builds from them holds positions 4 q .. 4 q + 3.
+__host__ __device__ constexpr int key_of_position(int p) {
+  return (p & 3) < 2 ? 2 * (p >> 2) + (p & 3) : 8 + 2 * (p >> 2) + (p & 3) - 2;
+}
+
 struct FwdParams {
   // [b, S, H, d] tensors; strides in elements (unit stride on d).
   const void* q;
@@ -41,6 +68,9 @@ struct FwdParams {
   // video_perm then applies to the Q, out and lse rows and the epilogue's arrays only.
   bool kv_ordered;
   FwdEpilogue epi;
+  // FP8 operands (quant.cuh), all null for a 16-bit call. Set: the kernel reads q8 / k8 / vt8
+  // instead of q / k / v (which it then never touches) and its output keeps out's dtype.
+  Fp8Operands fp8;
 };
 
 }  // namespace spaattn::cuda_detail

@@ -9,6 +9,7 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <cstdint>
 
@@ -53,6 +54,14 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* tensor_map
       "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
       " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const void* tensor_map, uint32_t bar,
+                                            int c0, int c1, int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
       : "memory");
 }
 __device__ __forceinline__ void prefetch_tensor_map(const void* tensor_map) {
@@ -178,6 +187,38 @@ SPAATTN_WGMMA(__half, "f16", 128, SPAATTN_REGS64, SPAATTN_ACC_N128, "64", "65", 
               "64, %65, %66, %67", "68", "69")
 
 #undef SPAATTN_WGMMA
+
+// D[64 x 128] (+)= A[64 x 32] B[32 x 128] on FP8 e4m3 operands, fp32 accumulators as above.
+// Both operands K-major (8-bit types have no transposed form): ss reads A and B from shared
+// memory; rs takes A from registers, four 32-bit registers per thread of four e4m3 values
+// each: {row lane / 4, row lane / 4 + 8} x {columns 4 (lane % 4) .. + 3, the same + 16}, in
+// the order (row, columns) = (0, lo), (8, lo), (0, hi), (8, hi).
+struct WgmmaE4m3 {
+  static __device__ __forceinline__ void ss(float (&d)[16][4], uint64_t a, uint64_t b,
+                                            int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 " SPAATTN_REGS64
+                 ", %64, %65, p, 1, 1;\n}\n"
+                 : SPAATTN_ACC_N128(d)
+                 : "l"(a), "l"(b), "r"(accumulate));
+  }
+  static __device__ __forceinline__ void rs(float (&d)[16][4], const uint32_t (&a)[4], uint64_t b,
+                                            int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 " SPAATTN_REGS64
+                 ", {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
+                 : SPAATTN_ACC_N128(d)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+  }
+};
+
+// Four floats to four e4m3 bytes (round to nearest, saturating at +-448), a in the lowest byte.
+__device__ __forceinline__ uint32_t pack_e4m3(float a, float b, float c, float d) {
+  const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+  const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(c, d), __NV_SATFINITE, __NV_E4M3);
+  return lo | (hi << 16);
+}
+
 #undef SPAATTN_REGS64
 #undef SPAATTN_REGS32
 #undef SPAATTN_ACC_N128

@@ -52,6 +52,23 @@ CUtensorMap make_kv_map(const void* data, const int64_t (&stride)[3], const FwdP
   return map;
 }
 
+CUtensorMap make_fp8_map(const void* data, int64_t rows, int64_t bh, const char* name) {
+  CUtensorMap map{};
+  const cuuint64_t sizes[3] = {128, static_cast<cuuint64_t>(rows), static_cast<cuuint64_t>(bh)};
+  const cuuint64_t strides[2] = {128, static_cast<cuuint64_t>(rows) * 128};
+  const cuuint32_t box[3] = {128, 128, 1};
+  const cuuint32_t unit[3] = {1, 1, 1};
+  const CUresult r = encode_fn()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, const_cast<void*>(data),
+                                 sizes, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                 CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  SPAATTN_CHECK_ARG(r == CUDA_SUCCESS, name,
+                    "the copy engine cannot describe this FP8 array (cuTensorMapEncodeTiled "
+                    "error ",
+                    static_cast<int>(r), "; ", rows, " rows, ", bh, " (batch, head) pairs)");
+  return map;
+}
+
 int resident_ctas(int per_sm) {
   int device = 0, sms = 0;
   SPAATTN_CUDA_CHECK(cudaGetDevice(&device));

@@ -1,0 +1,358 @@
+// The sm90 kernel on FP8 e4m3 operands (docs/gpu.md, FP8): the schedule of kernel.cuh (persistent
+// CTAs, a producer warpgroup, two consumer warpgroups of 64 query rows, S = Q K^T of block n + 1
+// issued behind O += P V of block n) with both products on e4m3 wgmma (k = 32, twice the 16-bit
+// rate) and every operand brought in by the copy engine from the arrays of plan/quant.cuh.
+//
+// What differs from the 16-bit kernel:
+// - Q, K and V^T tiles are B x 128 bytes each (d = 128 e4m3), so a stage is half the size and the
+//   CTA keeps six; Q is one copy of its block-ordered rows, no gather through the token order.
+// - Logits: S = q_scale k_scale (Q8 K8^T), the block's scale folded into the exponent's factor.
+//   The running maxima are kept in log2 units (their factor changes from block to block).
+// - P = exp2(. + 8), i.e. 256 times the probability, is rounded to e4m3 in registers, in the
+//   layout of the A operand; V^T's keys were stored in the matching order (key_of_position), so
+//   no register shuffles are needed. The row sums add the same scaled values in fp32.
+// - Epilogue: O times the per-channel V scale, the logits' mean term q_shift and -8 (the 256)
+//   added back to the maxima; then finish_rows and the functor as in the 16-bit kernel.
+// - No zeroing of V rows past a block's valid keys: quantisation wrote them as zeros.
+#pragma once
+#include <cmath>
+
+#include "cuda/attention/sm90/kernel.cuh"
+
+namespace spaattn::cuda_detail::sm90 {
+
+struct Fp8Traits {
+  static constexpr int D = 128, B = 128;
+  static constexpr int kConsumers = 2;
+  static constexpr int kThreads = 128 * (kConsumers + 1);
+  static constexpr int kStages = 6;
+  static constexpr int kTileBytes = B * D;  // one Q, K or V^T tile, 128-byte rows
+  static constexpr int kBarriers = 2 + 3 * kStages;
+  static constexpr int kSmemBytes = 1024 + kTileBytes + 2 * kStages * kTileBytes + 8 * kBarriers +
+                                    2 * B * 4;
+  static constexpr int kProducerRegs = 40;
+  static constexpr int kConsumerRegs = 232;
+  static constexpr float kPScaleLog2 = 8.f;  // P is stored as 2^8 times the probability
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory of an SM");
+};
+
+struct Fp8Params {
+  FwdParams base;
+  // 3-D maps (128 bytes, rows, batch * heads) over q8, k8 and vt8: boxes of 128 x 128 bytes.
+  CUtensorMap q_map, k_map, v_map;
+};
+
+struct Fp8Smem {
+  using Tr = Fp8Traits;
+  static constexpr int S = Tr::kStages;
+  uint32_t q, kv, bars;
+  __device__ __forceinline__ uint32_t k_tile(int s) const { return kv + 2 * s * Tr::kTileBytes; }
+  __device__ __forceinline__ uint32_t v_tile(int s) const { return k_tile(s) + Tr::kTileBytes; }
+  __device__ __forceinline__ uint32_t q_full() const { return bars; }
+  __device__ __forceinline__ uint32_t q_empty() const { return bars + 8; }
+  __device__ __forceinline__ uint32_t k_full(int s) const { return bars + 8 * (2 + s); }
+  __device__ __forceinline__ uint32_t v_full(int s) const { return bars + 8 * (2 + S + s); }
+  __device__ __forceinline__ uint32_t empty(int s) const { return bars + 8 * (2 + 2 * S + s); }
+};
+
+// Producer warp 0, one lane: the K and V^T copies of every key block of every item.
+__device__ __forceinline__ void produce_kv_fp8(const Fp8Params& sp, const Fp8Smem& sh,
+                                               int num_items) {
+  using Tr = Fp8Traits;
+  const FwdParams& p = sp.base;
+  prefetch_tensor_map(&sp.k_map);
+  prefetch_tensor_map(&sp.v_map);
+  int n = 0;
+  for (int index = blockIdx.x; index < num_items; index += gridDim.x) {
+    Item<Tr::B> it(p, index);
+    const int bh = it.w.b * p.heads + it.w.h;
+    while (it.e_begin < it.e_end) {
+      // Item::next_key, keeping the block index: the same walk as the consumers'.
+      const int j = key_block(p, it.e_begin++);
+      if (block_span<Tr::B>(p, j, it.text_len).valid <= 0) continue;
+      const int stage = n % Tr::kStages;
+      mbar_wait(sh.empty(stage), ((n / Tr::kStages) & 1) ^ 1);
+      mbar_arrive_expect_tx(sh.k_full(stage), Tr::kTileBytes);
+      tma_load_3d(sh.k_tile(stage), &sp.k_map, sh.k_full(stage), 0, j * Tr::B, bh);
+      mbar_arrive_expect_tx(sh.v_full(stage), Tr::kTileBytes);
+      tma_load_3d(sh.v_tile(stage), &sp.v_map, sh.v_full(stage), 0, j * Tr::D, bh);
+      ++n;
+    }
+  }
+}
+
+// Producer warps 1-3 (t = 0 .. 95): each item's Q tile (one copy, thread 0) and its table of
+// sequence rows (rows[it % 2]) for the epilogue's stores.
+__device__ __forceinline__ void produce_q_fp8(const Fp8Params& sp, const Fp8Smem& sh,
+                                              int32_t (*rows)[Fp8Traits::B], int num_items,
+                                              int t) {
+  using Tr = Fp8Traits;
+  const FwdParams& p = sp.base;
+  if (t == 0) prefetch_tensor_map(&sp.q_map);
+  int k = 0;
+  for (int index = blockIdx.x; index < num_items; index += gridDim.x, ++k) {
+    const Item<Tr::B> it(p, index);
+    mbar_wait(sh.q_empty(), (k & 1) ^ 1);
+    const bool permuted = p.video_perm && it.w.qb < p.num_video_blocks;
+    for (int r = t; r < Tr::B; r += 96)
+      rows[k & 1][r] = permuted && r < it.q.count
+                           ? p.video_offset + __ldg(p.video_perm + it.w.qb * Tr::B + r)
+                           : it.q.begin + r;
+    if (t == 0) {
+      mbar_arrive_expect_tx(sh.q_full(), Tr::kTileBytes);
+      tma_load_3d(sh.q, &sp.q_map, sh.q_full(), 0, it.w.qb * Tr::B,
+                  it.w.b * p.heads + it.w.h);
+    } else {
+      mbar_arrive(sh.q_full());
+    }
+  }
+}
+
+// Online softmax of one consumer thread's two rows, maxima in log2 units: the logits' factor
+// c = scale_log2 * q_scale * k_scale changes from key block to key block.
+struct Fp8Softmax {
+  float m[2];  // running maximum of c * s (-inf before any key)
+  float l[2];  // this lane's share of sum 2^(c s - m + 8)
+
+  // Probabilities of one key block into pa (e4m3 A fragments, k32 step kk), maxima and sums
+  // updated; o's factors come back in alpha. Returns whether a maximum of this thread rose.
+  template <bool kMasked>
+  __device__ __forceinline__ bool scores(const float (&s)[16][4], uint32_t (&pa)[4][4],
+                                         float (&alpha)[2], float c, int valid, int lane) {
+    bool raised = false;
+    const int col = 2 * (lane & 3);
+    float e[16][4];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 16; ++n)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+          if (!kMasked || n * 8 + col + j < valid) mx = fmaxf(mx, s[n][2 * hf + j]);
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float scaled = mx == -INFINITY ? -INFINITY : mx * c;  // c > 0
+      const float m_new = fmaxf(m[hf], scaled);
+      // A row that has seen only masked keys keeps -inf: subtract 0 so that exp2 gives 0.
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      alpha[hf] = exp2_approx(m[hf] - m_use);
+      raised |= m_new != m[hf];
+      m[hf] = m_new;
+      const float bias = Fp8Traits::kPScaleLog2 - m_use;
+      float sum = 0.f;
+#pragma unroll
+      for (int n = 0; n < 16; ++n)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const bool keep = !kMasked || n * 8 + col + j < valid;
+          const float x = keep ? exp2_approx(fmaf(s[n][2 * hf + j], c, bias)) : 0.f;
+          e[n][2 * hf + j] = x;
+          sum += x;
+        }
+      l[hf] = l[hf] * alpha[hf] + sum;
+    }
+    // k32 step kk covers tiles 4 kk .. 4 kk + 3: registers 0 / 1 the rows (lane / 4, + 8) of
+    // tiles 4 kk and 4 kk + 1, registers 2 / 3 those of tiles 4 kk + 2 and 4 kk + 3.
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int t = 4 * kk + 2 * (r >> 1), j = 2 * (r & 1);
+        pa[kk][r] = pack_e4m3(e[t][j], e[t][j + 1], e[t + 1][j], e[t + 1][j + 1]);
+      }
+    return raised;
+  }
+};
+
+__device__ __forceinline__ void issue_qk_fp8(float (&sc)[16][4], uint32_t q_rows, uint32_t k_tile) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+    WgmmaE4m3::ss(sc, smem_desc(q_rows + kk * 32, 16, 1024), smem_desc(k_tile + kk * 32, 16, 1024),
+                  kk > 0);
+  wgmma_commit();
+}
+
+__device__ __forceinline__ void issue_pv_fp8(float (&o)[16][4], const uint32_t (&pa)[4][4],
+                                             uint32_t v_tile) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+    WgmmaE4m3::rs(o, pa[kk], smem_desc(v_tile + kk * 32, 16, 1024), 1);
+  wgmma_commit();
+}
+
+template <class T, class Epi>
+__device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem& sh,
+                                            const int32_t (*rows)[Fp8Traits::B], int num_items,
+                                            int tid) {
+  using Tr = Fp8Traits;
+  constexpr int B = Tr::B, D = Tr::D;
+  const Fp8Operands& f8 = p.fp8;
+  const int cw = (tid - 128) / 128;
+  const int lane = tid & 31;
+  const int warp_row = cw * 64 + ((tid / 32) % 4) * 16;
+  const uint32_t q_rows = sh.q + cw * 64 * 128;
+  int n = 0;
+  int k = 0;
+  for (int index = blockIdx.x; index < num_items; index += gridDim.x, ++k) {
+    Item<B> it(p, index);
+    const int64_t bh = static_cast<int64_t>(it.w.b) * p.heads + it.w.h;
+    const float cq = p.scale_log2 * __ldg(f8.q_scale + bh * p.num_q_blocks + it.w.qb);
+    const float* k_scale = f8.k_scale + bh * p.num_q_blocks;
+    float o[16][4];
+#pragma unroll
+    for (int t = 0; t < 16; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
+    fence_operands(o);
+    Fp8Softmax sm;
+    sm.m[0] = sm.m[1] = -INFINITY;
+    sm.l[0] = sm.l[1] = 0.f;
+    mbar_wait(sh.q_full(), k & 1);
+
+    // The walk of Item::next_key, keeping the block index for its scale.
+    auto next = [&](Span& s, float& c) {
+      while (it.e_begin < it.e_end) {
+        const int j = key_block(p, it.e_begin++);
+        s = block_span<B>(p, j, it.text_len);
+        if (s.valid > 0) {
+          c = cq * __ldg(k_scale + j);
+          return true;
+        }
+      }
+      return false;
+    };
+    Span cur;
+    float c_cur = 0.f;
+    bool have = next(cur, c_cur);
+    if (!have) {
+      __syncwarp();
+      if (lane == 0) mbar_arrive(sh.q_empty());
+    }
+    uint32_t pa[4][4] = {};
+    int pending = -1;
+    while (have) {
+      float sc[16][4];
+      const int stage = n % Tr::kStages;
+      const uint32_t parity = (n / Tr::kStages) & 1;
+      ++n;
+      mbar_wait(sh.k_full(stage), parity);
+      issue_qk_fp8(sc, q_rows, sh.k_tile(stage));
+      const Span s = cur;
+      const float c = c_cur;
+      have = next(cur, c_cur);
+      wgmma_wait<0>();
+      fence_operands(sc);
+      fence_operands(o);
+      fence_operands(pa);
+      __syncwarp();
+      if (pending >= 0 && lane == 0) mbar_arrive(sh.empty(pending));
+      if (!have && lane == 0) mbar_arrive(sh.q_empty());
+      float alpha[2];
+      const bool raised = s.valid < B ? sm.scores<true>(sc, pa, alpha, c, s.valid, lane)
+                                      : sm.scores<false>(sc, pa, alpha, c, B, lane);
+      if (__any_sync(0xffffffffu, raised)) {
+#pragma unroll
+        for (int t = 0; t < 16; ++t) {
+          o[t][0] *= alpha[0];
+          o[t][1] *= alpha[0];
+          o[t][2] *= alpha[1];
+          o[t][3] *= alpha[1];
+        }
+      }
+      fence_operands(o);
+      fence_operands(pa);
+      mbar_wait(sh.v_full(stage), parity);
+      issue_pv_fp8(o, pa, sh.v_tile(stage));
+      pending = stage;
+    }
+    wgmma_wait<0>();
+    fence_operands(o);
+    fence_operands(pa);
+    __syncwarp();
+    if (pending >= 0 && lane == 0) mbar_arrive(sh.empty(pending));
+
+    // Back to the 16-bit kernel's terms: O times V's channel scales; maxima in raw logits with
+    // the mean term and the 2^8 of P added back (finish_rows takes m * scale_log2 + log2 l).
+    const float* vs = f8.v_scale + bh * D + 2 * (lane & 3);
+#pragma unroll
+    for (int t = 0; t < 16; ++t) {
+      const float2 v = __ldg(reinterpret_cast<const float2*>(vs + t * 8));
+      o[t][0] *= v.x;
+      o[t][1] *= v.y;
+      o[t][2] *= v.x;
+      o[t][3] *= v.y;
+    }
+    OnlineSoftmax<1> fin;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = warp_row + hf * 8 + (lane >> 2);
+      const float shift = __ldg(f8.q_shift + (bh * p.num_q_blocks + it.w.qb) * B + r);
+      fin.row_max[0][hf] =
+          sm.m[hf] == -INFINITY
+              ? -INFINITY
+              : (sm.m[hf] - Tr::kPScaleLog2) / p.scale_log2 + shift;
+      fin.row_sum[0][hf] = sm.l[hf];
+    }
+    float (&o1)[1][D / 8][4] = reinterpret_cast<float (&)[1][D / 8][4]>(o);
+    const CtaShared cta{it.w.b, it.w.h, it.w.qb, it.text_len, it.e_end};
+    const int32_t* seq_rows = rows[k & 1];
+    finish_rows<T, D, 1, Epi>(p, fin, o1, cta, seq_rows, it.q, warp_row, lane);
+    T* out = static_cast<T*>(p.out) + it.w.b * p.out_stride[0] + it.w.h * p.out_stride[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = warp_row + hf * 8 + (lane >> 2);
+      if (r >= it.q.count) continue;
+      uint32_t* dst = reinterpret_cast<uint32_t*>(
+          out + static_cast<int64_t>(seq_rows[r]) * p.out_stride[1] + 2 * (lane & 3));
+#pragma unroll
+      for (int t = 0; t < D / 8; ++t) dst[t * 4] = Mma<T>::pack(o[t][2 * hf], o[t][2 * hf + 1]);
+    }
+  }
+}
+
+template <class T, class Epi>
+__global__ void __launch_bounds__(Fp8Traits::kThreads, 1)
+    fwd_kernel_sm90_fp8(const __grid_constant__ Fp8Params sp) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Tr = Fp8Traits;
+  const FwdParams& p = sp.base;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const int tid = threadIdx.x;
+  Fp8Smem sh;
+  const uint32_t raw = smem_addr(smem_raw);
+  sh.q = (raw + 1023u) & ~1023u;
+  sh.kv = sh.q + Tr::kTileBytes;
+  sh.bars = sh.kv + 2 * Tr::kStages * Tr::kTileBytes;
+  auto* rows =
+      reinterpret_cast<int32_t(*)[Tr::B]>(smem_raw + (sh.bars - raw) + 8 * Tr::kBarriers);
+  const int num_items = p.batch * p.heads * p.num_q_blocks;
+
+  if (tid == 0) {
+    mbar_init(sh.q_full(), 96);
+    mbar_init(sh.q_empty(), 4 * Tr::kConsumers);
+    for (int s = 0; s < Tr::kStages; ++s) {
+      mbar_init(sh.k_full(s), 1);
+      mbar_init(sh.v_full(s), 1);
+      mbar_init(sh.empty(s), 4 * Tr::kConsumers);
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (tid < 128) {
+    reg_dealloc<Tr::kProducerRegs>();
+    if (tid == 0)
+      produce_kv_fp8(sp, sh, num_items);
+    else if (tid >= 32)
+      produce_q_fp8(sp, sh, rows, num_items, tid - 32);
+  } else {
+    reg_alloc<Tr::kConsumerRegs>();
+    consume_fp8<T, Epi>(p, sh, rows, num_items, tid);
+  }
+#else
+  __trap();
+#endif
+}
+
+}  // namespace spaattn::cuda_detail::sm90

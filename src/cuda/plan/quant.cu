@@ -1,0 +1,312 @@
+// quant.cuh: the statistics pass and the quantisation pass of the FP8 operands.
+#include <cuda_fp8.h>
+
+#include <limits>
+
+#include "cuda/attention/api.hpp"
+#include "cuda/attention/blocks.cuh"
+#include "cuda/check.cuh"
+#include "cuda/dispatch.cuh"
+#include "cuda/plan/quant.cuh"
+#include "cuda/plan/stage_util.cuh"
+
+namespace spaattn::cuda::stages {
+namespace {
+
+using cuda_detail::FwdParams;
+using cuda_detail::Fp8Operands;
+
+constexpr int kD = 128, kB = 128;  // the only FP8 shape: head dim and block size
+constexpr int kThreads = 256;      // 16 threads of 8 channels per row, 16 rows at a time
+constexpr int kStatRows = 1024;    // sequence rows per CTA of the statistics pass
+constexpr float kE4m3Max = 448.f;
+
+struct QuantParams {
+  FwdParams geo;  // q, k, v, strides, text_lengths, video_perm and the block geometry
+  Fp8Operands out;
+  float* k_sum;      // f32 [bh, d]
+  uint32_t* v_amax;  // f32 bits [bh, d] (non-negative floats order as their bits)
+};
+
+__device__ __forceinline__ int text_len_of(const FwdParams& p, int b) {
+  return p.text_lengths ? min(max(p.text_lengths[b], 0), p.num_text) : p.num_text;
+}
+
+template <class T>
+__device__ __forceinline__ void load8(const void* base, const int64_t (&stride)[3], int b, int n,
+                                      int h, int c, float (&x)[8]) {
+  const T* row = static_cast<const T*>(base) + b * stride[0] + n * stride[1] + h * stride[2] + c;
+  unpack8<T>(__ldg(reinterpret_cast<const uint4*>(row)), x);
+}
+
+// Eight floats (already scaled into e4m3 range) to eight e4m3 bytes.
+__device__ __forceinline__ uint2 to_e4m3(const float (&x)[8]) {
+  uint32_t w[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(x[4 * h], x[4 * h + 1]),
+                                                 __NV_SATFINITE, __NV_E4M3);
+    const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(x[4 * h + 2], x[4 * h + 3]),
+                                                 __NV_SATFINITE, __NV_E4M3);
+    w[h] = lo | (hi << 16);
+  }
+  return make_uint2(w[0], w[1]);
+}
+
+// Largest value over the CTA (every thread gets it).
+__device__ __forceinline__ float cta_max(float x, float* scratch) {
+  x = group_max<32>(x);
+  __syncthreads();  // scratch may still be read from the previous call
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = x;
+  __syncthreads();
+  float m = scratch[0];
+#pragma unroll
+  for (int w = 1; w < kThreads / 32; ++w) m = fmaxf(m, scratch[w]);
+  return m;
+}
+
+// Grid (ceil(S / kStatRows), H, b).
+template <class T>
+__global__ void __launch_bounds__(kThreads) fp8_stats_kernel(const __grid_constant__ QuantParams qp) {
+  const FwdParams& p = qp.geo;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int rg = threadIdx.x / 16, c0 = (threadIdx.x % 16) * 8;
+  const int text_len = text_len_of(p, b);
+  float sum[8] = {}, amax[8] = {};
+  const int first = blockIdx.x * kStatRows, last = min(p.seq_len, first + kStatRows);
+  for (int n = first + rg; n < last; n += 16) {
+    const bool video = n >= p.video_offset && n < p.video_offset + p.num_video;
+    const bool text = n >= p.text_offset && n < p.text_offset + text_len;
+    if (!video && !text) continue;
+    float k[8], v[8];
+    load8<T>(p.k, p.k_stride, b, n, h, c0, k);
+    load8<T>(p.v, p.v_stride, b, n, h, c0, v);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      sum[e] += k[e];
+      amax[e] = fmaxf(amax[e], fabsf(v[e]));
+    }
+  }
+  __shared__ float s_sum[16][kD], s_max[16][kD];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    s_sum[rg][c0 + e] = sum[e];
+    s_max[rg][c0 + e] = amax[e];
+  }
+  __syncthreads();
+  if (threadIdx.x < kD) {
+    float s = 0.f, m = 0.f;
+#pragma unroll
+    for (int g = 0; g < 16; ++g) {
+      s += s_sum[g][threadIdx.x];
+      m = fmaxf(m, s_max[g][threadIdx.x]);
+    }
+    const int64_t e = (static_cast<int64_t>(b) * p.heads + h) * kD + threadIdx.x;
+    atomicAdd(qp.k_sum + e, s);
+    atomicMax(qp.v_amax + e, __float_as_uint(m));
+  }
+}
+
+// Grid (num_blocks, H, b): block j of head h of batch item b.
+template <class T>
+__global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_constant__ QuantParams qp) {
+  const FwdParams& p = qp.geo;
+  const Fp8Operands& f = qp.out;
+  const int j = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int rg = threadIdx.x / 16, c0 = (threadIdx.x % 16) * 8;
+  const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
+  const int text_len = text_len_of(p, b);
+  const cuda_detail::Span span = cuda_detail::block_span<kB>(p, j, text_len);
+  const bool permuted = p.video_perm && j < p.num_video_blocks;
+  auto seq = [&](int r) {
+    return permuted ? p.video_offset + __ldg(p.video_perm + j * kB + r) : span.begin + r;
+  };
+  const int64_t block = bh * p.num_q_blocks + j;  // index of (bh, j)
+  __shared__ float scratch[kThreads / 32];
+  __shared__ __align__(16) uint8_t sv[kB][kD + 8];  // V of the block, e4m3, row per key
+
+  const int count = p.num_video + text_len;
+  float mean[8], vinv[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    mean[e] = count > 0 ? qp.k_sum[bh * kD + c0 + e] / static_cast<float>(count) : 0.f;
+    const float amax = __uint_as_float(qp.v_amax[bh * kD + c0 + e]);
+    vinv[e] = amax > 0.f ? kE4m3Max / amax : 1.f;
+  }
+  float x[8][8];
+
+  // K: smoothed by its mean, one scale for the block.
+  float amax = 0.f;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int r = i * 16 + rg;
+    if (r < span.valid) {
+      load8<T>(p.k, p.k_stride, b, seq(r), h, c0, x[i]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        x[i][e] -= mean[e];
+        amax = fmaxf(amax, fabsf(x[i][e]));
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[i][e] = 0.f;
+    }
+  }
+  amax = cta_max(amax, scratch);
+  float inv = amax > 0.f ? kE4m3Max / amax : 1.f;
+  uint8_t* k8 = const_cast<uint8_t*>(f.k8) + block * kB * kD;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int r = i * 16 + rg;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) x[i][e] *= inv;
+    *reinterpret_cast<uint2*>(k8 + r * kD + c0) = to_e4m3(x[i]);
+  }
+  if (threadIdx.x == 0) const_cast<float*>(f.k_scale)[block] = 1.f / inv;
+
+  // Q: one scale for the block; q . mean(K) per row, from the unrounded values.
+  amax = 0.f;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int r = i * 16 + rg;
+    float dot = 0.f;
+    if (r < span.valid) {
+      load8<T>(p.q, p.q_stride, b, seq(r), h, c0, x[i]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        dot = fmaf(x[i][e], mean[e], dot);
+        amax = fmaxf(amax, fabsf(x[i][e]));
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[i][e] = 0.f;
+    }
+    dot = group_sum<16>(dot);
+    if (threadIdx.x % 16 == 0) const_cast<float*>(f.q_shift)[block * kB + r] = dot;
+  }
+  amax = cta_max(amax, scratch);
+  inv = amax > 0.f ? kE4m3Max / amax : 1.f;
+  uint8_t* q8 = const_cast<uint8_t*>(f.q8) + block * kB * kD;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int r = i * 16 + rg;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) x[i][e] *= inv;
+    *reinterpret_cast<uint2*>(q8 + r * kD + c0) = to_e4m3(x[i]);
+  }
+  if (threadIdx.x == 0) const_cast<float*>(f.q_scale)[block] = 1.f / inv;
+
+  // V: per-channel scales, then transposed through shared memory.
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int r = i * 16 + rg;
+    if (r < span.valid) {
+      load8<T>(p.v, p.v_stride, b, seq(r), h, c0, x[i]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[i][e] *= vinv[e];
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[i][e] = 0.f;
+    }
+    *reinterpret_cast<uint2*>(&sv[r][c0]) = to_e4m3(x[i]);
+  }
+  if (j == 0 && threadIdx.x < kD) {
+    const float a = __uint_as_float(qp.v_amax[bh * kD + threadIdx.x]);
+    const_cast<float*>(f.v_scale)[bh * kD + threadIdx.x] = a > 0.f ? a / kE4m3Max : 1.f;
+  }
+  __syncthreads();
+  uint8_t* vt8 = const_cast<uint8_t*>(f.vt8) + block * kD * kB;
+  for (int chunk = threadIdx.x; chunk < kD * kB / 16; chunk += kThreads) {
+    const int c = chunk / (kB / 16), p0 = (chunk % (kB / 16)) * 16;
+    uint32_t w[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      w[q] = 0;
+#pragma unroll
+      for (int t = 0; t < 4; ++t)
+        w[q] |= static_cast<uint32_t>(sv[p0 + cuda_detail::key_of_position(4 * q + t)][c])
+                << (8 * t);
+    }
+    *reinterpret_cast<uint4*>(vt8 + c * kB + p0) = make_uint4(w[0], w[1], w[2], w[3]);
+  }
+}
+
+size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
+}  // namespace
+
+Fp8Layout fp8_layout(const AttentionArgs& args) {
+  SPAATTN_CHECK_ARG(args.head_dim() == kD, "q", "FP8 precision supports head_dim 128, got ",
+                    args.head_dim());
+  SPAATTN_CHECK_ARG(args.layout.block_size == kB, "layout.block_size",
+                    "FP8 precision supports block_size 128, got ", args.layout.block_size);
+  // check_gpu_call bounds batch * heads * blocks and S below 2^31; the copy engine's row
+  // coordinates (block * 128 within a head) must stay below 2^31 as well.
+  const int64_t bh = args.batch() * args.heads(), nb = args.layout.num_blocks();
+  constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
+  SPAATTN_CHECK_ARG(nb * kB < kMaxInt && bh < kMaxInt, "q",
+                    "expected blocks * 128 and batch * heads < 2^31, got ", nb, " blocks and ",
+                    bh, " (batch, head) pairs");
+  SPAATTN_CHECK_ARG(args.batch() <= 65535 && args.heads() <= 65535, "q",
+                    "FP8 quantisation supports batch and heads up to 65535, got ", args.batch(),
+                    " and ", args.heads());
+  const size_t tiles = static_cast<size_t>(bh * nb) * kB * kD;
+  Fp8Layout l;
+  size_t at = 0;
+  auto take = [&](size_t bytes) {
+    const size_t here = at;
+    at += align256(bytes);
+    return here;
+  };
+  l.q8 = take(tiles);
+  l.k8 = take(tiles);
+  l.vt8 = take(tiles);
+  l.q_scale = take(static_cast<size_t>(bh * nb) * 4);
+  l.k_scale = take(static_cast<size_t>(bh * nb) * 4);
+  l.v_scale = take(static_cast<size_t>(bh) * kD * 4);
+  l.q_shift = take(static_cast<size_t>(bh * nb) * kB * 4);
+  l.k_sum = take(static_cast<size_t>(bh) * kD * 4);
+  l.v_amax = take(static_cast<size_t>(bh) * kD * 4);
+  l.total = at;
+  return l;
+}
+
+cuda_detail::Fp8Operands fp8_operands(const Fp8Layout& l, const void* workspace) {
+  const auto* base = static_cast<const uint8_t*>(workspace);
+  cuda_detail::Fp8Operands f;
+  f.q8 = base + l.q8;
+  f.k8 = base + l.k8;
+  f.vt8 = base + l.vt8;
+  f.q_scale = reinterpret_cast<const float*>(base + l.q_scale);
+  f.k_scale = reinterpret_cast<const float*>(base + l.k_scale);
+  f.v_scale = reinterpret_cast<const float*>(base + l.v_scale);
+  f.q_shift = reinterpret_cast<const float*>(base + l.q_shift);
+  return f;
+}
+
+void launch_quantize_fp8(const AttentionArgs& args, const int32_t* perm, void* workspace,
+                         cudaStream_t stream) {
+  const Fp8Layout l = fp8_layout(args);
+  QuantParams qp;
+  qp.geo = cuda_detail::make_fwd_params(args, BlockMaskView{}, args.q, TensorView{});
+  qp.geo.video_perm = perm;
+  qp.out = fp8_operands(l, workspace);
+  auto* base = static_cast<uint8_t*>(workspace);
+  qp.k_sum = reinterpret_cast<float*>(base + l.k_sum);
+  qp.v_amax = reinterpret_cast<uint32_t*>(base + l.v_amax);
+  const int64_t bh = args.batch() * args.heads();
+  SPAATTN_CUDA_CHECK(cudaMemsetAsync(base + l.k_sum, 0, l.total - l.k_sum, stream));
+  const int64_t S = args.seq_len(), nb = args.layout.num_blocks();
+  if (S == 0 || bh == 0) return;
+  const dim3 stats((S + kStatRows - 1) / kStatRows, args.heads(), args.batch());
+  const dim3 quant(nb, args.heads(), args.batch());
+  cuda_detail::dispatch_dtype(args.q.dtype, [&](auto t) {
+    using T = decltype(t);
+    fp8_stats_kernel<T><<<stats, kThreads, 0, stream>>>(qp);
+    cuda_detail::check_launch("fp8_stats_kernel");
+    fp8_quantize_kernel<T><<<quant, kThreads, 0, stream>>>(qp);
+    cuda_detail::check_launch("fp8_quantize_kernel");
+  });
+}
+
+}  // namespace spaattn::cuda::stages

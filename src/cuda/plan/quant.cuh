@@ -1,0 +1,36 @@
+// Q, K and V quantised to FP8 e4m3 for the sm90 FP8 kernel (docs/gpu.md, FP8): the arrays of
+// cuda_detail::Fp8Operands (attention/params.cuh) carved out of one workspace, and the two
+// kernels that fill them:
+//   stats:    per (batch item, head), the sum of K and the largest |V| of every channel over the
+//             valid tokens (video, and text up to L_t);
+//   quantise: per (batch item, head, block), the block's rows through the token order: K minus
+//             its mean, Q and V scaled and rounded to e4m3, V transposed; q . mean(K) per row.
+// Scales: Q and K one per block and head (largest |x| / 448), V one per channel and head.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cuda/attention/params.cuh"
+#include "spaattn/layout.hpp"
+
+namespace spaattn::cuda::stages {
+
+// Byte offsets of the arrays in the workspace (each 256-byte aligned) and its size.
+struct Fp8Layout {
+  size_t q8 = 0, k8 = 0, vt8 = 0, q_scale = 0, k_scale = 0, v_scale = 0, q_shift = 0, k_sum = 0,
+         v_amax = 0, total = 0;
+};
+
+// Checks that the call can run in FP8 (head dim 128, block size 128) and sizes its arrays;
+// throws naming the argument.
+Fp8Layout fp8_layout(const AttentionArgs& args);
+cuda_detail::Fp8Operands fp8_operands(const Fp8Layout& layout, const void* workspace);
+
+// Fills the arrays from args.q / k / v (device bf16 / f16, checked by the caller); perm: the
+// token order of the video rows (device int32 [N_v]) or nullptr.
+void launch_quantize_fp8(const AttentionArgs& args, const int32_t* perm, void* workspace,
+                         cudaStream_t stream);
+
+}  // namespace spaattn::cuda::stages
