@@ -9,7 +9,9 @@
 //     the caller's K, V and on the gathered ones; and the kernel gathering K, V itself through
 //     the permutation (the design gather.cuh replaces);
 //   - SparseAttention::forward as a caller runs it (a fresh selection every call);
-//   - Re-ttention (rectified_rettention: the same IPAR mask) reference and sparse steps.
+//   - Re-ttention (rectified_rettention: the same IPAR mask) reference and sparse steps;
+//   - on a Hopper device, the same three with Config::precision fp8, and the FP8 quantisation
+//     (quant.cuh) on its own.
 // "Outside the kernel" is the whole call minus the kernel alone, as a share of PyTorch's cuDNN
 // dense attention time for the same shape from --baseline (sdpa_baseline.py, same run).
 // Usage: spaattn_bench_pipeline [--baseline sdpa.json] [--sparsity 0.9] [--neighbours 1|0]
@@ -26,7 +28,9 @@
 
 #include "baseline.hpp"
 #include "cuda/attention/api.hpp"
+#include "cuda/attention/sm90/tensor_map.hpp"
 #include "cuda/plan/gather.cuh"
+#include "cuda/plan/quant.cuh"
 #include "cuda/plan/stages.cuh"
 #include "inputs.hpp"
 #include "spaattn/spaattn.hpp"
@@ -218,6 +222,33 @@ void run(const Options& o, cudaStream_t stream) {
   const double t_sparse = measure(
       "Re-ttention sparse step (CSR of stored bits, row-affine epilogue)", forward(sp, 1), false);
 
+  // FP8 operands (Hopper only): the same calls with Config::precision fp8.
+  double whole8 = 0, ref8 = 0, sparse8 = 0;
+  const bool fp8 = cuda_detail::sm90::kernels_available();
+  if (fp8) {
+    DeviceMem q8(st::fp8_layout(args).total);
+    measure(
+        "FP8: quantise Q, K, V in the token order (stats + quantise)",
+        [&](cudaStream_t s) { st::launch_quantize_fp8(args, perm_d, q8.p, s); }, false);
+    Config c8 = cfg;
+    c8.precision = Precision::fp8;
+    SparseAttention sa8(c8);
+    step = 0;
+    whole8 = measure("FP8: SparseAttention::forward (rectified, whole call)", forward(sa8, 1),
+                     false);
+    Config r8 = ref_cfg;
+    r8.precision = Precision::fp8;
+    SparseAttention ref8_sa(r8);
+    step = 0;
+    ref8 = measure("FP8: Re-ttention reference step", forward(ref8_sa, 1), false);
+    Config s8 = sp_cfg;
+    s8.precision = Precision::fp8;
+    SparseAttention sp8(s8);
+    step = 0;
+    forward(sp8, 1)(stream);
+    sparse8 = measure("FP8: Re-ttention sparse step", forward(sp8, 1), false);
+  }
+
   const std::vector<BaselineEntry> base = read_baseline(o.baseline);
   const double cudnn = baseline_ms(base, S, H, D, "cudnn");
   cudaDeviceProp prop{};
@@ -257,6 +288,12 @@ void run(const Options& o, cudaStream_t stream) {
                 cudnn / whole);
     std::printf("| Re-ttention reference step vs cuDNN dense | %.2fx | |\n", cudnn / t_ref);
     std::printf("| Re-ttention sparse step vs cuDNN dense | %.2fx | |\n", cudnn / t_sparse);
+    if (fp8) {
+      std::printf("| FP8: whole rectified call vs cuDNN dense | %.2fx | |\n", cudnn / whole8);
+      std::printf("| FP8: Re-ttention reference step vs cuDNN dense | %.2fx | |\n", cudnn / ref8);
+      std::printf("| FP8: Re-ttention sparse step vs cuDNN dense | %.2fx | |\n",
+                  cudnn / sparse8);
+    }
   }
 }
 

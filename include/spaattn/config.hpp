@@ -24,6 +24,15 @@ const char* to_string(Method m);
 // throws naming `arg`.
 Method parse_method(std::string_view name, const char* arg = "method");
 
+// The operands of the attention kernel (GPU path): `input` computes in q's dtype (bf16 / f16);
+// `fp8` quantises Q, K and V to e4m3 once per call (cuda.hpp quantize_fp8 describes the scheme)
+// and runs the Hopper FP8 kernel: faster, with a relative error of a few percent (docs/gpu.md,
+// FP8). fp8 needs CUDA tensors on a compute capability 9.0 device and block size 128.
+enum class Precision : uint8_t { input, fp8 };
+const char* to_string(Precision p);
+// Parses "input", "fp8"; throws naming `arg`.
+Precision parse_precision(std::string_view name, const char* arg = "precision");
+
 // Which key blocks are critical.
 enum class Selector : uint8_t {
   automatic,  // the method's published choice: band for rettention, ipar otherwise
@@ -71,6 +80,8 @@ struct Config {
   bool measure_density = false;
   // GPU path: the attention kernel family (layout.hpp KernelFamily).
   KernelFamily kernel = KernelFamily::automatic;
+  // GPU path: the kernel's operands (Precision above).
+  Precision precision = Precision::input;
 
   // The selector the method actually uses (resolves Selector::automatic).
   Selector selector() const;

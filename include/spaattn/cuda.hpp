@@ -26,7 +26,7 @@ void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask
 //   `workspace` (device memory, 256-byte aligned, at least fp8_workspace_size(args) bytes);
 //   block_sparse_attention_fp8 computes what block_sparse_attention computes, from the workspace
 //   that quantize_fp8 filled for the same args (q, k, v themselves are not read), out and lse in
-//   out's dtype / f32 as there. Both need d = 128, block_size 128 and a device of compute
+//   out's dtype / f32 as there. Both need d = 64 or 128, block_size 128 and a device of compute
 //   capability 9.0 with a build holding sm_90a code, and throw naming the argument otherwise.
 // Q and K are scaled per 128-token block and head, K after subtracting its mean over the
 // sequence (the lse is exact in that term), V per channel and head; P is rounded to e4m3 and

@@ -30,6 +30,21 @@ Method parse_method(std::string_view name, const char* arg) {
                              "'"));
 }
 
+const char* to_string(Precision p) {
+  switch (p) {
+    case Precision::input: return "input";
+    case Precision::fp8: return "fp8";
+  }
+  return "unknown";
+}
+
+Precision parse_precision(std::string_view name, const char* arg) {
+  for (Precision p : {Precision::input, Precision::fp8})
+    if (name == to_string(p)) return p;
+  throw Error(Error::Kind::invalid_argument,
+              detail::concat(arg, ": expected input or fp8, got '", std::string(name), "'"));
+}
+
 const char* to_string(Selector s) {
   switch (s) {
     case Selector::automatic: return "automatic";
@@ -59,6 +74,16 @@ void Config::validate() const {
                     "expected 64 or 128, got ", block_size);
   SPAATTN_CHECK_ARG(kernel <= KernelFamily::hopper, "config.kernel",
                     "expected automatic, portable or hopper, got ", static_cast<int>(kernel));
+  SPAATTN_CHECK_ARG(precision <= Precision::fp8, "config.precision",
+                    "expected input or fp8, got ", static_cast<int>(precision));
+  SPAATTN_CHECK_ARG(precision != Precision::fp8 || block_size == 128, "config.precision",
+                    "fp8 needs block_size 128, got ", block_size);
+  SPAATTN_CHECK_ARG(precision != Precision::fp8 || kernel != KernelFamily::portable,
+                    "config.precision", "fp8 runs on the hopper kernel family, and config.kernel "
+                    "is portable");
+  SPAATTN_CHECK_ARG(precision != Precision::fp8 || method != Method::calibrated,
+                    "config.precision", "fp8 runs on the GPU path, which calibrated does not "
+                    "have yet");
   SPAATTN_CHECK_ARG(select.sparsity >= 0.0 && select.sparsity < 1.0, "config.select.sparsity",
                     "expected 0 <= sparsity < 1, got ", select.sparsity);
   SPAATTN_CHECK_ARG(select.p >= 0.0 && select.p <= 1.0, "config.select.p",

@@ -30,6 +30,10 @@ void check_host_only(const Config& config, const AttentionArgs& args) {
                     "config.method",
                     "calibrated: expected a host call; the GPU path of this method is not built "
                     "yet");
+  // FP8 exists only as the Hopper kernel: a host call is an error, never a silent 16-bit one.
+  SPAATTN_CHECK_ARG(config.precision != Precision::fp8 || args.q.device == Device::cuda,
+                    "config.precision", "fp8 needs CUDA tensors (the Hopper FP8 kernel), got ",
+                    to_string(args.q.device), " tensors");
 }
 
 // Contiguous [b, S, H, d] host buffer of q's dtype holding the tokens in the configured order.

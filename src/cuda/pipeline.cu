@@ -27,7 +27,9 @@
 #include "cuda/check.cuh"
 #include "core/device_pipeline.hpp"
 #include "cuda/attention/api.hpp"
+#include "cuda/attention/sm90/tensor_map.hpp"
 #include "cuda/plan/gather.cuh"
+#include "cuda/plan/quant.cuh"
 #include "cuda/plan/stages.cuh"
 
 namespace spaattn::detail {
@@ -59,7 +61,8 @@ unsigned workspace_parts(const Config& c) {
 // Every allocation of the GPU path for one shape, each a multiple of 256 bytes.
 struct Sizes {
   size_t stages = 0, lse = 0;  // the workspace: stage arrays, lse_spa and lse_full,
-  size_t gathered = 0;         // and K, V in the token order
+  size_t gathered = 0;         // and K, V in the token order (16-bit precision)
+  size_t fp8 = 0;              // or Q, K, V quantised in the token order (quant.cuh)
   size_t perm = 0, neighbours = 0;
   size_t critical = 0, rho = 0, delta = 0;  // per (layer, entry)
 };
@@ -70,8 +73,10 @@ Sizes sizes(const Config& config, const st::Dims& dims, DType dtype, size_t perm
   s.stages = st::workspace_size(dims, workspace_parts(config));
   s.perm = align256(perm_entries * 4);
   s.neighbours = align256(neighbour_entries * 4);
+  if (config.precision == Precision::fp8)
+    s.fp8 = st::fp8_layout(static_cast<int64_t>(dims.batch) * dims.heads, dims.nb, dims.dim).total;
   if (config.method == Method::dense) return s;
-  if (perm_entries > 0)
+  if (perm_entries > 0 && config.precision != Precision::fp8)
     s.gathered = 2 * align256(static_cast<size_t>(dims.batch) * (dims.num_video + dims.num_text) *
                               dims.heads * dims.dim * element_size(dtype));
   s.critical = align256(static_cast<size_t>(dims.video_rows()) * dims.words * 4);
@@ -215,6 +220,11 @@ class GpuPipeline final : public DevicePipeline {
   CallStats forward(const CallInfo& call, const AttentionArgs& args, TensorView out,
                     const StepPlan& plan, void* stream_ptr) override {
     cuda_detail::check_gpu_call(args, out, TensorView{});
+    if (config_.precision == Precision::fp8) {
+      SPAATTN_CHECK_ARG(cuda_detail::sm90::kernels_available(), "config.precision",
+                        "fp8 needs a compute capability 9.0 device and a build with sm_90a code");
+      (void)st::fp8_layout(args);  // its checks
+    }
     const st::Dims dims = st::make_dims(args.layout, args.batch(), args.heads(), args.head_dim());
     // The plan writes CSR lists with int32 offsets into room for every block pair.
     SPAATTN_CHECK_ARG(dims.max_nnz() <= kMaxMaskEntries, "q",
@@ -278,6 +288,7 @@ class GpuPipeline final : public DevicePipeline {
     stats.mask_reused = plan.kind != CallStats::Kind::dense && !plan.fresh_mask;
     if (plan.kind == CallStats::Kind::dense) {
       // Full attention: the kernel walks every key block, no CSR lists are written.
+      quantize(args, /*permute=*/false, stream);
       launch(args, mask_view(dims, buf_), out, {}, {}, /*permute=*/false, stream,
              /*every_block=*/true);
       if (config_.measure_density) stats.density = 1.0;
@@ -335,7 +346,7 @@ class GpuPipeline final : public DevicePipeline {
     }
     if (workspace_.get() && same_dims(dims, dims_) && dtype == dtype_) return;
     sizes_ = sizes(config_, dims, dtype, perm_.size(), offsets.size() + cols.size());
-    const size_t bytes = sizes_.stages + sizes_.lse + sizes_.gathered;
+    const size_t bytes = sizes_.stages + sizes_.lse + sizes_.gathered + sizes_.fp8;
     if (workspace_.size() < bytes) workspace_ = DeviceBuffer(memory_, bytes, stream, order_);
     dims_ = dims;
     dtype_ = dtype;
@@ -346,6 +357,9 @@ class GpuPipeline final : public DevicePipeline {
     lse_full_ = lse_spa_ + sizes_.lse / 8;  // two arrays of sizes_.lse / 2 bytes
     k_ordered_ = sizes_.gathered ? base + sizes_.stages + sizes_.lse : nullptr;
     v_ordered_ = sizes_.gathered ? static_cast<char*>(k_ordered_) + sizes_.gathered / 2 : nullptr;
+    fp8_ = sizes_.fp8 ? base + sizes_.stages + sizes_.lse + sizes_.gathered : nullptr;
+    if (fp8_)
+      fp8_layout_ = st::fp8_layout(static_cast<int64_t>(dims.batch) * dims.heads, dims.nb, dims.dim);
   }
 
   void allocate_state(LayerState& state, const StepPlan& plan, cudaStream_t stream) {
@@ -387,9 +401,16 @@ class GpuPipeline final : public DevicePipeline {
     if (rectify) st::launch_rectify(st::make_rectify_params(dims, config_.gapr, b), stream);
   }
 
+  // FP8: Q, K, V quantised into fp8_ (in the token order when the launches permute), once per
+  // call: a reference step's two launches read the same copy.
+  void quantize(const AttentionArgs& args, bool permute, cudaStream_t stream) const {
+    if (fp8_) st::launch_quantize_fp8(args, permute ? perm_device() : nullptr, fp8_, stream);
+  }
+
   // The arguments the kernel runs on: K and V replaced by their copies in the token order
-  // (unchanged without a token order).
+  // (unchanged without a token order); FP8: the quantised copies made instead.
   AttentionArgs gather(const AttentionArgs& args, cudaStream_t stream) const {
+    if (fp8_) quantize(args, /*permute=*/true, stream);
     if (!k_ordered_) return args;
     st::launch_gather_kv(st::make_gather_params(args, perm_device(), k_ordered_, v_ordered_),
                          stream);
@@ -466,6 +487,7 @@ class GpuPipeline final : public DevicePipeline {
     p.epi = epi;
     p.video_perm = permute ? perm_device() : nullptr;
     p.kv_ordered = permute && k_ordered_ != nullptr;
+    if (fp8_) p.fp8 = st::fp8_operands(fp8_layout_, fp8_);
     cuda_detail::launch_fwd(p, args.q.dtype, args.head_dim(), args.layout.block_size, stream,
                             args.kernel);
   }
@@ -482,6 +504,8 @@ class GpuPipeline final : public DevicePipeline {
   st::Buffers buf_;
   float *lse_spa_ = nullptr, *lse_full_ = nullptr;
   void *k_ordered_ = nullptr, *v_ordered_ = nullptr;
+  void* fp8_ = nullptr;
+  st::Fp8Layout fp8_layout_;
   std::map<std::tuple<int, int>, LayerState> states_;
 };
 
@@ -501,7 +525,8 @@ WorkspaceSize device_workspace_size(const Config& config, const AttentionArgs& a
   for (const auto& list : neighbours) neighbour_entries += list.size();
   const Sizes s = sizes(config, dims, args.q.dtype, perm_entries, neighbour_entries);
   WorkspaceSize w;
-  w.workspace = s.stages + s.lse + s.gathered;
+  if (config.precision == Precision::fp8) (void)st::fp8_layout(args);  // its checks
+  w.workspace = s.stages + s.lse + s.gathered + s.fp8;
   w.constants = s.perm + s.neighbours;
   w.per_state = s.critical + s.rho + s.delta;
   return w;

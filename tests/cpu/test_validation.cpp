@@ -204,6 +204,36 @@ TEST(Validation, ConfigFields) {
   expect_error([&] { parse_kernel_family("sm90"); }, "kernel", "got 'sm90'");
   for (KernelFamily f : {KernelFamily::automatic, KernelFamily::portable, KernelFamily::hopper})
     EXPECT_EQ(parse_kernel_family(to_string(f)), f);
+  // FP8: block size 128, the Hopper family, a GPU method; parsed by name.
+  c = Config{};
+  c.precision = static_cast<Precision>(5);
+  expect_error([&] { c.validate(); }, "config.precision", "got 5");
+  c = Config{};
+  c.precision = Precision::fp8;
+  c.block_size = 64;
+  expect_error([&] { c.validate(); }, "config.precision", "block_size 128, got 64");
+  c.block_size = 128;
+  c.kernel = KernelFamily::portable;
+  expect_error([&] { c.validate(); }, "config.precision", "hopper kernel family");
+  c.kernel = KernelFamily::automatic;
+  c.method = Method::calibrated;
+  expect_error([&] { c.validate(); }, "config.precision", "calibrated");
+  expect_error([&] { parse_precision("fp4"); }, "precision", "got 'fp4'");
+  for (Precision p : {Precision::input, Precision::fp8}) EXPECT_EQ(parse_precision(to_string(p)), p);
+}
+
+// FP8 runs only on CUDA tensors: a host call is refused before any work, never computed in
+// 16 bits instead.
+TEST(Validation, Fp8NeedsCudaTensors) {
+  Config c;
+  c.precision = Precision::fp8;
+  c.method = Method::sparse;
+  SparseAttention sa(c);
+  Call call(1, 200, 0, 2, 64);
+  call.args.layout.block_size = 128;
+  expect_error([&] { sa.forward(CallInfo{}, call.args, call.out_view()); }, "config.precision",
+               "needs CUDA tensors");
+  EXPECT_EQ(sa.state_count(), 0u);
 }
 
 TEST(Validation, Float16RoundTrip) {

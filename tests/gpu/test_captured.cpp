@@ -4,7 +4,9 @@
 // with the CPU path; the measured mask density must match the CPU's.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -84,6 +86,93 @@ TEST(CapturedWorkload, EveryMethodMatchesTheCpuPath) {
       EXPECT_NEAR(gs.density, cs.density, 0.01) << where;
     }
   }
+}
+
+// FP8 against the 16-bit path, both on the GPU, on the captured workload: every method of
+// `spaattn eval` (rectified without GAPR included) at its sparsities, each run in order as one
+// denoising run. Prints the relative L2 error of every (method, sparsity), mean and largest
+// over the calls, and asserts the largest.
+TEST(CapturedWorkload, Fp8AgainstTheSixteenBitPath) {
+  if (small_mode()) GTEST_SKIP() << "large case (SPAATTN_GPU_TESTS_SMALL)";
+  if (!hopper_available()) GTEST_SKIP() << "no Hopper kernel family on this device or build";
+  const tools::CapturedWorkload w = tools::load_captured(workload_path());
+  const int64_t B = w.batch, S = w.seq_len(), H = w.heads, D = w.head_dim;
+  const size_t n = static_cast<size_t>(B * S * H * D);
+  struct Run {
+    const char* name;
+    Method method;
+    bool gapr;
+  };
+  const Run runs[] = {{"dense", Method::dense, true},
+                      {"sparse", Method::sparse, true},
+                      {"rectified", Method::rectified, true},
+                      {"rectified-nogapr", Method::rectified, false},
+                      {"rettention", Method::rettention, true},
+                      {"rectified_rettention", Method::rectified_rettention, true}};
+  double worst = 0;
+  for (const Run& run : runs) {
+    for (const double sparsity : {0.75, 0.85, 0.9, 0.95}) {
+      if (run.method == Method::dense && sparsity != 0.75) continue;  // no selection
+      Config cfg;  // spaattn eval's settings
+      cfg.method = run.method;
+      cfg.gapr = run.gapr;
+      cfg.block_size = 128;
+      cfg.order = TokenOrder{.kind = OrderKind::gilbert, .grid = w.grid};
+      cfg.select.sparsity = sparsity;
+      cfg.select.neighbours = false;
+      cfg.rettention.ref_period = 5;
+      Config fp8_cfg = cfg;
+      fp8_cfg.precision = Precision::fp8;
+      SparseAttention half(cfg), fp8(fp8_cfg);
+      double sum = 0, largest = 0;
+      for (size_t i = 0; i < w.calls.size(); ++i) {
+        DeviceBuffer q(n * 2), k(n * 2), v(n * 2), len(static_cast<size_t>(B) * 4);
+        q.upload(w.calls[i].q.data(), n * 2);
+        k.upload(w.calls[i].k.data(), n * 2);
+        v.upload(w.calls[i].v.data(), n * 2);
+        len.upload(w.calls[i].text_lengths.data(), len.bytes());
+        AttentionArgs args = w.args(i, cfg.block_size);
+        for (auto [view, buf] :
+             {std::pair{&args.q, &q}, std::pair{&args.k, &k}, std::pair{&args.v, &v}}) {
+          view->data = buf->get();
+          view->device = Device::cuda;
+        }
+        args.text_lengths.data = len.get();
+        args.text_lengths.device = Device::cuda;
+        std::vector<uint16_t> got[2];
+        SparseAttention* objects[2] = {&half, &fp8};
+        for (int o = 0; o < 2; ++o) {
+          DeviceBuffer out(n * 2);
+          std::vector<uint16_t> poison(n, 0x7fc1);
+          out.upload(poison.data(), n * 2);
+          TensorView view = TensorView::contiguous(out.get(), DType::bf16, {B, S, H, D});
+          view.device = Device::cuda;
+          objects[o]->forward(w.info(i), args, view);
+          cuda_ok(cudaDeviceSynchronize(), "forward");
+          got[o].resize(n);
+          out.download(got[o].data(), n * 2);
+        }
+        double err = 0, norm = 0;
+        size_t unwritten = 0;
+        for (size_t e = 0; e < n; ++e) {
+          const double a = load_as_float(got[0].data(), DType::bf16, static_cast<int64_t>(e));
+          const double b = load_as_float(got[1].data(), DType::bf16, static_cast<int64_t>(e));
+          unwritten += std::isnan(b);
+          err += (b - a) * (b - a);
+          norm += a * a;
+        }
+        EXPECT_EQ(unwritten, 0u) << run.name << " sparsity " << sparsity << " call " << i;
+        const double rel = std::sqrt(err / norm);
+        sum += rel;
+        largest = std::max(largest, rel);
+      }
+      std::printf("[fp8 captured] %-22s sparsity %.2f: rel L2 mean %.4f, largest %.4f\n",
+                  run.name, sparsity, sum / static_cast<double>(w.calls.size()), largest);
+      worst = std::max(worst, largest);
+    }
+  }
+  // Learned attention, e4m3 operands: the bound of test_fp8.cpp.
+  EXPECT_LE(worst, 0.06);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // FP8 block-sparse attention (quantize_fp8 + block_sparse_attention_fp8) against the CPU
 // reference, float64 on sampled rows and the 16-bit Hopper kernel on the same inputs: awkward
-// shapes (S < B, partial blocks, text prefix and suffix with L_t = 0 and L_t < N_t), strided and
+// shapes (S < B, partial blocks, text prefix and suffix with L_t = 0 and L_t < N_t, d = 64 and
+// 128), strided and
 // gapped tensors, empty rows and masks, equal keys, keys with a large shared offset (what the
 // smoothing of K is for), both output dtypes, multi-wave sizes. And the errors of the calls.
 //
@@ -57,6 +58,17 @@ std::vector<Case> cases() {
        .seed = 130});
   add({.name = "key_offset_bf16", .heads = 2, .layout = layout(900, 77), .text_len = {60},
        .small = true, .seed = 131, .k_mean = 3.0});
+  add({.name = "S300_prefix_bf16_d64", .batch = 2, .heads = 2, .dim = 64,
+       .layout = layout(250, 50, TextPlacement::prefix), .text_len = {50, 7}, .small = true,
+       .seed = 151});
+  add({.name = "S1023_bhsd_f16_d64", .dtype = hf, .batch = 2, .heads = 3, .dim = 64,
+       .layout = layout(1023, 0), .strides = test::Strides::bhsd, .seed = 152});
+  add({.name = "S2000_text_bf16_d64_gapped", .batch = 2, .heads = 2, .dim = 64,
+       .layout = layout(1923, 77), .text_len = {77, 30}, .gapped_out = true, .seed = 153});
+  add({.name = "key_offset_f16_d64", .dtype = hf, .heads = 2, .dim = 64, .layout = layout(900, 0),
+       .seed = 154, .k_mean = 2.0});
+  add({.name = "large_bf16_d64_full", .heads = 4, .dim = 64, .layout = layout(4000, 96),
+       .density = 1, .empty_rows = 0, .cpu_reference = false, .seed = 155});
   add({.name = "large_bf16", .heads = 8, .layout = layout(8192, 0), .density = 0.4,
        .empty_rows = 0.02, .cpu_reference = false, .seed = 141});
   add({.name = "large_f16_text", .dtype = hf, .batch = 2, .heads = 6, .layout = layout(5800, 200),
@@ -122,13 +134,14 @@ INSTANTIATE_TEST_SUITE_P(Sweep, Fp8, ::testing::ValuesIn(cases()),
 TEST(Fp8Errors, UnsupportedShapesAndWorkspace) {
   if (!hopper_available()) GTEST_SKIP() << "no Hopper kernel family on this device or build";
   test::Problem p;
-  test::make_problem(p, DType::bf16, 1, 2, 64, layout(300, 0), 5, {}, test::Strides::bshd, 1.0);
+  test::make_problem(p, DType::bf16, 1, 2, 128, layout(300, 0), 5, {}, test::Strides::bshd, 1.0);
   DeviceTensor q(p.q), k(p.k), v(p.v);
   AttentionArgs args = p.args;
   args.q = q.view;
   args.k = k.view;
   args.v = v.view;
-  testing::expect_error([&] { (void)cuda::fp8_workspace_size(args); }, "q", "head_dim 128");
+  args.layout.block_size = 64;
+  testing::expect_error([&] { (void)cuda::fp8_workspace_size(args); }, "layout.block_size", "128");
 
   test::Problem p2;
   test::make_problem(p2, DType::bf16, 1, 2, 128, layout(300, 0), 5, {}, test::Strides::bshd, 1.0);
@@ -145,9 +158,6 @@ TEST(Fp8Errors, UnsupportedShapesAndWorkspace) {
                "workspace", "256-byte");
   a2.kernel = KernelFamily::portable;
   testing::expect_error([&] { cuda::quantize_fp8(a2, ws.get(), bytes, nullptr); }, "kernel", "hopper");
-  a2.kernel = KernelFamily::automatic;
-  a2.layout.block_size = 64;
-  testing::expect_error([&] { (void)cuda::fp8_workspace_size(a2); }, "layout.block_size", "128");
 }
 
 }  // namespace

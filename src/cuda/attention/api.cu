@@ -147,17 +147,20 @@ void launch_fwd(const FwdParams& params, DType dtype, int64_t head_dim, int bloc
       break;
   }
   if (params.fp8.q8) {
-    // FP8 operands exist only for the sm90 family at d = 128, B = 128 (quant.cuh checked the
+    // FP8 operands exist only for the sm90 family at block size 128 (quant.cuh checked the
     // shape when they were sized).
-    SPAATTN_CHECK_ARG(head_dim == 128 && block_size == 128, "precision",
-                      "fp8 needs head_dim 128 and block_size 128, got ", head_dim, " and ",
+    SPAATTN_CHECK_ARG(block_size == 128, "precision", "fp8 needs block_size 128, got ",
                       block_size);
     SPAATTN_CHECK_ARG(family != KernelFamily::portable, "precision",
                       "fp8 runs on the hopper kernel family only, and the portable one was "
                       "requested");
     SPAATTN_CHECK_ARG(sm90::kernels_available(), "precision",
                       "fp8 needs a compute capability 9.0 device and a build with sm_90a code");
-    dispatch_dtype(dtype, [&](auto t) { run_fwd_sm90_fp8<decltype(t)>(params, stream); });
+    dispatch_dtype(dtype, [&](auto t) {
+      dispatch_head_dim(head_dim, [&](auto d) {
+        run_fwd_sm90_fp8<decltype(t), decltype(d)::value>(params, stream);
+      });
+    });
     return;
   }
   const bool hopper = resolve_family(family, params) == KernelFamily::hopper;

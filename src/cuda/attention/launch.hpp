@@ -14,8 +14,8 @@ void run_fwd_sm80(const FwdParams& params, cudaStream_t stream);
 template <class T, int D, int B>
 void run_fwd_sm90(const FwdParams& params, cudaStream_t stream);
 
-// The sm90 kernel on the FP8 operands of params.fp8 (d = 128, B = 128); T is out's type.
-template <class T>
+// The sm90 kernel on the FP8 operands of params.fp8 (block size 128); T is out's type.
+template <class T, int D>
 void run_fwd_sm90_fp8(const FwdParams& params, cudaStream_t stream);
 
 }  // namespace spaattn::cuda_detail

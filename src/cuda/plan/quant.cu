@@ -16,8 +16,8 @@ namespace {
 using cuda_detail::FwdParams;
 using cuda_detail::Fp8Operands;
 
-constexpr int kD = 128, kB = 128;  // the only FP8 shape: head dim and block size
-constexpr int kThreads = 256;      // 16 threads of 8 channels per row, 16 rows at a time
+constexpr int kB = 128;         // the FP8 block size
+constexpr int kThreads = 256;   // D / 8 threads of 8 channels per row, 2048 / D rows at a time
 constexpr int kStatRows = 1024;    // sequence rows per CTA of the statistics pass
 constexpr float kE4m3Max = 448.f;
 
@@ -66,15 +66,16 @@ __device__ __forceinline__ float cta_max(float x, float* scratch) {
 }
 
 // Grid (ceil(S / kStatRows), H, b).
-template <class T>
+template <class T, int kD>
 __global__ void __launch_bounds__(kThreads) fp8_stats_kernel(const __grid_constant__ QuantParams qp) {
+  constexpr int kTpr = kD / 8, kRows = kThreads / kTpr;  // threads per row, rows at a time
   const FwdParams& p = qp.geo;
   const int h = blockIdx.y, b = blockIdx.z;
-  const int rg = threadIdx.x / 16, c0 = (threadIdx.x % 16) * 8;
+  const int rg = threadIdx.x / kTpr, c0 = (threadIdx.x % kTpr) * 8;
   const int text_len = text_len_of(p, b);
   float sum[8] = {}, amax[8] = {};
   const int first = blockIdx.x * kStatRows, last = min(p.seq_len, first + kStatRows);
-  for (int n = first + rg; n < last; n += 16) {
+  for (int n = first + rg; n < last; n += kRows) {
     const bool video = n >= p.video_offset && n < p.video_offset + p.num_video;
     const bool text = n >= p.text_offset && n < p.text_offset + text_len;
     if (!video && !text) continue;
@@ -87,7 +88,7 @@ __global__ void __launch_bounds__(kThreads) fp8_stats_kernel(const __grid_consta
       amax[e] = fmaxf(amax[e], fabsf(v[e]));
     }
   }
-  __shared__ float s_sum[16][kD], s_max[16][kD];
+  __shared__ float s_sum[kRows][kD], s_max[kRows][kD];
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
     s_sum[rg][c0 + e] = sum[e];
@@ -97,7 +98,7 @@ __global__ void __launch_bounds__(kThreads) fp8_stats_kernel(const __grid_consta
   if (threadIdx.x < kD) {
     float s = 0.f, m = 0.f;
 #pragma unroll
-    for (int g = 0; g < 16; ++g) {
+    for (int g = 0; g < kRows; ++g) {
       s += s_sum[g][threadIdx.x];
       m = fmaxf(m, s_max[g][threadIdx.x]);
     }
@@ -108,12 +109,13 @@ __global__ void __launch_bounds__(kThreads) fp8_stats_kernel(const __grid_consta
 }
 
 // Grid (num_blocks, H, b): block j of head h of batch item b.
-template <class T>
+template <class T, int kD>
 __global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_constant__ QuantParams qp) {
+  constexpr int kTpr = kD / 8, kRows = kThreads / kTpr, kPasses = kB / kRows;
   const FwdParams& p = qp.geo;
   const Fp8Operands& f = qp.out;
   const int j = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int rg = threadIdx.x / 16, c0 = (threadIdx.x % 16) * 8;
+  const int rg = threadIdx.x / kTpr, c0 = (threadIdx.x % kTpr) * 8;
   const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
   const int text_len = text_len_of(p, b);
   const cuda_detail::Span span = cuda_detail::block_span<kB>(p, j, text_len);
@@ -133,13 +135,13 @@ __global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_con
     const float amax = __uint_as_float(qp.v_amax[bh * kD + c0 + e]);
     vinv[e] = amax > 0.f ? kE4m3Max / amax : 1.f;
   }
-  float x[8][8];
+  float x[kPasses][8];
 
   // K: smoothed by its mean, one scale for the block.
   float amax = 0.f;
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int r = i * 16 + rg;
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = i * kRows + rg;
     if (r < span.valid) {
       load8<T>(p.k, p.k_stride, b, seq(r), h, c0, x[i]);
 #pragma unroll
@@ -156,8 +158,8 @@ __global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_con
   float inv = amax > 0.f ? kE4m3Max / amax : 1.f;
   uint8_t* k8 = const_cast<uint8_t*>(f.k8) + block * kB * kD;
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int r = i * 16 + rg;
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = i * kRows + rg;
 #pragma unroll
     for (int e = 0; e < 8; ++e) x[i][e] *= inv;
     *reinterpret_cast<uint2*>(k8 + r * kD + c0) = to_e4m3(x[i]);
@@ -167,8 +169,8 @@ __global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_con
   // Q: one scale for the block; q . mean(K) per row, from the unrounded values.
   amax = 0.f;
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int r = i * 16 + rg;
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = i * kRows + rg;
     float dot = 0.f;
     if (r < span.valid) {
       load8<T>(p.q, p.q_stride, b, seq(r), h, c0, x[i]);
@@ -181,15 +183,15 @@ __global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_con
 #pragma unroll
       for (int e = 0; e < 8; ++e) x[i][e] = 0.f;
     }
-    dot = group_sum<16>(dot);
-    if (threadIdx.x % 16 == 0) const_cast<float*>(f.q_shift)[block * kB + r] = dot;
+    dot = group_sum<kTpr>(dot);
+    if (threadIdx.x % kTpr == 0) const_cast<float*>(f.q_shift)[block * kB + r] = dot;
   }
   amax = cta_max(amax, scratch);
   inv = amax > 0.f ? kE4m3Max / amax : 1.f;
   uint8_t* q8 = const_cast<uint8_t*>(f.q8) + block * kB * kD;
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int r = i * 16 + rg;
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = i * kRows + rg;
 #pragma unroll
     for (int e = 0; e < 8; ++e) x[i][e] *= inv;
     *reinterpret_cast<uint2*>(q8 + r * kD + c0) = to_e4m3(x[i]);
@@ -198,8 +200,8 @@ __global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_con
 
   // V: per-channel scales, then transposed through shared memory.
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int r = i * 16 + rg;
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = i * kRows + rg;
     if (r < span.valid) {
       load8<T>(p.v, p.v_stride, b, seq(r), h, c0, x[i]);
 #pragma unroll
@@ -236,8 +238,8 @@ size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 }  // namespace
 
 Fp8Layout fp8_layout(const AttentionArgs& args) {
-  SPAATTN_CHECK_ARG(args.head_dim() == kD, "q", "FP8 precision supports head_dim 128, got ",
-                    args.head_dim());
+  SPAATTN_CHECK_ARG(args.head_dim() == 64 || args.head_dim() == 128, "q",
+                    "FP8 precision supports head_dim 64 or 128, got ", args.head_dim());
   SPAATTN_CHECK_ARG(args.layout.block_size == kB, "layout.block_size",
                     "FP8 precision supports block_size 128, got ", args.layout.block_size);
   // check_gpu_call bounds batch * heads * blocks and S below 2^31; the copy engine's row
@@ -250,7 +252,11 @@ Fp8Layout fp8_layout(const AttentionArgs& args) {
   SPAATTN_CHECK_ARG(args.batch() <= 65535 && args.heads() <= 65535, "q",
                     "FP8 quantisation supports batch and heads up to 65535, got ", args.batch(),
                     " and ", args.heads());
-  const size_t tiles = static_cast<size_t>(bh * nb) * kB * kD;
+  return fp8_layout(bh, nb, args.head_dim());
+}
+
+Fp8Layout fp8_layout(int64_t bh, int64_t nb, int64_t d) {
+  const size_t tiles = static_cast<size_t>(bh * nb) * kB * d;
   Fp8Layout l;
   size_t at = 0;
   auto take = [&](size_t bytes) {
@@ -263,10 +269,10 @@ Fp8Layout fp8_layout(const AttentionArgs& args) {
   l.vt8 = take(tiles);
   l.q_scale = take(static_cast<size_t>(bh * nb) * 4);
   l.k_scale = take(static_cast<size_t>(bh * nb) * 4);
-  l.v_scale = take(static_cast<size_t>(bh) * kD * 4);
+  l.v_scale = take(static_cast<size_t>(bh) * d * 4);
   l.q_shift = take(static_cast<size_t>(bh * nb) * kB * 4);
-  l.k_sum = take(static_cast<size_t>(bh) * kD * 4);
-  l.v_amax = take(static_cast<size_t>(bh) * kD * 4);
+  l.k_sum = take(static_cast<size_t>(bh) * d * 4);
+  l.v_amax = take(static_cast<size_t>(bh) * d * 4);
   l.total = at;
   return l;
 }
@@ -301,11 +307,14 @@ void launch_quantize_fp8(const AttentionArgs& args, const int32_t* perm, void* w
   const dim3 stats((S + kStatRows - 1) / kStatRows, args.heads(), args.batch());
   const dim3 quant(nb, args.heads(), args.batch());
   cuda_detail::dispatch_dtype(args.q.dtype, [&](auto t) {
-    using T = decltype(t);
-    fp8_stats_kernel<T><<<stats, kThreads, 0, stream>>>(qp);
-    cuda_detail::check_launch("fp8_stats_kernel");
-    fp8_quantize_kernel<T><<<quant, kThreads, 0, stream>>>(qp);
-    cuda_detail::check_launch("fp8_quantize_kernel");
+    cuda_detail::dispatch_head_dim(args.head_dim(), [&](auto d) {
+      using T = decltype(t);
+      constexpr int D = decltype(d)::value;
+      fp8_stats_kernel<T, D><<<stats, kThreads, 0, stream>>>(qp);
+      cuda_detail::check_launch("fp8_stats_kernel");
+      fp8_quantize_kernel<T, D><<<quant, kThreads, 0, stream>>>(qp);
+      cuda_detail::check_launch("fp8_quantize_kernel");
+    });
   });
 }
 

@@ -23,8 +23,10 @@ struct Fp8Layout {
          v_amax = 0, total = 0;
 };
 
-// Checks that the call can run in FP8 (head dim 128, block size 128) and sizes its arrays;
-// throws naming the argument.
+// The arrays of bh (batch item, head) pairs of nb blocks, head dim d.
+Fp8Layout fp8_layout(int64_t bh, int64_t nb, int64_t d);
+// Checks that the call can run in FP8 (head dim 64 or 128, block size 128, 32-bit coordinates) and
+// sizes its arrays; throws naming the argument.
 Fp8Layout fp8_layout(const AttentionArgs& args);
 cuda_detail::Fp8Operands fp8_operands(const Fp8Layout& layout, const void* workspace);
 

@@ -4,8 +4,9 @@
 // rate) and every operand brought in by the copy engine from the arrays of plan/quant.cuh.
 //
 // What differs from the 16-bit kernel:
-// - Q, K and V^T tiles are B x 128 bytes each (d = 128 e4m3), so a stage is half the size and the
-//   CTA keeps six; Q is one copy of its block-ordered rows, no gather through the token order.
+// - Q and K tiles are B x d bytes (128-byte swizzle at d = 128, 64-byte at d = 64), V^T tiles
+//   d x B bytes: a stage is half the 16-bit size and the CTA keeps more of them; Q is one copy
+//   of its block-ordered rows, no gather through the token order.
 // - Logits: S = q_scale k_scale (Q8 K8^T), the block's scale folded into the exponent's factor.
 //   The running maxima are kept in log2 units (their factor changes from block to block).
 // - P = exp2(. + 8), i.e. 256 times the probability, is rounded to e4m3 in registers, in the
@@ -21,29 +22,32 @@
 
 namespace spaattn::cuda_detail::sm90 {
 
+template <int D_>
 struct Fp8Traits {
-  static constexpr int D = 128, B = 128;
+  static constexpr int D = D_, B = 128;
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (kConsumers + 1);
-  static constexpr int kStages = 6;
-  static constexpr int kTileBytes = B * D;  // one Q, K or V^T tile, 128-byte rows
+  static constexpr int kStages = D == 128 ? 6 : 8;
+  static constexpr int kTileBytes = B * D;  // one Q, K or V^T tile
   static constexpr int kBarriers = 2 + 3 * kStages;
   static constexpr int kSmemBytes = 1024 + kTileBytes + 2 * kStages * kTileBytes + 8 * kBarriers +
                                     2 * B * 4;
   static constexpr int kProducerRegs = 40;
   static constexpr int kConsumerRegs = 232;
-  static constexpr float kPScaleLog2 = 8.f;  // P is stored as 2^8 times the probability
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of an SM");
+  static_assert(D == 64 || D == 128, "head dim 64 or 128");
 };
 
 struct Fp8Params {
   FwdParams base;
-  // 3-D maps (128 bytes, rows, batch * heads) over q8, k8 and vt8: boxes of 128 x 128 bytes.
+  // 3-D maps (row bytes, rows, batch * heads) over q8, k8 (rows of d bytes) and vt8 (rows of B
+  // bytes): boxes of one tile.
   CUtensorMap q_map, k_map, v_map;
 };
 
+template <int D>
 struct Fp8Smem {
-  using Tr = Fp8Traits;
+  using Tr = Fp8Traits<D>;
   static constexpr int S = Tr::kStages;
   uint32_t q, kv, bars;
   __device__ __forceinline__ uint32_t k_tile(int s) const { return kv + 2 * s * Tr::kTileBytes; }
@@ -56,9 +60,10 @@ struct Fp8Smem {
 };
 
 // Producer warp 0, one lane: the K and V^T copies of every key block of every item.
-__device__ __forceinline__ void produce_kv_fp8(const Fp8Params& sp, const Fp8Smem& sh,
+template <int D>
+__device__ __forceinline__ void produce_kv_fp8(const Fp8Params& sp, const Fp8Smem<D>& sh,
                                                int num_items) {
-  using Tr = Fp8Traits;
+  using Tr = Fp8Traits<D>;
   const FwdParams& p = sp.base;
   prefetch_tensor_map(&sp.k_map);
   prefetch_tensor_map(&sp.v_map);
@@ -83,10 +88,10 @@ __device__ __forceinline__ void produce_kv_fp8(const Fp8Params& sp, const Fp8Sme
 
 // Producer warps 1-3 (t = 0 .. 95): each item's Q tile (one copy, thread 0) and its table of
 // sequence rows (rows[it % 2]) for the epilogue's stores.
-__device__ __forceinline__ void produce_q_fp8(const Fp8Params& sp, const Fp8Smem& sh,
-                                              int32_t (*rows)[Fp8Traits::B], int num_items,
-                                              int t) {
-  using Tr = Fp8Traits;
+template <int D>
+__device__ __forceinline__ void produce_q_fp8(const Fp8Params& sp, const Fp8Smem<D>& sh,
+                                              int32_t (*rows)[128], int num_items, int t) {
+  using Tr = Fp8Traits<D>;
   const FwdParams& p = sp.base;
   if (t == 0) prefetch_tensor_map(&sp.q_map);
   int k = 0;
@@ -139,7 +144,7 @@ struct Fp8Softmax {
       alpha[hf] = exp2_approx(m[hf] - m_use);
       raised |= m_new != m[hf];
       m[hf] = m_new;
-      const float bias = Fp8Traits::kPScaleLog2 - m_use;
+      const float bias = 8.f - m_use;  // P stored as 2^8 times the probability
       float sum = 0.f;
 #pragma unroll
       for (int n = 0; n < 16; ++n)
@@ -165,35 +170,43 @@ struct Fp8Softmax {
   }
 };
 
+// S = Q K^T over d in k32 steps: rows of d bytes, 128-byte swizzle at d = 128, 64-byte at 64.
+template <int D>
 __device__ __forceinline__ void issue_qk_fp8(float (&sc)[16][4], uint32_t q_rows, uint32_t k_tile) {
   wgmma_fence();
 #pragma unroll
-  for (int kk = 0; kk < 4; ++kk)
-    WgmmaE4m3::ss(sc, smem_desc(q_rows + kk * 32, 16, 1024), smem_desc(k_tile + kk * 32, 16, 1024),
-                  kk > 0);
+  for (int kk = 0; kk < D / 32; ++kk) {
+    if constexpr (D == 128)
+      WgmmaE4m3<128>::ss(sc, smem_desc(q_rows + kk * 32, 16, 1024),
+                         smem_desc(k_tile + kk * 32, 16, 1024), kk > 0);
+    else
+      WgmmaE4m3<128>::ss(sc, smem_desc_sw64(q_rows + kk * 32), smem_desc_sw64(k_tile + kk * 32),
+                         kk > 0);
+  }
   wgmma_commit();
 }
 
-__device__ __forceinline__ void issue_pv_fp8(float (&o)[16][4], const uint32_t (&pa)[4][4],
+// O += P V over the block's 128 keys: V^T rows of 128 bytes (128-byte swizzle).
+template <int D>
+__device__ __forceinline__ void issue_pv_fp8(float (&o)[D / 8][4], const uint32_t (&pa)[4][4],
                                              uint32_t v_tile) {
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk)
-    WgmmaE4m3::rs(o, pa[kk], smem_desc(v_tile + kk * 32, 16, 1024), 1);
+    WgmmaE4m3<D>::rs(o, pa[kk], smem_desc(v_tile + kk * 32, 16, 1024), 1);
   wgmma_commit();
 }
 
-template <class T, class Epi>
-__device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem& sh,
-                                            const int32_t (*rows)[Fp8Traits::B], int num_items,
-                                            int tid) {
-  using Tr = Fp8Traits;
-  constexpr int B = Tr::B, D = Tr::D;
+template <class T, int D, class Epi>
+__device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem<D>& sh,
+                                            const int32_t (*rows)[128], int num_items, int tid) {
+  using Tr = Fp8Traits<D>;
+  constexpr int B = Tr::B;
   const Fp8Operands& f8 = p.fp8;
   const int cw = (tid - 128) / 128;
   const int lane = tid & 31;
   const int warp_row = cw * 64 + ((tid / 32) % 4) * 16;
-  const uint32_t q_rows = sh.q + cw * 64 * 128;
+  const uint32_t q_rows = sh.q + cw * 64 * D;
   int n = 0;
   int k = 0;
   for (int index = blockIdx.x; index < num_items; index += gridDim.x, ++k) {
@@ -201,9 +214,9 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem& s
     const int64_t bh = static_cast<int64_t>(it.w.b) * p.heads + it.w.h;
     const float cq = p.scale_log2 * __ldg(f8.q_scale + bh * p.num_q_blocks + it.w.qb);
     const float* k_scale = f8.k_scale + bh * p.num_q_blocks;
-    float o[16][4];
+    float o[D / 8][4];
 #pragma unroll
-    for (int t = 0; t < 16; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
+    for (int t = 0; t < D / 8; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
     fence_operands(o);
     Fp8Softmax sm;
     sm.m[0] = sm.m[1] = -INFINITY;
@@ -237,7 +250,7 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem& s
       const uint32_t parity = (n / Tr::kStages) & 1;
       ++n;
       mbar_wait(sh.k_full(stage), parity);
-      issue_qk_fp8(sc, q_rows, sh.k_tile(stage));
+      issue_qk_fp8<D>(sc, q_rows, sh.k_tile(stage));
       const Span s = cur;
       const float c = c_cur;
       have = next(cur, c_cur);
@@ -253,7 +266,7 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem& s
                                       : sm.scores<false>(sc, pa, alpha, c, B, lane);
       if (__any_sync(0xffffffffu, raised)) {
 #pragma unroll
-        for (int t = 0; t < 16; ++t) {
+        for (int t = 0; t < D / 8; ++t) {
           o[t][0] *= alpha[0];
           o[t][1] *= alpha[0];
           o[t][2] *= alpha[1];
@@ -263,7 +276,7 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem& s
       fence_operands(o);
       fence_operands(pa);
       mbar_wait(sh.v_full(stage), parity);
-      issue_pv_fp8(o, pa, sh.v_tile(stage));
+      issue_pv_fp8<D>(o, pa, sh.v_tile(stage));
       pending = stage;
     }
     wgmma_wait<0>();
@@ -276,7 +289,7 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem& s
     // the mean term and the 2^8 of P added back (finish_rows takes m * scale_log2 + log2 l).
     const float* vs = f8.v_scale + bh * D + 2 * (lane & 3);
 #pragma unroll
-    for (int t = 0; t < 16; ++t) {
+    for (int t = 0; t < D / 8; ++t) {
       const float2 v = __ldg(reinterpret_cast<const float2*>(vs + t * 8));
       o[t][0] *= v.x;
       o[t][1] *= v.y;
@@ -291,7 +304,7 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem& s
       fin.row_max[0][hf] =
           sm.m[hf] == -INFINITY
               ? -INFINITY
-              : (sm.m[hf] - Tr::kPScaleLog2) / p.scale_log2 + shift;
+              : (sm.m[hf] - 8.f) / p.scale_log2 + shift;
       fin.row_sum[0][hf] = sm.l[hf];
     }
     float (&o1)[1][D / 8][4] = reinterpret_cast<float (&)[1][D / 8][4]>(o);
@@ -311,15 +324,15 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem& s
   }
 }
 
-template <class T, class Epi>
-__global__ void __launch_bounds__(Fp8Traits::kThreads, 1)
+template <class T, int D, class Epi>
+__global__ void __launch_bounds__(Fp8Traits<D>::kThreads, 1)
     fwd_kernel_sm90_fp8(const __grid_constant__ Fp8Params sp) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Tr = Fp8Traits;
+  using Tr = Fp8Traits<D>;
   const FwdParams& p = sp.base;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const int tid = threadIdx.x;
-  Fp8Smem sh;
+  Fp8Smem<D> sh;
   const uint32_t raw = smem_addr(smem_raw);
   sh.q = (raw + 1023u) & ~1023u;
   sh.kv = sh.q + Tr::kTileBytes;
@@ -343,12 +356,12 @@ __global__ void __launch_bounds__(Fp8Traits::kThreads, 1)
   if (tid < 128) {
     reg_dealloc<Tr::kProducerRegs>();
     if (tid == 0)
-      produce_kv_fp8(sp, sh, num_items);
+      produce_kv_fp8<D>(sp, sh, num_items);
     else if (tid >= 32)
-      produce_q_fp8(sp, sh, rows, num_items, tid - 32);
+      produce_q_fp8<D>(sp, sh, rows, num_items, tid - 32);
   } else {
     reg_alloc<Tr::kConsumerRegs>();
-    consume_fp8<T, Epi>(p, sh, rows, num_items, tid);
+    consume_fp8<T, D, Epi>(p, sh, rows, num_items, tid);
   }
 #else
   __trap();

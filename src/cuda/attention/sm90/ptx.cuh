@@ -103,6 +103,13 @@ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint3
          (1ull << 62);  // layout type 1: 128-byte swizzle
 }
 
+// The same for a K-major operand in the 64-byte swizzle (rows of 64 bytes, 8-row groups 512
+// bytes apart), as the copy engine writes it with CU_TENSOR_MAP_SWIZZLE_64B.
+__device__ __forceinline__ uint64_t smem_desc_sw64(uint32_t addr) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(1) << 16) |
+         (static_cast<uint64_t>(512 >> 4) << 32) | (2ull << 62);  // layout type 2: 64-byte
+}
+
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 }
@@ -188,29 +195,40 @@ SPAATTN_WGMMA(__half, "f16", 128, SPAATTN_REGS64, SPAATTN_ACC_N128, "64", "65", 
 
 #undef SPAATTN_WGMMA
 
-// D[64 x 128] (+)= A[64 x 32] B[32 x 128] on FP8 e4m3 operands, fp32 accumulators as above.
+// D[64 x N] (+)= A[64 x 32] B[32 x N] on FP8 e4m3 operands, fp32 accumulators as above.
 // Both operands K-major (8-bit types have no transposed form): ss reads A and B from shared
 // memory; rs takes A from registers, four 32-bit registers per thread of four e4m3 values
 // each: {row lane / 4, row lane / 4 + 8} x {columns 4 (lane % 4) .. + 3, the same + 16}, in
 // the order (row, columns) = (0, lo), (8, lo), (0, hi), (8, hi).
-struct WgmmaE4m3 {
-  static __device__ __forceinline__ void ss(float (&d)[16][4], uint64_t a, uint64_t b,
-                                            int accumulate) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 " SPAATTN_REGS64
-                 ", %64, %65, p, 1, 1;\n}\n"
-                 : SPAATTN_ACC_N128(d)
-                 : "l"(a), "l"(b), "r"(accumulate));
-  }
-  static __device__ __forceinline__ void rs(float (&d)[16][4], const uint32_t (&a)[4], uint64_t b,
-                                            int accumulate) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 " SPAATTN_REGS64
-                 ", {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
-                 : SPAATTN_ACC_N128(d)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
-  }
-};
+template <int N>
+struct WgmmaE4m3;
+
+#define SPAATTN_WGMMA_E4M3(N, REGS, ACC, SS_A, SS_B, SS_S, RS_A, RS_B, RS_S)                 \
+  template <>                                                                              \
+  struct WgmmaE4m3<N> {                                                                    \
+    static __device__ __forceinline__ void ss(float (&d)[N / 8][4], uint64_t a, uint64_t b, \
+                                              int accumulate) {                            \
+      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" SS_S ", 0;\n"                     \
+                   "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32.e4m3.e4m3 " REGS         \
+                   ", %" SS_A ", %" SS_B ", p, 1, 1;\n}\n"                                 \
+                   : ACC(d)                                                                \
+                   : "l"(a), "l"(b), "r"(accumulate));                                     \
+    }                                                                                      \
+    static __device__ __forceinline__ void rs(float (&d)[N / 8][4], const uint32_t (&a)[4], \
+                                              uint64_t b, int accumulate) {                \
+      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" RS_S ", 0;\n"                     \
+                   "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32.e4m3.e4m3 " REGS         \
+                   ", {%" RS_A "}, %" RS_B ", p, 1, 1;\n}\n"                               \
+                   : ACC(d)                                                                \
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate)); \
+    }                                                                                      \
+  };
+
+SPAATTN_WGMMA_E4M3(64, SPAATTN_REGS32, SPAATTN_ACC_N64, "32", "33", "34", "32, %33, %34, %35",
+                   "36", "37")
+SPAATTN_WGMMA_E4M3(128, SPAATTN_REGS64, SPAATTN_ACC_N128, "64", "65", "66", "64, %65, %66, %67",
+                   "68", "69")
+#undef SPAATTN_WGMMA_E4M3
 
 // Four floats to four e4m3 bytes (round to nearest, saturating at +-448), a in the lowest byte.
 __device__ __forceinline__ uint32_t pack_e4m3(float a, float b, float c, float d) {

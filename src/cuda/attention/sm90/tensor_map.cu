@@ -52,15 +52,21 @@ CUtensorMap make_kv_map(const void* data, const int64_t (&stride)[3], const FwdP
   return map;
 }
 
-CUtensorMap make_fp8_map(const void* data, int64_t rows, int64_t bh, const char* name) {
+CUtensorMap make_fp8_map(const void* data, int64_t rows, int64_t bh, int row_bytes, int box_rows,
+                         const char* name) {
   CUtensorMap map{};
-  const cuuint64_t sizes[3] = {128, static_cast<cuuint64_t>(rows), static_cast<cuuint64_t>(bh)};
-  const cuuint64_t strides[2] = {128, static_cast<cuuint64_t>(rows) * 128};
-  const cuuint32_t box[3] = {128, 128, 1};
+  const cuuint64_t sizes[3] = {static_cast<cuuint64_t>(row_bytes), static_cast<cuuint64_t>(rows),
+                               static_cast<cuuint64_t>(bh)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(row_bytes),
+                                 static_cast<cuuint64_t>(rows) * row_bytes};
+  const cuuint32_t box[3] = {static_cast<cuuint32_t>(row_bytes),
+                             static_cast<cuuint32_t>(box_rows), 1};
   const cuuint32_t unit[3] = {1, 1, 1};
   const CUresult r = encode_fn()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, const_cast<void*>(data),
                                  sizes, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                 CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                 row_bytes == 128 ? CU_TENSOR_MAP_SWIZZLE_128B
+                                                  : CU_TENSOR_MAP_SWIZZLE_64B,
+                                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   SPAATTN_CHECK_ARG(r == CUDA_SUCCESS, name,
                     "the copy engine cannot describe this FP8 array (cuTensorMapEncodeTiled "

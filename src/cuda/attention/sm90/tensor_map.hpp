@@ -14,9 +14,11 @@ namespace spaattn::cuda_detail::sm90 {
 CUtensorMap make_kv_map(const void* data, const int64_t (&stride)[3], const FwdParams& p, int dim,
                         int rows, DType dtype, const char* name);
 
-// A 3-D map (128 bytes, rows, bh) of a contiguous u8 array [bh, rows, 128] (an FP8 operand of
-// plan/quant.cuh): boxes of 128 x 128 bytes, 128-byte swizzle. Throws naming `name`.
-CUtensorMap make_fp8_map(const void* data, int64_t rows, int64_t bh, const char* name);
+// A 3-D map (row_bytes, rows, bh) of a contiguous u8 array [bh, rows, row_bytes] (an FP8
+// operand of plan/quant.cuh): boxes of row_bytes x box_rows, swizzled over the row (128 or 64
+// bytes). Throws naming `name`.
+CUtensorMap make_fp8_map(const void* data, int64_t rows, int64_t bh, int row_bytes, int box_rows,
+                         const char* name);
 
 // CTAs of `per_sm` per multiprocessor on the current device (the persistent grid).
 int resident_ctas(int per_sm);

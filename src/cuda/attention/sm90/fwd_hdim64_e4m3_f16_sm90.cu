@@ -1,0 +1,8 @@
+// Hopper FP8 (e4m3) kernel instance: head dim 64, block size 128, f16 output.
+#include "cuda/attention/sm90/launch_fp8.cuh"
+
+namespace spaattn::cuda_detail {
+
+template void run_fwd_sm90_fp8<__half, 64>(const FwdParams&, cudaStream_t);
+
+}  // namespace spaattn::cuda_detail
