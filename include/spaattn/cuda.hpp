@@ -19,7 +19,7 @@ bool available();
 void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask, TensorView out,
                             TensorView lse, void* stream);
 
-// FP8 (e4m3) block-sparse attention on Hopper (docs/gpu.md, FP8), in two calls so that one
+// FP8 block-sparse attention on Hopper (8-bit operands: int8 Q, K and e4m3 V, P) (docs/gpu.md, FP8), in two calls so that one
 // quantisation serves several launches on the same q, k, v (several masks, or a Re-ttention
 // reference step's two launches):
 //   quantize_fp8 reads q, k, v of `args` and writes their e4m3 copies and scales into
@@ -28,9 +28,9 @@ void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask
 //   that quantize_fp8 filled for the same args (q, k, v themselves are not read), out and lse in
 //   out's dtype / f32 as there. Both need d = 64 or 128, block_size 128 and a device of compute
 //   capability 9.0 with a build holding sm_90a code, and throw naming the argument otherwise.
-// Q and K are scaled per 128-token block and head, K after subtracting its mean over the
-// sequence (the lse is exact in that term), V per channel and head; P is rounded to e4m3 and
-// every product accumulates in fp32.
+// Q and K are rounded to int8 with one scale per 128-token block and head, K after subtracting
+// its mean over the sequence (the lse is exact in that term); V to FP8 e4m3 with one scale per
+// channel and head; P to e4m3. Q K^T is exact in int32, P V accumulates in fp32.
 size_t fp8_workspace_size(const AttentionArgs& args);
 void quantize_fp8(const AttentionArgs& args, void* workspace, size_t workspace_bytes,
                   void* stream);

@@ -8,14 +8,16 @@
 
 namespace spaattn::cuda_detail {
 
-// Q, K and V quantised to FP8 e4m3 for the sm90 kernel (plan/quant.cuh writes them; docs/gpu.md,
-// FP8). Per (batch item, head) bh and logical block j of B tokens, every array in block order:
-//   q8, k8  u8 [bh, j * B + r, d]: row r of block j (the token order applied), rows past the
+// The 8-bit operands of the sm90 FP8 kernel (plan/quant.cuh writes them; docs/gpu.md, FP8): Q
+// and K as int8, V as FP8 e4m3. Per (batch item, head) bh and logical block j of B tokens, every
+// array in block order:
+//   q8, k8  int8 [bh, j * B + r, d]: row r of block j (the token order applied), rows past the
 //           valid count zero; K minus its mean over the (b, h) sequence (k_mean), then each
-//           array divided by its block's scale (q_scale, k_scale f32 [bh, j]);
-//   vt8     u8 [bh, j, d, B]: V of block j transposed (a channel's B keys contiguous), divided by
-//           the per-channel scale v_scale f32 [bh, d], keys inside each group of 16 in the order
-//           in which the kernel's P fragments hold them (key_of_position);
+//           array divided by its block's scale (q_scale, k_scale f32 [bh, j]; largest |x| / 127);
+//   vt8     e4m3 [bh, j, d, B]: V of block j transposed (a channel's B keys contiguous), divided
+//           by the per-channel scale v_scale f32 [bh, d] (largest |v| / 448), keys inside each
+//           group of 16 in the order in which the kernel's P fragments hold them
+//           (key_of_position);
 //   q_shift f32 [bh, j * B + r]: q_r . k_mean, the logit term the smoothing of K removes
 //           (constant along a row, so it changes the lse and nothing else).
 struct Fp8Operands {

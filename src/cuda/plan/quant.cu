@@ -19,7 +19,8 @@ using cuda_detail::Fp8Operands;
 constexpr int kB = 128;         // the FP8 block size
 constexpr int kThreads = 256;   // D / 8 threads of 8 channels per row, 2048 / D rows at a time
 constexpr int kStatRows = 1024;    // sequence rows per CTA of the statistics pass
-constexpr float kE4m3Max = 448.f;
+constexpr float kE4m3Max = 448.f;  // V
+constexpr float kI8Max = 127.f;     // Q, K
 
 struct QuantParams {
   FwdParams geo;  // q, k, v, strides, text_lengths, video_perm and the block geometry
@@ -49,6 +50,17 @@ __device__ __forceinline__ uint2 to_e4m3(const float (&x)[8]) {
     const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(x[4 * h + 2], x[4 * h + 3]),
                                                  __NV_SATFINITE, __NV_E4M3);
     w[h] = lo | (hi << 16);
+  }
+  return make_uint2(w[0], w[1]);
+}
+
+// Eight floats (already scaled into [-127, 127]) to eight int8 bytes, rounded to nearest.
+__device__ __forceinline__ uint2 to_i8(const float (&x)[8]) {
+  uint32_t w[2] = {0, 0};
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const int v = max(-127, min(127, __float2int_rn(x[e])));
+    w[e / 4] |= (static_cast<uint32_t>(v) & 0xFFu) << (8 * (e % 4));
   }
   return make_uint2(w[0], w[1]);
 }
@@ -155,14 +167,14 @@ __global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_con
     }
   }
   amax = cta_max(amax, scratch);
-  float inv = amax > 0.f ? kE4m3Max / amax : 1.f;
+  float inv = amax > 0.f ? kI8Max / amax : 1.f;
   uint8_t* k8 = const_cast<uint8_t*>(f.k8) + block * kB * kD;
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {
     const int r = i * kRows + rg;
 #pragma unroll
     for (int e = 0; e < 8; ++e) x[i][e] *= inv;
-    *reinterpret_cast<uint2*>(k8 + r * kD + c0) = to_e4m3(x[i]);
+    *reinterpret_cast<uint2*>(k8 + r * kD + c0) = to_i8(x[i]);
   }
   if (threadIdx.x == 0) const_cast<float*>(f.k_scale)[block] = 1.f / inv;
 
@@ -187,14 +199,14 @@ __global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_con
     if (threadIdx.x % kTpr == 0) const_cast<float*>(f.q_shift)[block * kB + r] = dot;
   }
   amax = cta_max(amax, scratch);
-  inv = amax > 0.f ? kE4m3Max / amax : 1.f;
+  inv = amax > 0.f ? kI8Max / amax : 1.f;
   uint8_t* q8 = const_cast<uint8_t*>(f.q8) + block * kB * kD;
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {
     const int r = i * kRows + rg;
 #pragma unroll
     for (int e = 0; e < 8; ++e) x[i][e] *= inv;
-    *reinterpret_cast<uint2*>(q8 + r * kD + c0) = to_e4m3(x[i]);
+    *reinterpret_cast<uint2*>(q8 + r * kD + c0) = to_i8(x[i]);
   }
   if (threadIdx.x == 0) const_cast<float*>(f.q_scale)[block] = 1.f / inv;
 

@@ -1,4 +1,4 @@
-// Q, K and V quantised to FP8 e4m3 for the sm90 FP8 kernel (docs/gpu.md, FP8): the arrays of
+// Q and K quantised to int8, V to FP8 e4m3, for the sm90 FP8 kernel (docs/gpu.md, FP8): the arrays of
 // cuda_detail::Fp8Operands (attention/params.cuh) carved out of one workspace, and the two
 // kernels that fill them:
 //   stats:    per (batch item, head), the sum of K and the largest |V| of every channel over the

@@ -1,14 +1,18 @@
-// The sm90 kernel on FP8 e4m3 operands (docs/gpu.md, FP8): the schedule of kernel.cuh (persistent
+// The sm90 kernel on 8-bit operands (docs/gpu.md, FP8): the schedule of kernel.cuh (persistent
 // CTAs, a producer warpgroup, two consumer warpgroups of 64 query rows, S = Q K^T of block n + 1
-// issued behind O += P V of block n) with both products on e4m3 wgmma (k = 32, twice the 16-bit
-// rate) and every operand brought in by the copy engine from the arrays of plan/quant.cuh.
+// issued behind O += P V of block n) with both products on 8-bit wgmma (k = 32, twice the 16-bit
+// rate: S = Q K^T on int8, O += P V on FP8 e4m3) and every operand brought in by the copy engine
+// from the arrays of plan/quant.cuh.
 //
 // What differs from the 16-bit kernel:
 // - Q and K tiles are B x d bytes (128-byte swizzle at d = 128, 64-byte at d = 64), V^T tiles
 //   d x B bytes: a stage is half the 16-bit size and the CTA keeps more of them; Q is one copy
 //   of its block-ordered rows, no gather through the token order.
-// - Logits: S = q_scale k_scale (Q8 K8^T), the block's scale folded into the exponent's factor.
-//   The running maxima are kept in log2 units (their factor changes from block to block).
+// - Logits: Q and K are int8 (e4m3 would leave several percent of error in the logits of
+//   learned attention; 8-bit integers with a per-block scale about a sixth of it), S = Q8 K8^T
+//   exact in int32 on the int8 wgmma (the e4m3 rate), then S = q_scale k_scale S8, the block's
+//   scale folded into the exponent's factor. The running maxima are kept in log2 units (their
+//   factor changes from block to block).
 // - P = exp2(. + 8), i.e. 256 times the probability, is rounded to e4m3 in registers, in the
 //   layout of the A operand; V^T's keys were stored in the matching order (key_of_position), so
 //   no register shuffles are needed. The row sums add the same scaled values in fp32.
@@ -121,12 +125,21 @@ struct Fp8Softmax {
 
   // Probabilities of one key block into pa (e4m3 A fragments, k32 step kk), maxima and sums
   // updated; o's factors come back in alpha. Returns whether a maximum of this thread rose.
+  // s: the int32 accumulators of Q8 K8^T, read as floats offset by 1.5 * 2^23 (exact and
+  // monotonic for |s| < 2^22; d * 127^2 < 2^21): one integer add each instead of a conversion
+  // (16 a clock per SM), the offset folded into the exponent's constant term.
   template <bool kMasked>
-  __device__ __forceinline__ bool scores(const float (&s)[16][4], uint32_t (&pa)[4][4],
+  __device__ __forceinline__ bool scores(const int32_t (&si)[16][4], uint32_t (&pa)[4][4],
                                          float (&alpha)[2], float c, int valid, int lane) {
+    constexpr float kOffset = 12582912.f;  // 1.5 * 2^23, the float whose bits are kMagic
+    constexpr int32_t kMagic = 0x4B400000;
     bool raised = false;
     const int col = 2 * (lane & 3);
-    float e[16][4];
+    float s[16][4], e[16][4];
+#pragma unroll
+    for (int n = 0; n < 16; ++n)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) s[n][j] = __int_as_float(si[n][j] + kMagic);
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       float mx = -INFINITY;
@@ -137,14 +150,15 @@ struct Fp8Softmax {
           if (!kMasked || n * 8 + col + j < valid) mx = fmaxf(mx, s[n][2 * hf + j]);
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float scaled = mx == -INFINITY ? -INFINITY : mx * c;  // c > 0
+      const float scaled = mx == -INFINITY ? -INFINITY : (mx - kOffset) * c;  // c > 0
       const float m_new = fmaxf(m[hf], scaled);
       // A row that has seen only masked keys keeps -inf: subtract 0 so that exp2 gives 0.
       const float m_use = m_new == -INFINITY ? 0.f : m_new;
       alpha[hf] = exp2_approx(m[hf] - m_use);
       raised |= m_new != m[hf];
       m[hf] = m_new;
-      const float bias = 8.f - m_use;  // P stored as 2^8 times the probability
+      // P stored as 2^8 times the probability.
+      const float bias = 8.f - m_use - kOffset * c;
       float sum = 0.f;
 #pragma unroll
       for (int n = 0; n < 16; ++n)
@@ -170,18 +184,19 @@ struct Fp8Softmax {
   }
 };
 
-// S = Q K^T over d in k32 steps: rows of d bytes, 128-byte swizzle at d = 128, 64-byte at 64.
+// S = Q K^T over d in k32 steps (int8, exact in int32): rows of d bytes, 128-byte swizzle at
+// d = 128, 64-byte at 64.
 template <int D>
-__device__ __forceinline__ void issue_qk_fp8(float (&sc)[16][4], uint32_t q_rows, uint32_t k_tile) {
+__device__ __forceinline__ void issue_qk_fp8(int32_t (&sc)[16][4], uint32_t q_rows,
+                                             uint32_t k_tile) {
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < D / 32; ++kk) {
     if constexpr (D == 128)
-      WgmmaE4m3<128>::ss(sc, smem_desc(q_rows + kk * 32, 16, 1024),
-                         smem_desc(k_tile + kk * 32, 16, 1024), kk > 0);
+      WgmmaS8::ss(sc, smem_desc(q_rows + kk * 32, 16, 1024), smem_desc(k_tile + kk * 32, 16, 1024),
+                  kk > 0);
     else
-      WgmmaE4m3<128>::ss(sc, smem_desc_sw64(q_rows + kk * 32), smem_desc_sw64(k_tile + kk * 32),
-                         kk > 0);
+      WgmmaS8::ss(sc, smem_desc_sw64(q_rows + kk * 32), smem_desc_sw64(k_tile + kk * 32), kk > 0);
   }
   wgmma_commit();
 }
@@ -245,7 +260,7 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem<D>
     uint32_t pa[4][4] = {};
     int pending = -1;
     while (have) {
-      float sc[16][4];
+      int32_t sc[16][4];
       const int stage = n % Tr::kStages;
       const uint32_t parity = (n / Tr::kStages) & 1;
       ++n;

@@ -130,6 +130,14 @@ __device__ __forceinline__ void fence_operands(float (&d)[NT][4]) {
     for (int j = 0; j < 4; ++j) asm volatile("" : "+f"(d[t][j])::"memory");
 }
 
+template <int NT>
+__device__ __forceinline__ void fence_operands(int32_t (&d)[NT][4]) {
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(d[t][j])::"memory");
+}
+
 template <int N>
 __device__ __forceinline__ void fence_operands(uint32_t (&a)[N][4]) {
 #pragma unroll
@@ -146,6 +154,12 @@ __device__ __forceinline__ void fence_operands(uint32_t (&a)[N][4]) {
   SPAATTN_ACC_N64(d), SPAATTN_ACC8(d, 8), SPAATTN_ACC8(d, 9), SPAATTN_ACC8(d, 10),          \
       SPAATTN_ACC8(d, 11), SPAATTN_ACC8(d, 12), SPAATTN_ACC8(d, 13), SPAATTN_ACC8(d, 14),   \
       SPAATTN_ACC8(d, 15)
+#define SPAATTN_IACC8(d, t) "+r"(d[t][0]), "+r"(d[t][1]), "+r"(d[t][2]), "+r"(d[t][3])
+#define SPAATTN_IACC_N128(d)                                                                \
+  SPAATTN_IACC8(d, 0), SPAATTN_IACC8(d, 1), SPAATTN_IACC8(d, 2), SPAATTN_IACC8(d, 3),       \
+      SPAATTN_IACC8(d, 4), SPAATTN_IACC8(d, 5), SPAATTN_IACC8(d, 6), SPAATTN_IACC8(d, 7),   \
+      SPAATTN_IACC8(d, 8), SPAATTN_IACC8(d, 9), SPAATTN_IACC8(d, 10), SPAATTN_IACC8(d, 11), \
+      SPAATTN_IACC8(d, 12), SPAATTN_IACC8(d, 13), SPAATTN_IACC8(d, 14), SPAATTN_IACC8(d, 15)
 #define SPAATTN_REGS32                                                                      \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "  \
   "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
@@ -230,6 +244,19 @@ SPAATTN_WGMMA_E4M3(128, SPAATTN_REGS64, SPAATTN_ACC_N128, "64", "65", "66", "64,
                    "68", "69")
 #undef SPAATTN_WGMMA_E4M3
 
+// S[64 x 128] = A[64 x 32] B[32 x 128] on int8 operands, int32 accumulators (the fp32 layout),
+// both from shared memory, K-major.
+struct WgmmaS8 {
+  static __device__ __forceinline__ void ss(int32_t (&d)[16][4], uint64_t a, uint64_t b,
+                                            int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 " SPAATTN_REGS64
+                 ", %64, %65, p;\n}\n"
+                 : SPAATTN_IACC_N128(d)
+                 : "l"(a), "l"(b), "r"(accumulate));
+  }
+};
+
 // Four floats to four e4m3 bytes (round to nearest, saturating at +-448), a in the lowest byte.
 __device__ __forceinline__ uint32_t pack_e4m3(float a, float b, float c, float d) {
   const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
@@ -242,5 +269,7 @@ __device__ __forceinline__ uint32_t pack_e4m3(float a, float b, float c, float d
 #undef SPAATTN_ACC_N128
 #undef SPAATTN_ACC_N64
 #undef SPAATTN_ACC8
+#undef SPAATTN_IACC_N128
+#undef SPAATTN_IACC8
 
 }  // namespace spaattn::cuda_detail::sm90

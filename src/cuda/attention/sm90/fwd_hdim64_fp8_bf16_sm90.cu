@@ -1,4 +1,4 @@
-// Hopper FP8 (e4m3) kernel instance: head dim 64, block size 128, bf16 output.
+// Hopper FP8 kernel instance (int8 Q K^T, e4m3 P V): head dim 64, block size 128, bf16 output.
 #include "cuda/attention/sm90/launch_fp8.cuh"
 
 namespace spaattn::cuda_detail {
