@@ -91,7 +91,8 @@ TEST(CapturedWorkload, EveryMethodMatchesTheCpuPath) {
 // FP8 against the 16-bit path, both on the GPU, on the captured workload: every method of
 // `spaattn eval` (rectified without GAPR included) at its sparsities, each run in order as one
 // denoising run. Prints the relative L2 error of every (method, sparsity), mean and largest
-// over the calls, and asserts the largest.
+// over the calls (spaattn eval reports the mean); asserts the mean <= 0.02 and the largest
+// <= 0.03 (an H200 measured means of 0.012-0.018 and at most 0.0214).
 TEST(CapturedWorkload, Fp8AgainstTheSixteenBitPath) {
   if (small_mode()) GTEST_SKIP() << "large case (SPAATTN_GPU_TESTS_SMALL)";
   if (!hopper_available()) GTEST_SKIP() << "no Hopper kernel family on this device or build";
@@ -166,13 +167,14 @@ TEST(CapturedWorkload, Fp8AgainstTheSixteenBitPath) {
         sum += rel;
         largest = std::max(largest, rel);
       }
+      const double mean = sum / static_cast<double>(w.calls.size());
       std::printf("[fp8 captured] %-22s sparsity %.2f: rel L2 mean %.4f, largest %.4f\n",
-                  run.name, sparsity, sum / static_cast<double>(w.calls.size()), largest);
+                  run.name, sparsity, mean, largest);
+      EXPECT_LE(mean, 0.02) << run.name << " sparsity " << sparsity;
       worst = std::max(worst, largest);
     }
   }
-  // Learned attention, e4m3 operands: the bound of test_fp8.cpp.
-  EXPECT_LE(worst, 0.06);
+  EXPECT_LE(worst, 0.03);
 }
 
 }  // namespace

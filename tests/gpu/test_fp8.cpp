@@ -5,10 +5,11 @@
 // gapped tensors, empty rows and masks, equal keys, keys with a large shared offset (what the
 // smoothing of K is for), both output dtypes, multi-wave sizes. And the errors of the calls.
 //
-// Tolerances: Q, K, V and P are rounded to e4m3 (3 mantissa bits: relative rounding error up
-// to 1/16), every product accumulates in fp32. On these inputs (uniform in [-1, 1), attention
-// spread over many keys) an H200 measured a relative L2 error of 0.027-0.040 for the output and
-// at most 0.0104 for the lse (each case prints its errors); the bounds leave 1.5x and 2.4x.
+// Tolerances: Q and K are rounded to int8 (per-block scales), V and P to e4m3 (3 mantissa bits:
+// relative rounding error up to 1/16); Q K^T is exact in int32, P V accumulates in fp32. On
+// these inputs (uniform in [-1, 1), attention spread over many keys, where the rounding of V and
+// P dominates) an H200 measured a relative L2 error of 0.027-0.039 for the output and at most
+// 0.0030 for the lse (each case prints its errors); the bounds leave about 1.3x and 3x.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -21,8 +22,8 @@
 namespace spaattn::gpu_test {
 namespace {
 
-constexpr double kRelL2 = 0.06;  // output, against the CPU reference / float64 / 16-bit kernel
-constexpr double kLse = 0.025;   // lse, absolute
+constexpr double kRelL2 = 0.05;  // output, against the CPU reference / float64 / 16-bit kernel
+constexpr double kLse = 0.01;    // lse, absolute
 
 Layout layout(int64_t nv, int64_t nt, TextPlacement place = TextPlacement::suffix) {
   return Layout{.num_video = nv, .num_text = nt, .text_placement = place, .block_size = 128};

@@ -80,8 +80,8 @@ TEST_P(Pipeline, MatchesTheCpuPathStepByStep) {
     EXPECT_EQ(gs.mask_reused, cs.mask_reused) << "step " << step;
     EXPECT_NEAR(gs.density, cs.density, 0.01) << "step " << step;
     const double err = rel_l2(out, cpu_out);
-    // FP8: the bound of test_fp8.cpp (e4m3 operands; 0.027-0.040 measured on such inputs).
-    const double tol = c.precision == Precision::fp8 ? 0.06 : 1e-2;
+    // FP8: the bound of test_fp8.cpp (8-bit operands; 0.027-0.039 measured on such inputs).
+    const double tol = c.precision == Precision::fp8 ? 0.05 : 1e-2;
     EXPECT_LE(err, tol) << "step " << step << " kind " << static_cast<int>(cs.kind);
   }
   EXPECT_EQ(gpu.state_count(), cpu.state_count());
