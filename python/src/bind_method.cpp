@@ -49,7 +49,8 @@ void init(Attention* self, const std::string& method, double sparsity, double p,
           bool neighbours, int64_t first_frame_blocks, bool gapr, int dense_steps,
           std::vector<int> dense_layers, int mask_period, int ref_period, float drift, bool clamp,
           bool cache_delta, float scale, bool measure_density, const std::string& kernel,
-          std::optional<AllocateFn> allocate, std::optional<ReleaseFn> release) {
+          const std::string& precision, std::optional<AllocateFn> allocate,
+          std::optional<ReleaseFn> release) {
   Config c;
   c.method = parse_method(method, "method");
   c.block_size = block_size;
@@ -73,6 +74,7 @@ void init(Attention* self, const std::string& method, double sparsity, double p,
   c.scale = scale;
   c.measure_density = measure_density;
   c.kernel = parse_kernel_family(kernel, "kernel");
+  c.precision = parse_precision(precision, "precision");
   // A given grid is checked whatever its value: the core reads (0, 0, 0) as no grid, which is
   // not what a caller who passed one meant (None is no grid).
   if (grid) spaattn::validate(c.order);
@@ -151,7 +153,8 @@ void bind_method(nb::module_& m) {
            "order"_a, "grid"_a.none(), "axes"_a, "tile"_a, "selector"_a, "neighbours"_a,
            "first_frame_blocks"_a, "gapr"_a, "dense_steps"_a, "dense_layers"_a,
            "mask_period"_a, "ref_period"_a, "drift"_a, "clamp"_a, "cache_delta"_a, "scale"_a,
-           "measure_density"_a, "kernel"_a, "allocate"_a.none(), "release"_a.none())
+           "measure_density"_a, "kernel"_a, "precision"_a, "allocate"_a.none(),
+           "release"_a.none())
       .def("forward", &forward, "q"_a, "k"_a, "v"_a, "out"_a, "text_lengths"_a.none(),
            "text_lengths_host"_a.none(), "layer"_a, "entry"_a, "step"_a, "num_text"_a,
            "text_placement"_a, "stream"_a)

@@ -76,6 +76,9 @@ def test_config_checks():
             order="zigzag", grid=(1, 2, 2)),
         "selector: expected 'automatic', 'ipar', 'band' or 'local', got 'best'": dict(
             selector="best"),
+        "precision: expected input or fp8, got 'fp4'": dict(precision="fp4"),
+        "config.precision: fp8 needs block_size 128, got 64": dict(precision="fp8",
+                                                                   block_size=64),
     }
     for message, options in cases.items():
         with pytest.raises(ValueError) as error:
@@ -87,6 +90,17 @@ def test_config_checks():
         "method: expected one of dense, sparse, rectified, rettention, rectified_rettention, "
         "calibrated, got 'foo'"
     )
+
+
+def test_fp8_needs_cuda_tensors():
+    # FP8 exists only as the Hopper kernel: CPU tensors are refused, never run in 16 bits.
+    q, k, v = qkv((1, 256, 2, 64))
+    attention = spaattn.SparseAttention("sparse", precision="fp8")
+    with pytest.raises(ValueError) as error:
+        attention.forward(q, k, v)
+    assert str(error.value) == "config.precision: fp8 needs CUDA tensors (the Hopper FP8 " \
+        "kernel), got cpu tensors"
+    assert attention.state_count == 0
 
 
 def test_grid_must_match_the_video_tokens():

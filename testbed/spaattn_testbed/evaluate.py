@@ -102,6 +102,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated from {', '.join(METHODS)}")
     p.add_argument("--sparsities", default="0.75,0.85,0.9,0.95")
     p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--precision", choices=("input", "fp8"), default="input",
+                   help="the spaattn methods' GPU kernel operands (fp8: Hopper GPUs only)")
     p.add_argument("--p", type=float, default=0.3, help="cumulative pooled attention the kept blocks must exceed")
     p.add_argument("--dense-steps", type=int, default=0, help="first steps in full attention (every method)")
     p.add_argument("--ref-period", type=int, default=5, help="Re-ttention's reference period")
@@ -225,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
     grid = model.token_grid(args.frames, args.height, args.width)
     n_video = grid[0] * grid[1] * grid[2]
     options = {"block_size": args.block_size, "p": args.p, "dense_steps": args.dense_steps,
-               "ref_period": args.ref_period, "neighbours": args.neighbours == "on"}
+               "ref_period": args.ref_period, "neighbours": args.neighbours == "on",
+               "precision": args.precision}
     print(f"model step {meta.get('step')}, grid {grid} = {n_video} video + {model.cfg.text_tokens} text tokens, "
           f"{model.cfg.depth} layers x {model.cfg.heads} heads x {model.cfg.head_dim}, {args.n} prompts "
           f"(batch {2 * args.n} with guidance), {args.steps} steps, spaattn options {options}", flush=True)
