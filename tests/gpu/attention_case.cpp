@@ -1,6 +1,8 @@
 // run_case(): see attention_case.hpp.
 #include "attention_case.hpp"
 
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <limits>
 #include <random>
@@ -173,6 +175,31 @@ CaseResult run_case(const Case& c) {
         for (int64_t e = 0; e < D; ++e) res.out.push_back(static_cast<float>(out.get(b, n, h, e)));
       }
   return res;
+}
+
+void expect_clean_writes(const CaseResult& r) {
+  EXPECT_EQ(r.unwritten_out, 0) << "output elements left unwritten or not finite";
+  EXPECT_EQ(r.outside_out, 0) << "elements written outside the output view";
+  EXPECT_EQ(r.unwritten_lse, 0) << "lse entries left unwritten";
+  EXPECT_EQ(r.outside_lse, 0) << "elements written outside the lse view";
+  EXPECT_EQ(r.nonzero_empty_rows, 0) << "rows without keys must be exactly zero";
+}
+
+Difference difference(const CaseResult& r, const CaseResult& ref) {
+  Difference d;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.out.size() && i < r.out.size(); ++i) {
+    num += (double(r.out[i]) - ref.out[i]) * (double(r.out[i]) - ref.out[i]);
+    den += double(ref.out[i]) * ref.out[i];
+  }
+  d.rel_l2 = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  for (size_t i = 0; i < ref.lse.size() && i < r.lse.size(); ++i) {
+    if (std::isinf(ref.lse[i]) || std::isinf(r.lse[i]))
+      d.lse = std::max(d.lse, ref.lse[i] == r.lse[i] ? 0.0 : double(INFINITY));
+    else
+      d.lse = std::max(d.lse, std::fabs(double(r.lse[i]) - ref.lse[i]));
+  }
+  return d;
 }
 
 }  // namespace spaattn::gpu_test

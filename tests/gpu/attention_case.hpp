@@ -50,4 +50,15 @@ struct CaseResult {
 
 CaseResult run_case(const Case& c);
 
+// gtest expectations on what a run wrote: every output and lse element inside the views and
+// finite, nothing outside them, rows without keys exactly zero.
+void expect_clean_writes(const CaseResult& r);
+
+// How far one run's outputs lie from another's on the same case: the relative L2 distance of
+// out from ref.out, and the largest |lse - ref.lse| (infinite where exactly one is infinite).
+struct Difference {
+  double rel_l2 = 0, lse = 0;
+};
+Difference difference(const CaseResult& r, const CaseResult& ref);
+
 }  // namespace spaattn::gpu_test

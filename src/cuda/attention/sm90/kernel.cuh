@@ -67,20 +67,33 @@ struct Item {
   }
 };
 
-// Shared-memory addresses of one CTA: the Q tile, the K / V stages and the barriers.
-template <int D, int B>
-struct Smem {
-  using Tr = Traits<D, B>;
-  static constexpr int S = Tr::kStages;
+// Shared-memory addresses of one CTA: the Q tile, S stages of a K and a V tile each, and the
+// barriers (both sm90 kernels).
+template <int S, int kTileBytes>
+struct SmemLayout {
   uint32_t q, kv, bars;
-  __device__ __forceinline__ uint32_t k_tile(int s) const { return kv + 2 * s * Tr::kTileBytes; }
-  __device__ __forceinline__ uint32_t v_tile(int s) const { return k_tile(s) + Tr::kTileBytes; }
+  __device__ __forceinline__ uint32_t k_tile(int s) const { return kv + 2 * s * kTileBytes; }
+  __device__ __forceinline__ uint32_t v_tile(int s) const { return k_tile(s) + kTileBytes; }
   __device__ __forceinline__ uint32_t q_full() const { return bars; }
   __device__ __forceinline__ uint32_t q_empty() const { return bars + 8; }
   __device__ __forceinline__ uint32_t k_full(int s) const { return bars + 8 * (2 + s); }
   __device__ __forceinline__ uint32_t v_full(int s) const { return bars + 8 * (2 + S + s); }
   __device__ __forceinline__ uint32_t empty(int s) const { return bars + 8 * (2 + 2 * S + s); }
+  // One thread, before the CTA's first __syncthreads: Q full waits for the 96 Q-loading threads,
+  // Q empty and a stage's empty for one arrival per consumer warp, K / V full for the copies.
+  __device__ __forceinline__ void init_barriers(int consumers) const {
+    mbar_init(q_full(), 96);
+    mbar_init(q_empty(), 4 * consumers);
+    for (int s = 0; s < S; ++s) {
+      mbar_init(k_full(s), 1);
+      mbar_init(v_full(s), 1);
+      mbar_init(empty(s), 4 * consumers);
+    }
+    fence_barrier_init();
+  }
 };
+template <int D, int B>
+using Smem = SmemLayout<Traits<D, B>::kStages, Traits<D, B>::kTileBytes>;
 
 // Producer warp 0, one lane: the K and V copies of every key block of every item.
 template <int D, int B>
@@ -181,6 +194,28 @@ __device__ __forceinline__ void issue_pv(float (&o)[1][D / 8][4], const uint32_t
   wgmma_commit();
 }
 
+// A work item's epilogue (both sm90 kernels): normalise, correct, write lse (finish_rows), then
+// O straight from registers: each quad of lanes writes 16 contiguous bytes of a row per column
+// tile, rows through the item's table of sequence rows.
+template <class T, int D, int B, class Epi>
+__device__ __forceinline__ void finish_item(const FwdParams& p, const OnlineSoftmax<1>& sm,
+                                            float (&o)[1][D / 8][4], const Item<B>& it,
+                                            const int32_t* seq_rows, int warp_row, int lane) {
+  const CtaShared cta{it.w.b, it.w.h, it.w.qb, it.text_len, it.e_end};
+  finish_rows<T, D, 1, Epi>(p, sm, o, cta, seq_rows, it.q, warp_row, lane);
+  T* out = static_cast<T*>(p.out) + it.w.b * p.out_stride[0] + it.w.h * p.out_stride[2];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int r = warp_row + hf * 8 + (lane >> 2);
+    if (r >= it.q.count) continue;
+    uint32_t* dst = reinterpret_cast<uint32_t*>(
+        out + static_cast<int64_t>(seq_rows[r]) * p.out_stride[1] + 2 * (lane & 3));
+#pragma unroll
+    for (int t = 0; t < D / 8; ++t)
+      dst[t * 4] = Mma<T>::pack(o[0][t][2 * hf], o[0][t][2 * hf + 1]);
+  }
+}
+
 // The consumer warpgroups: every item's key blocks, then the epilogue.
 template <class T, int D, int B, class Epi>
 __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh,
@@ -250,22 +285,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
     __syncwarp();
     if (pending >= 0 && lane == 0) mbar_arrive(sh.empty(pending));
 
-    // Epilogue: normalise, correct, write lse (finish_rows), then O straight from registers:
-    // each quad of lanes writes 16 contiguous bytes of a row per column tile.
-    const CtaShared cta{it.w.b, it.w.h, it.w.qb, it.text_len, it.e_end};
-    const int32_t* seq_rows = rows[k & 1];
-    finish_rows<T, D, 1, Epi>(p, sm, o, cta, seq_rows, it.q, warp_row, lane);
-    T* out = static_cast<T*>(p.out) + it.w.b * p.out_stride[0] + it.w.h * p.out_stride[2];
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int r = warp_row + hf * 8 + (lane >> 2);
-      if (r >= it.q.count) continue;
-      uint32_t* dst = reinterpret_cast<uint32_t*>(
-          out + static_cast<int64_t>(seq_rows[r]) * p.out_stride[1] + 2 * (lane & 3));
-#pragma unroll
-      for (int t = 0; t < D / 8; ++t)
-        dst[t * 4] = Mma<T>::pack(o[0][t][2 * hf], o[0][t][2 * hf + 1]);
-    }
+    finish_item<T, D, B, Epi>(p, sm, o, it, rows[k & 1], warp_row, lane);
   }
 }
 
@@ -287,16 +307,7 @@ __global__ void __launch_bounds__(Traits<D, B>::kThreads, Traits<D, B>::kMinBloc
   auto* rows = reinterpret_cast<int32_t(*)[B]>(smem_raw + (sh.bars - raw) + 8 * Tr::kBarriers);
   const int num_items = p.batch * p.heads * p.num_q_blocks;
 
-  if (tid == 0) {
-    mbar_init(sh.q_full(), 96);                   // the Q-loading threads
-    mbar_init(sh.q_empty(), 4 * Tr::kConsumers);  // one arrival per consumer warp
-    for (int s = 0; s < Tr::kStages; ++s) {
-      mbar_init(sh.k_full(s), 1);
-      mbar_init(sh.v_full(s), 1);
-      mbar_init(sh.empty(s), 4 * Tr::kConsumers);
-    }
-    fence_barrier_init();
-  }
+  if (tid == 0) sh.init_barriers(Tr::kConsumers);
   __syncthreads();
 
   if (tid < 128) {  // ---------------------------------------------------------------- producer

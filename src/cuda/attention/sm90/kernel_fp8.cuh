@@ -50,18 +50,7 @@ struct Fp8Params {
 };
 
 template <int D>
-struct Fp8Smem {
-  using Tr = Fp8Traits<D>;
-  static constexpr int S = Tr::kStages;
-  uint32_t q, kv, bars;
-  __device__ __forceinline__ uint32_t k_tile(int s) const { return kv + 2 * s * Tr::kTileBytes; }
-  __device__ __forceinline__ uint32_t v_tile(int s) const { return k_tile(s) + Tr::kTileBytes; }
-  __device__ __forceinline__ uint32_t q_full() const { return bars; }
-  __device__ __forceinline__ uint32_t q_empty() const { return bars + 8; }
-  __device__ __forceinline__ uint32_t k_full(int s) const { return bars + 8 * (2 + s); }
-  __device__ __forceinline__ uint32_t v_full(int s) const { return bars + 8 * (2 + S + s); }
-  __device__ __forceinline__ uint32_t empty(int s) const { return bars + 8 * (2 + 2 * S + s); }
-};
+using Fp8Smem = SmemLayout<Fp8Traits<D>::kStages, Fp8Traits<D>::kTileBytes>;
 
 // Producer warp 0, one lane: the K and V^T copies of every key block of every item.
 template <int D>
@@ -322,20 +311,8 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem<D>
               : (sm.m[hf] - 8.f) / p.scale_log2 + shift;
       fin.row_sum[0][hf] = sm.l[hf];
     }
-    float (&o1)[1][D / 8][4] = reinterpret_cast<float (&)[1][D / 8][4]>(o);
-    const CtaShared cta{it.w.b, it.w.h, it.w.qb, it.text_len, it.e_end};
-    const int32_t* seq_rows = rows[k & 1];
-    finish_rows<T, D, 1, Epi>(p, fin, o1, cta, seq_rows, it.q, warp_row, lane);
-    T* out = static_cast<T*>(p.out) + it.w.b * p.out_stride[0] + it.w.h * p.out_stride[2];
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int r = warp_row + hf * 8 + (lane >> 2);
-      if (r >= it.q.count) continue;
-      uint32_t* dst = reinterpret_cast<uint32_t*>(
-          out + static_cast<int64_t>(seq_rows[r]) * p.out_stride[1] + 2 * (lane & 3));
-#pragma unroll
-      for (int t = 0; t < D / 8; ++t) dst[t * 4] = Mma<T>::pack(o[t][2 * hf], o[t][2 * hf + 1]);
-    }
+    finish_item<T, D, B, Epi>(p, fin, reinterpret_cast<float (&)[1][D / 8][4]>(o), it,
+                              rows[k & 1], warp_row, lane);
   }
 }
 
@@ -356,16 +333,7 @@ __global__ void __launch_bounds__(Fp8Traits<D>::kThreads, 1)
       reinterpret_cast<int32_t(*)[Tr::B]>(smem_raw + (sh.bars - raw) + 8 * Tr::kBarriers);
   const int num_items = p.batch * p.heads * p.num_q_blocks;
 
-  if (tid == 0) {
-    mbar_init(sh.q_full(), 96);
-    mbar_init(sh.q_empty(), 4 * Tr::kConsumers);
-    for (int s = 0; s < Tr::kStages; ++s) {
-      mbar_init(sh.k_full(s), 1);
-      mbar_init(sh.v_full(s), 1);
-      mbar_init(sh.empty(s), 4 * Tr::kConsumers);
-    }
-    fence_barrier_init();
-  }
+  if (tid == 0) sh.init_barriers(Tr::kConsumers);
   __syncthreads();
 
   if (tid < 128) {
