@@ -25,9 +25,10 @@ const char* to_string(Method m);
 Method parse_method(std::string_view name, const char* arg = "method");
 
 // The operands of the attention kernel (GPU path): `input` computes in q's dtype (bf16 / f16);
-// `fp8` quantises Q, K and V to e4m3 once per call (cuda.hpp quantize_fp8 describes the scheme)
-// and runs the Hopper FP8 kernel: faster, with a relative error of a few percent (docs/gpu.md,
-// FP8). fp8 needs CUDA tensors on a compute capability 9.0 device and block size 128.
+// `fp8` quantises Q, K (int8) and V (e4m3) once per call (cuda.hpp quantize_fp8 describes the
+// scheme) and runs the Hopper FP8 kernel: faster, with a relative error of 1-2% on learned
+// attention (docs/gpu.md, FP8). fp8 needs CUDA tensors on a compute capability 9.0 device and
+// block size 128.
 enum class Precision : uint8_t { input, fp8 };
 const char* to_string(Precision p);
 // Parses "input", "fp8"; throws naming `arg`.

@@ -19,10 +19,10 @@ bool available();
 void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask, TensorView out,
                             TensorView lse, void* stream);
 
-// FP8 block-sparse attention on Hopper (8-bit operands: int8 Q, K and e4m3 V, P) (docs/gpu.md, FP8), in two calls so that one
-// quantisation serves several launches on the same q, k, v (several masks, or a Re-ttention
-// reference step's two launches):
-//   quantize_fp8 reads q, k, v of `args` and writes their e4m3 copies and scales into
+// FP8 block-sparse attention on Hopper (8-bit operands: int8 Q, K; e4m3 V, P; docs/gpu.md, FP8),
+// in two calls so that one quantisation serves several launches on the same q, k, v (several
+// masks, or a Re-ttention reference step's two launches):
+//   quantize_fp8 reads q, k, v of `args` and writes their 8-bit copies and scales into
 //   `workspace` (device memory, 256-byte aligned, at least fp8_workspace_size(args) bytes);
 //   block_sparse_attention_fp8 computes what block_sparse_attention computes, from the workspace
 //   that quantize_fp8 filled for the same args (q, k, v themselves are not read), out and lse in
