@@ -226,10 +226,11 @@ void run(const Options& o, cudaStream_t stream) {
   double whole8 = 0, ref8 = 0, sparse8 = 0;
   const bool fp8 = cuda_detail::sm90::kernels_available();
   if (fp8) {
-    DeviceMem q8(st::fp8_layout(args).total);
+    const st::Fp8Layout layout8 = st::fp8_layout(args);
+    DeviceMem q8(layout8.total);
     measure(
         "FP8: quantise Q, K, V in the token order (stats + quantise)",
-        [&](cudaStream_t s) { st::launch_quantize_fp8(args, perm_d, q8.p, s); }, false);
+        [&](cudaStream_t s) { st::launch_quantize_fp8(args, layout8, perm_d, q8.p, s); }, false);
     Config c8 = cfg;
     c8.precision = Precision::fp8;
     SparseAttention sa8(c8);

@@ -27,7 +27,6 @@
 #include "cuda/check.cuh"
 #include "core/device_pipeline.hpp"
 #include "cuda/attention/api.hpp"
-#include "cuda/attention/sm90/tensor_map.hpp"
 #include "cuda/plan/gather.cuh"
 #include "cuda/plan/quant.cuh"
 #include "cuda/plan/stages.cuh"
@@ -62,7 +61,7 @@ unsigned workspace_parts(const Config& c) {
 struct Sizes {
   size_t stages = 0, lse = 0;  // the workspace: stage arrays, lse_spa and lse_full,
   size_t gathered = 0;         // and K, V in the token order (16-bit precision)
-  size_t fp8 = 0;              // or Q, K, V quantised in the token order (quant.cuh)
+  st::Fp8Layout fp8;           // or Q, K, V quantised in the token order (quant.cuh)
   size_t perm = 0, neighbours = 0;
   size_t critical = 0, rho = 0, delta = 0;  // per (layer, entry)
 };
@@ -74,7 +73,7 @@ Sizes sizes(const Config& config, const st::Dims& dims, DType dtype, size_t perm
   s.perm = align256(perm_entries * 4);
   s.neighbours = align256(neighbour_entries * 4);
   if (config.precision == Precision::fp8)
-    s.fp8 = st::fp8_layout(static_cast<int64_t>(dims.batch) * dims.heads, dims.nb, dims.dim).total;
+    s.fp8 = st::fp8_layout(static_cast<int64_t>(dims.batch) * dims.heads, dims.nb, dims.dim);
   if (config.method == Method::dense) return s;
   if (perm_entries > 0 && config.precision != Precision::fp8)
     s.gathered = 2 * align256(static_cast<size_t>(dims.batch) * (dims.num_video + dims.num_text) *
@@ -221,8 +220,7 @@ class GpuPipeline final : public DevicePipeline {
                     const StepPlan& plan, void* stream_ptr) override {
     cuda_detail::check_gpu_call(args, out, TensorView{});
     if (config_.precision == Precision::fp8) {
-      SPAATTN_CHECK_ARG(cuda_detail::sm90::kernels_available(), "config.precision",
-                        "fp8 needs a compute capability 9.0 device and a build with sm_90a code");
+      cuda_detail::check_fp8_runs(args.kernel, "config.precision", "config.precision");
       (void)st::fp8_layout(args);  // its checks
     }
     const st::Dims dims = st::make_dims(args.layout, args.batch(), args.heads(), args.head_dim());
@@ -346,7 +344,7 @@ class GpuPipeline final : public DevicePipeline {
     }
     if (workspace_.get() && same_dims(dims, dims_) && dtype == dtype_) return;
     sizes_ = sizes(config_, dims, dtype, perm_.size(), offsets.size() + cols.size());
-    const size_t bytes = sizes_.stages + sizes_.lse + sizes_.gathered + sizes_.fp8;
+    const size_t bytes = sizes_.stages + sizes_.lse + sizes_.gathered + sizes_.fp8.total;
     if (workspace_.size() < bytes) workspace_ = DeviceBuffer(memory_, bytes, stream, order_);
     dims_ = dims;
     dtype_ = dtype;
@@ -357,9 +355,7 @@ class GpuPipeline final : public DevicePipeline {
     lse_full_ = lse_spa_ + sizes_.lse / 8;  // two arrays of sizes_.lse / 2 bytes
     k_ordered_ = sizes_.gathered ? base + sizes_.stages + sizes_.lse : nullptr;
     v_ordered_ = sizes_.gathered ? static_cast<char*>(k_ordered_) + sizes_.gathered / 2 : nullptr;
-    fp8_ = sizes_.fp8 ? base + sizes_.stages + sizes_.lse + sizes_.gathered : nullptr;
-    if (fp8_)
-      fp8_layout_ = st::fp8_layout(static_cast<int64_t>(dims.batch) * dims.heads, dims.nb, dims.dim);
+    fp8_ = sizes_.fp8.total ? base + sizes_.stages + sizes_.lse + sizes_.gathered : nullptr;
   }
 
   void allocate_state(LayerState& state, const StepPlan& plan, cudaStream_t stream) {
@@ -404,7 +400,8 @@ class GpuPipeline final : public DevicePipeline {
   // FP8: Q, K, V quantised into fp8_ (in the token order when the launches permute), once per
   // call: a reference step's two launches read the same copy.
   void quantize(const AttentionArgs& args, bool permute, cudaStream_t stream) const {
-    if (fp8_) st::launch_quantize_fp8(args, permute ? perm_device() : nullptr, fp8_, stream);
+    if (fp8_)
+      st::launch_quantize_fp8(args, sizes_.fp8, permute ? perm_device() : nullptr, fp8_, stream);
   }
 
   // The arguments the kernel runs on: K and V replaced by their copies in the token order
@@ -487,7 +484,7 @@ class GpuPipeline final : public DevicePipeline {
     p.epi = epi;
     p.video_perm = permute ? perm_device() : nullptr;
     p.kv_ordered = permute && k_ordered_ != nullptr;
-    if (fp8_) p.fp8 = st::fp8_operands(fp8_layout_, fp8_);
+    if (fp8_) p.fp8 = st::fp8_operands(sizes_.fp8, fp8_);
     cuda_detail::launch_fwd(p, args.q.dtype, args.head_dim(), args.layout.block_size, stream,
                             args.kernel);
   }
@@ -505,7 +502,6 @@ class GpuPipeline final : public DevicePipeline {
   float *lse_spa_ = nullptr, *lse_full_ = nullptr;
   void *k_ordered_ = nullptr, *v_ordered_ = nullptr;
   void* fp8_ = nullptr;
-  st::Fp8Layout fp8_layout_;
   std::map<std::tuple<int, int>, LayerState> states_;
 };
 
@@ -526,7 +522,7 @@ WorkspaceSize device_workspace_size(const Config& config, const AttentionArgs& a
   const Sizes s = sizes(config, dims, args.q.dtype, perm_entries, neighbour_entries);
   WorkspaceSize w;
   if (config.precision == Precision::fp8) (void)st::fp8_layout(args);  // its checks
-  w.workspace = s.stages + s.lse + s.gathered + s.fp8;
+  w.workspace = s.stages + s.lse + s.gathered + s.fp8.total;
   w.constants = s.perm + s.neighbours;
   w.per_state = s.critical + s.rho + s.delta;
   return w;

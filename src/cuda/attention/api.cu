@@ -31,12 +31,24 @@ void check_device_pointer(const void* ptr, const char* name, int device) {
                     ", got device ", attr.device);
 }
 
+namespace {
+
 // q/k/v/out: the kernel moves rows with 16-byte cp.async / stores, so every row start must be
 // 16-byte aligned: the base pointer here, the strides in validate_gpu_operands.
-static void check_qkv_pointer(const TensorView& t, const char* name, int device) {
+void check_qkv_pointer(const TensorView& t, const char* name, int device) {
   check_device_pointer(t.data, name, device);
   SPAATTN_CHECK_ARG(reinterpret_cast<uintptr_t>(t.data) % 16 == 0, name,
                     "expected a 16-byte aligned base pointer for cp.async, got ", t.data);
+}
+
+}  // namespace
+
+void check_fp8_runs(KernelFamily family, const char* family_arg, const char* device_arg) {
+  SPAATTN_CHECK_ARG(family != KernelFamily::portable, family_arg,
+                    "fp8 runs on the hopper kernel family only, and the portable one was "
+                    "requested");
+  SPAATTN_CHECK_ARG(sm90::kernels_available(), device_arg,
+                    "fp8 needs a compute capability 9.0 device and a build with sm_90a code");
 }
 
 void check_gpu_call(const AttentionArgs& args, const TensorView& out, const TensorView& lse,
@@ -151,11 +163,7 @@ void launch_fwd(const FwdParams& params, DType dtype, int64_t head_dim, int bloc
     // shape when they were sized).
     SPAATTN_CHECK_ARG(block_size == 128, "precision", "fp8 needs block_size 128, got ",
                       block_size);
-    SPAATTN_CHECK_ARG(family != KernelFamily::portable, "precision",
-                      "fp8 runs on the hopper kernel family only, and the portable one was "
-                      "requested");
-    SPAATTN_CHECK_ARG(sm90::kernels_available(), "precision",
-                      "fp8 needs a compute capability 9.0 device and a build with sm_90a code");
+    check_fp8_runs(family, "precision", "precision");
     dispatch_dtype(dtype, [&](auto t) {
       dispatch_head_dim(head_dim, [&](auto d) {
         run_fwd_sm90_fp8<decltype(t), decltype(d)::value>(params, stream);
@@ -207,10 +215,7 @@ namespace {
 // workspace.
 stages::Fp8Layout check_fp8_call(const AttentionArgs& args, const void* workspace,
                                  size_t workspace_bytes) {
-  SPAATTN_CHECK_ARG(args.kernel != KernelFamily::portable, "kernel",
-                    "FP8 runs on the hopper kernel family only");
-  SPAATTN_CHECK_ARG(cuda_detail::sm90::kernels_available(), "precision",
-                    "FP8 needs a compute capability 9.0 device and a build with sm_90a code");
+  cuda_detail::check_fp8_runs(args.kernel, "kernel", "precision");
   const stages::Fp8Layout l = stages::fp8_layout(args);
   SPAATTN_CHECK_ARG(workspace, "workspace", "expected device memory of ", l.total, " bytes");
   SPAATTN_CHECK_ARG(workspace_bytes >= l.total, "workspace", "expected at least ", l.total,
@@ -234,8 +239,8 @@ void quantize_fp8(const AttentionArgs& args, void* workspace, size_t workspace_b
                   void* stream) {
   validate(args);
   cuda_detail::check_gpu_call(args, args.q, TensorView{});
-  check_fp8_call(args, workspace, workspace_bytes);
-  stages::launch_quantize_fp8(args, nullptr, workspace, static_cast<cudaStream_t>(stream));
+  const stages::Fp8Layout l = check_fp8_call(args, workspace, workspace_bytes);
+  stages::launch_quantize_fp8(args, l, nullptr, workspace, static_cast<cudaStream_t>(stream));
 }
 
 void block_sparse_attention_fp8(const AttentionArgs& args, const BlockMaskView& mask,

@@ -18,6 +18,10 @@ void check_gpu_call(const AttentionArgs& args, const TensorView& out, const Tens
 // Throws naming `name` unless ptr is device (or managed) memory of `device`.
 void check_device_pointer(const void* ptr, const char* name, int device);
 
+// Throws unless the FP8 kernel can run: family (named family_arg) not portable, and a compute
+// capability 9.0 device with sm_90a code in the build (named device_arg).
+void check_fp8_runs(KernelFamily family, const char* family_arg, const char* device_arg);
+
 // Params of one launch: no epilogue, no token permutation (the caller sets p.epi, p.video_perm).
 FwdParams make_fwd_params(const AttentionArgs& args, const BlockMaskView& mask,
                           const TensorView& out, const TensorView& lse);

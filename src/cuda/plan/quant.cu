@@ -14,7 +14,6 @@ namespace spaattn::cuda::stages {
 namespace {
 
 using cuda_detail::FwdParams;
-using cuda_detail::Fp8Operands;
 
 constexpr int kB = 128;         // the FP8 block size
 constexpr int kThreads = 256;   // D / 8 threads of 8 channels per row, 2048 / D rows at a time
@@ -22,9 +21,15 @@ constexpr int kStatRows = 1024;    // sequence rows per CTA of the statistics pa
 constexpr float kE4m3Max = 448.f;  // V
 constexpr float kI8Max = 127.f;     // Q, K
 
+// Fp8Operands as the quantisation writes them.
+struct Fp8Arrays {
+  uint8_t *q8, *k8, *vt8;
+  float *q_scale, *k_scale, *v_scale, *q_shift;
+};
+
 struct QuantParams {
   FwdParams geo;  // q, k, v, strides, text_lengths, video_perm and the block geometry
-  Fp8Operands out;
+  Fp8Arrays out;
   float* k_sum;      // f32 [bh, d]
   uint32_t* v_amax;  // f32 bits [bh, d] (non-negative floats order as their bits)
 };
@@ -125,7 +130,7 @@ template <class T, int kD>
 __global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_constant__ QuantParams qp) {
   constexpr int kTpr = kD / 8, kRows = kThreads / kTpr, kPasses = kB / kRows;
   const FwdParams& p = qp.geo;
-  const Fp8Operands& f = qp.out;
+  const Fp8Arrays& f = qp.out;
   const int j = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int rg = threadIdx.x / kTpr, c0 = (threadIdx.x % kTpr) * 8;
   const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
@@ -168,7 +173,7 @@ __global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_con
   }
   amax = cta_max(amax, scratch);
   float inv = amax > 0.f ? kI8Max / amax : 1.f;
-  uint8_t* k8 = const_cast<uint8_t*>(f.k8) + block * kB * kD;
+  uint8_t* k8 = f.k8 + block * kB * kD;
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {
     const int r = i * kRows + rg;
@@ -176,7 +181,7 @@ __global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_con
     for (int e = 0; e < 8; ++e) x[i][e] *= inv;
     *reinterpret_cast<uint2*>(k8 + r * kD + c0) = to_i8(x[i]);
   }
-  if (threadIdx.x == 0) const_cast<float*>(f.k_scale)[block] = 1.f / inv;
+  if (threadIdx.x == 0) f.k_scale[block] = 1.f / inv;
 
   // Q: one scale for the block; q . mean(K) per row, from the unrounded values.
   amax = 0.f;
@@ -196,11 +201,11 @@ __global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_con
       for (int e = 0; e < 8; ++e) x[i][e] = 0.f;
     }
     dot = group_sum<kTpr>(dot);
-    if (threadIdx.x % kTpr == 0) const_cast<float*>(f.q_shift)[block * kB + r] = dot;
+    if (threadIdx.x % kTpr == 0) f.q_shift[block * kB + r] = dot;
   }
   amax = cta_max(amax, scratch);
   inv = amax > 0.f ? kI8Max / amax : 1.f;
-  uint8_t* q8 = const_cast<uint8_t*>(f.q8) + block * kB * kD;
+  uint8_t* q8 = f.q8 + block * kB * kD;
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {
     const int r = i * kRows + rg;
@@ -208,7 +213,7 @@ __global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_con
     for (int e = 0; e < 8; ++e) x[i][e] *= inv;
     *reinterpret_cast<uint2*>(q8 + r * kD + c0) = to_i8(x[i]);
   }
-  if (threadIdx.x == 0) const_cast<float*>(f.q_scale)[block] = 1.f / inv;
+  if (threadIdx.x == 0) f.q_scale[block] = 1.f / inv;
 
   // V: per-channel scales, then transposed through shared memory.
 #pragma unroll
@@ -226,10 +231,10 @@ __global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_con
   }
   if (j == 0 && threadIdx.x < kD) {
     const float a = __uint_as_float(qp.v_amax[bh * kD + threadIdx.x]);
-    const_cast<float*>(f.v_scale)[bh * kD + threadIdx.x] = a > 0.f ? a / kE4m3Max : 1.f;
+    f.v_scale[bh * kD + threadIdx.x] = a > 0.f ? a / kE4m3Max : 1.f;
   }
   __syncthreads();
-  uint8_t* vt8 = const_cast<uint8_t*>(f.vt8) + block * kD * kB;
+  uint8_t* vt8 = f.vt8 + block * kD * kB;
   for (int chunk = threadIdx.x; chunk < kD * kB / 16; chunk += kThreads) {
     const int c = chunk / (kB / 16), p0 = (chunk % (kB / 16)) * 16;
     uint32_t w[4];
@@ -246,6 +251,17 @@ __global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_con
 }
 
 size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
+Fp8Arrays carve(const Fp8Layout& l, void* workspace) {
+  auto* base = static_cast<uint8_t*>(workspace);
+  return {base + l.q8,
+          base + l.k8,
+          base + l.vt8,
+          reinterpret_cast<float*>(base + l.q_scale),
+          reinterpret_cast<float*>(base + l.k_scale),
+          reinterpret_cast<float*>(base + l.v_scale),
+          reinterpret_cast<float*>(base + l.q_shift)};
+}
 
 }  // namespace
 
@@ -290,32 +306,21 @@ Fp8Layout fp8_layout(int64_t bh, int64_t nb, int64_t d) {
 }
 
 cuda_detail::Fp8Operands fp8_operands(const Fp8Layout& l, const void* workspace) {
-  const auto* base = static_cast<const uint8_t*>(workspace);
-  cuda_detail::Fp8Operands f;
-  f.q8 = base + l.q8;
-  f.k8 = base + l.k8;
-  f.vt8 = base + l.vt8;
-  f.q_scale = reinterpret_cast<const float*>(base + l.q_scale);
-  f.k_scale = reinterpret_cast<const float*>(base + l.k_scale);
-  f.v_scale = reinterpret_cast<const float*>(base + l.v_scale);
-  f.q_shift = reinterpret_cast<const float*>(base + l.q_shift);
-  return f;
+  const Fp8Arrays a = carve(l, const_cast<void*>(workspace));
+  return {a.q8, a.k8, a.vt8, a.q_scale, a.k_scale, a.v_scale, a.q_shift};
 }
 
-void launch_quantize_fp8(const AttentionArgs& args, const int32_t* perm, void* workspace,
-                         cudaStream_t stream) {
-  const Fp8Layout l = fp8_layout(args);
+void launch_quantize_fp8(const AttentionArgs& args, const Fp8Layout& l, const int32_t* perm,
+                         void* workspace, cudaStream_t stream) {
   QuantParams qp;
   qp.geo = cuda_detail::make_fwd_params(args, BlockMaskView{}, args.q, TensorView{});
   qp.geo.video_perm = perm;
-  qp.out = fp8_operands(l, workspace);
+  qp.out = carve(l, workspace);
   auto* base = static_cast<uint8_t*>(workspace);
   qp.k_sum = reinterpret_cast<float*>(base + l.k_sum);
   qp.v_amax = reinterpret_cast<uint32_t*>(base + l.v_amax);
-  const int64_t bh = args.batch() * args.heads();
   SPAATTN_CUDA_CHECK(cudaMemsetAsync(base + l.k_sum, 0, l.total - l.k_sum, stream));
   const int64_t S = args.seq_len(), nb = args.layout.num_blocks();
-  if (S == 0 || bh == 0) return;
   const dim3 stats((S + kStatRows - 1) / kStatRows, args.heads(), args.batch());
   const dim3 quant(nb, args.heads(), args.batch());
   cuda_detail::dispatch_dtype(args.q.dtype, [&](auto t) {

@@ -30,9 +30,10 @@ Fp8Layout fp8_layout(int64_t bh, int64_t nb, int64_t d);
 Fp8Layout fp8_layout(const AttentionArgs& args);
 cuda_detail::Fp8Operands fp8_operands(const Fp8Layout& layout, const void* workspace);
 
-// Fills the arrays from args.q / k / v (device bf16 / f16, checked by the caller); perm: the
-// token order of the video rows (device int32 [N_v]) or nullptr.
-void launch_quantize_fp8(const AttentionArgs& args, const int32_t* perm, void* workspace,
-                         cudaStream_t stream);
+// Fills the arrays (layout: fp8_layout of the call) from args.q / k / v (device bf16 / f16,
+// checked by the caller); perm: the token order of the video rows (device int32 [N_v]) or
+// nullptr.
+void launch_quantize_fp8(const AttentionArgs& args, const Fp8Layout& layout, const int32_t* perm,
+                         void* workspace, cudaStream_t stream);
 
 }  // namespace spaattn::cuda::stages

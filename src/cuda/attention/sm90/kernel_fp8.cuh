@@ -197,7 +197,7 @@ __device__ __forceinline__ void issue_pv_fp8(float (&o)[D / 8][4], const uint32_
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk)
-    WgmmaE4m3<D>::rs(o, pa[kk], smem_desc(v_tile + kk * 32, 16, 1024), 1);
+    Wgmma<__nv_fp8_e4m3, D>::rs(o, pa[kk], smem_desc(v_tile + kk * 32, 16, 1024), 1);
   wgmma_commit();
 }
 

@@ -169,80 +169,59 @@ __device__ __forceinline__ void fence_operands(uint32_t (&a)[N][4]) {
   "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, "   \
   "%53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 
-// D[64 x N] (+)= A[64 x 16] B[16 x N] for one warpgroup, fp32 accumulators in the mma fragment
-// layout (d[t][0..1]: row lane / 4 of the warp's 16, columns 8 t + 2 (lane % 4) + {0, 1};
-// d[t][2..3]: the row 8 below). ss: A and B from shared memory, both K-major. rs: A from
-// registers (four 32-bit registers per thread, the mma.sync m16n8k16 A fragment of the warp's
-// 16 rows), B from shared memory, MN-major. accumulate = 0 overwrites D.
+// D[64 x N] (+)= A[64 x K] B[K x N] for one warpgroup, K = 16 for bf16 / f16 and 32 for FP8
+// e4m3 (__nv_fp8_e4m3), fp32 accumulators in the mma fragment layout (d[t][0..1]: row lane / 4
+// of the warp's 16, columns 8 t + 2 (lane % 4) + {0, 1}; d[t][2..3]: the row 8 below).
+// ss: A and B from shared memory, both K-major. rs: A from registers, four 32-bit registers per
+// thread, B from shared memory. 16-bit: A is the mma.sync m16n8k16 A fragment of the warp's 16
+// rows and B is MN-major. e4m3 (no transposed form for 8-bit types): B is K-major and A holds
+// four values per register, {row lane / 4, row lane / 4 + 8} x {columns 4 (lane % 4) .. + 3, the
+// same + 16}, in the order (row, columns) = (0, lo), (8, lo), (0, hi), (8, hi).
+// accumulate = 0 overwrites D.
 template <class T, int N>
 struct Wgmma;
 
-#define SPAATTN_WGMMA(CPP_T, PTX_T, N, REGS, ACC, SS_A, SS_B, SS_S, RS_A, RS_B, RS_S)           \
+#define SPAATTN_WGMMA(CPP_T, PTX_T, K, N, REGS, ACC, SS_A, SS_B, SS_S, RS_A, RS_B, RS_S,       \
+                      SS_TAIL, RS_TAIL)                                                        \
   template <>                                                                                  \
   struct Wgmma<CPP_T, N> {                                                                     \
     static __device__ __forceinline__ void ss(float (&d)[N / 8][4], uint64_t a, uint64_t b,    \
                                               int accumulate) {                                \
       asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" SS_S ", 0;\n"                         \
-                   "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_T "." PTX_T " " REGS  \
-                   ", %" SS_A ", %" SS_B ", p, 1, 1, 0, 0;\n}\n"                               \
+                   "wgmma.mma_async.sync.aligned.m64n" #N "k" #K ".f32." PTX_T "." PTX_T " "   \
+                   REGS ", %" SS_A ", %" SS_B ", p" SS_TAIL ";\n}\n"                           \
                    : ACC(d)                                                                    \
                    : "l"(a), "l"(b), "r"(accumulate));                                         \
     }                                                                                          \
     static __device__ __forceinline__ void rs(float (&d)[N / 8][4], const uint32_t (&a)[4],    \
                                               uint64_t b, int accumulate) {                    \
       asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" RS_S ", 0;\n"                         \
-                   "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_T "." PTX_T " " REGS  \
-                   ", {%" RS_A "}, %" RS_B ", p, 1, 1, 1;\n}\n"                                \
+                   "wgmma.mma_async.sync.aligned.m64n" #N "k" #K ".f32." PTX_T "." PTX_T " "   \
+                   REGS ", {%" RS_A "}, %" RS_B ", p" RS_TAIL ";\n}\n"                         \
                    : ACC(d)                                                                    \
                    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));     \
     }                                                                                          \
   };
+// Operand lists per N, and the immediates after the predicate: scales of A and B (1), and for
+// 16-bit types the transposition of A (0) and B (0 for ss, 1 for rs: V is MN-major).
+#define SPAATTN_WGMMA_N64 SPAATTN_REGS32, SPAATTN_ACC_N64, "32", "33", "34", "32, %33, %34, %35", \
+                          "36", "37"
+#define SPAATTN_WGMMA_N128 SPAATTN_REGS64, SPAATTN_ACC_N128, "64", "65", "66", \
+                           "64, %65, %66, %67", "68", "69"
+#define SPAATTN_WGMMA_CALL(...) SPAATTN_WGMMA(__VA_ARGS__)
 
-SPAATTN_WGMMA(__nv_bfloat16, "bf16", 64, SPAATTN_REGS32, SPAATTN_ACC_N64, "32", "33", "34",
-              "32, %33, %34, %35", "36", "37")
-SPAATTN_WGMMA(__half, "f16", 64, SPAATTN_REGS32, SPAATTN_ACC_N64, "32", "33", "34",
-              "32, %33, %34, %35", "36", "37")
-SPAATTN_WGMMA(__nv_bfloat16, "bf16", 128, SPAATTN_REGS64, SPAATTN_ACC_N128, "64", "65", "66",
-              "64, %65, %66, %67", "68", "69")
-SPAATTN_WGMMA(__half, "f16", 128, SPAATTN_REGS64, SPAATTN_ACC_N128, "64", "65", "66",
-              "64, %65, %66, %67", "68", "69")
+SPAATTN_WGMMA_CALL(__nv_bfloat16, "bf16", 16, 64, SPAATTN_WGMMA_N64, ", 1, 1, 0, 0", ", 1, 1, 1")
+SPAATTN_WGMMA_CALL(__half, "f16", 16, 64, SPAATTN_WGMMA_N64, ", 1, 1, 0, 0", ", 1, 1, 1")
+SPAATTN_WGMMA_CALL(__nv_bfloat16, "bf16", 16, 128, SPAATTN_WGMMA_N128, ", 1, 1, 0, 0",
+                   ", 1, 1, 1")
+SPAATTN_WGMMA_CALL(__half, "f16", 16, 128, SPAATTN_WGMMA_N128, ", 1, 1, 0, 0", ", 1, 1, 1")
+SPAATTN_WGMMA_CALL(__nv_fp8_e4m3, "e4m3", 32, 64, SPAATTN_WGMMA_N64, ", 1, 1", ", 1, 1")
+SPAATTN_WGMMA_CALL(__nv_fp8_e4m3, "e4m3", 32, 128, SPAATTN_WGMMA_N128, ", 1, 1", ", 1, 1")
 
+#undef SPAATTN_WGMMA_CALL
+#undef SPAATTN_WGMMA_N128
+#undef SPAATTN_WGMMA_N64
 #undef SPAATTN_WGMMA
-
-// D[64 x N] (+)= A[64 x 32] B[32 x N] on FP8 e4m3 operands, fp32 accumulators as above.
-// Both operands K-major (8-bit types have no transposed form): ss reads A and B from shared
-// memory; rs takes A from registers, four 32-bit registers per thread of four e4m3 values
-// each: {row lane / 4, row lane / 4 + 8} x {columns 4 (lane % 4) .. + 3, the same + 16}, in
-// the order (row, columns) = (0, lo), (8, lo), (0, hi), (8, hi).
-template <int N>
-struct WgmmaE4m3;
-
-#define SPAATTN_WGMMA_E4M3(N, REGS, ACC, SS_A, SS_B, SS_S, RS_A, RS_B, RS_S)                 \
-  template <>                                                                              \
-  struct WgmmaE4m3<N> {                                                                    \
-    static __device__ __forceinline__ void ss(float (&d)[N / 8][4], uint64_t a, uint64_t b, \
-                                              int accumulate) {                            \
-      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" SS_S ", 0;\n"                     \
-                   "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32.e4m3.e4m3 " REGS         \
-                   ", %" SS_A ", %" SS_B ", p, 1, 1;\n}\n"                                 \
-                   : ACC(d)                                                                \
-                   : "l"(a), "l"(b), "r"(accumulate));                                     \
-    }                                                                                      \
-    static __device__ __forceinline__ void rs(float (&d)[N / 8][4], const uint32_t (&a)[4], \
-                                              uint64_t b, int accumulate) {                \
-      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" RS_S ", 0;\n"                     \
-                   "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32.e4m3.e4m3 " REGS         \
-                   ", {%" RS_A "}, %" RS_B ", p, 1, 1;\n}\n"                               \
-                   : ACC(d)                                                                \
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate)); \
-    }                                                                                      \
-  };
-
-SPAATTN_WGMMA_E4M3(64, SPAATTN_REGS32, SPAATTN_ACC_N64, "32", "33", "34", "32, %33, %34, %35",
-                   "36", "37")
-SPAATTN_WGMMA_E4M3(128, SPAATTN_REGS64, SPAATTN_ACC_N128, "64", "65", "66", "64, %65, %66, %67",
-                   "68", "69")
-#undef SPAATTN_WGMMA_E4M3
 
 // S[64 x 128] = A[64 x 32] B[32 x 128] on int8 operands, int32 accumulators (the fp32 layout),
 // both from shared memory, K-major.
