@@ -13,10 +13,18 @@
 //   exact in int32 on the int8 wgmma (the e4m3 rate), then S = q_scale k_scale S8, the block's
 //   scale folded into the exponent's factor. The running maxima are kept in log2 units (their
 //   factor changes from block to block).
-// - P = exp2(. + 8), i.e. 256 times the probability, is rounded to e4m3 in registers, in the
-//   layout of the A operand; V^T's keys were stored in the matching order (key_of_position), so
-//   no register shuffles are needed. The row sums add the same scaled values in fp32.
-// - Epilogue: O times the per-channel V scale, the logits' mean term q_shift and -8 (the 256)
+// - P = exp2(. + 7), i.e. 128 times the probability (up to 362 times, as the running maximum
+//   may lag, Fp8Softmax), is rounded to e4m3 in registers, in the layout of the A operand; V^T's
+//   keys were stored in the matching order (key_of_position), so no register shuffles are
+//   needed. The row sums add the same scaled values in fp32, before rounding.
+// - The softmax is the kernel's limit (H200, S = 76,800, H = 40, d = 128, bench/results/
+//   2026-11-30-h200-*-fp8-softmax.md): a quarter of the exponentials on the FMA pipe, row maxima
+//   by three-way integer maxima, sums in four chains and the lagging maximum together took the
+//   kernel from 1.26 to 1.32 of cuDNN's dense bf16 rate dense and from 1.06 to 1.18 at density
+//   0.05. Measured and left out: the two consumer warpgroups taking turns at the tensor cores
+//   (named barriers; 1-2% slower), and the row sums on the tensor cores (a product with a tile of
+//   ones: 3% faster, but summing the rounded P made the lse 10 times less accurate).
+// - Epilogue: O times the per-channel V scale, the logits' mean term q_shift and -7 (the 128)
 //   added back to the maxima; then finish_rows and the functor as in the 16-bit kernel.
 // - No zeroing of V rows past a block's valid keys: quantisation wrote them as zeros.
 #pragma once
@@ -106,11 +114,46 @@ __device__ __forceinline__ void produce_q_fp8(const Fp8Params& sp, const Fp8Smem
   }
 }
 
+// 2^x on the FMA pipe, for a quarter of the probabilities: the special function unit's 16
+// exponentials a clock per SM are the softmax's narrowest resource, and the FMA pipe has room.
+// The integer part comes from the 1.5 * 2^23 rounding add, 2^f on [-0.5, 0.5] from a cubic
+// through the Chebyshev nodes (relative error 1e-4, far below e4m3's rounding of P), and the
+// integer goes into the exponent bits. Arguments below -125 give 2^-125, which P rounds to 0.
+__device__ __forceinline__ float exp2_fma(float x) {
+  x = fmaxf(x, -125.f);
+  const float t = x + 12582912.f;
+  const float f = x - (t - 12582912.f);
+  const float q = fmaf(fmaf(fmaf(0.0558382829f, f, 0.2426394785f), f, 0.6931367339f), f,
+                       0.9999245570f);
+  return __int_as_float(__float_as_int(q) + (__float_as_int(t) << 23));
+}
+
+// The largest of a thread's 32 int32 scores of row half hf: a tree of three-way maxima (one
+// Hopper DPX instruction each), 16 instructions four deep instead of a chain of 31.
+__device__ __forceinline__ int32_t row_max_s32(const int32_t (&si)[16][4], int hf) {
+  auto at = [&](int i) { return si[i / 2][2 * hf + i % 2]; };
+  int32_t t[11];
+#pragma unroll
+  for (int i = 0; i < 10; ++i) t[i] = __vimax3_s32(at(3 * i), at(3 * i + 1), at(3 * i + 2));
+  t[10] = max(at(30), at(31));
+  return max(__vimax3_s32(__vimax3_s32(t[0], t[1], t[2]), __vimax3_s32(t[3], t[4], t[5]),
+                          __vimax3_s32(t[6], t[7], t[8])),
+             max(t[9], t[10]));
+}
+
 // Online softmax of one consumer thread's two rows, maxima in log2 units: the logits' factor
 // c = scale_log2 * q_scale * k_scale changes from key block to key block.
+//
+// The running maximum is raised only when a block's maximum exceeds it by more than kSlack,
+// so that most blocks skip the rescaling of O (at density 0.05 a warp's 16 rows raise one
+// maximum or more in most of their 30 blocks). P = 2^(c s - m + kBias) then stays below
+// 2^(kBias + kSlack) = 362, inside e4m3's 448; the same m goes into l, so the result is exact
+// whatever m is.
 struct Fp8Softmax {
-  float m[2];  // running maximum of c * s (-inf before any key)
-  float l[2];  // this lane's share of sum 2^(c s - m + 8)
+  static constexpr float kBias = 7.f;
+  static constexpr float kSlack = 1.5f;
+  float m[2];  // running maximum of c * s, up to kSlack behind (-inf before any key)
+  float l[2];  // this lane's share of sum 2^(c s - m + kBias)
 
   // Probabilities of one key block into pa (e4m3 A fragments, k32 step kk), maxima and sums
   // updated; o's factors come back in alpha. Returns whether a maximum of this thread rose.
@@ -132,33 +175,40 @@ struct Fp8Softmax {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       float mx = -INFINITY;
+      if constexpr (kMasked) {
 #pragma unroll
-      for (int n = 0; n < 16; ++n)
+        for (int n = 0; n < 16; ++n)
 #pragma unroll
-        for (int j = 0; j < 2; ++j)
-          if (!kMasked || n * 8 + col + j < valid) mx = fmaxf(mx, s[n][2 * hf + j]);
+          for (int j = 0; j < 2; ++j)
+            if (n * 8 + col + j < valid) mx = fmaxf(mx, s[n][2 * hf + j]);
+      } else {
+        mx = __int_as_float(row_max_s32(si, hf) + kMagic);
+      }
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float scaled = mx == -INFINITY ? -INFINITY : (mx - kOffset) * c;  // c > 0
-      const float m_new = fmaxf(m[hf], scaled);
+      // -inf + kSlack is -inf: a row's first usable block always sets its maximum.
+      const float m_new = scaled > m[hf] + kSlack ? scaled : m[hf];
       // A row that has seen only masked keys keeps -inf: subtract 0 so that exp2 gives 0.
       const float m_use = m_new == -INFINITY ? 0.f : m_new;
       alpha[hf] = exp2_approx(m[hf] - m_use);
       raised |= m_new != m[hf];
       m[hf] = m_new;
-      // P stored as 2^8 times the probability.
-      const float bias = 8.f - m_use - kOffset * c;
-      float sum = 0.f;
+      const float bias = kBias - m_use - kOffset * c;
+      // Four partial sums: four dependent chains of 8 additions instead of one of 32.
+      float sum[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int n = 0; n < 16; ++n)
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const bool keep = !kMasked || n * 8 + col + j < valid;
-          const float x = keep ? exp2_approx(fmaf(s[n][2 * hf + j], c, bias)) : 0.f;
+          const float arg = fmaf(s[n][2 * hf + j], c, bias);
+          const float x = kMasked && n * 8 + col + j >= valid ? 0.f
+                          : n % 4 == 3                        ? exp2_fma(arg)
+                                                              : exp2_approx(arg);
           e[n][2 * hf + j] = x;
-          sum += x;
+          sum[n % 4] += x;
         }
-      l[hf] = l[hf] * alpha[hf] + sum;
+      l[hf] = l[hf] * alpha[hf] + ((sum[0] + sum[1]) + (sum[2] + sum[3]));
     }
     // k32 step kk covers tiles 4 kk .. 4 kk + 3: registers 0 / 1 the rows (lane / 4, + 8) of
     // tiles 4 kk and 4 kk + 1, registers 2 / 3 those of tiles 4 kk + 2 and 4 kk + 3.
@@ -290,7 +340,7 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem<D>
     if (pending >= 0 && lane == 0) mbar_arrive(sh.empty(pending));
 
     // Back to the 16-bit kernel's terms: O times V's channel scales; maxima in raw logits with
-    // the mean term and the 2^8 of P added back (finish_rows takes m * scale_log2 + log2 l).
+    // the mean term and the 2^7 of P added back (finish_rows takes m * scale_log2 + log2 l).
     const float* vs = f8.v_scale + bh * D + 2 * (lane & 3);
 #pragma unroll
     for (int t = 0; t < D / 8; ++t) {
@@ -308,7 +358,7 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem<D>
       fin.row_max[0][hf] =
           sm.m[hf] == -INFINITY
               ? -INFINITY
-              : (sm.m[hf] - 8.f) / p.scale_log2 + shift;
+              : (sm.m[hf] - Fp8Softmax::kBias) / p.scale_log2 + shift;
       fin.row_sum[0][hf] = sm.l[hf];
     }
     finish_item<T, D, B, Epi>(p, fin, reinterpret_cast<float (&)[1][D / 8][4]>(o), it,
