@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 
 #include "attention_case.hpp"
 #include "cpu/testing.hpp"
@@ -115,6 +116,26 @@ TEST_P(Fp8, MatchesSixteenBitKernel) {
 
 INSTANTIATE_TEST_SUITE_P(Sweep, Fp8, ::testing::ValuesIn(cases()),
                          [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
+
+// The same inputs give the same bits: the statistics of K and V are added up in a fixed order
+// (no atomics), so the quantised operands and the output do not change from run to run. Eight
+// chunks of rows per head, so that an unordered sum would show.
+TEST(Fp8Determinism, SameInputsSameBits) {
+  if (!hopper_available()) GTEST_SKIP() << "no Hopper kernel family on this device or build";
+  Case c{.name = "determinism", .heads = 8, .layout = layout(8000, 192), .text_len = {150},
+         .density = 0.4, .cpu_reference = false, .seed = 161, .k_mean = 1.5};
+  c.fp8 = true;
+  const CaseResult a = run_case(c);
+  for (int run = 0; run < 3; ++run) {
+    const CaseResult b = run_case(c);
+    ASSERT_EQ(a.out.size(), b.out.size());
+    ASSERT_EQ(a.lse.size(), b.lse.size());
+    EXPECT_EQ(0, std::memcmp(a.out.data(), b.out.data(), a.out.size() * sizeof(float)))
+        << "output differs in run " << run + 2;
+    EXPECT_EQ(0, std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float)))
+        << "lse differs in run " << run + 2;
+  }
+}
 
 // Errors: named arguments, before any work.
 TEST(Fp8Errors, UnsupportedShapesAndWorkspace) {

@@ -1,4 +1,4 @@
-// quant.cuh: the statistics pass and the quantisation pass of the FP8 operands.
+// quant.cuh: the statistics passes and the quantisation pass of the FP8 operands.
 #include <cuda_fp8.h>
 
 #include <limits>
@@ -30,8 +30,10 @@ struct Fp8Arrays {
 struct QuantParams {
   FwdParams geo;  // q, k, v, strides, text_lengths, video_perm and the block geometry
   Fp8Arrays out;
-  float* k_sum;      // f32 [bh, d]
-  uint32_t* v_amax;  // f32 bits [bh, d] (non-negative floats order as their bits)
+  float* part;    // [bh, chunks, 2, d]: per chunk of kStatRows rows, K's sums and |V|'s maxima
+  int chunks;     // chunks per (batch item, head): ceil(S / kStatRows)
+  float* k_sum;   // [bh, d]
+  float* v_amax;  // [bh, d]
 };
 
 __device__ __forceinline__ int text_len_of(const FwdParams& p, int b) {
@@ -82,7 +84,9 @@ __device__ __forceinline__ float cta_max(float x, float* scratch) {
   return m;
 }
 
-// Grid (ceil(S / kStatRows), H, b).
+// Grid (chunks, H, b): chunk blockIdx.x's sums and maxima, written whole (zeros where it holds
+// no valid row); fp8_reduce_kernel adds them up in a fixed order, so that the statistics, and
+// with them the quantised operands, are the same from run to run.
 template <class T, int kD>
 __global__ void __launch_bounds__(kThreads) fp8_stats_kernel(const __grid_constant__ QuantParams qp) {
   constexpr int kTpr = kD / 8, kRows = kThreads / kTpr;  // threads per row, rows at a time
@@ -119,10 +123,25 @@ __global__ void __launch_bounds__(kThreads) fp8_stats_kernel(const __grid_consta
       s += s_sum[g][threadIdx.x];
       m = fmaxf(m, s_max[g][threadIdx.x]);
     }
-    const int64_t e = (static_cast<int64_t>(b) * p.heads + h) * kD + threadIdx.x;
-    atomicAdd(qp.k_sum + e, s);
-    atomicMax(qp.v_amax + e, __float_as_uint(m));
+    float* out = qp.part + ((static_cast<int64_t>(b) * p.heads + h) * qp.chunks + blockIdx.x) *
+                               2 * kD;
+    out[threadIdx.x] = s;
+    out[kD + threadIdx.x] = m;
   }
+}
+
+// Grid (H, b), kD threads: channel threadIdx.x's sum and maximum over the chunks, in order.
+template <int kD>
+__global__ void __launch_bounds__(kD) fp8_reduce_kernel(const __grid_constant__ QuantParams qp) {
+  const int64_t bh = static_cast<int64_t>(blockIdx.y) * qp.geo.heads + blockIdx.x;
+  const float* part = qp.part + bh * qp.chunks * 2 * kD + threadIdx.x;
+  float s = 0.f, m = 0.f;
+  for (int c = 0; c < qp.chunks; ++c) {
+    s += part[c * 2 * kD];
+    m = fmaxf(m, part[c * 2 * kD + kD]);
+  }
+  qp.k_sum[bh * kD + threadIdx.x] = s;
+  qp.v_amax[bh * kD + threadIdx.x] = m;
 }
 
 // Grid (num_blocks, H, b): block j of head h of batch item b.
@@ -149,7 +168,7 @@ __global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_con
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
     mean[e] = count > 0 ? qp.k_sum[bh * kD + c0 + e] / static_cast<float>(count) : 0.f;
-    const float amax = __uint_as_float(qp.v_amax[bh * kD + c0 + e]);
+    const float amax = qp.v_amax[bh * kD + c0 + e];
     vinv[e] = amax > 0.f ? kE4m3Max / amax : 1.f;
   }
   float x[kPasses][8];
@@ -230,7 +249,7 @@ __global__ void __launch_bounds__(kThreads) fp8_quantize_kernel(const __grid_con
     *reinterpret_cast<uint2*>(&sv[r][c0]) = to_e4m3(x[i]);
   }
   if (j == 0 && threadIdx.x < kD) {
-    const float a = __uint_as_float(qp.v_amax[bh * kD + threadIdx.x]);
+    const float a = qp.v_amax[bh * kD + threadIdx.x];
     f.v_scale[bh * kD + threadIdx.x] = a > 0.f ? a / kE4m3Max : 1.f;
   }
   __syncthreads();
@@ -301,6 +320,8 @@ Fp8Layout fp8_layout(int64_t bh, int64_t nb, int64_t d) {
   l.q_shift = take(static_cast<size_t>(bh * nb) * kB * 4);
   l.k_sum = take(static_cast<size_t>(bh) * d * 4);
   l.v_amax = take(static_cast<size_t>(bh) * d * 4);
+  // Chunks of kStatRows rows: the sequence is at most nb blocks of kB rows.
+  l.part = take(static_cast<size_t>(bh * ((nb * kB + kStatRows - 1) / kStatRows)) * 2 * d * 4);
   l.total = at;
   return l;
 }
@@ -317,11 +338,13 @@ void launch_quantize_fp8(const AttentionArgs& args, const Fp8Layout& l, const in
   qp.geo.video_perm = perm;
   qp.out = carve(l, workspace);
   auto* base = static_cast<uint8_t*>(workspace);
-  qp.k_sum = reinterpret_cast<float*>(base + l.k_sum);
-  qp.v_amax = reinterpret_cast<uint32_t*>(base + l.v_amax);
-  SPAATTN_CUDA_CHECK(cudaMemsetAsync(base + l.k_sum, 0, l.total - l.k_sum, stream));
   const int64_t S = args.seq_len(), nb = args.layout.num_blocks();
-  const dim3 stats((S + kStatRows - 1) / kStatRows, args.heads(), args.batch());
+  qp.part = reinterpret_cast<float*>(base + l.part);
+  qp.chunks = static_cast<int>((S + kStatRows - 1) / kStatRows);
+  qp.k_sum = reinterpret_cast<float*>(base + l.k_sum);
+  qp.v_amax = reinterpret_cast<float*>(base + l.v_amax);
+  const dim3 stats(qp.chunks, args.heads(), args.batch());
+  const dim3 heads(args.heads(), args.batch());
   const dim3 quant(nb, args.heads(), args.batch());
   cuda_detail::dispatch_dtype(args.q.dtype, [&](auto t) {
     cuda_detail::dispatch_head_dim(args.head_dim(), [&](auto d) {
@@ -329,6 +352,8 @@ void launch_quantize_fp8(const AttentionArgs& args, const Fp8Layout& l, const in
       constexpr int D = decltype(d)::value;
       fp8_stats_kernel<T, D><<<stats, kThreads, 0, stream>>>(qp);
       cuda_detail::check_launch("fp8_stats_kernel");
+      fp8_reduce_kernel<D><<<heads, D, 0, stream>>>(qp);
+      cuda_detail::check_launch("fp8_reduce_kernel");
       fp8_quantize_kernel<T, D><<<quant, kThreads, 0, stream>>>(qp);
       cuda_detail::check_launch("fp8_quantize_kernel");
     });

@@ -2,10 +2,13 @@
 // cuda_detail::Fp8Operands (attention/params.cuh) carved out of one workspace, and the two
 // kernels that fill them:
 //   stats:    per (batch item, head), the sum of K and the largest |V| of every channel over the
-//             valid tokens (video, and text up to L_t);
+//             valid tokens (video, and text up to L_t): per chunk of rows, then added up in a
+//             fixed order (no atomics: the same operands from run to run);
 //   quantise: per (batch item, head, block), the block's rows through the token order: K minus
-//             its mean, Q and V scaled and rounded to e4m3, V transposed; q . mean(K) per row.
-// Scales: Q and K one per block and head (largest |x| / 448), V one per channel and head.
+//             its mean, Q and K scaled and rounded to int8, V to e4m3 and transposed; q . mean(K)
+//             per row.
+// Scales: Q and K one per block and head (largest |x| / 127), V one per channel and head
+// (largest |v| / 448).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -20,7 +23,7 @@ namespace spaattn::cuda::stages {
 // Byte offsets of the arrays in the workspace (each 256-byte aligned) and its size.
 struct Fp8Layout {
   size_t q8 = 0, k8 = 0, vt8 = 0, q_scale = 0, k_scale = 0, v_scale = 0, q_shift = 0, k_sum = 0,
-         v_amax = 0, total = 0;
+         v_amax = 0, part = 0, total = 0;
 };
 
 // The arrays of bh (batch item, head) pairs of nb blocks, head dim d.
