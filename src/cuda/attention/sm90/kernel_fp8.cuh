@@ -17,13 +17,13 @@
 //   may lag, Fp8Softmax), is rounded to e4m3 in registers, in the layout of the A operand; V^T's
 //   keys were stored in the matching order (key_of_position), so no register shuffles are
 //   needed. The row sums add the same scaled values in fp32, before rounding.
-// - The softmax is the kernel's limit (H200, S = 76,800, H = 40, d = 128, bench/results/
-//   2026-11-30-h200-*-fp8-softmax.md): a quarter of the exponentials on the FMA pipe, row maxima
-//   by three-way integer maxima, sums in four chains and the lagging maximum together took the
-//   kernel from 1.26 to 1.32 of cuDNN's dense bf16 rate dense and from 1.06 to 1.18 at density
-//   0.05. Measured and left out: the two consumer warpgroups taking turns at the tensor cores
-//   (named barriers; 1-2% slower), and the row sums on the tensor cores (a product with a tile of
-//   ones: 3% faster, but summing the rounded P made the lse 10 times less accurate).
+// - The softmax is the kernel's limit (H200, S = 76,800, H = 40, d = 128; bench/results/
+//   2026-11-30-h200-3773926-fp8-softmax.md): a quarter of the exponentials on the FMA pipe,
+//   row maxima by three-way integer maxima, sums in four chains and the lagging maximum together
+//   took the kernel from 1.26 to 1.29 of cuDNN's dense bf16 rate dense and from 1.06 to 1.16 at
+//   density 0.05. Measured and left out: the two consumer warpgroups taking turns at the tensor
+//   cores (named barriers; 1-2% slower), and the row sums on the tensor cores (a product with a
+//   tile of ones: 3% faster, but summing the rounded P made the lse ten times less accurate).
 // - Epilogue: O times the per-channel V scale, the logits' mean term q_shift and -7 (the 128)
 //   added back to the maxima; then finish_rows and the functor as in the 16-bit kernel.
 // - No zeroing of V rows past a block's valid keys: quantisation wrote them as zeros.
