@@ -211,6 +211,7 @@ def rectified_attention(
     block_size: int = 128,
     scale: float | None = None,
     layout: str = "bshd",
+    precision: str = "input",
     return_stats: bool = False,
 ) -> ArrayT | tuple[ArrayT, CallStats]:
     """One call of Rectified SpaAttn (docs/methods.md, Rectified SpaAttn).
@@ -223,8 +224,9 @@ def rectified_attention(
     "raster") inside the call; inputs and output stay in raster order. The objects that hold
     the token order and the GPU workspace are kept for the last few settings and devices
     (``rectified_attention.cache_clear()`` drops them), so repeated calls do not rebuild them;
-    no selection carries over between calls. For layers and steps with state use
-    :class:`SparseAttention`.
+    no selection carries over between calls. ``precision="fp8"`` runs the Hopper kernel on
+    8-bit operands (CUDA tensors, block size 128; see :class:`SparseAttention`). For layers and
+    steps with state use :class:`SparseAttention`.
 
     >>> import numpy as np, spaattn
     >>> rng = np.random.default_rng(0)
@@ -237,7 +239,8 @@ def rectified_attention(
     """
     settings = dict(sparsity=sparsity, p=p, grid=None if grid is None else tuple(grid),
                     order=order, gapr=gapr, neighbours=neighbours,
-                    first_frame_blocks=first_frame_blocks, block_size=block_size, scale=scale)
+                    first_frame_blocks=first_frame_blocks, block_size=block_size, scale=scale,
+                    precision=precision)
     device = str(q.device) if T.is_torch(q) else "cpu"  # type: ignore[attr-defined]
     cached = _attention_for(settings, device)
     with cached.lock:

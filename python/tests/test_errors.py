@@ -103,6 +103,22 @@ def test_fp8_needs_cuda_tensors():
     assert attention.state_count == 0
 
 
+def test_rectified_attention_precision():
+    # The functional call takes the same precision setting, checked the same way.
+    q, k, v = qkv((1, 256, 2, 64))
+    with pytest.raises(ValueError) as error:
+        spaattn.rectified_attention(q, k, v, precision="fp4")
+    assert str(error.value) == "precision: expected input or fp8, got 'fp4'"
+    with pytest.raises(ValueError) as error:
+        spaattn.rectified_attention(q, k, v, precision="fp8", block_size=64)
+    assert str(error.value) == "config.precision: fp8 needs block_size 128, got 64"
+    with pytest.raises(ValueError) as error:
+        spaattn.rectified_attention(q, k, v, precision="fp8")
+    assert str(error.value) == "config.precision: fp8 needs CUDA tensors (the Hopper FP8 " \
+        "kernel), got cpu tensors"
+    spaattn.rectified_attention.cache_clear()
+
+
 def test_grid_must_match_the_video_tokens():
     q, k, v = qkv((1, 1000, 2, 64))
     attention = spaattn.SparseAttention(grid=(4, 16, 16), block_size=64)
