@@ -91,7 +91,7 @@ class SparseAttention:
             "portable" or "hopper" (an error where it cannot run).
         precision: the GPU kernel's operands: "input" (the tensors' bfloat16 / float16) or
             "fp8" (Q and K as int8, V and the probabilities as FP8 e4m3, quantised once per
-            call; the Hopper kernel only, block size 128; about 1.2x the 16-bit rate with a
+            call; the Hopper kernel only, block size 128; about 1.3x the 16-bit rate with a
             relative error of 1-2% on learned attention). An error on CPU tensors.
         measure_density: on the GPU, read each call's block mask back to report
             ``last_stats.density`` (one synchronisation per call; the CPU always reports it).
