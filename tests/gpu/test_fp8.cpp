@@ -122,9 +122,8 @@ INSTANTIATE_TEST_SUITE_P(Sweep, Fp8, ::testing::ValuesIn(cases()),
 // chunks of rows per head, so that an unordered sum would show.
 TEST(Fp8Determinism, SameInputsSameBits) {
   if (!hopper_available()) GTEST_SKIP() << "no Hopper kernel family on this device or build";
-  Case c{.name = "determinism", .heads = 8, .layout = layout(8000, 192), .text_len = {150},
-         .density = 0.4, .cpu_reference = false, .seed = 161, .k_mean = 1.5};
-  c.fp8 = true;
+  const Case c{.name = "determinism", .heads = 8, .layout = layout(8000, 192), .text_len = {150},
+               .density = 0.4, .cpu_reference = false, .seed = 161, .fp8 = true, .k_mean = 1.5};
   const CaseResult a = run_case(c);
   for (int run = 0; run < 3; ++run) {
     const CaseResult b = run_case(c);

@@ -21,6 +21,9 @@ constexpr int kStatRows = 1024;    // sequence rows per CTA of the statistics pa
 constexpr float kE4m3Max = 448.f;  // V
 constexpr float kI8Max = 127.f;     // Q, K
 
+// Chunks of kStatRows rows that the statistics pass cuts `rows` sequence rows into.
+int64_t stat_chunks(int64_t rows) { return (rows + kStatRows - 1) / kStatRows; }
+
 // Fp8Operands as the quantisation writes them.
 struct Fp8Arrays {
   uint8_t *q8, *k8, *vt8;
@@ -320,8 +323,8 @@ Fp8Layout fp8_layout(int64_t bh, int64_t nb, int64_t d) {
   l.q_shift = take(static_cast<size_t>(bh * nb) * kB * 4);
   l.k_sum = take(static_cast<size_t>(bh) * d * 4);
   l.v_amax = take(static_cast<size_t>(bh) * d * 4);
-  // Chunks of kStatRows rows: the sequence is at most nb blocks of kB rows.
-  l.part = take(static_cast<size_t>(bh * ((nb * kB + kStatRows - 1) / kStatRows)) * 2 * d * 4);
+  // The sequence is at most nb blocks of kB rows.
+  l.part = take(static_cast<size_t>(bh * stat_chunks(nb * kB)) * 2 * d * 4);
   l.total = at;
   return l;
 }
@@ -340,7 +343,7 @@ void launch_quantize_fp8(const AttentionArgs& args, const Fp8Layout& l, const in
   auto* base = static_cast<uint8_t*>(workspace);
   const int64_t S = args.seq_len(), nb = args.layout.num_blocks();
   qp.part = reinterpret_cast<float*>(base + l.part);
-  qp.chunks = static_cast<int>((S + kStatRows - 1) / kStatRows);
+  qp.chunks = static_cast<int>(stat_chunks(S));
   qp.k_sum = reinterpret_cast<float*>(base + l.k_sum);
   qp.v_amax = reinterpret_cast<float*>(base + l.v_amax);
   const dim3 stats(qp.chunks, args.heads(), args.batch());

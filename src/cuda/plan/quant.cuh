@@ -1,6 +1,6 @@
 // Q and K quantised to int8, V to FP8 e4m3, for the sm90 FP8 kernel (docs/gpu.md, FP8): the arrays of
-// cuda_detail::Fp8Operands (attention/params.cuh) carved out of one workspace, and the two
-// kernels that fill them:
+// cuda_detail::Fp8Operands (attention/params.cuh) carved out of one workspace, and the passes
+// that fill them:
 //   stats:    per (batch item, head), the sum of K and the largest |V| of every channel over the
 //             valid tokens (video, and text up to L_t): per chunk of rows, then added up in a
 //             fixed order (no atomics: the same operands from run to run);
