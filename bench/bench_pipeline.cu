@@ -231,6 +231,17 @@ void run(const Options& o, cudaStream_t stream) {
     measure(
         "FP8: quantise Q, K, V in the token order (stats + quantise)",
         [&](cudaStream_t s) { st::launch_quantize_fp8(args, layout8, perm_d, q8.p, s); }, false);
+    st::PoolParams pool8 = pool;
+    const st::Fp8PoolStats partials = st::fp8_pool_stats(args, layout8, q8.p);
+    pool8.fp8_part = partials.part;
+    pool8.fp8_chunks = partials.chunks;
+    measure(
+        "FP8: pool writing the video blocks' statistics too",
+        [&](cudaStream_t s) { st::launch_pool(pool8, s); }, false);
+    measure(
+        "FP8: quantise after that pool (statistics of the text rows only)",
+        [&](cudaStream_t s) { st::launch_quantize_fp8(args, layout8, perm_d, q8.p, s, true); },
+        false);
     Config c8 = cfg;
     c8.precision = Precision::fp8;
     SparseAttention sa8(c8);

@@ -286,7 +286,7 @@ class GpuPipeline final : public DevicePipeline {
     stats.mask_reused = plan.kind != CallStats::Kind::dense && !plan.fresh_mask;
     if (plan.kind == CallStats::Kind::dense) {
       // Full attention: the kernel walks every key block, no CSR lists are written.
-      quantize(args, /*permute=*/false, stream);
+      quantize(args, /*permute=*/false, /*pooled=*/false, stream);
       launch(args, mask_view(dims, buf_), out, {}, {}, /*permute=*/false, stream,
              /*every_block=*/true);
       if (config_.measure_density) stats.density = 1.0;
@@ -299,9 +299,9 @@ class GpuPipeline final : public DevicePipeline {
     LayerState& state = found != states_.end() ? found->second : created;
     try {
       allocate_state(state, plan, stream);
-      plan_masks(args, dims, plan, state, stream);
+      const bool pooled = plan_masks(args, dims, plan, state, stream);
       const BlockMaskView mask = mask_view(dims, buf_);
-      const AttentionArgs ordered = gather(args, stream);
+      const AttentionArgs ordered = gather(args, pooled, stream);
       if (plan.kind == CallStats::Kind::reference)
         run_reference(ordered, dims, mask, out, state, stream);
       else
@@ -380,14 +380,22 @@ class GpuPipeline final : public DevicePipeline {
 
   // The plan: the mask's CSR lists in buf_ and, for Rectified SpaAttn, R and C. A fresh
   // selection writes its crit bits straight into the state; a reused one lists the stored bits.
-  void plan_masks(const AttentionArgs& args, const st::Dims& dims, const StepPlan& plan,
+  // Returns whether pooling ran (with FP8, it then wrote the video rows' statistics).
+  bool plan_masks(const AttentionArgs& args, const st::Dims& dims, const StepPlan& plan,
                   LayerState& state, cudaStream_t stream) {
     st::Buffers b = buf_;
     b.critical = state.critical.as<uint32_t>();
     const bool rectify = config_.method == Method::rectified;
     // Pooling and scores feed a fresh IPAR selection and, every step, Rectified SpaAttn's R, C.
-    if (rectify || (plan.fresh_mask && config_.selector() == Selector::ipar)) {
-      st::launch_pool(st::make_pool_params(args, perm_device(), b), stream);
+    const bool pool = rectify || (plan.fresh_mask && config_.selector() == Selector::ipar);
+    if (pool) {
+      st::PoolParams pp = st::make_pool_params(args, perm_device(), b);
+      if (fp8_) {
+        const st::Fp8PoolStats stats = st::fp8_pool_stats(args, sizes_.fp8, fp8_);
+        pp.fp8_part = stats.part;
+        pp.fp8_chunks = stats.chunks;
+      }
+      st::launch_pool(pp, stream);
       st::launch_scores(st::make_score_params(args, rectify && config_.gapr, b), stream);
     }
     if (plan.fresh_mask)
@@ -395,19 +403,22 @@ class GpuPipeline final : public DevicePipeline {
     else
       st::launch_csr_from_critical(dims, b.critical, /*complement=*/false, b, stream);
     if (rectify) st::launch_rectify(st::make_rectify_params(dims, config_.gapr, b), stream);
+    return pool;
   }
 
   // FP8: Q, K, V quantised into fp8_ (in the token order when the launches permute), once per
-  // call: a reference step's two launches read the same copy.
-  void quantize(const AttentionArgs& args, bool permute, cudaStream_t stream) const {
+  // call: a reference step's two launches read the same copy. pooled: plan_masks pooled this
+  // call, so the video rows' statistics are already written.
+  void quantize(const AttentionArgs& args, bool permute, bool pooled, cudaStream_t stream) const {
     if (fp8_)
-      st::launch_quantize_fp8(args, sizes_.fp8, permute ? perm_device() : nullptr, fp8_, stream);
+      st::launch_quantize_fp8(args, sizes_.fp8, permute ? perm_device() : nullptr, fp8_, stream,
+                              pooled);
   }
 
   // The arguments the kernel runs on: K and V replaced by their copies in the token order
   // (unchanged without a token order); FP8: the quantised copies made instead.
-  AttentionArgs gather(const AttentionArgs& args, cudaStream_t stream) const {
-    if (fp8_) quantize(args, /*permute=*/true, stream);
+  AttentionArgs gather(const AttentionArgs& args, bool pooled, cudaStream_t stream) const {
+    if (fp8_) quantize(args, /*permute=*/true, pooled, stream);
     if (!k_ordered_) return args;
     st::launch_gather_kv(st::make_gather_params(args, perm_device(), k_ordered_, v_ordered_),
                          stream);

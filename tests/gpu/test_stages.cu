@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <random>
 
+#include "cuda/plan/quant.cuh"
 #include "cuda/plan/stages.cuh"
 #include "gpu_testing.hpp"
 #include "spaattn/stages.hpp"
@@ -511,6 +512,100 @@ TEST_P(StagesSelect, MatchesCpuExactly) {
 
 INSTANTIATE_TEST_SUITE_P(Stages, StagesSelect, ::testing::ValuesIn(select_cases()),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// FP8 statistics written by pooling: its per-video-block partials plus the statistics pass over
+// the text rows give the operands of the pass over the whole sequence. V's maxima and scales and
+// the rounded Q and V are the same bit for bit; K's sums are added up in another order, so they,
+// q . mean(K) and K's scales agree to float rounding and K's int8 values by one step at most.
+// Every entry is compared, on workspaces poisoned with NaN bytes. Block size 128 only (FP8).
+class StagesFp8 : public ::testing::TestWithParam<StageCase> {};
+
+TEST_P(StagesFp8, PooledStatisticsGiveTheSameOperands) {
+  const StageCase& c = GetParam();
+  if (small_mode() && !c.small) GTEST_SKIP() << "large case";
+  const Layout& L = c.layout;
+  test::Problem prob;
+  test::make_problem(prob, c.dtype, c.batch, c.heads, c.dim, L, c.seed, c.text_len,
+                     test::Strides::bshd, c.qk_scale);
+  std::vector<int32_t> perm;
+  if (!c.grid.empty()) {
+    TokenOrder order;
+    order.kind = OrderKind::gilbert;
+    order.grid = c.grid;
+    perm = token_permutation(order);
+  }
+  DeviceProblem dp(prob);
+  DeviceBuffer dperm(perm.size() * 4);
+  put(static_cast<int32_t*>(dperm.get()), perm);
+  const auto* perm_d = perm.empty() ? nullptr : static_cast<const int32_t*>(dperm.get());
+
+  const st::Fp8Layout fl = st::fp8_layout(dp.args);
+  DeviceBuffer whole(fl.total), fused(fl.total);
+  cuda_ok(cudaMemset(whole.get(), 0xff, fl.total), "poison");
+  cuda_ok(cudaMemset(fused.get(), 0xff, fl.total), "poison");
+  st::launch_quantize_fp8(dp.args, fl, perm_d, whole.get(), nullptr);
+  Workspace ws(st::make_dims(L, c.batch, c.heads, c.dim));
+  st::PoolParams pool = st::make_pool_params(dp.args, perm_d, ws.buf);
+  const st::Fp8PoolStats partials = st::fp8_pool_stats(dp.args, fl, fused.get());
+  pool.fp8_part = partials.part;
+  pool.fp8_chunks = partials.chunks;
+  st::launch_pool(pool, nullptr);
+  st::launch_quantize_fp8(dp.args, fl, perm_d, fused.get(), nullptr, /*video_pooled=*/true);
+  cuda_ok(cudaDeviceSynchronize(), "quantise");
+
+  auto array = [](const DeviceBuffer& m, size_t offset, size_t n, auto tag) {
+    using T = decltype(tag);
+    return fetch(reinterpret_cast<const T*>(static_cast<const char*>(m.get()) + offset), n);
+  };
+  const size_t bh = static_cast<size_t>(c.batch * c.heads), nb = L.num_blocks(), D = c.dim;
+  const size_t tiles = bh * nb * 128 * D;
+  for (auto [offset, what] : {std::pair{fl.q8, "q8"}, std::pair{fl.vt8, "vt8"}})
+    EXPECT_TRUE(same(array(fused, offset, tiles, uint8_t{}), array(whole, offset, tiles, uint8_t{})))
+        << what;
+  for (auto [offset, n, what] : {std::tuple{fl.v_amax, bh * D, "v_amax"},
+                                 std::tuple{fl.v_scale, bh * D, "v_scale"},
+                                 std::tuple{fl.q_scale, bh * nb, "q_scale"}})
+    EXPECT_TRUE(same(array(fused, offset, n, float{}), array(whole, offset, n, float{}))) << what;
+
+  // Float rounding of the sums: a few ulps of the largest partial sums, far below 1e-5 * count.
+  auto close = [](const std::vector<float>& got, const std::vector<float>& want, double tol,
+                  const char* what) {
+    ASSERT_EQ(got.size(), want.size()) << what;
+    for (size_t n = 0; n < got.size(); ++n) {
+      ASSERT_TRUE(std::isfinite(got[n]) && std::isfinite(want[n])) << what << " entry " << n;
+      ASSERT_LE(std::fabs(got[n] - want[n]), tol * (1.0 + std::fabs(want[n])))
+          << what << " entry " << n << ": " << got[n] << " vs " << want[n];
+    }
+  };
+  close(array(fused, fl.k_sum, bh * D, float{}), array(whole, fl.k_sum, bh * D, float{}),
+        1e-5 * static_cast<double>(L.seq_len()), "k_sum");
+  close(array(fused, fl.q_shift, bh * nb * 128, float{}),
+        array(whole, fl.q_shift, bh * nb * 128, float{}), 1e-4, "q_shift");
+  close(array(fused, fl.k_scale, bh * nb, float{}), array(whole, fl.k_scale, bh * nb, float{}),
+        1e-4, "k_scale");
+  const std::vector<uint8_t> k_fused = array(fused, fl.k8, tiles, uint8_t{});
+  const std::vector<uint8_t> k_whole = array(whole, fl.k8, tiles, uint8_t{});
+  int64_t differ = 0;
+  for (size_t n = 0; n < tiles; ++n) {
+    const int a = static_cast<int8_t>(k_fused[n]), b = static_cast<int8_t>(k_whole[n]);
+    ASSERT_LE(std::abs(a - b), 1) << "k8 entry " << n;
+    differ += a != b;
+  }
+  EXPECT_LE(differ, static_cast<int64_t>(tiles / 100)) << "k8 entries one step apart";
+  std::printf("[fp8 stats %s] k8 entries one step apart: %lld of %zu\n", c.name,
+              static_cast<long long>(differ), tiles);
+}
+
+std::vector<StageCase> fp8_stage_cases() {
+  std::vector<StageCase> v;
+  for (const StageCase& c : stage_cases())
+    if (c.layout.block_size == 128) v.push_back(c);
+  return v;
+}
+INSTANTIATE_TEST_SUITE_P(Stages, StagesFp8, ::testing::ValuesIn(fp8_stage_cases()),
+                         [](const ::testing::TestParamInfo<StageCase>& i) {
+                           return std::string(i.param.name);
+                         });
 
 TEST(StagesErrors, NameTheArgument) {
   auto expect = [](auto&& fn, const std::string& arg) {

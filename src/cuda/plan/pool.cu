@@ -11,6 +11,10 @@
 // result is deterministic. Means and deviations divide by the block's true count n_i (a partial
 // last block divides by its count, not by B) with the CPU's arithmetic: sum * (1 / n).
 //
+// With FP8 operands the same pass also writes each video block's partial statistics for the
+// quantisation (quant.cuh): K's column sums and |V|'s column maxima, so that the quantisation's
+// statistics pass reads only the text rows.
+//
 // Rows are read through the token permutation: ordered video token k is sequence row
 // video_offset + perm[k], so the gathered tensor never exists. Text tokens are not pooled.
 // Grid: x = i * H + h (neighbouring CTAs read neighbouring heads of the same tokens, which share
@@ -88,7 +92,9 @@ __global__ void __launch_bounds__(kThreads, 2) pool_kernel(const __grid_constant
   __syncthreads();
 
   const float inv = 1.f / static_cast<float>(n);
-  const int64_t out = ((static_cast<int64_t>(b) * dims.heads + h) * dims.nv + i) * D;
+  const int64_t bh = static_cast<int64_t>(b) * dims.heads + h;
+  const int64_t out = (bh * dims.nv + i) * D;
+  float* part = p.fp8_part ? p.fp8_part + (bh * p.fp8_chunks + i) * 2 * D : nullptr;
   for (int x = tid; x < 3 * D; x += kThreads) {
     const int t = x / D, e = x % D;
     float s = 0.f;
@@ -97,11 +103,13 @@ __global__ void __launch_bounds__(kThreads, 2) pool_kernel(const __grid_constant
     const float mu = s * inv;
     if (t < 2) mean[t][e] = mu;
     (t == 0 ? p.q_mean : t == 1 ? p.k_mean : p.v_mean)[out + e] = mu;
+    if (t == 1 && part) part[e] = s;
   }
   __syncthreads();
 
-  // Deviations around the final means, from the rows still in shared memory.
-  float mu[2][8], dev[2][8] = {};
+  // Deviations around the final means, from the rows still in shared memory; for FP8, the
+  // largest |v| of each column too.
+  float mu[2][8], dev[2][8] = {}, vmax[8] = {};
 #pragma unroll
   for (int t = 0; t < 2; ++t)
 #pragma unroll
@@ -117,23 +125,36 @@ __global__ void __launch_bounds__(kThreads, 2) pool_kernel(const __grid_constant
 #pragma unroll
       for (int e = 0; e < 8; ++e) dev[t][e] += fabsf(x[e] - mu[t][e]);
     }
+    if (part) {
+      float x[8];
+      unpack8<T>(tile[(2 * B + r) * kChunks + chunk], x);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) vmax[e] = fmaxf(vmax[e], fabsf(x[e]));
+    }
   }
 #pragma unroll
-  for (int t = 0; t < 2; ++t)
+  for (int t = 0; t < 3; ++t)
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-      float s = dev[t][e];
+      if (t == 2 && !part) break;
+      float s = t < 2 ? dev[t][e] : vmax[e];
 #pragma unroll
-      for (int o = kChunks; o < 32; o *= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+      for (int o = kChunks; o < 32; o *= 2) {
+        const float y = __shfl_xor_sync(0xffffffffu, s, o);
+        s = t < 2 ? s + y : fmaxf(s, y);
+      }
       if (lane < kChunks) red[warp][t][chunk * 8 + e] = s;
     }
   __syncthreads();
-  for (int x = tid; x < 2 * D; x += kThreads) {
+  for (int x = tid; x < (part ? 3 : 2) * D; x += kThreads) {
     const int t = x / D, e = x % D;
     float s = 0.f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) s += red[w][t][e];
-    (t == 0 ? p.q_dev : p.k_dev)[out + e] = s * inv;
+    for (int w = 0; w < kWarps; ++w) s = t < 2 ? s + red[w][t][e] : fmaxf(s, red[w][t][e]);
+    if (t < 2)
+      (t == 0 ? p.q_dev : p.k_dev)[out + e] = s * inv;
+    else
+      part[D + e] = s;
   }
 }
 

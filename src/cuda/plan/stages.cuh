@@ -100,6 +100,10 @@ struct PoolParams {
   const int32_t* perm = nullptr;  // ordered video token k sits at row video_offset + perm[k]
   float *q_mean = nullptr, *k_mean = nullptr, *v_mean = nullptr;
   float *q_dev = nullptr, *k_dev = nullptr;
+  // FP8 (quant.cuh, fp8_pool_stats), or nullptr: per video block, K's column sums and |V|'s
+  // column maxima into partial i of fp8_chunks per (batch item, head), [.., 2, d].
+  float* fp8_part = nullptr;
+  int fp8_chunks = 0;
 };
 // args: device bf16/f16 q, k, v (16-byte aligned rows); perm: device int32 [N_v] or nullptr.
 PoolParams make_pool_params(const AttentionArgs& args, const int32_t* perm, const Buffers& buf);
