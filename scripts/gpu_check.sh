@@ -25,7 +25,7 @@
 #          rettention (ulysses_*.json); needs the Python package (--python, which on a machine
 #          with two GPUs also runs the distributed tests over NCCL).
 #   --cli: also build the command-line tool and run `spaattn bench` at its default shape and at
-#          S = 76,800, H = 40 (bench_cli*.json).
+#          S = 76,800, H = 40, there also with --precision fp8 (bench_cli*.json).
 #   --sanitizer-tools LIST: the compute-sanitizer tools (default "memcheck racecheck synccheck
 #          initcheck").
 #   --python: build and install the Python package with its CUDA kernels, run its tests
@@ -146,8 +146,10 @@ fi
 
 if [[ $cli == 1 ]]; then
   : >"$OUT/bench_cli.log"
-  for shape in "" "--seq 76800 --heads 40 --grid 20x60x64"; do
+  for shape in "" "--seq 76800 --heads 40 --grid 20x60x64" \
+               "--seq 76800 --heads 40 --grid 20x60x64 --precision fp8"; do
     name=bench_cli${shape:+_76800}
+    [[ $shape == *fp8* ]] && name+=_fp8
     # shellcheck disable=SC2086
     "$BUILD/spaattn" bench $shape --json "$OUT/$name.json" 2>&1 | tee -a "$OUT/bench_cli.log"
     rc=${PIPESTATUS[0]}

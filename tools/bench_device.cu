@@ -1,7 +1,9 @@
 // The GPU part of `spaattn bench` (CUDA builds only): on seeded random q, k, v of the chosen shape,
 //   - the kernel table: cuda::block_sparse_attention (lse on, no token order, no epilogue) with a
 //     full mask, the dense reference, then on one random block mask per density; eff TFLOP/s
-//     counts the computed blocks only, with the mask's token-weighted density;
+//     counts the computed blocks only, with the mask's token-weighted density. --precision fp8:
+//     cuda::block_sparse_attention_fp8 instead, on operands that cuda::quantize_fp8 wrote once
+//     (its time printed on its own line);
 //   - the pipeline: SparseAttention::forward of the method (a fresh selection every call; for
 //     Re-ttention its reference and its sparse steps) against SparseAttention("dense").
 // Every time comes from bench::time_calls (bench/timing.cu), the inputs from bench/inputs.cu: the
@@ -82,6 +84,13 @@ uint64_t pipeline_bytes(const BenchOptions& o) {
   return bytes;
 }
 
+// The kernel table's FP8 workspace (0 at --precision input), from the shapes only.
+uint64_t fp8_bytes(const BenchOptions& o) {
+  if (o.precision != Precision::fp8) return 0;
+  alignas(256) static unsigned char placeholder[256];
+  return cuda::fp8_workspace_size(make_args(o, placeholder, placeholder, placeholder));
+}
+
 // Dense [batch, heads, nb, nb] masks for the kernel: every block, or max(1, round(density * nb))
 // random key blocks per query block (bench/inputs.cu, the kernel benchmark's masks).
 BlockMask kernel_mask(const BenchOptions& o, double density) {
@@ -123,16 +132,21 @@ int run_bench_device(const BenchOptions& o, OutputFile& json) {
     SPAATTN_CHECK_ARG(o.kernel != KernelFamily::hopper || (prop.major == 9 && prop.minor == 0),
                       "--kernel", "the hopper family needs a compute capability 9.0 device, got ",
                       prop.name, " (compute capability ", prop.major, ".", prop.minor, ")");
+    SPAATTN_CHECK_ARG(o.precision != Precision::fp8 || (prop.major == 9 && prop.minor == 0),
+                      "--precision", "fp8 needs a compute capability 9.0 device, got ", prop.name,
+                      " (compute capability ", prop.major, ".", prop.minor, ")");
 
     // Device memory: computed from the sizes, checked before anything is allocated.
     const uint64_t pipeline = pipeline_bytes(o);
-    const uint64_t need = bench_device_bytes(o, pipeline);
+    const uint64_t fp8_workspace = fp8_bytes(o);
+    const uint64_t need = bench_device_bytes(o, pipeline, fp8_workspace);
     size_t free_bytes = 0, total_bytes = 0;
     cuda_ok(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
     SPAATTN_CHECK_ARG(need <= free_bytes, "--seq", "this shape needs ", gib(need),
                       " of device memory (q, k, v, out ", gib(4 * o.sizes.tensor),
-                      ", then the larger of the kernel's lse and mask, ",
-                      gib(o.sizes.lse + o.sizes.mask), ", and the pipeline's workspace, ",
+                      ", then the larger of the kernel's lse, mask and FP8 operands, ",
+                      gib(o.sizes.lse + o.sizes.mask + fp8_workspace),
+                      ", and the pipeline's workspace, ",
                       gib(pipeline), ", and a reserve of ", gib(kBenchReserveBytes), "), but ",
                       prop.name, " has ", gib(free_bytes),
                       " free; lower --batch, --heads, --seq or --text");
@@ -147,10 +161,12 @@ int run_bench_device(const BenchOptions& o, OutputFile& json) {
     if (!o.grid.empty())
       video += detail::concat(" on a ", o.grid.t, "x", o.grid.h, "x", o.grid.w, " grid");
     std::printf("shape: batch %lld, S = %lld (%s + %lld text), %lld heads, d = %lld, %s, block "
-                "size %d; kernel family %s%s%s\n",
+                "size %d; %s operands; kernel family %s%s%s\n",
                 static_cast<long long>(B), static_cast<long long>(S), video.c_str(),
                 static_cast<long long>(o.text), static_cast<long long>(H),
-                static_cast<long long>(D), dtype_name(o.dtype), o.block, to_string(o.kernel),
+                static_cast<long long>(D), dtype_name(o.dtype), o.block,
+                o.precision == Precision::fp8 ? "FP8 (int8 Q, K; e4m3 V)" : "16-bit",
+                to_string(o.kernel),
                 o.kernel == KernelFamily::automatic && env_kernel && *env_kernel
                     ? " with SPAATTN_KERNEL="
                     : "",
@@ -176,13 +192,21 @@ int run_bench_device(const BenchOptions& o, OutputFile& json) {
 
     // The kernel table. 4 S^2 d H FLOPs per batch item: Q K^T and P V, two per multiply-add.
     const double dense_flop = 4.0 * double(B) * double(S) * double(S) * double(D) * double(H);
-    Timing dense_kernel;
+    Timing dense_kernel, quantize;
     double dense_tflops = 0;
     std::vector<KernelRow> rows;
     {
       const int64_t nb = L.num_blocks(), mask_rows = B * H * nb;
       DeviceMem lse(o.sizes.lse), offsets((mask_rows + 1) * 4), cols(mask_rows * nb * 4);
+      DeviceMem fp8(fp8_workspace);
       const TensorView lse_v = TensorView::contiguous(lse.p, DType::f32, {B, S, H}, Device::cuda);
+      if (fp8_workspace) {
+        quantize = timed([&](cudaStream_t s) {
+          cuda::quantize_fp8(args, fp8.p, fp8_workspace, s);
+        });
+        std::printf("cuda::quantize_fp8 (once per call, not in the rows below): %.3f ms\n",
+                    quantize.median_ms);
+      }
       auto time_mask = [&](const BlockMask& m) {
         cuda_ok(cudaMemcpy(offsets.p, m.row_offsets.data(), m.row_offsets.size() * 4,
                            cudaMemcpyHostToDevice),
@@ -199,14 +223,17 @@ int run_bench_device(const BenchOptions& o, OutputFile& json) {
         mask.col_indices = TensorView::contiguous(
             cols.p, DType::i32, {static_cast<int64_t>(m.col_indices.size())}, Device::cuda);
         return timed([&](cudaStream_t s) {
-          cuda::block_sparse_attention(args, mask, out_v, lse_v, s);
+          if (fp8_workspace)
+            cuda::block_sparse_attention_fp8(args, mask, out_v, lse_v, fp8.p, fp8_workspace, s);
+          else
+            cuda::block_sparse_attention(args, mask, out_v, lse_v, s);
         });
       };
       dense_kernel = time_mask(kernel_mask(o, 1.0));
       dense_tflops = dense_flop / (dense_kernel.median_ms * 1e9);
-      std::printf("block-sparse kernel (cuda::block_sparse_attention, lse on), random block masks;"
-                  "\ndense: the same kernel with every block, %.3f ms, %.1f TFLOP/s\n\n",
-                  dense_kernel.median_ms, dense_tflops);
+      std::printf("block-sparse kernel (cuda::block_sparse_attention%s, lse on), random block "
+                  "masks;\ndense: the same kernel with every block, %.3f ms, %.1f TFLOP/s\n\n",
+                  fp8_workspace ? "_fp8" : "", dense_kernel.median_ms, dense_tflops);
       std::printf("%8s %14s %10s %12s %12s %9s\n", "density", "token density", "ms",
                   "eff TFLOP/s", "eff / dense", "speed-up");
       std::fflush(stdout);
@@ -236,8 +263,8 @@ int run_bench_device(const BenchOptions& o, OutputFile& json) {
         o.method == Method::rettention || o.method == Method::rectified_rettention;
     const std::string sparsity =
         o.method == Method::dense ? "" : detail::concat(" at sparsity ", o.sparsity);
-    std::printf("\npipeline: SparseAttention::forward, %s%s, %s\n", to_string(o.method),
-                sparsity.c_str(),
+    std::printf("\npipeline: SparseAttention::forward, %s%s%s, %s\n", to_string(o.method),
+                sparsity.c_str(), o.precision == Precision::fp8 ? ", FP8 operands" : "",
                 o.grid.empty() ? "no grid (raster order, no neighbour map)"
                                : "gilbert order with the block neighbour map");
     // The density of the method's mask on these inputs, from calls of their own (reading the
@@ -279,7 +306,7 @@ int run_bench_device(const BenchOptions& o, OutputFile& json) {
                   lines[0].t.median_ms / l.t.median_ms);
       std::fflush(stdout);
     };
-    run("dense (SparseAttention \"dense\")", o.config(Method::dense), 0);
+    run("dense (SparseAttention \"dense\", 16-bit)", o.config(Method::dense), 0);
     const std::string m = to_string(o.method);
     Config cfg = o.config(o.method);
     if (rettention) {
@@ -308,7 +335,9 @@ int run_bench_device(const BenchOptions& o, OutputFile& json) {
           json_string(prop.name), ", \"compute_capability\": \"", prop.major, ".", prop.minor,
           "\", \"memory_bytes\": ", total_bytes, "},\n\"memory_bytes\": ", need,
           ",\n\"dense\": {", timing_json(dense_kernel), ", \"tflops\": ",
-          json_number(dense_tflops), "},\n\"rows\": [");
+          json_number(dense_tflops), "},\n\"quantize\": ",
+          fp8_workspace ? detail::concat("{", timing_json(quantize), "}") : std::string("null"),
+          ",\n\"rows\": [");
       for (size_t i = 0; i < rows.size(); ++i) {
         const KernelRow& r = rows[i];
         j += detail::concat(i ? "," : "", "\n  {\"density\": ", json_number(r.density),

@@ -20,10 +20,10 @@ constexpr int64_t kMaxMaskEntries = kMaxInt - 1;
 constexpr int64_t kMaxBatchHeads = 65535;
 constexpr int kMaxIters = 100000;
 
-constexpr std::array<std::string_view, 16> kValueFlags = {
+constexpr std::array<std::string_view, 17> kValueFlags = {
     "--batch",     "--seq",    "--grid",   "--text",      "--heads",    "--head-dim",
     "--block-size", "--dtype", "--densities", "--method", "--sparsity", "--kernel",
-    "--iters",     "--warmup", "--json",   "--block"};
+    "--precision", "--iters",  "--warmup", "--json",      "--block"};
 constexpr std::array<std::string_view, 3> kSwitches = {"--help", "-h", "--version"};
 
 const char* kHelp =
@@ -64,6 +64,11 @@ const char* kHelp =
     "                      1,0.5,0.25,0.11,0.05)\n"
     "  --kernel F          kernel family: auto, portable or hopper (default auto: hopper on a\n"
     "                      compute capability 9.0 device with sm_90a code, else portable)\n"
+    "  --precision P       the operands of the kernel table and of --method: input (the\n"
+    "                      tensors' 16-bit values) or fp8 (Q, K int8, V e4m3, quantised once\n"
+    "                      per call: cuda::quantize_fp8, timed on its own, then\n"
+    "                      cuda::block_sparse_attention_fp8; the Hopper family, block size 128;\n"
+    "                      the pipeline's dense reference stays 16-bit) (default input)\n"
     "pipeline:\n"
     "  --method M          dense, sparse, rectified, rettention or rectified_rettention (default\n"
     "                      rectified); calibrated has no GPU path yet: the run stops with an\n"
@@ -74,7 +79,8 @@ const char* kHelp =
     "  --warmup N          least warm-up calls per measurement, 0 to 100000 (default 3)\n"
     "output:\n"
     "  --json FILE         also write {\"version\", \"settings\": {every option's value},\n"
-    "                      \"device\", \"memory_bytes\", \"dense\", \"rows\": [{density,\n"
+    "                      \"device\", \"memory_bytes\", \"dense\", \"quantize\" (fp8; else\n"
+    "                      null), \"rows\": [{density,\n"
     "                      token_density, ms, min_ms, max_ms, eff_tflops, eff_vs_dense,\n"
     "                      speedup}], \"pipeline\": {method, sparsity, mask_density, rows}}\n"
     "  --version           print the version of spaattn\n"
@@ -95,6 +101,7 @@ Config BenchOptions::config(Method m) const {
   c.method = m;
   c.block_size = block;
   c.kernel = kernel;
+  c.precision = m == Method::dense ? Precision::input : precision;
   c.select.sparsity = sparsity;
   if (!grid.empty()) {
     c.order.kind = OrderKind::gilbert;
@@ -148,6 +155,8 @@ BenchOptions parse_bench_args(const std::vector<std::string>& args) {
       o.sparsity = parse_real_flag(val, f, 0.0, 1.0, /*hi_open=*/true);
     else if (flag == "--kernel")
       o.kernel = parse_kernel_family(val, f);
+    else if (flag == "--precision")
+      o.precision = parse_precision(val, f);
     else if (flag == "--iters")
       o.iters = parse_integer_flag<int>(val, f, 10, kMaxIters);
     else if (flag == "--warmup")
@@ -165,6 +174,14 @@ BenchOptions parse_bench_args(const std::vector<std::string>& args) {
     o.seq = o.grid.size();
   } else if (seq_given) {
     o.grid = Grid{};
+  }
+
+  if (o.precision == Precision::fp8) {
+    SPAATTN_CHECK_ARG(o.block == 128, "--precision", "fp8 needs --block-size 128, got ", o.block);
+    SPAATTN_CHECK_ARG(o.kernel != KernelFamily::portable, "--precision",
+                      "fp8 runs on the hopper kernel family, not --kernel portable");
+    SPAATTN_CHECK_ARG(o.method != Method::calibrated, "--precision",
+                      "fp8 runs on the GPU path, which --method calibrated does not have");
   }
 
   // The sizes, each checked before it is used: tokens, mask entries, then bytes.
@@ -208,7 +225,8 @@ std::string bench_settings_json(const BenchOptions& o) {
       ", \"heads\": ", o.heads, ", \"head_dim\": ", o.head_dim, ", \"block_size\": ", o.block,
       ", \"dtype\": \"", dtype_name(o.dtype), "\", \"densities\": [", densities,
       "], \"method\": \"", to_string(o.method), "\", \"sparsity\": ", json_number(o.sparsity),
-      ", \"kernel\": \"", to_string(o.kernel), "\", \"iters\": ", o.iters,
+      ", \"kernel\": \"", to_string(o.kernel), "\", \"precision\": \"", to_string(o.precision),
+      "\", \"iters\": ", o.iters,
       ", \"warmup\": ", o.warmup, ", \"json\": ", o.json.empty() ? "null" : json_string(o.json),
       "}");
 }
@@ -217,9 +235,10 @@ OutputFile check_bench_files(const BenchOptions& o) {
   return o.json.empty() ? OutputFile() : OutputFile(o.json, "--json");
 }
 
-uint64_t bench_device_bytes(const BenchOptions& o, uint64_t pipeline_bytes) {
+uint64_t bench_device_bytes(const BenchOptions& o, uint64_t pipeline_bytes,
+                            uint64_t kernel_workspace) {
   // Every term is below 2^50 for the shapes parse_bench_args accepts: no overflow.
-  const uint64_t kernel = o.sizes.lse + o.sizes.mask;
+  const uint64_t kernel = o.sizes.lse + o.sizes.mask + kernel_workspace;
   return 4 * o.sizes.tensor + std::max(kernel, pipeline_bytes) + kBenchReserveBytes;
 }
 

@@ -38,6 +38,7 @@ struct BenchOptions {
   Method method = Method::rectified;
   double sparsity = 0.9;
   KernelFamily kernel = KernelFamily::automatic;
+  Precision precision = Precision::input;  // the kernel table's and the method's operands
   int iters = 20;
   int warmup = 3;
   std::string json;
@@ -48,8 +49,8 @@ struct BenchOptions {
   // The layout of the benchmark's calls: seq video tokens, then text tokens.
   Layout layout() const;
   // The SparseAttention config of the pipeline part for `method` (dense for the reference):
-  // block size, kernel family, sparsity, and with a grid the gilbert order and the block
-  // neighbour map.
+  // block size, kernel family, sparsity, precision (the dense reference keeps the tensors'
+  // 16-bit operands), and with a grid the gilbert order and the block neighbour map.
   Config config(Method method) const;
 };
 
@@ -67,10 +68,11 @@ std::string bench_settings_json(const BenchOptions& o);
 OutputFile check_bench_files(const BenchOptions& o);
 
 // Device memory the whole run needs: q, k, v and out throughout, then the larger of the kernel
-// part (lse and the mask's CSR lists) and the pipeline part (`pipeline_bytes`, the largest
-// SparseAttention workspace), plus kBenchReserveBytes for the CUDA runtime's pools and
-// allocation rounding.
+// part (lse, the mask's CSR lists and, with --precision fp8, the quantised operands'
+// `kernel_workspace`) and the pipeline part (`pipeline_bytes`, the largest SparseAttention
+// workspace), plus kBenchReserveBytes for the CUDA runtime's pools and allocation rounding.
 inline constexpr uint64_t kBenchReserveBytes = uint64_t{256} << 20;
-uint64_t bench_device_bytes(const BenchOptions& o, uint64_t pipeline_bytes);
+uint64_t bench_device_bytes(const BenchOptions& o, uint64_t pipeline_bytes,
+                            uint64_t kernel_workspace = 0);
 
 }  // namespace spaattn::tools

@@ -301,6 +301,7 @@ TEST(BenchArgs, DefaultsAndSizes) {
   EXPECT_EQ(o.method, Method::rectified);
   EXPECT_EQ(o.sparsity, 0.9);
   EXPECT_EQ(o.kernel, KernelFamily::automatic);
+  EXPECT_EQ(o.precision, Precision::input);
   EXPECT_EQ(o.iters, 20);
   EXPECT_EQ(o.warmup, 3);
   EXPECT_TRUE(o.json.empty());
@@ -312,6 +313,9 @@ TEST(BenchArgs, DefaultsAndSizes) {
             4 * o.sizes.tensor + o.sizes.lse + o.sizes.mask + tools::kBenchReserveBytes);
   EXPECT_EQ(tools::bench_device_bytes(o, uint64_t{1} << 30),
             4 * o.sizes.tensor + (uint64_t{1} << 30) + tools::kBenchReserveBytes);
+  // The FP8 operands count with the kernel part.
+  EXPECT_EQ(tools::bench_device_bytes(o, 0, 1000),
+            4 * o.sizes.tensor + o.sizes.lse + o.sizes.mask + 1000 + tools::kBenchReserveBytes);
 
   // With text, batch and f16: S = 1000 + 77 tokens, 9 blocks of 128.
   const auto t = bench({"--seq=1000", "--text=77", "--batch=3", "--heads=2", "--head-dim=64",
@@ -326,11 +330,11 @@ TEST(BenchArgs, ValuesFollowOrComeAfterEquals) {
   const std::vector<std::vector<std::string>> forms = {
       {"--batch", "2", "--seq", "4096", "--text", "256", "--heads", "4", "--head-dim", "64",
        "--block-size", "64", "--dtype", "f16", "--densities", "0.5,0.1", "--method", "sparse",
-       "--sparsity", "0.75", "--kernel", "portable", "--iters", "10", "--warmup", "0", "--json",
-       "b.json"},
+       "--sparsity", "0.75", "--kernel", "portable", "--precision", "input", "--iters", "10",
+       "--warmup", "0", "--json", "b.json"},
       {"--batch=2", "--seq=4096", "--text=256", "--heads=4", "--head-dim=64", "--block=64",
        "--dtype=f16", "--densities=0.5,0.1", "--method=sparse", "--sparsity=0.75",
-       "--kernel=portable", "--iters=10", "--warmup=0", "--json=b.json"}};
+       "--kernel=portable", "--precision=input", "--iters=10", "--warmup=0", "--json=b.json"}};
   for (const auto& args : forms) {
     const auto o = bench(args);
     EXPECT_EQ(o.batch, 2);
@@ -352,6 +356,24 @@ TEST(BenchArgs, ValuesFollowOrComeAfterEquals) {
   EXPECT_TRUE(bench({"--help"}).help);
   EXPECT_TRUE(bench({"-h"}).help);
   EXPECT_TRUE(bench({"--version"}).version);
+}
+
+TEST(BenchArgs, Precision) {
+  const auto o = bench({"--precision", "fp8", "--method", "rettention"});
+  EXPECT_EQ(o.precision, Precision::fp8);
+  EXPECT_EQ(o.config(Method::rettention).precision, Precision::fp8);
+  // The pipeline's dense reference keeps the 16-bit operands.
+  EXPECT_EQ(o.config(Method::dense).precision, Precision::input);
+  EXPECT_EQ(bench({"--precision=fp8", "--kernel=hopper"}).config(Method::sparse).precision,
+            Precision::fp8);
+  expect_error([] { bench({"--precision", "fp16"}); }, "--precision",
+               "expected input or fp8, got 'fp16'");
+  expect_error([] { bench({"--precision", "fp8", "--block-size", "64"}); }, "--precision",
+               "fp8 needs --block-size 128, got 64");
+  expect_error([] { bench({"--precision", "fp8", "--kernel", "portable"}); }, "--precision",
+               "not --kernel portable");
+  expect_error([] { bench({"--precision", "fp8", "--method", "calibrated"}); }, "--precision",
+               "--method calibrated");
 }
 
 TEST(BenchArgs, SeqAndGrid) {
@@ -413,7 +435,8 @@ TEST(BenchArgs, HelpNamesEveryFlagAndSettingsRecordThem) {
   const std::string help = tools::bench_help();
   for (const char* flag : {"--batch", "--seq", "--grid", "--text", "--heads", "--head-dim",
                            "--block-size", "--dtype", "--densities", "--method", "--sparsity",
-                           "--kernel", "--iters", "--warmup", "--json", "--version", "--help",
+                           "--kernel", "--precision", "--iters", "--warmup", "--json",
+                           "--version", "--help",
                            "eff TFLOP/s", "eff / dense", "speed-up", "--seq=32768"})
     EXPECT_NE(help.find(flag), std::string::npos) << flag;
 
@@ -421,12 +444,12 @@ TEST(BenchArgs, HelpNamesEveryFlagAndSettingsRecordThem) {
   const std::string j = tools::bench_settings_json(o);
   for (const char* key : {"batch", "seq", "grid", "order", "text", "heads", "head_dim",
                           "block_size", "dtype", "densities", "method", "sparsity", "kernel",
-                          "iters", "warmup", "json"})
+                          "precision", "iters", "warmup", "json"})
     EXPECT_EQ(count(j, std::string("\"") + key + "\": "), 1u) << key << " in " << j;
   EXPECT_NE(j.find("\"grid\": null, \"order\": \"raster\""), std::string::npos) << j;
   EXPECT_NE(j.find("\"densities\": [0.3, 1]"), std::string::npos) << j;
   EXPECT_NE(j.find("\"method\": \"rectified\""), std::string::npos) << j;
-  EXPECT_NE(j.find("\"kernel\": \"auto\""), std::string::npos) << j;
+  EXPECT_NE(j.find("\"kernel\": \"auto\", \"precision\": \"input\""), std::string::npos) << j;
   EXPECT_NE(j.find("\"json\": \"x \\\"1\\\".json\""), std::string::npos) << j;
   EXPECT_NE(tools::bench_settings_json(bench({})).find("\"grid\": \"16x32x32\", \"order\": "
                                                        "\"gilbert\""),
