@@ -92,7 +92,8 @@ TEST(CapturedWorkload, EveryMethodMatchesTheCpuPath) {
 // `spaattn eval` (rectified without GAPR included) at its sparsities, each run in order as one
 // denoising run. Prints the relative L2 error of every (method, sparsity), mean and largest
 // over the calls (spaattn eval reports the mean); asserts the mean <= 0.02 and the largest
-// <= 0.03 (an H200 measured means of 0.012-0.018 and at most 0.0214).
+// <= 0.03 (an H200 measured means of 0.012-0.018 and at most 0.0220, plain sparse attention at
+// sparsity 0.95).
 TEST(CapturedWorkload, Fp8AgainstTheSixteenBitPath) {
   if (small_mode()) GTEST_SKIP() << "large case (SPAATTN_GPU_TESTS_SMALL)";
   if (!hopper_available()) GTEST_SKIP() << "no Hopper kernel family on this device or build";

@@ -24,6 +24,14 @@
 //   density 0.05. Measured and left out: the two consumer warpgroups taking turns at the tensor
 //   cores (named barriers; 1-2% slower), and the row sums on the tensor cores (a product with a
 //   tile of ones: 3% faster, but summing the rounded P made the lse ten times less accurate).
+// - O is not accumulated on the tensor cores over the whole item: the FP8 wgmma keeps only about
+//   13 bits below the leading bit of the largest of its terms (the accumulator included) and
+//   drops the rest, so once O is large against one block's contribution, every block loses
+//   precision, always towards zero. Each group of kFold = 4 key blocks starts a fresh
+//   accumulator, which is then added to O in fp32. On the captured workload (d = 64) this took
+//   the error against the 16-bit path of a dense call from 0.0185 to 0.0131 (an emulation with
+//   13-bit truncation reproduced the GPU's output within 0.002); at d = 128 the kernel also ran
+//   2% faster, at d = 64 3% slower (bench/results/2026-12-01-h200-fp8-accumulation.md).
 // - Epilogue: O times the per-channel V scale, the logits' mean term q_shift and -7 (the 128)
 //   added back to the maxima; then finish_rows and the functor as in the 16-bit kernel.
 // - No zeroing of V rows past a block's valid keys: quantisation wrote them as zeros.
@@ -46,6 +54,9 @@ struct Fp8Traits {
                                     2 * B * 4;
   static constexpr int kProducerRegs = 40;
   static constexpr int kConsumerRegs = 232;
+  // Key blocks whose P V the tensor cores add up in one accumulator before it is added to O in
+  // fp32 (consume_fp8).
+  static constexpr int kFold = 4;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of an SM");
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
 };
@@ -240,14 +251,16 @@ __device__ __forceinline__ void issue_qk_fp8(int32_t (&sc)[16][4], uint32_t q_ro
   wgmma_commit();
 }
 
-// O += P V over the block's 128 keys: V^T rows of 128 bytes (128-byte swizzle).
+// o (+)= P V over the block's 128 keys: V^T rows of 128 bytes (128-byte swizzle). fresh: o is
+// overwritten with the block's product.
 template <int D>
 __device__ __forceinline__ void issue_pv_fp8(float (&o)[D / 8][4], const uint32_t (&pa)[4][4],
-                                             uint32_t v_tile) {
+                                             uint32_t v_tile, bool fresh) {
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk)
-    Wgmma<__nv_fp8_e4m3, D>::rs(o, pa[kk], smem_desc(v_tile + kk * 32, 16, 1024), 1);
+    Wgmma<__nv_fp8_e4m3, D>::rs(o, pa[kk], smem_desc(v_tile + kk * 32, 16, 1024),
+                                kk > 0 || !fresh);
   wgmma_commit();
 }
 
@@ -255,7 +268,7 @@ template <class T, int D, class Epi>
 __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem<D>& sh,
                                             const int32_t (*rows)[128], int num_items, int tid) {
   using Tr = Fp8Traits<D>;
-  constexpr int B = Tr::B;
+  constexpr int B = Tr::B, kFold = Tr::kFold;
   const Fp8Operands& f8 = p.fp8;
   const int cw = (tid - 128) / 128;
   const int lane = tid & 31;
@@ -268,10 +281,18 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem<D>
     const int64_t bh = static_cast<int64_t>(it.w.b) * p.heads + it.w.h;
     const float cq = p.scale_log2 * __ldg(f8.q_scale + bh * p.num_q_blocks + it.w.qb);
     const float* k_scale = f8.k_scale + bh * p.num_q_blocks;
-    float o[D / 8][4];
+    // o: fp32 output of the folded blocks; acc: the tensor cores' sum over the blocks since the
+    // last fold (done % kFold of them, or kFold).
+    float o[D / 8][4], acc[D / 8][4];
 #pragma unroll
     for (int t = 0; t < D / 8; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
     fence_operands(o);
+    auto fold = [&] {
+#pragma unroll
+      for (int t = 0; t < D / 8; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[t][e] += acc[t][e];
+    };
     Fp8Softmax sm;
     sm.m[0] = sm.m[1] = -INFINITY;
     sm.l[0] = sm.l[1] = 0.f;
@@ -297,7 +318,7 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem<D>
       if (lane == 0) mbar_arrive(sh.q_empty());
     }
     uint32_t pa[4][4] = {};
-    int pending = -1;
+    int done = 0;  // blocks of the item whose P V has been issued; the last one's stage is n - 1
     while (have) {
       int32_t sc[16][4];
       const int stage = n % Tr::kStages;
@@ -312,8 +333,10 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem<D>
       fence_operands(sc);
       fence_operands(o);
       fence_operands(pa);
+      fence_operands(acc);
+      if (done > 0 && done % kFold == 0) fold();
       __syncwarp();
-      if (pending >= 0 && lane == 0) mbar_arrive(sh.empty(pending));
+      if (done > 0 && lane == 0) mbar_arrive(sh.empty((n - 2) % Tr::kStages));
       if (!have && lane == 0) mbar_arrive(sh.q_empty());
       float alpha[2];
       const bool raised = s.valid < B ? sm.scores<true>(sc, pa, alpha, c, s.valid, lane)
@@ -326,18 +349,30 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem<D>
           o[t][2] *= alpha[1];
           o[t][3] *= alpha[1];
         }
+        if (done % kFold != 0) {
+#pragma unroll
+          for (int t = 0; t < D / 8; ++t) {
+            acc[t][0] *= alpha[0];
+            acc[t][1] *= alpha[0];
+            acc[t][2] *= alpha[1];
+            acc[t][3] *= alpha[1];
+          }
+        }
       }
       fence_operands(o);
       fence_operands(pa);
       mbar_wait(sh.v_full(stage), parity);
-      issue_pv_fp8<D>(o, pa, sh.v_tile(stage));
-      pending = stage;
+      fence_operands(acc);
+      issue_pv_fp8<D>(acc, pa, sh.v_tile(stage), /*fresh=*/done % kFold == 0);
+      ++done;
     }
     wgmma_wait<0>();
     fence_operands(o);
     fence_operands(pa);
+    fence_operands(acc);
+    if (done > 0) fold();
     __syncwarp();
-    if (pending >= 0 && lane == 0) mbar_arrive(sh.empty(pending));
+    if (done > 0 && lane == 0) mbar_arrive(sh.empty((n - 1) % Tr::kStages));
 
     // Back to the 16-bit kernel's terms: O times V's channel scales; maxima in raw logits with
     // the mean term and the 2^7 of P added back (finish_rows takes m * scale_log2 + log2 l).
