@@ -187,6 +187,21 @@ std::vector<StageCase> stage_cases() {
   return v;
 }
 
+// The case's seeded q, k, v and text lengths.
+void make_inputs(const StageCase& c, test::Problem& prob) {
+  test::make_problem(prob, c.dtype, c.batch, c.heads, c.dim, c.layout, c.seed, c.text_len,
+                     test::Strides::bshd, c.qk_scale);
+}
+// The gilbert order of the case's grid (with no grid: raster, which the tests do not apply).
+TokenOrder token_order(const StageCase& c) {
+  TokenOrder order;
+  if (!c.grid.empty()) {
+    order.kind = OrderKind::gilbert;
+    order.grid = c.grid;
+  }
+  return order;
+}
+
 class StagesChain : public ::testing::TestWithParam<StageCase> {};
 
 TEST_P(StagesChain, MatchCpuStages) {
@@ -194,16 +209,13 @@ TEST_P(StagesChain, MatchCpuStages) {
   if (small_mode() && !c.small) GTEST_SKIP() << "large case";
   const Layout& L = c.layout;
   test::Problem prob;
-  test::make_problem(prob, c.dtype, c.batch, c.heads, c.dim, L, c.seed, c.text_len,
-                     test::Strides::bshd, c.qk_scale);
+  make_inputs(c, prob);
 
   // The token order and, with a grid, the neighbour map; the CPU stages see gathered tensors.
+  const TokenOrder order = token_order(c);
   std::vector<int32_t> perm;
   std::vector<std::vector<int32_t>> nbrs;
   if (!c.grid.empty()) {
-    TokenOrder order;
-    order.kind = OrderKind::gilbert;
-    order.grid = c.grid;
     perm = token_permutation(order);
     nbrs = block_neighbours(order, L.block_size);
   }
@@ -525,15 +537,9 @@ TEST_P(StagesFp8, PooledStatisticsGiveTheSameOperands) {
   if (small_mode() && !c.small) GTEST_SKIP() << "large case";
   const Layout& L = c.layout;
   test::Problem prob;
-  test::make_problem(prob, c.dtype, c.batch, c.heads, c.dim, L, c.seed, c.text_len,
-                     test::Strides::bshd, c.qk_scale);
-  std::vector<int32_t> perm;
-  if (!c.grid.empty()) {
-    TokenOrder order;
-    order.kind = OrderKind::gilbert;
-    order.grid = c.grid;
-    perm = token_permutation(order);
-  }
+  make_inputs(c, prob);
+  const std::vector<int32_t> perm =
+      c.grid.empty() ? std::vector<int32_t>{} : token_permutation(token_order(c));
   DeviceProblem dp(prob);
   DeviceBuffer dperm(perm.size() * 4);
   put(static_cast<int32_t*>(dperm.get()), perm);

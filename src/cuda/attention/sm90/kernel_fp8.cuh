@@ -341,23 +341,18 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem<D>
       float alpha[2];
       const bool raised = s.valid < B ? sm.scores<true>(sc, pa, alpha, c, s.valid, lane)
                                       : sm.scores<false>(sc, pa, alpha, c, B, lane);
-      if (__any_sync(0xffffffffu, raised)) {
-#pragma unroll
-        for (int t = 0; t < D / 8; ++t) {
-          o[t][0] *= alpha[0];
-          o[t][1] *= alpha[0];
-          o[t][2] *= alpha[1];
-          o[t][3] *= alpha[1];
-        }
-        if (done % kFold != 0) {
+      if (__any_sync(0xffffffffu, raised)) {  // the sums so far: o and, between folds, acc
+        auto rescale = [&](float (&x)[D / 8][4]) {
 #pragma unroll
           for (int t = 0; t < D / 8; ++t) {
-            acc[t][0] *= alpha[0];
-            acc[t][1] *= alpha[0];
-            acc[t][2] *= alpha[1];
-            acc[t][3] *= alpha[1];
+            x[t][0] *= alpha[0];
+            x[t][1] *= alpha[0];
+            x[t][2] *= alpha[1];
+            x[t][3] *= alpha[1];
           }
-        }
+        };
+        rescale(o);
+        if (done % kFold != 0) rescale(acc);
       }
       fence_operands(o);
       fence_operands(pa);
