@@ -166,7 +166,7 @@ def _(q, k, v, text_lengths, handle, layer, grid, num_text, text_placement):
 def block_sparse_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, row_offsets: Tensor | None,
     col_indices: Tensor | None, text_lengths: Tensor | None, num_text: int, text_placement: str,
-    block_size: int, scale: float, kernel: str, layout: str, return_lse: bool,
+    block_size: int, scale: float, kernel: str, layout: str, return_lse: bool, precision: str,
 ) -> tuple[Tensor, Tensor]:
     """spaattn.block_sparse_attention over a dense block mask or CSR lists (the other None);
     returns (out, lse), lse empty unless `return_lse`. `scale` 0: 1/sqrt(d)."""
@@ -175,13 +175,14 @@ def block_sparse_attention(
     out, lse = _block_sparse(
         q, k, v, mask if mask is not None else (row_offsets, col_indices), num_text,
         text_lengths, text_placement, block_size, scale or None, layout, return_lse, kernel,
+        precision,
     )
     return out, lse if lse is not None else torch.empty(0, dtype=torch.float32, device=q.device)
 
 
 @block_sparse_attention.register_fake
 def _(q, k, v, mask, row_offsets, col_indices, text_lengths, num_text, text_placement, block_size,
-      scale, kernel, layout, return_lse):
+      scale, kernel, layout, return_lse, precision):
     from . import _C  # type: ignore[attr-defined]
     from . import _tensors as T
 
@@ -193,5 +194,6 @@ def _(q, k, v, mask, row_offsets, col_indices, text_lengths, num_text, text_plac
     _C.check_block_sparse_attention(
         *(meta(x) for x in views), None if lse_view is None else meta(lse_view),
         lengths_meta(text_lengths, q), num_text, text_placement, block_size, scale, kernel,
+        precision,
     )
     return out, lse

@@ -108,6 +108,7 @@ def block_sparse_attention(
     layout: str = "bshd",
     return_lse: bool = False,
     kernel: str = "auto",
+    precision: str = "input",
 ) -> ArrayT | tuple[ArrayT, ArrayT]:
     """Attention restricted to the key blocks a block mask selects (docs/methods.md).
 
@@ -125,6 +126,10 @@ def block_sparse_attention(
         scale: softmax scale, default 1/sqrt(d).
         return_lse: also return the float32 log-sum-exp per row, [b, S, H] (or [b, H, S]).
         kernel: GPU kernel family: "auto", "portable" or "hopper" (see SparseAttention).
+        precision: "input" (the tensors' values) or "fp8": Q and K quantised to int8 and V to
+            FP8 e4m3 for the Hopper kernel (CUDA tensors on a compute capability 9.0 device,
+            block_size 128, as SparseAttention's ``precision``); the quantised copies of
+            q, k and v take a workspace of about 1.5 times q's bytes, allocated for the call.
 
     >>> import numpy as np, spaattn
     >>> rng = np.random.default_rng(0)
@@ -163,17 +168,17 @@ def block_sparse_attention(
         out, lse = _ops.block_sparse_attention(
             q, k, v, dense, row_offsets, col_indices, _ops.lengths_tensor(text_lengths, q),
             num_text, text_placement, block_size, 0.0 if scale is None else scale, kernel,
-            layout, return_lse,
+            layout, return_lse, precision,
         )
         return (out, lse) if return_lse else out
     out, lse = _block_sparse(q, k, v, mask, num_text, text_lengths, text_placement, block_size,
-                             scale, layout, return_lse, kernel)
+                             scale, layout, return_lse, kernel, precision)
     return (out, lse) if return_lse else out
 
 
 def _block_sparse(q: Any, k: Any, v: Any, mask: Mask, num_text: int, text_lengths: Any,
                   text_placement: str, block_size: int, scale: float | None, layout: str,
-                  return_lse: bool, kernel: str) -> tuple[Any, Any]:
+                  return_lse: bool, kernel: str, precision: str = "input") -> tuple[Any, Any]:
     """The call itself: (out, lse or None) in q's framework."""
     qv, kv, vv = T.bshd(q, layout, "q"), T.bshd(k, layout, "k"), T.bshd(v, layout, "v")
     out, out_view = T.output(q, None, layout)
@@ -183,12 +188,16 @@ def _block_sparse(q: Any, k: Any, v: Any, mask: Mask, num_text: int, text_length
         lse, lse_view = T.lse_output(q, layout)
     lengths, lengths_host = T.text_lengths(text_lengths, q)
     dense = not isinstance(mask, (tuple, list)) and getattr(mask, "ndim", 0) == 4
+    workspace = None
+    if precision == "fp8" and T.is_cuda(q):  # elsewhere the binding names the precision
+        size = _C.fp8_workspace_size(qv, kv, vv, num_text, text_placement, block_size)
+        workspace = T._torch().empty(max(size, 1), dtype=T._torch().uint8, device=q.device)
     with T.device_of(q) as stream:
         row_offsets, col_indices = _mask_csr(mask, q, stream)
         _C.block_sparse_attention(
             qv, kv, vv, row_offsets, col_indices, out_view, lse_view, lengths, lengths_host,
             num_text, text_placement, block_size, 0.0 if scale is None else scale, kernel,
-            tuple(mask.shape) if dense else None, stream,
+            precision, tuple(mask.shape) if dense else None, workspace, stream,
         )
     return out, lse
 

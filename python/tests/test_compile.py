@@ -138,4 +138,10 @@ def test_block_sparse_attention_compiles_without_a_graph_break_and_on_meta_tenso
 
     message = _error(wrong("meta"))
     assert "expected head_dim 64 or 128, got 96" in message
+    # The precision setting is checked on meta tensors as on real ones (meta counts as host).
+    fp8 = lambda device: lambda: spaattn.block_sparse_attention(  # noqa: E731
+        q.to(device), k.to(device), v.to(device), mask.to(device), layout="bhsd", block_size=64,
+        precision="fp8")
+    assert _error(fp8("meta")) == _error(fp8("cpu")) == (
+        "precision: fp8 needs CUDA tensors (the Hopper FP8 kernel), got cpu tensors")
     assert message == _error(wrong("cpu"))

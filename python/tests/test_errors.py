@@ -103,6 +103,18 @@ def test_fp8_needs_cuda_tensors():
     assert attention.state_count == 0
 
 
+def test_block_sparse_attention_precision():
+    # The functional block-sparse call takes the same setting; FP8 runs on CUDA tensors only.
+    q, k, v = qkv((1, 256, 2, 64))
+    mask = np.ones((1, 2, 2, 2), dtype=bool)
+    assert attention_error(q, k, v, mask, precision="fp4") == (
+        "precision: expected input or fp8, got 'fp4'"
+    )
+    assert attention_error(q, k, v, mask, precision="fp8") == (
+        "precision: fp8 needs CUDA tensors (the Hopper FP8 kernel), got cpu tensors"
+    )
+
+
 def test_rectified_attention_precision():
     # The functional call takes the same precision setting, checked the same way.
     q, k, v = qkv((1, 256, 2, 64))
