@@ -264,7 +264,8 @@ int run_bench_device(const BenchOptions& o, OutputFile& json) {
     const std::string sparsity =
         o.method == Method::dense ? "" : detail::concat(" at sparsity ", o.sparsity);
     std::printf("\npipeline: SparseAttention::forward, %s%s%s, %s\n", to_string(o.method),
-                sparsity.c_str(), o.precision == Precision::fp8 ? ", FP8 operands" : "",
+                sparsity.c_str(),
+                o.precision == Precision::fp8 && o.method != Method::dense ? ", FP8 operands" : "",
                 o.grid.empty() ? "no grid (raster order, no neighbour map)"
                                : "gilbert order with the block neighbour map");
     // The density of the method's mask on these inputs, from calls of their own (reading the

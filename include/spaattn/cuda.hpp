@@ -30,7 +30,9 @@ void block_sparse_attention(const AttentionArgs& args, const BlockMaskView& mask
 //   capability 9.0 with a build holding sm_90a code, and throw naming the argument otherwise.
 // Q and K are rounded to int8 with one scale per 128-token block and head, K after subtracting
 // its mean over the sequence (the lse is exact in that term); V to FP8 e4m3 with one scale per
-// channel and head; P to e4m3. Q K^T is exact in int32, P V accumulates in fp32.
+// channel and head; P to e4m3. Q K^T is exact in int32; P V is summed by the tensor cores over
+// 4 key blocks at a time (they keep about 13 bits below the largest term) and those sums are
+// added up in fp32.
 size_t fp8_workspace_size(const AttentionArgs& args);
 void quantize_fp8(const AttentionArgs& args, void* workspace, size_t workspace_bytes,
                   void* stream);

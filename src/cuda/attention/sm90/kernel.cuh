@@ -29,8 +29,8 @@
 // chains; bench/results/2026-11-30-h200-3773926-fp8-softmax.md) took this kernel from 0.90 to
 // 0.82 of cuDNN dense at d = 128 in the same run, so it keeps the chains. Nor does the FP8
 // kernel's fresh accumulator per 4 key blocks help here (bf16 / f16 wgmma sums in fp32, so
-// there is no accuracy to gain): 6% slower at d = 128 (it spills), 1-2% at d = 64 and 2-5% at
-// B = 64 (bench/results/2026-12-01-h200-fp8-accumulation.md).
+// there is no accuracy to gain): 6-8% slower at d = 128 (it spills), 1-3% at d = 64 (once 6% at
+// density 0.05) and 2-6% at B = 64 (bench/results/2026-12-01-h200-fp8-accumulation.md).
 //
 // Work items (query blocks) are taken in decode_work order (text query blocks, the densest,
 // first), item blockIdx.x + k * gridDim.x by CTA blockIdx.x.

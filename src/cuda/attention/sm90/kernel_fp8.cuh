@@ -30,8 +30,9 @@
 //   precision, always towards zero. Each group of kFold = 4 key blocks starts a fresh
 //   accumulator, which is then added to O in fp32. On the captured workload (d = 64) this took
 //   the error against the 16-bit path of a dense call from 0.0185 to 0.0131 (an emulation with
-//   13-bit truncation reproduced the GPU's output within 0.002); at d = 128 the kernel also ran
-//   2% faster, at d = 64 3% slower (bench/results/2026-12-01-h200-fp8-accumulation.md).
+//   13-bit truncation reproduced the GPU's output within 0.002); at d = 128 the kernel ran up to
+//   2% faster (dense; the same at densities 0.11 and 0.05), at d = 64 3% slower
+//   (bench/results/2026-12-01-h200-fp8-accumulation.md).
 // - Epilogue: O times the per-channel V scale, the logits' mean term q_shift and -7 (the 128)
 //   added back to the maxima; then finish_rows and the functor as in the 16-bit kernel.
 // - No zeroing of V rows past a block's valid keys: quantisation wrote them as zeros.
@@ -282,7 +283,8 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem<D>
     const float cq = p.scale_log2 * __ldg(f8.q_scale + bh * p.num_q_blocks + it.w.qb);
     const float* k_scale = f8.k_scale + bh * p.num_q_blocks;
     // o: fp32 output of the folded blocks; acc: the tensor cores' sum over the blocks since the
-    // last fold (done % kFold of them, or kFold).
+    // last fold (done % kFold of them, or kFold). acc is never read before a product that
+    // overwrites it (fresh: scale-d 0), so it starts uninitialised.
     float o[D / 8][4], acc[D / 8][4];
 #pragma unroll
     for (int t = 0; t < D / 8; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
