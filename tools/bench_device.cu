@@ -70,13 +70,17 @@ AttentionArgs make_args(const BenchOptions& o, void* q, void* k, void* v) {
   return a;
 }
 
+// The arguments of the calls before the tensors exist, for the sizes that read shapes only: a
+// placeholder address stands in for q, k and v.
+AttentionArgs shape_args(const BenchOptions& o) {
+  alignas(256) static unsigned char placeholder[256];
+  return make_args(o, placeholder, placeholder, placeholder);
+}
+
 // The largest device memory one SparseAttention object of the pipeline part takes (one object
 // lives at a time): its workspace, constants and the state of its one (layer, entry).
 uint64_t pipeline_bytes(const BenchOptions& o) {
-  // workspace_size reads the shapes only: a placeholder address stands in for the tensors,
-  // which are not allocated yet.
-  alignas(256) static unsigned char placeholder[256];
-  const AttentionArgs shape = make_args(o, placeholder, placeholder, placeholder);
+  const AttentionArgs shape = shape_args(o);
   uint64_t bytes = SparseAttention(o.config(Method::dense)).workspace_size(shape).total(0);
   if (o.method != Method::dense)
     bytes = std::max<uint64_t>(
@@ -86,9 +90,7 @@ uint64_t pipeline_bytes(const BenchOptions& o) {
 
 // The kernel table's FP8 workspace (0 at --precision input), from the shapes only.
 uint64_t fp8_bytes(const BenchOptions& o) {
-  if (o.precision != Precision::fp8) return 0;
-  alignas(256) static unsigned char placeholder[256];
-  return cuda::fp8_workspace_size(make_args(o, placeholder, placeholder, placeholder));
+  return o.precision == Precision::fp8 ? cuda::fp8_workspace_size(shape_args(o)) : 0;
 }
 
 // Dense [batch, heads, nb, nb] masks for the kernel: every block, or max(1, round(density * nb))
@@ -129,10 +131,11 @@ int run_bench_device(const BenchOptions& o, OutputFile& json) {
     cuda_ok(cudaGetDevice(&device), "cudaGetDevice");
     cudaDeviceProp prop{};
     cuda_ok(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
-    SPAATTN_CHECK_ARG(o.kernel != KernelFamily::hopper || (prop.major == 9 && prop.minor == 0),
-                      "--kernel", "the hopper family needs a compute capability 9.0 device, got ",
-                      prop.name, " (compute capability ", prop.major, ".", prop.minor, ")");
-    SPAATTN_CHECK_ARG(o.precision != Precision::fp8 || (prop.major == 9 && prop.minor == 0),
+    const bool sm90 = prop.major == 9 && prop.minor == 0;
+    SPAATTN_CHECK_ARG(o.kernel != KernelFamily::hopper || sm90, "--kernel",
+                      "the hopper family needs a compute capability 9.0 device, got ", prop.name,
+                      " (compute capability ", prop.major, ".", prop.minor, ")");
+    SPAATTN_CHECK_ARG(o.precision != Precision::fp8 || sm90,
                       "--precision", "fp8 needs a compute capability 9.0 device, got ", prop.name,
                       " (compute capability ", prop.major, ".", prop.minor, ")");
 

@@ -371,15 +371,13 @@ void launch_quantize_fp8(const AttentionArgs& args, const Fp8Layout& l, const in
   auto* base = static_cast<uint8_t*>(workspace);
   qp.k_sum = reinterpret_cast<float*>(base + l.k_sum);
   qp.v_amax = reinterpret_cast<float*>(base + l.v_amax);
+  qp.part = reinterpret_cast<float*>(base + l.part);
   if (video_pooled) {  // the video rows' partials are pooling's; the pass covers the text rows
-    const Fp8PoolStats pooled = fp8_pool_stats(args, l, workspace);
-    qp.part = pooled.part;
-    qp.chunks = pooled.chunks;
+    qp.chunks = fp8_pool_stats(args, l, workspace).chunks;
     qp.row_begin = static_cast<int>(args.layout.text_offset());
     qp.row_end = static_cast<int>(args.layout.text_offset() + args.layout.num_text);
     qp.part_first = static_cast<int>(args.layout.num_video_blocks());
   } else {
-    qp.part = reinterpret_cast<float*>(base + l.part);
     qp.chunks = static_cast<int>(stat_chunks(args.seq_len()));
     qp.row_begin = 0;
     qp.row_end = static_cast<int>(args.seq_len());
