@@ -5,7 +5,8 @@
 //     cuda::block_sparse_attention_fp8 instead, on operands that cuda::quantize_fp8 wrote once
 //     (its time printed on its own line);
 //   - the pipeline: SparseAttention::forward of the method (a fresh selection every call; for
-//     Re-ttention its reference and its sparse steps) against SparseAttention("dense").
+//     Re-ttention and calibrated their reference and their sparse steps) against
+//     SparseAttention("dense").
 // Every time comes from bench::time_calls (bench/timing.cu), the inputs from bench/inputs.cu: the
 // helpers of the benchmarks in bench/. The device memory the run needs is computed from the sizes
 // and checked against the free memory before anything is allocated.
@@ -262,8 +263,11 @@ int run_bench_device(const BenchOptions& o, OutputFile& json) {
     cuda_ok(cudaDeviceSynchronize(), "kernel table");
 
     // The pipeline: one SparseAttention object at a time, each call a new denoising step.
-    const bool rettention =
-        o.method == Method::rettention || o.method == Method::rectified_rettention;
+    // Methods on Re-ttention's schedule: reference steps, and sparse steps on their mask.
+    const bool rettention = o.method == Method::rettention ||
+                            o.method == Method::rectified_rettention ||
+                            o.method == Method::calibrated;
+    const bool calibrated = o.method == Method::calibrated;
     const std::string sparsity =
         o.method == Method::dense ? "" : detail::concat(" at sparsity ", o.sparsity);
     std::printf("\npipeline: SparseAttention::forward, %s%s%s, %s\n", to_string(o.method),
@@ -291,14 +295,17 @@ int run_bench_device(const BenchOptions& o, OutputFile& json) {
     std::fflush(stdout);
 
     std::vector<PipelineRow> lines;
-    // Times `name`: a fresh object of `cfg` after `primed` untimed steps, then the timed calls
-    // at the following steps. The object frees its memory when it goes, after a synchronisation.
-    auto run = [&](const std::string& name, const Config& cfg, int primed) {
+    // Times `name`: a fresh object of `cfg` after untimed calls at the steps `primed`, then the
+    // timed calls at the steps after the last of them. The object frees its memory when it
+    // goes, after a synchronisation.
+    auto run = [&](const std::string& name, const Config& cfg, std::vector<int> primed) {
       {
         SparseAttention sa(cfg);
         int step = 0;
-        for (; step < primed; ++step)
-          sa.forward(CallInfo{.layer = 0, .entry = 0, .step = step}, args, out_v, stream.get());
+        for (const int s : primed) {
+          sa.forward(CallInfo{.layer = 0, .entry = 0, .step = s}, args, out_v, stream.get());
+          step = s + 1;
+        }
         const Timing t = timed([&](cudaStream_t s) {
           sa.forward(CallInfo{.layer = 0, .entry = 0, .step = step++}, args, out_v, s);
         });
@@ -310,16 +317,24 @@ int run_bench_device(const BenchOptions& o, OutputFile& json) {
                   lines[0].t.median_ms / l.t.median_ms);
       std::fflush(stdout);
     };
-    run("dense (SparseAttention \"dense\", 16-bit)", o.config(Method::dense), 0);
+    run("dense (SparseAttention \"dense\", 16-bit)", o.config(Method::dense), {});
     const std::string m = to_string(o.method);
     Config cfg = o.config(o.method);
-    if (rettention) {
+    if (rettention && !calibrated) {
       cfg.rettention.ref_period = 1;  // every step a reference step
-      run(m + " reference step", cfg, 0);
+      run(m + " reference step", cfg, {});
       cfg.rettention.ref_period = 1 << 30;  // one reference step, then sparse steps only
-      run(m + " sparse step", cfg, 1);
+      run(m + " sparse step", cfg, {0});
+    } else if (calibrated) {
+      // Reference steps after a first one, so that each measures the previous mask too; sparse
+      // steps after two reference steps, so that the choices are measured ones (after the
+      // first, every head takes Re-ttention's correction).
+      cfg.rettention.ref_period = 1;
+      run(m + " reference step", cfg, {0});
+      cfg.rettention.ref_period = 1 << 20;
+      run(m + " sparse step", cfg, {0, 1 << 20});
     } else if (o.method != Method::dense) {
-      run(m + ", whole call (fresh selection)", cfg, 0);
+      run(m + ", whole call (fresh selection)", cfg, {});
     }
     const double dense_ms = lines[0].t.median_ms;
     // Re-ttention's cost per call in a run: one reference step per period.

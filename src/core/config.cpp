@@ -81,9 +81,6 @@ void Config::validate() const {
   SPAATTN_CHECK_ARG(precision != Precision::fp8 || kernel != KernelFamily::portable,
                     "config.precision", "fp8 runs on the hopper kernel family, and config.kernel "
                     "is portable");
-  SPAATTN_CHECK_ARG(precision != Precision::fp8 || method != Method::calibrated,
-                    "config.precision", "fp8 runs on the GPU path, which calibrated does not "
-                    "have yet");
   SPAATTN_CHECK_ARG(select.sparsity >= 0.0 && select.sparsity < 1.0, "config.select.sparsity",
                     "expected 0 <= sparsity < 1, got ", select.sparsity);
   SPAATTN_CHECK_ARG(select.p >= 0.0 && select.p <= 1.0, "config.select.p",

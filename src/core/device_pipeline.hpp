@@ -2,6 +2,7 @@
 // CUDA provides a factory that throws).
 #pragma once
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -20,6 +21,9 @@ class DevicePipeline {
   virtual size_t state_count() const = 0;
   // The state of (layer, entry), nullptr when there is none.
   virtual const StateSummary* summary(int layer, int entry) const = 0;
+  // Method::calibrated: the calibration of (layer, entry), read back after every queued call
+  // (blocks the host); nullopt before its first reference step.
+  virtual std::optional<Calibration> calibration(int layer, int entry) const = 0;
 };
 
 // perm: the token permutation of config.order (empty: raster); neighbours: block_neighbours of

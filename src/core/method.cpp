@@ -24,13 +24,8 @@ bool uses_rettention(Method m) {
 // next one.
 bool uses_reference_steps(Method m) { return uses_rettention(m) || m == Method::calibrated; }
 
-// Method::calibrated has no GPU path yet; refused before any work or state change.
-void check_host_only(const Config& config, const AttentionArgs& args) {
-  SPAATTN_CHECK_ARG(config.method != Method::calibrated || args.q.device != Device::cuda,
-                    "config.method",
-                    "calibrated: expected a host call; the GPU path of this method is not built "
-                    "yet");
-  // FP8 exists only as the Hopper kernel: a host call is an error, never a silent 16-bit one.
+// FP8 exists only as the Hopper kernel: a host call is an error, never a silent 16-bit one.
+void check_precision(const Config& config, const AttentionArgs& args) {
   SPAATTN_CHECK_ARG(config.precision != Precision::fp8 || args.q.device == Device::cuda,
                     "config.precision", "fp8 needs CUDA tensors (the Hopper FP8 kernel), got ",
                     to_string(args.q.device), " tensors");
@@ -152,9 +147,6 @@ size_t SparseAttention::state_count() const {
 
 WorkspaceSize SparseAttention::workspace_size(const AttentionArgs& args) const {
   validate(args);
-  SPAATTN_CHECK_ARG(config_.method != Method::calibrated, "config.method",
-                    "calibrated: the GPU path of this method is not built yet (it has no "
-                    "workspace)");
   SPAATTN_CHECK_ARG(args.layout.block_size == config_.block_size, "args.layout.block_size",
                     "expected config.block_size ", config_.block_size, ", got ",
                     args.layout.block_size);
@@ -188,7 +180,7 @@ AttentionArgs SparseAttention::checked(const CallInfo& call, const AttentionArgs
   SPAATTN_CHECK_ARG(config_.order.grid.empty() || config_.order.grid.size() == layout.num_video,
                     "args.layout.num_video", "expected the grid's t*h*w = ",
                     config_.order.grid.size(), ", got ", layout.num_video);
-  check_host_only(config_, args);
+  check_precision(config_, args);
   if (args.q.device == Device::cuda) validate_gpu_operands(args, out);
   return args;
 }
@@ -204,7 +196,6 @@ CallStats SparseAttention::forward(const CallInfo& call, const AttentionArgs& ar
   const AttentionArgs args = checked(call, args_in, out);
   std::lock_guard<std::mutex> lock(*mutex_);
   if (args.q.device == Device::cuda) {
-    check_host_only(config_, args);  // checked() refused it already; never reach the pipeline
     if (!device_) device_ = detail::make_device_pipeline(config_, memory_, perm_, neighbours_);
     const StepPlan plan =
         plan_step(config_, call, args, device_->summary(call.layer, call.entry));
@@ -320,8 +311,9 @@ CallStats SparseAttention::forward_host(const CallInfo& call, const AttentionArg
 std::optional<Calibration> SparseAttention::calibration(int layer, int entry) const {
   std::lock_guard<std::mutex> lock(*mutex_);
   const auto it = states_.find(std::make_tuple(layer, entry));
-  if (it == states_.end() || it->second.calibration.ref_step < 0) return std::nullopt;
-  return it->second.calibration;
+  if (it != states_.end() && it->second.calibration.ref_step >= 0) return it->second.calibration;
+  if (device_ && config_.method == Method::calibrated) return device_->calibration(layer, entry);
+  return std::nullopt;
 }
 
 // Method::calibrated (docs/methods.md, Calibrated correction). A reference step outputs full

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/served_error.hpp"
 #include "cpu/access.hpp"
 #include "cpu/parallel.hpp"
 
@@ -34,16 +35,7 @@ std::optional<float> fit_drift(std::span<const float> prev, std::span<const floa
   return static_cast<float>(sum / (static_cast<double>(prev.size()) * (k - 1)));
 }
 
-double served_error(double e0, double ek, int k) {
-  const double a = std::sqrt(std::max(e0, 0.0)), b = std::sqrt(std::max(ek, 0.0));
-  if (k < 2) return b * b;
-  double sum = 0;
-  for (int d = 1; d < k; ++d) {
-    const double x = a + (b - a) * d / k;
-    sum += x * x;
-  }
-  return sum / (k - 1);
-}
+double served_error(double e0, double ek, int k) { return detail::served_error_of(e0, ek, k); }
 
 namespace cpu {
 

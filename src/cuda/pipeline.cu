@@ -14,6 +14,13 @@
 //               Delta: each key is visited once, as in one dense pass.
 //   Re-ttention sparse step: plan: CSR of the stored crit bits; run: the kernel with the
 //               row-affine epilogue (O = (rho + drift) O_spa + Delta).
+//   calibrated: plan: pool -> scores -> select (reference) or the stored crit bits, R, C (and at
+//               a reference step R, C of the previous reference's mask too); reference: the two
+//               passes above with O_spa kept in the workspace, a third over the previous mask
+//               (O_then), then the calibration pass (plan/calibrate.cu) measures every candidate
+//               and writes the choice and drift per (b, h); sparse step: the kernel with the
+//               calibrated epilogue (each (b, h)'s candidate), then the merge pass for the
+//               heads that chose merge.
 // Every kernel launch of a non-dense call with a token order reads the gathered K and V.
 // Memory comes from DeviceMemory: a workspace per shape (stage arrays, Re-ttention's lse_spa and
 // lse_full, the gathered K and V), constants (permutation, neighbour map) once, and per
@@ -22,6 +29,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <optional>
 #include <tuple>
 
 #include "cuda/check.cuh"
@@ -42,6 +50,8 @@ using cuda_detail::FwdParams;
 bool uses_rettention(Method m) {
   return m == Method::rettention || m == Method::rectified_rettention;
 }
+// The methods with reference steps (rho, Delta and the two lse arrays).
+bool uses_reference_steps(Method m) { return uses_rettention(m) || m == Method::calibrated; }
 
 size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
@@ -51,9 +61,9 @@ size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 unsigned workspace_parts(const Config& c) {
   if (c.method == Method::dense) return 0;
   unsigned parts = st::kSelection;
-  if (c.method == Method::rectified || c.selector() == Selector::ipar)
-    parts |= st::kPooled | st::kScores;
-  if (c.method == Method::rectified) parts |= st::kCorrection;
+  const bool rectify = c.method == Method::rectified || c.method == Method::calibrated;
+  if (rectify || c.selector() == Selector::ipar) parts |= st::kPooled | st::kScores;
+  if (rectify) parts |= st::kCorrection;
   return parts;
 }
 
@@ -62,9 +72,45 @@ struct Sizes {
   size_t stages = 0, lse = 0;  // the workspace: stage arrays, lse_spa and lse_full,
   size_t gathered = 0;         // and K, V in the token order (16-bit precision)
   st::Fp8Layout fp8;           // or Q, K, V quantised in the token order (quant.cuh)
+  // Method::calibrated's workspace (CalibrationSpace) and its per-(layer, entry) arrays.
+  size_t calib_work = 0, calib_state = 0;
   size_t perm = 0, neighbours = 0;
   size_t critical = 0, rho = 0, delta = 0;  // per (layer, entry)
+  size_t workspace() const { return stages + lse + gathered + fp8.total + calib_work; }
+  // Per (layer, entry); calibrated keeps a second crit bitmask, rho and Delta (the previous
+  // reference step's, read while the new ones are written).
+  size_t per_state(Method m) const {
+    const size_t one = critical + rho + delta;
+    return m == Method::calibrated ? 2 * one + calib_state : one;
+  }
 };
+
+// Method::calibrated's part of the workspace, each array 256-byte aligned: O_spa and O_then
+// (q's dtype, contiguous [b, S, H, d]), lse_then, R and C of the previous mask, and the
+// calibration pass's per-block error terms; per (layer, entry): the expected errors, the drift
+// and the choice per (b, h).
+struct CalibrationSpace {
+  size_t o = 0, lse = 0, R = 0, C = 0, partial = 0;
+  size_t errors = 0, drift = 0, choice = 0;
+  size_t work() const { return 2 * o + lse + R + C + partial; }
+  size_t state() const { return errors + drift + choice; }
+};
+
+CalibrationSpace calibration_space(const st::Dims& dims, DType dtype) {
+  const size_t rows = static_cast<size_t>(dims.batch) * (dims.num_video + dims.num_text) *
+                      dims.heads;
+  const size_t bh = static_cast<size_t>(dims.bh());
+  CalibrationSpace c;
+  c.o = align256(rows * dims.dim * element_size(dtype));
+  c.lse = align256(rows * 4);
+  c.R = align256(static_cast<size_t>(dims.video_rows()) * 4);
+  c.C = align256(static_cast<size_t>(dims.video_rows()) * dims.dim * 4);
+  c.partial = align256(static_cast<size_t>(dims.video_rows()) * st::kCalibrationTerms * 8);
+  c.errors = align256(bh * kCandidates * 8);
+  c.drift = align256(bh * 4);
+  c.choice = align256(bh * 4);
+  return c;
+}
 
 Sizes sizes(const Config& config, const st::Dims& dims, DType dtype, size_t perm_entries,
             size_t neighbour_entries) {
@@ -79,12 +125,17 @@ Sizes sizes(const Config& config, const st::Dims& dims, DType dtype, size_t perm
     s.gathered = 2 * align256(static_cast<size_t>(dims.batch) * (dims.num_video + dims.num_text) *
                               dims.heads * dims.dim * element_size(dtype));
   s.critical = align256(static_cast<size_t>(dims.video_rows()) * dims.words * 4);
-  if (uses_rettention(config.method)) {
+  if (uses_reference_steps(config.method)) {
     const size_t rows =
         static_cast<size_t>(dims.batch) * (dims.num_video + dims.num_text) * dims.heads;
     s.lse = 2 * align256(rows * 4);
     s.rho = align256(rows * 4);
     if (config.rettention.cache_delta) s.delta = align256(rows * dims.dim * element_size(dtype));
+  }
+  if (config.method == Method::calibrated) {
+    const CalibrationSpace c = calibration_space(dims, dtype);
+    s.calib_work = c.work();
+    s.calib_state = c.state();
   }
   return s;
 }
@@ -118,6 +169,10 @@ class StreamOrder {
     SPAATTN_CUDA_CHECK(cudaEventRecord(done_, stream));
     recorded_ = true;
     waited_ = false;
+  }
+  // Blocks the host until every call queued so far has finished.
+  void wait() const {
+    if (recorded_) SPAATTN_CUDA_CHECK(cudaEventSynchronize(done_));
   }
   // The stream memory is given back on, after every queued call (never throws: destructors).
   cudaStream_t release_stream() noexcept {
@@ -271,6 +326,15 @@ class GpuPipeline final : public DevicePipeline {
     StateSummary summary;
     DeviceBuffer critical;    // crit bits of the stored selection [b*H, NV, W]
     DeviceBuffer rho, delta;  // Re-ttention cache: f32 [b, S, H], q's dtype [b, S, H, d]
+    // Method::calibrated: what a reference step writes while it still reads the previous
+    // reference's crit bits, rho and Delta (swapped in when the call is queued), and the
+    // calibration (CalibrationSpace: errors, drift, choice per (b, h)).
+    DeviceBuffer critical_next, rho_next, delta_next, calibration;
+    // The arrays inside `calibration`, and the (b, h) they hold.
+    double* errors = nullptr;
+    float* drift = nullptr;
+    int32_t* choice = nullptr;
+    int64_t batch = 0, heads = 0;
   };
 
   // The call's launches. The (layer, entry) state changes all or nothing: a new state is kept
@@ -297,18 +361,37 @@ class GpuPipeline final : public DevicePipeline {
     auto found = states_.find(key);
     LayerState created;
     LayerState& state = found != states_.end() ? found->second : created;
+    const bool calibrated = config_.method == Method::calibrated;
+    // Calibrated reference step: the previous reference of this run and shape, if any, is
+    // measured as it would have served this step (methods.md).
+    const int prev_ref = calibrated && plan.kind == CallStats::Kind::reference &&
+                                 state.calibration.get() && state.summary.ref_step >= 0 &&
+                                 state.summary.ref_step < call.step &&
+                                 state.summary.cache_shape == call_shape(args)
+                             ? state.summary.ref_step
+                             : -1;
     try {
       allocate_state(state, plan, stream);
-      const bool pooled = plan_masks(args, dims, plan, state, stream);
+      const bool pooled = plan_masks(args, dims, plan, state, prev_ref >= 0, stream);
       const BlockMaskView mask = mask_view(dims, buf_);
       const AttentionArgs ordered = gather(args, pooled, stream);
-      if (plan.kind == CallStats::Kind::reference)
+      if (plan.kind == CallStats::Kind::reference && calibrated)
+        run_calibrated_reference(ordered, dims, mask, out, state,
+                                 prev_ref >= 0 ? call.step - prev_ref : 0, stream);
+      else if (plan.kind == CallStats::Kind::reference)
         run_reference(ordered, dims, mask, out, state, stream);
       else
-        run_sparse(ordered, mask, out, plan, state, stream);
+        run_sparse(ordered, dims, mask, out, plan, state, stream);
     } catch (...) {
       if (found != states_.end()) states_.erase(found);
       throw;
+    }
+    if (calibrated && plan.kind == CallStats::Kind::reference) {
+      std::swap(state.critical, state.critical_next);
+      std::swap(state.rho, state.rho_next);
+      std::swap(state.delta, state.delta_next);
+      state.batch = dims.batch;
+      state.heads = dims.heads;
     }
 
     if (plan.fresh_mask) {
@@ -344,7 +427,7 @@ class GpuPipeline final : public DevicePipeline {
     }
     if (workspace_.get() && same_dims(dims, dims_) && dtype == dtype_) return;
     sizes_ = sizes(config_, dims, dtype, perm_.size(), offsets.size() + cols.size());
-    const size_t bytes = sizes_.stages + sizes_.lse + sizes_.gathered + sizes_.fp8.total;
+    const size_t bytes = sizes_.workspace();
     if (workspace_.size() < bytes) workspace_ = DeviceBuffer(memory_, bytes, stream, order_);
     dims_ = dims;
     dtype_ = dtype;
@@ -356,15 +439,40 @@ class GpuPipeline final : public DevicePipeline {
     k_ordered_ = sizes_.gathered ? base + sizes_.stages + sizes_.lse : nullptr;
     v_ordered_ = sizes_.gathered ? static_cast<char*>(k_ordered_) + sizes_.gathered / 2 : nullptr;
     fp8_ = sizes_.fp8.total ? base + sizes_.stages + sizes_.lse + sizes_.gathered : nullptr;
+    calib_ = CalibrationWork{};
+    if (sizes_.calib_work) {
+      const CalibrationSpace c = calibration_space(dims, dtype);
+      char* at = base + sizes_.stages + sizes_.lse + sizes_.gathered + sizes_.fp8.total;
+      calib_.o_spa = at;
+      calib_.o_then = at + c.o;
+      at += 2 * c.o;
+      calib_.lse_then = reinterpret_cast<float*>(at);
+      calib_.R_then = reinterpret_cast<float*>(at + c.lse);
+      calib_.C_then = reinterpret_cast<float*>(at + c.lse + c.R);
+      calib_.partial = reinterpret_cast<double*>(at + c.lse + c.R + c.C);
+    }
   }
 
   void allocate_state(LayerState& state, const StepPlan& plan, cudaStream_t stream) {
-    if (state.critical.size() != sizes_.critical)
-      state.critical = DeviceBuffer(memory_, sizes_.critical, stream, order_);
+    const auto sized = [&](DeviceBuffer& buf, size_t bytes) {
+      if (bytes && buf.size() != bytes) buf = DeviceBuffer(memory_, bytes, stream, order_);
+    };
+    sized(state.critical, sizes_.critical);
     if (plan.kind != CallStats::Kind::reference) return;
-    if (state.rho.size() != sizes_.rho) state.rho = DeviceBuffer(memory_, sizes_.rho, stream, order_);
-    if (sizes_.delta && state.delta.size() != sizes_.delta)
-      state.delta = DeviceBuffer(memory_, sizes_.delta, stream, order_);
+    sized(state.rho, sizes_.rho);
+    sized(state.delta, sizes_.delta);
+    if (config_.method != Method::calibrated) return;
+    sized(state.critical_next, sizes_.critical);
+    sized(state.rho_next, sizes_.rho);
+    sized(state.delta_next, sizes_.delta);
+    if (state.calibration.size() != sizes_.calib_state) {
+      state.calibration = DeviceBuffer(memory_, sizes_.calib_state, stream, order_);
+      const CalibrationSpace c = calibration_space(dims_, dtype_);
+      char* base = state.calibration.as<char>();
+      state.errors = reinterpret_cast<double*>(base);
+      state.drift = reinterpret_cast<float*>(base + c.errors);
+      state.choice = reinterpret_cast<int32_t*>(base + c.errors + c.drift);
+    }
   }
 
   const int32_t* perm_device() const { return perm_.empty() ? nullptr : perm_mem_.as<int32_t>(); }
@@ -381,11 +489,16 @@ class GpuPipeline final : public DevicePipeline {
   // The plan: the mask's CSR lists in buf_ and, for Rectified SpaAttn, R and C. A fresh
   // selection writes its crit bits straight into the state; a reused one lists the stored bits.
   // Returns whether pooling ran (with FP8, it then wrote the video rows' statistics).
+  // Calibrated: R, C every step (some head may apply them), the fresh selection of a reference
+  // step into critical_next, and with a previous reference (prev_ref) also R, C of its mask.
   bool plan_masks(const AttentionArgs& args, const st::Dims& dims, const StepPlan& plan,
-                  LayerState& state, cudaStream_t stream) {
+                  LayerState& state, bool prev_ref, cudaStream_t stream) {
     st::Buffers b = buf_;
-    b.critical = state.critical.as<uint32_t>();
-    const bool rectify = config_.method == Method::rectified;
+    const bool calibrated = config_.method == Method::calibrated;
+    b.critical = calibrated && plan.kind == CallStats::Kind::reference
+                     ? state.critical_next.as<uint32_t>()
+                     : state.critical.as<uint32_t>();
+    const bool rectify = config_.method == Method::rectified || calibrated;
     // Pooling and scores feed a fresh IPAR selection and, every step, Rectified SpaAttn's R, C.
     const bool pool = rectify || (plan.fresh_mask && config_.selector() == Selector::ipar);
     if (pool) {
@@ -403,6 +516,13 @@ class GpuPipeline final : public DevicePipeline {
     else
       st::launch_csr_from_critical(dims, b.critical, /*complement=*/false, b, stream);
     if (rectify) st::launch_rectify(st::make_rectify_params(dims, config_.gapr, b), stream);
+    if (calibrated && prev_ref) {
+      st::RectifyParams rp = st::make_rectify_params(dims, config_.gapr, b);
+      rp.critical = state.critical.as<uint32_t>();
+      rp.R = calib_.R_then;
+      rp.C = calib_.C_then;
+      st::launch_rectify(rp, stream);
+    }
     return pool;
   }
 
@@ -430,34 +550,39 @@ class GpuPipeline final : public DevicePipeline {
 
   // rho / Delta of the (layer, entry)'s cache as the epilogue reads or writes them: contiguous
   // [b, S, H(, d)] indexed by the caller's sequence row.
-  void cache_view(FwdEpilogue& epi, const AttentionArgs& args, const LayerState& state,
-                  bool write) const {
+  void cache_view(FwdEpilogue& epi, const AttentionArgs& args, const DeviceBuffer& rho,
+                  const DeviceBuffer& delta_buf, bool write) const {
     const int64_t S = args.seq_len(), H = args.heads(), D = args.head_dim();
     const int64_t rho_stride[3] = {S * H, H, 1}, delta_stride[3] = {S * H * D, H * D, D};
     for (int d = 0; d < 3; ++d) {
       epi.rho_stride[d] = rho_stride[d];
       epi.delta_stride[d] = delta_stride[d];
     }
-    void* delta = config_.rettention.cache_delta ? state.delta.get() : nullptr;
+    void* delta = config_.rettention.cache_delta ? delta_buf.get() : nullptr;
     if (write) {
-      epi.rho_out = state.rho.as<float>();
+      epi.rho_out = rho.as<float>();
       epi.delta_out = delta;
     } else {
-      epi.rho = state.rho.as<float>();
+      epi.rho = rho.as<float>();
       epi.delta = delta;
     }
   }
 
-  void run_sparse(const AttentionArgs& args, const BlockMaskView& mask, TensorView out,
-                  const StepPlan& plan, const LayerState& state, cudaStream_t stream) {
+  void run_sparse(const AttentionArgs& args, const st::Dims& dims, const BlockMaskView& mask,
+                  TensorView out, const StepPlan& plan, const LayerState& state,
+                  cudaStream_t stream) {
     FwdEpilogue epi;
+    if (config_.method == Method::calibrated) {
+      run_calibrated_sparse(args, dims, mask, out, plan, state, stream);
+      return;
+    }
     if (config_.method == Method::rectified) {
       epi.kind = EpilogueKind::block_affine;
       epi.R = buf_.R;
       epi.C = buf_.C;
     } else if (uses_rettention(config_.method)) {
       epi.kind = EpilogueKind::row_affine;
-      cache_view(epi, args, state, /*write=*/false);
+      cache_view(epi, args, state.rho, state.delta, /*write=*/false);
       epi.drift = static_cast<float>(plan.k - 1) * config_.rettention.drift;
       epi.clamp = config_.rettention.clamp;
     }
@@ -482,9 +607,129 @@ class GpuPipeline final : public DevicePipeline {
     FwdEpilogue epi;
     epi.kind = EpilogueKind::merge_reference;
     epi.prev_out = out.data;
+    for (int d = 0; d < 3; ++d) epi.prev_stride[d] = out.stride[d];
     epi.prev_lse = lse_spa_;
-    cache_view(epi, args, state, /*write=*/true);
+    cache_view(epi, args, state.rho, state.delta, /*write=*/true);
     launch(args, mask, out, lse_full, epi, /*permute=*/true, stream);
+  }
+
+  // What the calibration kernels read of every call: Q, the pooling, out.
+  st::CalibrateParams calibrate_params(const AttentionArgs& args, const st::Dims& dims,
+                                       const TensorView& out) const {
+    st::CalibrateParams c;
+    c.dims = dims;
+    c.dtype = args.q.dtype;
+    c.scale = args.softmax_scale();
+    c.perm = perm_device();
+    c.q = args.q.data;
+    c.out = out.data;
+    for (int d = 0; d < 3; ++d) {
+      c.q_stride[d] = args.q.stride[d];
+      c.out_stride[d] = out.stride[d];
+    }
+    c.k_mean = buf_.k_mean;
+    c.v_mean = buf_.v_mean;
+    return c;
+  }
+
+  // Method::calibrated's reference step: O_spa over the fresh mask kept in the workspace, the
+  // complement pass that merges it into O_full (out) and writes the new rho, Delta, the pass
+  // over the previous reference's mask (k > 0: at distance k), then the calibration pass.
+  void run_calibrated_reference(const AttentionArgs& args, const st::Dims& dims,
+                                const BlockMaskView& mask, TensorView out, LayerState& state,
+                                int k, cudaStream_t stream) {
+    const int64_t B = args.batch(), S = args.seq_len(), H = args.heads(), D = args.head_dim();
+    const DType dt = args.q.dtype;
+    const auto rows = [&](float* p) { return TensorView::contiguous(p, DType::f32, {B, S, H}, Device::cuda); };
+    const TensorView o_spa = TensorView::contiguous(calib_.o_spa, dt, {B, S, H, D}, Device::cuda);
+    launch(args, mask, o_spa, rows(lse_spa_), {}, /*permute=*/true, stream);
+
+    st::launch_csr_from_critical(dims, state.critical_next.as<uint32_t>(), /*complement=*/true,
+                                 buf_, stream);
+    FwdEpilogue epi;
+    epi.kind = EpilogueKind::merge_reference;
+    epi.prev_out = o_spa.data;
+    for (int d = 0; d < 3; ++d) epi.prev_stride[d] = o_spa.stride[d];
+    epi.prev_lse = lse_spa_;
+    cache_view(epi, args, state.rho_next, state.delta_next, /*write=*/true);
+    launch(args, mask, out, rows(lse_full_), epi, /*permute=*/true, stream);
+
+    st::CalibrateParams c = calibrate_params(args, dims, out);
+    c.lse_full = lse_full_;
+    c.critical = state.critical_next.as<uint32_t>();
+    c.o_spa = o_spa.data;
+    c.lse_spa = lse_spa_;
+    c.R = buf_.R;
+    c.C = buf_.C;
+    if (k > 0) {
+      st::launch_csr_from_critical(dims, state.critical.as<uint32_t>(), /*complement=*/false,
+                                   buf_, stream);
+      const TensorView o_then =
+          TensorView::contiguous(calib_.o_then, dt, {B, S, H, D}, Device::cuda);
+      launch(args, mask, o_then, rows(calib_.lse_then), {}, /*permute=*/true, stream);
+      c.o_then = o_then.data;
+      c.lse_then = calib_.lse_then;
+      c.critical_then = state.critical.as<uint32_t>();
+      c.R_then = calib_.R_then;
+      c.C_then = calib_.C_then;
+      c.rho_then = state.rho.as<float>();
+      c.delta_then = state.delta.get();
+      c.k = k;
+    }
+    c.clamp = config_.rettention.clamp;
+    c.partial = calib_.partial;
+    c.choice = state.choice;
+    c.drift = state.drift;
+    c.errors = state.errors;
+    st::launch_calibrate_measure(c, stream);
+  }
+
+  // Method::calibrated's sparse step: the kernel applies each (b, h)'s candidate (its lse, which
+  // the merge pass reads, into the workspace), then the merge pass.
+  void run_calibrated_sparse(const AttentionArgs& args, const st::Dims& dims,
+                             const BlockMaskView& mask, TensorView out, const StepPlan& plan,
+                             const LayerState& state, cudaStream_t stream) {
+    FwdEpilogue epi;
+    epi.kind = EpilogueKind::calibrated;
+    epi.R = buf_.R;
+    epi.C = buf_.C;
+    cache_view(epi, args, state.rho, state.delta, /*write=*/false);
+    epi.clamp = config_.rettention.clamp;
+    epi.choice = state.choice;
+    epi.head_drift = state.drift;
+    epi.steps = static_cast<float>(plan.k - 1);
+    const TensorView lse_spa = TensorView::contiguous(
+        lse_spa_, DType::f32, {args.batch(), args.seq_len(), args.heads()}, Device::cuda);
+    launch(args, mask, out, lse_spa, epi, /*permute=*/true, stream);
+    st::CalibrateParams c = calibrate_params(args, dims, out);
+    c.critical = state.critical.as<uint32_t>();
+    c.lse_spa = lse_spa_;
+    c.choice = state.choice;
+    st::launch_calibrate_merge(c, stream);
+  }
+
+  // The calibration of (layer, entry) read back after every call queued so far.
+  std::optional<Calibration> calibration(int layer, int entry) const override {
+    const auto it = states_.find(std::make_tuple(layer, entry));
+    if (it == states_.end() || !it->second.calibration.get() || it->second.summary.ref_step < 0)
+      return std::nullopt;
+    const LayerState& state = it->second;
+    order_.wait();
+    const size_t bh = static_cast<size_t>(state.batch * state.heads);
+    Calibration cal;
+    cal.batch = state.batch;
+    cal.heads = state.heads;
+    cal.ref_step = state.summary.ref_step;
+    cal.errors.resize(bh * kCandidates);
+    cal.drift.resize(bh);
+    std::vector<int32_t> choice(bh);
+    SPAATTN_CUDA_CHECK(cudaMemcpy(cal.errors.data(), state.errors, cal.errors.size() * 8,
+                                  cudaMemcpyDeviceToHost));
+    SPAATTN_CUDA_CHECK(cudaMemcpy(cal.drift.data(), state.drift, bh * 4, cudaMemcpyDeviceToHost));
+    SPAATTN_CUDA_CHECK(cudaMemcpy(choice.data(), state.choice, bh * 4, cudaMemcpyDeviceToHost));
+    cal.choice.reserve(bh);
+    for (int32_t c : choice) cal.choice.push_back(static_cast<Candidate>(c));
+    return cal;
   }
 
   void launch(const AttentionArgs& args, const BlockMaskView& mask, const TensorView& out,
@@ -513,6 +758,11 @@ class GpuPipeline final : public DevicePipeline {
   float *lse_spa_ = nullptr, *lse_full_ = nullptr;
   void *k_ordered_ = nullptr, *v_ordered_ = nullptr;
   void* fp8_ = nullptr;
+  struct CalibrationWork {
+    void *o_spa = nullptr, *o_then = nullptr;
+    float *lse_then = nullptr, *R_then = nullptr, *C_then = nullptr;
+    double* partial = nullptr;
+  } calib_;
   std::map<std::tuple<int, int>, LayerState> states_;
 };
 
@@ -533,9 +783,9 @@ WorkspaceSize device_workspace_size(const Config& config, const AttentionArgs& a
   const Sizes s = sizes(config, dims, args.q.dtype, perm_entries, neighbour_entries);
   WorkspaceSize w;
   if (config.precision == Precision::fp8) (void)st::fp8_layout(args);  // its checks
-  w.workspace = s.stages + s.lse + s.gathered + s.fp8.total;
+  w.workspace = s.workspace();
   w.constants = s.perm + s.neighbours;
-  w.per_state = s.critical + s.rho + s.delta;
+  w.per_state = s.per_state(config.method);
   return w;
 }
 

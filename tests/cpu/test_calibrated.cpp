@@ -401,26 +401,10 @@ TEST(Calibrated, InvalidUseIsRefused) {
   bad.method = static_cast<Method>(static_cast<int>(Method::calibrated) + 1);
   expect_error([&] { bad.validate(); }, "config.method", "or calibrated, got 6");
 
-  // CUDA tensors: refused naming config.method, whether or not the build has CUDA.
   Steps s(TextPlacement::suffix);
   SparseAttention sa(s.config());
   std::vector<float> out(static_cast<size_t>(s.B * s.S * s.H * s.D));
   ASSERT_EQ(sa.forward({0, 0, 1}, s.args(1), s.view(out)).kind, CallStats::Kind::reference);
-  std::vector<bf16> q(out.size()), k(out.size()), v(out.size()), o(out.size(), bf16(7.f));
-  AttentionArgs dev = s.args(2);
-  dev.q = TensorView::contiguous(q.data(), DType::bf16, {s.B, s.S, s.H, s.D});
-  dev.k = TensorView::contiguous(k.data(), DType::bf16, {s.B, s.S, s.H, s.D});
-  dev.v = TensorView::contiguous(v.data(), DType::bf16, {s.B, s.S, s.H, s.D});
-  for (TensorView* t : {&dev.q, &dev.k, &dev.v}) t->device = Device::cuda;
-  dev.text_lengths = TensorView{};
-  TensorView dev_out = TensorView::contiguous(o.data(), DType::bf16, {s.B, s.S, s.H, s.D});
-  dev_out.device = Device::cuda;
-  const std::string msg = "calibrated: expected a host call; the GPU path of this method is not "
-                          "built yet";
-  expect_error([&] { sa.forward({0, 0, 2}, dev, dev_out); }, "config.method", msg);
-  expect_error([&] { sa.check({0, 0, 2}, dev, dev_out); }, "config.method", msg);
-  expect_error([&] { sa.workspace_size(dev); }, "config.method", "not built yet");
-  EXPECT_EQ(o[0].bits, bf16(7.f).bits);
   EXPECT_EQ(sa.state_count(), 1u);
   EXPECT_EQ(sa.calibration(0, 0)->ref_step, 1);
   // A sparse step of another layout than its reference step's: refused, the state kept.

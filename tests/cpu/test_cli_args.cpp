@@ -372,8 +372,8 @@ TEST(BenchArgs, Precision) {
                "fp8 needs --block-size 128, got 64");
   expect_error([] { bench({"--precision", "fp8", "--kernel", "portable"}); }, "--precision",
                "not --kernel portable");
-  expect_error([] { bench({"--precision", "fp8", "--method", "calibrated"}); }, "--precision",
-               "--method calibrated");
+  EXPECT_EQ(bench({"--precision=fp8", "--method=calibrated"}).config(Method::calibrated).precision,
+            Precision::fp8);
 }
 
 TEST(BenchArgs, SeqAndGrid) {

@@ -171,6 +171,7 @@ TEST_P(Epilogue, MatchesFloat64InTheCallersOrder) {
     cuda_detail::FwdParams mp = params(comp_mask, lse_full_v);
     mp.epi.kind = EpilogueKind::merge_reference;
     mp.epi.prev_out = out.view.data;  // in place, as the pipeline runs it
+    for (int d = 0; d < 3; ++d) mp.epi.prev_stride[d] = out.view.stride[d];
     mp.epi.prev_lse = lse.get();
     mp.epi.rho_out = rho_out.get();
     mp.epi.delta_out = delta_out.view.data;

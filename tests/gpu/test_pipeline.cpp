@@ -5,8 +5,10 @@
 // written; no NaN passes. The GPU object measures its masks' density, which must match the CPU's.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -46,6 +48,46 @@ Config make_config(const PipelineCase& c) {
 
 class Pipeline : public ::testing::TestWithParam<PipelineCase> {};
 
+// Method::calibrated: the GPU's calibration of (layer, entry) against the CPU's. The errors are
+// measured on 16-bit O_spa, O_then and Delta there and on fp32 ones here: they agree within 3%
+// of the candidate's error plus 1e-3 of the largest (FP8: 25% plus 3%). The choices must agree
+// wherever the CPU's best candidate is ahead of the next by more than that tolerance allows.
+void expect_same_calibration(const SparseAttention& cpu, const SparseAttention& gpu,
+                             const CallInfo& info, Precision precision) {
+  const std::optional<Calibration> want = cpu.calibration(info.layer, info.entry);
+  const std::optional<Calibration> got = gpu.calibration(info.layer, info.entry);
+  ASSERT_EQ(got.has_value(), want.has_value()) << "step " << info.step;
+  if (!want) return;
+  ASSERT_EQ(got->ref_step, want->ref_step);
+  ASSERT_EQ(got->batch, want->batch);
+  ASSERT_EQ(got->heads, want->heads);
+  const double rel = precision == Precision::fp8 ? 0.25 : 0.03;
+  const double floor = precision == Precision::fp8 ? 0.03 : 1e-3;
+  for (size_t bh = 0; bh < want->choice.size(); ++bh) {
+    double top = 0;
+    for (int c = 0; c < kCandidates; ++c) {
+      const double e = want->errors[bh * kCandidates + c];
+      if (std::isfinite(e)) top = std::max(top, e);
+    }
+    std::vector<std::pair<double, int>> ranked;
+    for (int c = 0; c < kCandidates; ++c) {
+      const double w = want->errors[bh * kCandidates + c], g = got->errors[bh * kCandidates + c];
+      EXPECT_EQ(std::isnan(g), std::isnan(w)) << "bh " << bh << " candidate " << c;
+      if (std::isnan(w)) continue;
+      EXPECT_NEAR(g, w, rel * w + floor * top)
+          << "step " << info.step << " bh " << bh << " candidate " << to_string(Candidate(c));
+      ranked.emplace_back(w, c);
+    }
+    std::sort(ranked.begin(), ranked.end());
+    const bool clear = ranked.size() < 2 ||
+                       ranked[1].first - ranked[0].first > 2 * (rel * ranked[1].first + floor * top);
+    if (clear)
+      EXPECT_EQ(got->choice[bh], want->choice[bh]) << "step " << info.step << " bh " << bh;
+    EXPECT_NEAR(got->drift[bh], want->drift[bh], precision == Precision::fp8 ? 5e-3 : 1e-3)
+        << "step " << info.step << " bh " << bh;
+  }
+}
+
 TEST_P(Pipeline, MatchesTheCpuPathStepByStep) {
   const PipelineCase& c = GetParam();
   if (small_mode() && !c.small) GTEST_SKIP() << "large case (SPAATTN_GPU_TESTS_SMALL)";
@@ -83,6 +125,7 @@ TEST_P(Pipeline, MatchesTheCpuPathStepByStep) {
     // FP8: the bound of test_fp8.cpp (8-bit operands; 0.027-0.039 measured on such inputs).
     const double tol = c.precision == Precision::fp8 ? 0.05 : 1e-2;
     EXPECT_LE(err, tol) << "step " << step << " kind " << static_cast<int>(cs.kind);
+    if (c.method == Method::calibrated) expect_same_calibration(cpu, gpu, info, c.precision);
   }
   EXPECT_EQ(gpu.state_count(), cpu.state_count());
   gpu.reset();
@@ -92,10 +135,12 @@ TEST_P(Pipeline, MatchesTheCpuPathStepByStep) {
 
 std::vector<PipelineCase> cases() {
   std::vector<PipelineCase> out;
-  const Method methods[] = {Method::sparse, Method::rectified, Method::rettention,
-                            Method::rectified_rettention, Method::dense};
-  const char* names[] = {"sparse", "rectified", "rettention", "rectified_rettention", "dense"};
-  for (int m = 0; m < 5; ++m) {
+  const Method methods[] = {Method::sparse,     Method::rectified,
+                            Method::rettention, Method::rectified_rettention,
+                            Method::dense,      Method::calibrated};
+  const char* names[] = {"sparse", "rectified", "rettention", "rectified_rettention", "dense",
+                         "calibrated"};
+  for (int m = 0; m < 6; ++m) {
     PipelineCase c;
     c.method = methods[m];
     c.name = std::string(names[m]) + "_video_d128_b128";
@@ -191,6 +236,39 @@ TEST(PipelineTextLengths, DeviceValuesOutsideTheRangeAreClamped) {
   cuda_ok(cudaDeviceSynchronize(), "forward");
   d_out.to_host(out);
   EXPECT_LE(rel_l2(out, ref), 1e-2);
+}
+
+// What a calibrated object allocates is what workspace_size() reports: the workspace, the
+// constants, and per (layer, entry) its state (two crit bitmasks, rho and Delta, and the
+// calibration).
+TEST(PipelineMemory, CalibratedAllocatesWhatWorkspaceSizeReports) {
+  PipelineCase c;
+  c.method = Method::calibrated;
+  const Layout layout{.num_video = c.grid.size(), .num_text = 0, .block_size = c.block};
+  test::Problem p;
+  test::make_problem(p, DType::bf16, 2, 3, c.dim, layout, 5, {});
+  const DeviceProblem d(p);
+  size_t allocated = 0;
+  DeviceMemory memory;
+  memory.allocate = [&allocated](size_t bytes, void* stream) {
+    void* ptr = nullptr;
+    cuda_ok(cudaMallocAsync(&ptr, bytes, static_cast<cudaStream_t>(stream)), "allocate");
+    allocated += bytes;
+    return ptr;
+  };
+  memory.release = [](void* ptr, size_t, void* stream) {
+    cudaFreeAsync(ptr, static_cast<cudaStream_t>(stream));
+  };
+  SparseAttention sa(make_config(c), memory);
+  const WorkspaceSize ws = sa.workspace_size(d.args);
+  test::HostTensor host = test::make_tensor(DType::bf16, 2, layout.seq_len(), 3, c.dim);
+  DeviceTensor out(host);
+  for (int step = 0; step < 6; ++step)
+    for (int layer = 0; layer < 2; ++layer)
+      sa.forward(CallInfo{.layer = layer, .step = step}, d.args, out.view);
+  cuda_ok(cudaDeviceSynchronize(), "forward");
+  EXPECT_GT(ws.per_state, 0u);
+  EXPECT_EQ(allocated, ws.workspace + ws.constants + 2 * ws.per_state);
 }
 
 // One object called on two non-blocking streams in turn, then destroyed and reset with work still

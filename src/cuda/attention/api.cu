@@ -157,6 +157,10 @@ void launch_fwd(const FwdParams& params, DType dtype, int64_t head_dim, int bloc
       SPAATTN_CHECK_ARG(e.prev_out && e.prev_lse && e.rho_out && params.lse, "epilogue",
                         "merge_reference needs prev_out, prev_lse, rho_out and lse");
       break;
+    case EpilogueKind::calibrated:
+      SPAATTN_CHECK_ARG(e.choice && e.head_drift && e.R && e.C && e.rho, "epilogue",
+                        "calibrated needs choice, head_drift, R, C and rho");
+      break;
   }
   if (params.fp8.q8) {
     // FP8 operands exist only for the sm90 family at block size 128 (quant.cuh checked the

@@ -1,7 +1,8 @@
 // What the attention kernels' epilogue does with a row's normalised output O_spa and its lse
 // (docs/gpu.md, Epilogues). Every correction is affine per row, so it is applied
 // where O already sits in registers, never as an extra pass over O. Each one is a compile-time
-// functor (EpiNone, EpiBlockAffine, EpiRowAffine, EpiMergeReference below) that both kernel
+// functor (EpiNone, EpiBlockAffine, EpiRowAffine, EpiMergeReference, EpiCalibrated of
+// finish.cuh) that both kernel
 // families instantiate; a new estimator is one new functor, one EpilogueKind and one line in
 // dispatch_epilogue.
 //   none:            O = O_spa
@@ -10,6 +11,12 @@
 //   row_affine:      Re-ttention sparse step, O = a O_spa + Delta with a = rho + drift
 //                    (min(a, 1) when clamp), rho f32 [b, S, H] and Delta (the kernel's element
 //                    type, [b, S, H, d], may be null) indexed by the token's sequence position
+//   calibrated:      Method::calibrated's sparse step: per (b, h) the candidate choice[b * H + h]
+//                    chose (docs/methods.md, Calibrated correction) on the video query rows:
+//                    none and merge O = O_spa (merge is finished by a later pass that reads
+//                    this launch's lse), affine O = R_i O_spa + C_i, scale O = R_i O_spa,
+//                    rettention O = a O_spa + Delta with a = rho + steps * head_drift[b * H + h]
+//                    (min(a, 1) when clamp); text query rows keep O_spa
 //   merge_reference: the second launch of a Re-ttention reference step. The first launch wrote
 //                    (O_spa, lse_spa) of the mask into prev_out / prev_lse; this launch covers the
 //                    complement keys (O_c, lse_c) and writes, per row,
@@ -18,8 +25,9 @@
 //                      Delta  = (1 - rho) O_c              -> delta_out, rho -> rho_out;
 //                    rows with lse_full = -inf get O = 0, rho = 0, Delta = 0. 1 - rho is taken as
 //                    exp(lse_c - lse_full) (no cancellation near rho = 1). The launch needs lse:
-//                    prev_lse shares its strides (it must be another array); prev_out may be out
-//                    itself (each row is read before the thread that read it writes it).
+//                    prev_lse shares lse's strides (it must be another array); prev_out has
+//                    prev_stride and may be out itself (each row is read before the thread that
+//                    read it writes it).
 // Rows whose mask row is empty or holds no valid key still go through the epilogue, with
 // O_spa = 0 and lse = -inf (so block_affine gives C_i, merge_reference gives O_spa's row).
 // Padding query rows (text beyond L_t) are always written as O = 0, lse = -inf.
@@ -28,7 +36,7 @@
 
 namespace spaattn::cuda_detail {
 
-enum class EpilogueKind : uint8_t { none, block_affine, row_affine, merge_reference };
+enum class EpilogueKind : uint8_t { none, block_affine, row_affine, merge_reference, calibrated };
 
 struct FwdEpilogue {
   EpilogueKind kind = EpilogueKind::none;
@@ -42,9 +50,15 @@ struct FwdEpilogue {
   int64_t delta_stride[3] = {};  // elements, dims b, S, H (unit stride on d)
   float drift = 0.f;             // (k - 1) * lambda
   bool clamp = false;
+  // calibrated: block_affine's R, C and row_affine's rho, Delta, strides and clamp, and per
+  // (b, h) the candidate (a Candidate value) and the fitted lambda, applied as steps * lambda
+  const int32_t* choice = nullptr;
+  const float* head_drift = nullptr;
+  float steps = 0.f;  // k - 1
   // merge_reference: inputs from the masked launch (same strides as out / lse) and the cache
   // written by this launch (strides as rho_stride / delta_stride)
   const void* prev_out = nullptr;
+  int64_t prev_stride[3] = {};  // elements, dims b, S, H (unit stride on d)
   const float* prev_lse = nullptr;
   float* rho_out = nullptr;
   void* delta_out = nullptr;

@@ -16,6 +16,7 @@
 
 #include "cuda/attention/blocks.cuh"
 #include "spaattn/error.hpp"
+#include "spaattn/method.hpp"
 #include "cuda/attention/softmax.cuh"
 
 namespace spaattn::cuda_detail {
@@ -52,6 +53,30 @@ struct EpiBlockAffine {
   }
 };
 
+// O = a O_spa + Delta for one row of the Re-ttention cache (rho, Delta at the row's sequence
+// position), a = rho + drift, clamped to 1 on request; padding rows are left alone.
+template <class T, int D>
+__device__ __forceinline__ void rettention_row(const FwdEpilogue& epi, const CtaShared& cta,
+                                               int64_t seq, bool pad, int col, float drift,
+                                               float (&x)[D / 8][4], int hf) {
+  if (pad) return;
+  const int64_t e =
+      cta.b * epi.rho_stride[0] + seq * epi.rho_stride[1] + cta.h * epi.rho_stride[2];
+  float a = epi.rho[e] + drift;
+  if (epi.clamp) a = fminf(a, 1.f);
+  const uint32_t* delta =
+      epi.delta ? reinterpret_cast<const uint32_t*>(
+                      static_cast<const T*>(epi.delta) + cta.b * epi.delta_stride[0] +
+                      seq * epi.delta_stride[1] + cta.h * epi.delta_stride[2] + col)
+                : nullptr;
+#pragma unroll
+  for (int t = 0; t < D / 8; ++t) {
+    const float2 c = delta ? Mma<T>::unpack(delta[t * 4]) : make_float2(0.f, 0.f);
+    x[t][2 * hf] = fmaf(a, x[t][2 * hf], c.x);
+    x[t][2 * hf + 1] = fmaf(a, x[t][2 * hf + 1], c.y);
+  }
+}
+
 // Re-ttention sparse step: O = a O_spa + Delta, a = rho + drift (clamped to 1 on request).
 template <class T, int D>
 struct EpiRowAffine {
@@ -59,28 +84,53 @@ struct EpiRowAffine {
   __device__ __forceinline__ void row(const FwdParams& p, const CtaShared& cta, int64_t seq,
                                       bool pad, int col, int, float&, float (&x)[D / 8][4],
                                       int hf) const {
-    if (pad) return;
-    const FwdEpilogue& epi = p.epi;
-    const int64_t e =
-        cta.b * epi.rho_stride[0] + seq * epi.rho_stride[1] + cta.h * epi.rho_stride[2];
-    float a = epi.rho[e] + epi.drift;
-    if (epi.clamp) a = fminf(a, 1.f);
-    const uint32_t* delta =
-        epi.delta ? reinterpret_cast<const uint32_t*>(
-                        static_cast<const T*>(epi.delta) + cta.b * epi.delta_stride[0] +
-                        seq * epi.delta_stride[1] + cta.h * epi.delta_stride[2] + col)
-                  : nullptr;
+    rettention_row<T, D>(p.epi, cta, seq, pad, col, p.epi.drift, x, hf);
+  }
+};
+
+// Method::calibrated's sparse step: the candidate its (b, h) chose. none and merge leave O_spa
+// (merge is completed by the pass that follows, from this launch's lse); affine and scale are
+// the block-affine map (scale without C_i) on video query blocks; rettention is the row-affine
+// map with the (b, h)'s own drift.
+template <class T, int D>
+struct EpiCalibrated {
+  static constexpr int kAffine = static_cast<int>(Candidate::affine);
+  static constexpr int kScale = static_cast<int>(Candidate::scale);
+  static constexpr int kRettention = static_cast<int>(Candidate::rettention);
+  int choice = 0;
+  float a = 1.f, drift = 0.f;
+  const float* c = nullptr;
+  __device__ __forceinline__ EpiCalibrated(const FwdParams& p, const CtaShared& cta, int col) {
+    const int64_t bh = static_cast<int64_t>(cta.b) * p.heads + cta.h;
+    choice = cta.qb < p.num_video_blocks ? p.epi.choice[bh] : -1;  // text rows: O_spa
+    if (choice == kAffine || choice == kScale) {
+      const int64_t e = bh * p.num_video_blocks + cta.qb;
+      a = p.epi.R[e];
+      if (choice == kAffine) c = p.epi.C + e * D + col;
+    } else if (choice == kRettention) {
+      drift = p.epi.steps * p.epi.head_drift[bh];
+    }
+  }
+  __device__ __forceinline__ void row(const FwdParams& p, const CtaShared& cta, int64_t seq,
+                                      bool pad, int col, int, float&, float (&x)[D / 8][4],
+                                      int hf) const {
+    if (choice == kRettention) {
+      rettention_row<T, D>(p.epi, cta, seq, pad, col, drift, x, hf);
+    } else if (choice == kAffine || choice == kScale) {
 #pragma unroll
-    for (int t = 0; t < D / 8; ++t) {
-      const float2 c = delta ? Mma<T>::unpack(delta[t * 4]) : make_float2(0.f, 0.f);
-      x[t][2 * hf] = fmaf(a, x[t][2 * hf], c.x);
-      x[t][2 * hf + 1] = fmaf(a, x[t][2 * hf + 1], c.y);
+      for (int t = 0; t < D / 8; ++t) {
+        const float2 v =
+            c ? __ldg(reinterpret_cast<const float2*>(c + t * 8)) : make_float2(0.f, 0.f);
+        x[t][2 * hf] = fmaf(a, x[t][2 * hf], v.x);
+        x[t][2 * hf + 1] = fmaf(a, x[t][2 * hf + 1], v.y);
+      }
     }
   }
 };
 
 // Second launch of a Re-ttention reference step: this launch holds the complement (O_c, lse_c);
-// the masked launch left (O_spa, lse_spa) in prev_out / prev_lse at the same places.
+// the masked launch left (O_spa, lse_spa) in prev_out (at prev_stride) and prev_lse (at lse's
+// strides).
 template <class T, int D>
 struct EpiMergeReference {
   __device__ __forceinline__ EpiMergeReference(const FwdParams&, const CtaShared&, int) {}
@@ -104,8 +154,8 @@ struct EpiMergeReference {
         cta.b * epi.rho_stride[0] + seq * epi.rho_stride[1] + cta.h * epi.rho_stride[2];
     if ((lane & 3) == 0) epi.rho_out[e] = rho;
     const uint32_t* prev = reinterpret_cast<const uint32_t*>(
-        static_cast<const T*>(epi.prev_out) + cta.b * p.out_stride[0] + seq * p.out_stride[1] +
-        cta.h * p.out_stride[2] + col);
+        static_cast<const T*>(epi.prev_out) + cta.b * epi.prev_stride[0] +
+        seq * epi.prev_stride[1] + cta.h * epi.prev_stride[2] + col);
     uint32_t* delta = epi.delta_out
                           ? reinterpret_cast<uint32_t*>(
                                 static_cast<T*>(epi.delta_out) + cta.b * epi.delta_stride[0] +
@@ -141,6 +191,8 @@ void dispatch_epilogue(EpilogueKind kind, F&& f) {
       return f(EpiTag<EpiRowAffine>{});
     case EpilogueKind::merge_reference:
       return f(EpiTag<EpiMergeReference>{});
+    case EpilogueKind::calibrated:
+      return f(EpiTag<EpiCalibrated>{});
   }
   throw Error(Error::Kind::invalid_argument,
               detail::concat("unsupported epilogue kind: ", static_cast<int>(kind)));

@@ -9,6 +9,9 @@
 //   scores:  q̄, k̄, δq, δk, text keys of K -> P [bh, NV, NV + 1], compensable bits [bh, NV, W]
 //   select:  P (ipar) or nothing (band, local) -> critical bits [bh, NV, W], CSR lists
 //   rectify: P, critical, compensable, v̄ -> R [bh, NV], C [bh, NV, d]
+//   calibrate (Method::calibrated): Q, k̄, v̄, a mask's crit bits and the attention outputs ->
+//            per (bh, video block) error terms, then per bh the choice and drift
+//            (calibrate.cu); a sparse step's merge candidate from O_spa, lse_spa
 // The layouts of q̄ .. δk, P, R and C are those of the CPU Pooled, BlockScores and Correction, so
 // the CPU reference and the GPU can be compared array by array. Bit j % 32 of word j / 32 of a
 // row's bitmask stands for video key block j.
@@ -173,5 +176,59 @@ struct RectifyParams {
 };
 RectifyParams make_rectify_params(const Dims& dims, bool gapr, const Buffers& buf);
 void launch_rectify(const RectifyParams& p, cudaStream_t stream);
+
+// ---- calibrated correction ----------------------------------------------------------------------
+// Method::calibrated (docs/methods.md, Calibrated correction). The per-(bh, video block) error
+// terms of a reference step, summed over the block's query rows in double:
+//   [0, 4)  the squared error against O_full at distance 0 of none, affine, scale, merge;
+//   [4, 9)  at distance k of each Candidate (index 4 + c), when the previous mask is given;
+//   9       sum of exp(lse_then - lse_full) - rho_then (the drift fit's numerator).
+inline constexpr int kCalibrationTerms = 10;
+
+// Arrays "contiguous" are [b, S, H(, d)] in the caller's sequence order (row (b S + n) H + h),
+// element type dtype for outputs and Delta, fp32 for lse and rho.
+struct CalibrateParams {
+  Dims dims;
+  DType dtype = DType::bf16;
+  float scale = 0.f;
+  const int32_t* perm = nullptr;  // ordered video token k is row video_offset + perm[k]
+  const void* q = nullptr;        // the call's Q (pooled complement of each query row)
+  int64_t q_stride[3] = {};
+  const float *k_mean = nullptr, *v_mean = nullptr;  // this step's pooling [bh, NV, d]
+  // measure: O_full (read); merge: O_spa, rewritten with the merged rows. out's strides.
+  void* out = nullptr;
+  int64_t out_stride[3] = {};
+  const float* lse_full = nullptr;  // contiguous (measure)
+  // The mask the reference step selected (measure) or the sparse step runs (merge): its crit
+  // bits and O_spa (contiguous; measure only: merge reads out), lse_spa (contiguous), R, C.
+  const uint32_t* critical = nullptr;
+  const void* o_spa = nullptr;
+  const float* lse_spa = nullptr;
+  const float *R = nullptr, *C = nullptr;
+  // The previous reference step's mask on this step's inputs (measure; null o_then: none):
+  // O_then, lse_then (contiguous), R, C of that mask, the previous rho, Delta (contiguous) and
+  // the drift lambda per bh before this step; k = step - previous reference step.
+  const void* o_then = nullptr;
+  const float* lse_then = nullptr;
+  const uint32_t* critical_then = nullptr;
+  const float *R_then = nullptr, *C_then = nullptr;
+  const float* rho_then = nullptr;
+  const void* delta_then = nullptr;
+  int k = 0;
+  bool clamp = false;
+  double* partial = nullptr;  // [bh, NV, kCalibrationTerms]
+  // The calibration of the (layer, entry), per bh: the choice (a Candidate value; merge reads
+  // it), the drift (read as the previous one, then refitted in place) and the expected errors
+  // [bh, kCandidates] (NaN where not measured).
+  int32_t* choice = nullptr;
+  float* drift = nullptr;
+  double* errors = nullptr;
+};
+// Reference step, after both passes over the keys (and the pass over the previous mask): the
+// error terms into partial, then the choice, drift and errors from them (two launches).
+void launch_calibrate_measure(const CalibrateParams& p, cudaStream_t stream);
+// Sparse step, after the attention launch: the video query rows of every bh whose choice is
+// merge, merged in place with the pooled attention of their block's non-critical video blocks.
+void launch_calibrate_merge(const CalibrateParams& p, cudaStream_t stream);
 
 }  // namespace spaattn::cuda::stages
