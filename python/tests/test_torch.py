@@ -241,6 +241,47 @@ def test_cuda_sparse_attention_agrees_with_cpu(gpu_pipeline):
     assert err < 2e-2
 
 
+def test_cuda_calibrated_agrees_with_cpu(gpu_pipeline):
+    """The calibrated method on CUDA tensors over a run (dense, reference, sparse, reference,
+    sparse) against the CPU path on the same inputs: every output, and the calibration of each
+    reference step (errors within 5% of each other, choices equal where the CPU's best is
+    clearly ahead, drift within 1e-3)."""
+    options = dict(sparsity=0.75, dense_steps=1, ref_period=2, grid=(4, 16, 16), block_size=64)
+    gpu = spaattn.SparseAttention("calibrated", **options)
+    cpu = spaattn.SparseAttention("calibrated", **options)
+    kinds = []
+    for step in range(5):
+        q, k, v = inputs((2, 1024 + 40, 2, 64), dtype=torch.bfloat16, device="cuda",
+                         seed=20 + step)
+        a = gpu.forward(q, k, v, num_text=40, step=step, layer=3)
+        b = cpu.forward(*(x.float().cpu() for x in (q, k, v)), num_text=40, step=step, layer=3)
+        kinds.append(gpu.last_stats.kind)
+        assert kinds[-1] == cpu.last_stats.kind
+        assert ((a.float().cpu() - b).norm() / b.norm()).item() < 2e-2, step
+        got, want = gpu.calibration(layer=3), cpu.calibration(layer=3)
+        assert (got is None) == (want is None)
+        if want is None:
+            continue
+        assert got.ref_step == want.ref_step
+        for bi in range(2):
+            for h in range(2):
+                w, g = want.errors[bi][h], got.errors[bi][h]
+                top = max(e for e in w.values() if math.isfinite(e))
+                for c in spaattn.CANDIDATES:
+                    if math.isnan(w[c]):
+                        assert math.isnan(g[c])
+                    else:
+                        assert abs(g[c] - w[c]) <= 0.05 * w[c] + 1e-3 * top, (step, c)
+                ranked = sorted((e, c) for c, e in w.items() if math.isfinite(e))
+                if len(ranked) < 2 or ranked[1][0] - ranked[0][0] > 0.1 * ranked[1][0] + 2e-3 * top:
+                    assert got.choice[bi][h] == want.choice[bi][h]
+                assert abs(got.drift[bi][h] - want.drift[bi][h]) < 1e-3
+    assert kinds == ["dense", "reference", "sparse", "reference", "sparse"]
+    memory = gpu._memory
+    del gpu
+    assert not memory._blocks  # every block the GPU path took was given back
+
+
 def test_cuda_density_is_measured_on_request(gpu_pipeline):
     q, k, v = inputs((1, 1024 + 40, 2, 64), dtype=torch.bfloat16, device="cuda", seed=10)
     options = dict(sparsity=0.75, grid=(4, 16, 16), block_size=64, neighbours=False)

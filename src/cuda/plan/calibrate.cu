@@ -3,23 +3,25 @@
 // (the merge candidate), the error terms of every candidate at a reference step, and the choice
 // and drift that follow from them.
 //
-// One CTA of 256 threads per (video query block i, bh). The block's Q rows (through the token
-// order) sit in shared memory as fp32; the pooled keys k̄_j, v̄_j are swept 32 at a time: every
-// thread computes 32 / (256 / B) logits m_j = s q_n.k̄_j + log n_j of one row (-inf for critical
-// blocks and past NV), one thread per row updates that row's running maximum and sum, and every
-// thread accumulates a patch of rows x 4 columns of O_pool. All sums run in a fixed order, so the
-// results are deterministic. The error terms of a block are reduced over its threads (shuffles,
-// then the warps in order) and written per block; a second launch sums them per bh in block
-// order and chooses, so no atomics and no host synchronisation are involved.
+// One CTA of B / 16 warps per (video query block i, bh), with the portable attention kernel's
+// fragments and tiles (sm80/tile.cuh): the block's Q rows (through the token order) in a swizzled shared tile, the
+// pooled keys k̄_j, v̄_j staged 64 at a time, rounded to the element type, and the portable
+// kernel's step (sm80/step.cuh) on the tensor cores with each key's additive term log n_j / s
+// (-inf for the critical blocks): the pooled attention is block-sparse attention over NV pooled
+// keys. The error terms are then computed from the output fragments in registers, reduced over
+// the block (shuffles, then the warps in order) and written per block; a second launch sums them
+// per bh in block order and chooses, so the results are deterministic and no atomics or host
+// synchronisation are involved.
 //
-// The kernels compute on CUDA cores. The merge term costs about 4 N_v NV d H flops per mask
-// (twice per reference step, once per sparse step where a head chose merge), which is small
-// next to the attention kernel at the sizes of the testbed but grows with NV.
+// Measured on an H200 at S = 76,800, H = 40, d = 128, NV = 600 (docs/gpu.md, Calibrated
+// correction): see there for the cost of the pass against the attention kernel.
 #include <cmath>
 
 #include "core/served_error.hpp"
 #include "cuda/check.cuh"
 #include "cuda/dispatch.cuh"
+#include "cuda/attention/sm80/step.cuh"
+#include "cuda/attention/sm80/tile.cuh"
 #include "cuda/plan/stage_util.cuh"
 #include "cuda/plan/stages.cuh"
 #include "spaattn/method.hpp"
@@ -27,67 +29,38 @@
 namespace spaattn::cuda::stages {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-constexpr int kChunk = 32;  // pooled keys per step (one word of the crit bitmask)
+using cuda_detail::LaneRows;
+using cuda_detail::Mma;
+using cuda_detail::OnlineSoftmax;
+
+constexpr int kChunk = 64;  // pooled keys per staged tile and step (two words of the bitmask)
 constexpr int kNone = static_cast<int>(Candidate::none);
 constexpr int kAffine = static_cast<int>(Candidate::affine);
 constexpr int kScale = static_cast<int>(Candidate::scale);
 constexpr int kRettention = static_cast<int>(Candidate::rettention);
 constexpr int kMerge = static_cast<int>(Candidate::merge);
 
+// The portable kernel's fragments (sm80/tile.cuh), one m16 tile of query rows per warp (MT = 1:
+// the output fragment, 4 D / 8 registers, leaves room for the scores of 64 keys without
+// spills): a thread holds rows 16 warp + hf * 8 + lane / 4 and columns t * 8 + 2 (lane % 4) +
+// {0, 1}.
 template <int D, int B>
-struct Tile {
-  static constexpr int kColGroups = D / 4;                 // 4 columns of O per thread
-  static constexpr int kRowGroups = kThreads / kColGroups;
-  static constexpr int kRows = B / kRowGroups;             // rows of O per thread
-  static constexpr int kPerRow = kThreads / B;             // threads per row for the logits
-  static constexpr int kKeys = kChunk / kPerRow;           // logits per thread and step
-  // Shared memory in floats: Q [B][D + 1], k̄ [32][D + 1], v̄ [32][D], logits [B][33], and per
-  // row the running maximum, the sum and the rescale factor. Odd row strides keep the column
-  // reads of Q, k̄ and the logits conflict-free.
-  static constexpr int kQ = B * (D + 1), kK = kChunk * (D + 1), kV = kChunk * D;
-  static constexpr int kS = B * (kChunk + 1);
-  static constexpr int kBytes = (kQ + kK + kV + kS + 3 * B) * 4;
-  static_assert((kQ + kK) % 4 == 0, "v̄ rows must be 16-byte aligned");
-
-  float *q, *k, *v, *s, *mx, *sum, *alpha;
-  __device__ explicit Tile(float* base)
-      : q(base), k(q + kQ), v(k + kK), s(v + kV), mx(s + kS), sum(mx + B), alpha(sum + B) {}
+struct Shape {
+  static constexpr int MT = 1, DT = D / 8;
+  static constexpr int kWarps = B / 16, kThreads = 32 * kWarps;
+  // Dynamic shared memory: the Q tile and one k̄, v̄ tile, 16-bit, swizzled.
+  static constexpr int kQBytes = B * D * 2, kTileBytes = kChunk * D * 2;
+  static constexpr int kBytes = kQBytes + 2 * kTileBytes;
 };
 
-template <class T>
-__device__ __forceinline__ float2 to_float2(uint32_t w) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w));
-  } else {
-    return __half22float2(*reinterpret_cast<const __half2*>(&w));
-  }
-}
-template <class T>
-__device__ __forceinline__ uint32_t from_float2(float a, float b) {
-  uint32_t w;
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    *reinterpret_cast<__nv_bfloat162*>(&w) = __floats2bfloat162_rn(a, b);
-  } else {
-    *reinterpret_cast<__half2*>(&w) = __floats2half2_rn(a, b);
-  }
-  return w;
-}
-// Four consecutive elements (8-byte aligned).
-template <class T>
-__device__ __forceinline__ void load4(const T* src, float (&x)[4]) {
-  const uint2 raw = *reinterpret_cast<const uint2*>(src);
-  const float2 a = to_float2<T>(raw.x), b = to_float2<T>(raw.y);
-  x[0] = a.x;
-  x[1] = a.y;
-  x[2] = b.x;
-  x[3] = b.y;
-}
-template <class T>
-__device__ __forceinline__ void store4(T* dst, const float (&x)[4]) {
-  *reinterpret_cast<uint2*>(dst) = make_uint2(from_float2<T>(x[0], x[1]), from_float2<T>(x[2], x[3]));
-}
+// Static shared memory of both kernels: the block's sequence rows, each staged key's additive
+// term (log n_j / s, or -inf for a critical block or past NV) and the block sum of the terms.
+template <int B>
+struct Statics {
+  int32_t rows[B];
+  float key_term[kChunk];
+  double red[B / 16][kCalibrationTerms];
+};
 
 // The sequence row of row r of video block i (r < the block's count).
 __device__ __forceinline__ int64_t video_row(const CalibrateParams& p, int i, int r) {
@@ -95,133 +68,120 @@ __device__ __forceinline__ int64_t video_row(const CalibrateParams& p, int i, in
   return p.dims.video_offset + (p.perm ? __ldg(p.perm + k) : k);
 }
 
-// Q rows of block i as fp32 into the tile; rows past the block's count are zero.
+// The block's row table and its Q rows (rows past the count zero) into the Q tile; ends with a
+// barrier.
 template <class T, int D, int B>
-__device__ void load_q(const CalibrateParams& p, const Tile<D, B>& t, int b, int h, int i,
-                       int count) {
+__device__ void load_q(const CalibrateParams& p, Statics<B>& st, uint32_t q_smem, int b, int h,
+                       int i, int count) {
+  if (threadIdx.x < B) st.rows[threadIdx.x] = threadIdx.x < count ? video_row(p, i, threadIdx.x) : 0;
+  __syncthreads();
   const T* head = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[2];
-  for (int x = threadIdx.x; x < B * D / 8; x += kThreads) {
-    const int r = x / (D / 8), e = (x % (D / 8)) * 8;
-    float v[8] = {};
-    if (r < count)
-      unpack8<T>(*reinterpret_cast<const uint4*>(head + video_row(p, i, r) * p.q_stride[1] + e),
-                 v);
-#pragma unroll
-    for (int c = 0; c < 8; ++c) t.q[r * (D + 1) + e + c] = v[c];
-  }
+  cuda_detail::load_rows_indexed<T, B, D, Shape<D, B>::kThreads>(q_smem, head, p.q_stride[1],
+                                                                  st.rows, 0, count);
+  cuda_detail::cp_async_commit();
+  cuda_detail::cp_async_wait<0>();
+  __syncthreads();
 }
 
-// The pooled attention of every row of the tile's Q over the video blocks j not set in
-// crit_row (the row of the block's crit bitmask): o = O_pool (this thread's rows ty * kRows + a,
-// columns 4 tx ..), and per row lse_pool in t.mx (-inf and o = 0 for a row without such
-// blocks). Starts and ends with a barrier.
-template <int D, int B>
-__device__ void pooled_complement(const CalibrateParams& p, const Tile<D, B>& t,
-                                  const float* k_mean, const float* v_mean,
-                                  const uint32_t* crit_row, float (&o)[Tile<D, B>::kRows][4]) {
-  using Tl = Tile<D, B>;
-  const int tid = threadIdx.x, nv = p.dims.nv;
-  const int tx = tid % Tl::kColGroups, ty = tid / Tl::kColGroups;
+// The pooled attention of this warp's query rows over the video blocks j not set in crit_row
+// (the row of the block's crit bitmask): m_j = s q_n.k̄_j + log n_j, on the tensor cores with the
+// portable kernel's step (sm80/step.cuh), k̄ and v̄ rounded to the element type as they are
+// staged. o = O_pool and lse = lse_pool of the thread's rows (-inf and o = 0 for a row without
+// such blocks). Starts and ends with a barrier (the Q tile must be complete).
+template <class T, int D, int B>
+__device__ void pooled_complement(const CalibrateParams& p, Statics<B>& st, uint32_t q_smem,
+                                  int64_t bh, const uint32_t* crit_row,
+                                  float (&o)[Shape<D, B>::MT][D / 8][4],
+                                  float (&lse)[Shape<D, B>::MT][2]) {
+  using Sh = Shape<D, B>;
+  constexpr int MT = Sh::MT, N = kChunk, kThreads = Sh::kThreads;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nv = p.dims.nv;
+  const uint32_t k_smem = q_smem + Sh::kQBytes, v_smem = k_smem + Sh::kTileBytes;
+  const float* k_mean = p.k_mean + bh * nv * D;
+  const float* v_mean = p.v_mean + bh * nv * D;
+  const float scale_log2 = p.scale * 1.4426950408889634f;
 #pragma unroll
-  for (int a = 0; a < Tl::kRows; ++a) o[a][0] = o[a][1] = o[a][2] = o[a][3] = 0.f;
-  __syncthreads();  // the caller is done with t.mx and the Q tile is complete
-  if (tid < B) {
-    t.mx[tid] = -INFINITY;
-    t.sum[tid] = 0.f;
-  }
-  const int sr = tid % B, part = tid / B;  // logits: row sr, keys part * kKeys ..
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int t = 0; t < D / 8; ++t) o[m][t][0] = o[m][t][1] = o[m][t][2] = o[m][t][3] = 0.f;
+  OnlineSoftmax<MT> sm;
+  sm.init();
+  const LaneRows<D> lr(lane);
+  const uint32_t q_warp = q_smem + warp * MT * 16 * D * 2 + lr.a_row;
   for (int j0 = 0; j0 < nv; j0 += kChunk) {
-    for (int x = tid; x < kChunk * D / 4; x += kThreads) {
-      const int jj = x / (D / 4), e = (x % (D / 4)) * 4, j = j0 + jj;
-      float4 kv = make_float4(0.f, 0.f, 0.f, 0.f), vv = kv;
+    __syncthreads();  // the previous tile is consumed
+    for (int x = tid; x < kChunk * D / 8; x += kThreads) {
+      const int r = x / (D / 8), c = x % (D / 8), j = j0 + r;
+      float kf[8] = {}, vf[8] = {};
       if (j < nv) {
-        kv = *reinterpret_cast<const float4*>(k_mean + static_cast<int64_t>(j) * D + e);
-        vv = *reinterpret_cast<const float4*>(v_mean + static_cast<int64_t>(j) * D + e);
-      }
-      float* kr = t.k + jj * (D + 1) + e;
-      kr[0] = kv.x;
-      kr[1] = kv.y;
-      kr[2] = kv.z;
-      kr[3] = kv.w;
-      *reinterpret_cast<float4*>(t.v + jj * D + e) = vv;
-    }
-    __syncthreads();
-    {
-      float acc[Tl::kKeys] = {};
-      const float* qr = t.q + sr * (D + 1);
-      const float* kr = t.k + part * Tl::kKeys * (D + 1);
-#pragma unroll 4
-      for (int e = 0; e < D; ++e) {
-        const float qv = qr[e];
+        const float4* kr = reinterpret_cast<const float4*>(k_mean + static_cast<int64_t>(j) * D + c * 8);
+        const float4* vr = reinterpret_cast<const float4*>(v_mean + static_cast<int64_t>(j) * D + c * 8);
+        const float4 k0 = kr[0], k1 = kr[1], v0 = vr[0], v1 = vr[1];
+        const float kk[8] = {k0.x, k0.y, k0.z, k0.w, k1.x, k1.y, k1.z, k1.w};
+        const float vv[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
 #pragma unroll
-        for (int jj = 0; jj < Tl::kKeys; ++jj) acc[jj] = fmaf(qv, kr[jj * (D + 1) + e], acc[jj]);
-      }
-      const uint32_t word = crit_row[j0 / 32];
-#pragma unroll
-      for (int jj = 0; jj < Tl::kKeys; ++jj) {
-        const int c = part * Tl::kKeys + jj, j = j0 + c;
-        const bool use = j < nv && !((word >> c) & 1u);
-        const int n_j = min(p.dims.block, p.dims.num_video - j * p.dims.block);
-        t.s[sr * (kChunk + 1) + c] =
-            use ? fmaf(p.scale, acc[jj], logf(static_cast<float>(n_j))) : -INFINITY;
-      }
-    }
-    __syncthreads();
-    if (tid < B) {
-      float* sr_row = t.s + tid * (kChunk + 1);
-      float m = t.mx[tid];
-      for (int c = 0; c < kChunk; ++c) m = fmaxf(m, sr_row[c]);
-      if (m == -INFINITY) {
-        for (int c = 0; c < kChunk; ++c) sr_row[c] = 0.f;
-        t.alpha[tid] = 1.f;
-      } else {
-        const float a = expf(t.mx[tid] - m);
-        float s = 0.f;
-        for (int c = 0; c < kChunk; ++c) {
-          const float e = expf(sr_row[c] - m);
-          sr_row[c] = e;
-          s += e;
+        for (int e = 0; e < 8; ++e) {
+          kf[e] = kk[e];
+          vf[e] = vv[e];
         }
-        t.sum[tid] = fmaf(t.sum[tid], a, s);
-        t.mx[tid] = m;
-        t.alpha[tid] = a;
       }
+      const uint32_t off = cuda_detail::swizzled<D>(r, c);
+      asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(k_smem + off),
+                   "r"(Mma<T>::pack(kf[0], kf[1])), "r"(Mma<T>::pack(kf[2], kf[3])),
+                   "r"(Mma<T>::pack(kf[4], kf[5])), "r"(Mma<T>::pack(kf[6], kf[7]))
+                   : "memory");
+      asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(v_smem + off),
+                   "r"(Mma<T>::pack(vf[0], vf[1])), "r"(Mma<T>::pack(vf[2], vf[3])),
+                   "r"(Mma<T>::pack(vf[4], vf[5])), "r"(Mma<T>::pack(vf[6], vf[7]))
+                   : "memory");
+    }
+    if (tid < kChunk) {
+      const int j = j0 + tid;
+      const bool use = j < nv && !((crit_row[j / 32] >> (j % 32)) & 1u);
+      const int n_j = use ? min(p.dims.block, p.dims.num_video - j * p.dims.block) : 1;
+      st.key_term[tid] = use ? logf(static_cast<float>(n_j)) / p.scale : -INFINITY;
     }
     __syncthreads();
 #pragma unroll
-    for (int a = 0; a < Tl::kRows; ++a) {
-      const int r = ty * Tl::kRows + a;
-      const float al = t.alpha[r];
-      const float* pr = t.s + r * (kChunk + 1);
-      float x0 = o[a][0] * al, x1 = o[a][1] * al, x2 = o[a][2] * al, x3 = o[a][3] * al;
-#pragma unroll 8
-      for (int c = 0; c < kChunk; ++c) {
-        const float w = pr[c];
-        const float4 v = *reinterpret_cast<const float4*>(t.v + c * D + tx * 4);
-        x0 = fmaf(w, v.x, x0);
-        x1 = fmaf(w, v.y, x1);
-        x2 = fmaf(w, v.z, x2);
-        x3 = fmaf(w, v.w, x3);
-      }
-      o[a][0] = x0;
-      o[a][1] = x1;
-      o[a][2] = x2;
-      o[a][3] = x3;
+    for (int step = 0; step < kChunk / N; ++step) {
+      if (j0 + step * N >= nv) break;  // the rest of the tile is past NV
+      cuda_detail::attend_step_with<T, D, MT, N>(
+          sm, o, q_warp, k_smem + step * N * D * 2 + lr.b_row,
+          v_smem + step * N * D * 2 + lr.a_row, lr.xa, lr.xb, scale_log2,
+          [&](float (&s)[MT][N / 8][4]) {
+#pragma unroll
+            for (int n = 0; n < N / 8; ++n)
+#pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const float term = st.key_term[step * N + n * 8 + 2 * (lane & 3) + j];
+#pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                  s[m][n][j] += term;
+                  s[m][n][2 + j] += term;
+                }
+              }
+          });
     }
-    __syncthreads();  // the next step overwrites k̄, v̄ and the logits
   }
-  if (tid < B) {
-    const float s = t.sum[tid];
-    t.alpha[tid] = s > 0.f ? 1.f / s : 0.f;
-    t.mx[tid] = s > 0.f ? t.mx[tid] + logf(s) : -INFINITY;
-  }
+  // The row sums are per-lane partial (softmax.cuh): add the quad's, then normalise.
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float l = sm.row_sum[m][hf];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const bool ok = l > 0.f;
+      lse[m][hf] = ok ? (sm.row_max[m][hf] * scale_log2 + log2f(l)) * 0.69314718055994531f
+                      : -INFINITY;
+      const float inv = ok ? 1.f / l : 0.f;
+#pragma unroll
+      for (int t = 0; t < D / 8; ++t) {
+        o[m][t][2 * hf] *= inv;
+        o[m][t][2 * hf + 1] *= inv;
+      }
+    }
   __syncthreads();
-#pragma unroll
-  for (int a = 0; a < Tl::kRows; ++a) {
-    const float inv = t.alpha[ty * Tl::kRows + a];
-#pragma unroll
-    for (int c = 0; c < 4; ++c) o[a][c] *= inv;
-  }
 }
 
 // The merge candidate's weights of O_spa and O_pool for a row: both 0 when neither has mass.
@@ -243,102 +203,125 @@ __device__ __forceinline__ RowAt row_at(const CalibrateParams& p, int b, int h, 
                b * p.out_stride[0] + seq * p.out_stride[1] + h * p.out_stride[2]};
 }
 
+// Two consecutive elements of a 16-bit array as floats.
+template <class T>
+__device__ __forceinline__ float2 load2(const void* base, int64_t at) {
+  return Mma<T>::unpack(*reinterpret_cast<const uint32_t*>(static_cast<const T*>(base) + at));
+}
+
+// Sums the terms acc over the warp and leaves them in st.red[warp][first ..].
+template <int B, int N>
+__device__ __forceinline__ void warp_terms(Statics<B>& st, const double (&acc)[N], int first) {
+#pragma unroll
+  for (int x = 0; x < N; ++x) {
+    double v = acc[x];
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if ((threadIdx.x & 31) == 0) st.red[threadIdx.x >> 5][first + x] = v;
+  }
+}
+
 template <class T, int D, int B>
-__global__ void __launch_bounds__(kThreads) measure_kernel(const __grid_constant__ CalibrateParams p) {
-  using Tl = Tile<D, B>;
-  extern __shared__ __align__(16) float smem[];
-  const Tile<D, B> t(smem);
+__global__ void __launch_bounds__(2 * B) measure_kernel(const __grid_constant__ CalibrateParams p) {
+  using Sh = Shape<D, B>;
+  constexpr int MT = Sh::MT;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ Statics<B> st;
+  const uint32_t q_smem = cuda_detail::smem_addr(smem);
   const int i = blockIdx.x, nv = p.dims.nv, words = p.dims.words;
-  const int64_t bh = blockIdx.y;
+  const int64_t bh = blockIdx.y, blk = bh * nv + i;
   const int b = static_cast<int>(bh / p.dims.heads), h = static_cast<int>(bh % p.dims.heads);
   const int count = min(B, p.dims.num_video - i * B);
-  const int tid = threadIdx.x, tx = tid % Tl::kColGroups, ty = tid / Tl::kColGroups;
-  const int col = tx * 4;
-  const float* k_mean = p.k_mean + bh * nv * D;
-  const float* v_mean = p.v_mean + bh * nv * D;
-  const int64_t blk = bh * nv + i;
-  const T* out = static_cast<const T*>(p.out);
-  double acc[kCalibrationTerms] = {};
+  const int lane = threadIdx.x & 31, warp_row = (threadIdx.x >> 5) * MT * 16;
+  const int col0 = 2 * (lane & 3);
+  if (threadIdx.x < Sh::kWarps * kCalibrationTerms) (&st.red[0][0])[threadIdx.x] = 0.0;
+  load_q<T, D, B>(p, st, q_smem, b, h, i, count);
 
-  load_q<T, D, B>(p, t, b, h, i, count);
-  float o[Tl::kRows][4];
-  pooled_complement<D, B>(p, t, k_mean, v_mean, p.critical + blk * words, o);
-  {
+  float o[MT][D / 8][4], lse_pool[MT][2];
+  pooled_complement<T, D, B>(p, st, q_smem, bh, p.critical + blk * words, o, lse_pool);
+  {  // distance 0: this step's mask
+    double acc[4] = {};
     const float R = p.R[blk];
-    const float4 C = *reinterpret_cast<const float4*>(p.C + blk * D + col);
-    const float Cc[4] = {C.x, C.y, C.z, C.w};
+    const float* C = p.C + blk * D;
 #pragma unroll
-    for (int a = 0; a < Tl::kRows; ++a) {
-      const int r = ty * Tl::kRows + a;
-      if (r >= count) continue;
-      const RowAt at = row_at(p, b, h, video_row(p, i, r));
-      float full[4], spa[4];
-      load4(out + at.out + col, full);
-      load4(static_cast<const T*>(p.o_spa) + at.r * D + col, spa);
-      const float2 w = merge_weights(p.lse_spa[at.r], t.mx[r]);
+    for (int m = 0; m < MT; ++m)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const double none = spa[c] - full[c];
-        const double affine = fmaf(R, spa[c], Cc[c]) - full[c];
-        const double scale = R * spa[c] - full[c];
-        const double merge = fmaf(w.x, spa[c], w.y * o[a][c]) - full[c];
-        acc[0] += none * none;
-        acc[1] += affine * affine;
-        acc[2] += scale * scale;
-        acc[3] += merge * merge;
+      for (int hf = 0; hf < 2; ++hf) {
+        const int r = warp_row + m * 16 + hf * 8 + (lane >> 2);
+        if (r >= count) continue;
+        const RowAt at = row_at(p, b, h, st.rows[r]);
+        const float2 w = merge_weights(p.lse_spa[at.r], lse_pool[m][hf]);
+#pragma unroll
+        for (int t = 0; t < D / 8; ++t) {
+          const int col = t * 8 + col0;
+          const float2 full = load2<T>(p.out, at.out + col);
+          const float2 spa = load2<T>(p.o_spa, at.r * D + col);
+          const float2 c = *reinterpret_cast<const float2*>(C + col);
+          const float f[2] = {full.x, full.y}, x[2] = {spa.x, spa.y}, cc[2] = {c.x, c.y};
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const double none = x[j] - f[j];
+            const double affine = fmaf(R, x[j], cc[j]) - f[j];
+            const double scale = R * x[j] - f[j];
+            const double merge = fmaf(w.x, x[j], w.y * o[m][t][2 * hf + j]) - f[j];
+            acc[0] += none * none;
+            acc[1] += affine * affine;
+            acc[2] += scale * scale;
+            acc[3] += merge * merge;
+          }
+        }
       }
-    }
+    warp_terms(st, acc, 0);
   }
-  if (p.o_then) {
-    pooled_complement<D, B>(p, t, k_mean, v_mean, p.critical_then + blk * words, o);
+  if (p.o_then) {  // distance k: the previous reference step's mask
+    pooled_complement<T, D, B>(p, st, q_smem, bh, p.critical_then + blk * words, o, lse_pool);
+    double acc[6] = {};
     const float R = p.R_then[blk];
-    const float4 C = *reinterpret_cast<const float4*>(p.C_then + blk * D + col);
-    const float Cc[4] = {C.x, C.y, C.z, C.w};
+    const float* C = p.C_then + blk * D;
     const float steps = static_cast<float>(p.k - 1) * p.drift[bh];
 #pragma unroll
-    for (int a = 0; a < Tl::kRows; ++a) {
-      const int r = ty * Tl::kRows + a;
-      if (r >= count) continue;
-      const RowAt at = row_at(p, b, h, video_row(p, i, r));
-      float full[4], then[4], delta[4];
-      load4(out + at.out + col, full);
-      load4(static_cast<const T*>(p.o_then) + at.r * D + col, then);
-      load4(static_cast<const T*>(p.delta_then) + at.r * D + col, delta);
-      const float lse_then = p.lse_then[at.r], rho = p.rho_then[at.r];
-      float a_r = rho + steps;
-      if (p.clamp) a_r = fminf(a_r, 1.f);
-      const float2 w = merge_weights(lse_then, t.mx[r]);
+    for (int m = 0; m < MT; ++m)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const double none = then[c] - full[c];
-        const double affine = fmaf(R, then[c], Cc[c]) - full[c];
-        const double scale = R * then[c] - full[c];
-        const double rett = fmaf(a_r, then[c], delta[c]) - full[c];
-        const double merge = fmaf(w.x, then[c], w.y * o[a][c]) - full[c];
-        acc[4 + kNone] += none * none;
-        acc[4 + kAffine] += affine * affine;
-        acc[4 + kScale] += scale * scale;
-        acc[4 + kRettention] += rett * rett;
-        acc[4 + kMerge] += merge * merge;
+      for (int hf = 0; hf < 2; ++hf) {
+        const int r = warp_row + m * 16 + hf * 8 + (lane >> 2);
+        if (r >= count) continue;
+        const RowAt at = row_at(p, b, h, st.rows[r]);
+        const float lse_then = p.lse_then[at.r], rho = p.rho_then[at.r];
+        float a = rho + steps;
+        if (p.clamp) a = fminf(a, 1.f);
+        const float2 w = merge_weights(lse_then, lse_pool[m][hf]);
+#pragma unroll
+        for (int t = 0; t < D / 8; ++t) {
+          const int col = t * 8 + col0;
+          const float2 full = load2<T>(p.out, at.out + col);
+          const float2 then = load2<T>(p.o_then, at.r * D + col);
+          const float2 delta = load2<T>(p.delta_then, at.r * D + col);
+          const float2 c = *reinterpret_cast<const float2*>(C + col);
+          const float f[2] = {full.x, full.y}, x[2] = {then.x, then.y}, cc[2] = {c.x, c.y};
+          const float dl[2] = {delta.x, delta.y};
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const double none = x[j] - f[j];
+            const double affine = fmaf(R, x[j], cc[j]) - f[j];
+            const double scale = R * x[j] - f[j];
+            const double rett = fmaf(a, x[j], dl[j]) - f[j];
+            const double merge = fmaf(w.x, x[j], w.y * o[m][t][2 * hf + j]) - f[j];
+            acc[kNone] += none * none;
+            acc[kAffine] += affine * affine;
+            acc[kScale] += scale * scale;
+            acc[kRettention] += rett * rett;
+            acc[kMerge] += merge * merge;
+          }
+        }
+        if ((lane & 3) == 0) acc[5] += expf(lse_then - p.lse_full[at.r]) - rho;
       }
-      if (tx == 0) acc[9] += expf(lse_then - p.lse_full[at.r]) - rho;
-    }
+    warp_terms(st, acc, 4);
   }
-
-  // Block sum of the terms: lanes, then the warps in order.
-#pragma unroll
-  for (int x = 0; x < kCalibrationTerms; ++x)
-    for (int off = 16; off > 0; off /= 2) acc[x] += __shfl_xor_sync(0xffffffffu, acc[x], off);
-  __syncthreads();  // the tile is no longer read
-  double* red = reinterpret_cast<double*>(smem);
-  if (tid % 32 == 0)
-#pragma unroll
-    for (int x = 0; x < kCalibrationTerms; ++x) red[(tid / 32) * kCalibrationTerms + x] = acc[x];
   __syncthreads();
-  if (tid < kCalibrationTerms) {
-    double s = 0;
-    for (int w = 0; w < kWarps; ++w) s += red[w * kCalibrationTerms + tid];
-    p.partial[blk * kCalibrationTerms + tid] = s;
+  if (threadIdx.x < kCalibrationTerms) {
+    double sum = 0;
+    for (int w = 0; w < Sh::kWarps; ++w) sum += st.red[w][threadIdx.x];
+    p.partial[blk * kCalibrationTerms + threadIdx.x] = sum;
   }
 }
 
@@ -379,34 +362,39 @@ __global__ void choose_kernel(const __grid_constant__ CalibrateParams p) {
 }
 
 template <class T, int D, int B>
-__global__ void __launch_bounds__(kThreads) merge_kernel(const __grid_constant__ CalibrateParams p) {
-  using Tl = Tile<D, B>;
+__global__ void __launch_bounds__(2 * B) merge_kernel(const __grid_constant__ CalibrateParams p) {
+  using Sh = Shape<D, B>;
+  constexpr int MT = Sh::MT;
   const int i = blockIdx.x, nv = p.dims.nv;
   const int64_t bh = blockIdx.y;
   if (p.choice[bh] != kMerge) return;
-  extern __shared__ __align__(16) float smem[];
-  const Tile<D, B> t(smem);
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ Statics<B> st;
+  const uint32_t q_smem = cuda_detail::smem_addr(smem);
   const int b = static_cast<int>(bh / p.dims.heads), h = static_cast<int>(bh % p.dims.heads);
   const int count = min(B, p.dims.num_video - i * B);
-  const int tid = threadIdx.x, tx = tid % Tl::kColGroups, ty = tid / Tl::kColGroups;
-  const int col = tx * 4;
-  load_q<T, D, B>(p, t, b, h, i, count);
-  float o[Tl::kRows][4];
-  pooled_complement<D, B>(p, t, p.k_mean + bh * nv * D, p.v_mean + bh * nv * D,
-                          p.critical + (bh * nv + i) * p.dims.words, o);
+  const int lane = threadIdx.x & 31, warp_row = (threadIdx.x >> 5) * MT * 16;
+  load_q<T, D, B>(p, st, q_smem, b, h, i, count);
+  float o[MT][D / 8][4], lse_pool[MT][2];
+  pooled_complement<T, D, B>(p, st, q_smem, bh, p.critical + (bh * nv + i) * p.dims.words, o,
+                             lse_pool);
   T* out = static_cast<T*>(p.out);
 #pragma unroll
-  for (int a = 0; a < Tl::kRows; ++a) {
-    const int r = ty * Tl::kRows + a;
-    if (r >= count) continue;
-    const RowAt at = row_at(p, b, h, video_row(p, i, r));
-    float x[4];
-    load4(out + at.out + col, x);
-    const float2 w = merge_weights(p.lse_spa[at.r], t.mx[r]);
+  for (int m = 0; m < MT; ++m)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) x[c] = fmaf(w.x, x[c], w.y * o[a][c]);
-    store4(out + at.out + col, x);
-  }
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = warp_row + m * 16 + hf * 8 + (lane >> 2);
+      if (r >= count) continue;
+      const RowAt at = row_at(p, b, h, st.rows[r]);
+      const float2 w = merge_weights(p.lse_spa[at.r], lse_pool[m][hf]);
+#pragma unroll
+      for (int t = 0; t < D / 8; ++t) {
+        uint32_t* dst = reinterpret_cast<uint32_t*>(out + at.out + t * 8 + 2 * (lane & 3));
+        const float2 x = Mma<T>::unpack(*dst);
+        *dst = Mma<T>::pack(fmaf(w.x, x.x, w.y * o[m][t][2 * hf]),
+                            fmaf(w.x, x.y, w.y * o[m][t][2 * hf + 1]));
+      }
+    }
 }
 
 // Instantiates kernel<T, D, B> for the call's dtype, head dim and block size, opts it into its
@@ -424,14 +412,14 @@ void dispatch_tile(const CalibrateParams& p, Launch&& launch) {
 }
 
 template <class Kernel>
-void launch_tile(Kernel kernel, int bytes, const CalibrateParams& p, cudaStream_t stream,
-                 cuda_detail::OncePerDevice& once) {
+void launch_tile(Kernel kernel, int threads, int bytes, const CalibrateParams& p,
+                 cudaStream_t stream, cuda_detail::OncePerDevice& once) {
   once([&] {
     SPAATTN_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   });
   const dim3 grid(static_cast<unsigned>(p.dims.nv), static_cast<unsigned>(p.dims.bh()));
-  kernel<<<grid, kThreads, bytes, stream>>>(p);
+  kernel<<<grid, threads, bytes, stream>>>(p);
 }
 
 void check_common(const CalibrateParams& p) {
@@ -457,7 +445,8 @@ void launch_calibrate_measure(const CalibrateParams& p, cudaStream_t stream) {
       using T = decltype(t);
       constexpr int D = decltype(d)::value, B = decltype(b)::value;
       static cuda_detail::OncePerDevice once;
-      launch_tile(measure_kernel<T, D, B>, Tile<D, B>::kBytes, p, stream, once);
+      launch_tile(measure_kernel<T, D, B>, Shape<D, B>::kThreads, Shape<D, B>::kBytes, p, stream,
+                  once);
     });
     cuda_detail::check_launch("calibrate measure_kernel");
   }
@@ -475,7 +464,8 @@ void launch_calibrate_merge(const CalibrateParams& p, cudaStream_t stream) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value, B = decltype(b)::value;
     static cuda_detail::OncePerDevice once;
-    launch_tile(merge_kernel<T, D, B>, Tile<D, B>::kBytes, p, stream, once);
+    launch_tile(merge_kernel<T, D, B>, Shape<D, B>::kThreads, Shape<D, B>::kBytes, p, stream,
+                once);
   });
   cuda_detail::check_launch("calibrate merge_kernel");
 }

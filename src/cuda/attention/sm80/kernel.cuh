@@ -97,15 +97,9 @@ __global__ void __launch_bounds__(FwdTraits<D, B>::kThreads, FwdTraits<D, B>::kM
     cp_async_commit();
     int valid = tile.valid;  // keys of the tile being computed
 
-    // Per-lane ldmatrix row and chunk: A (Q) and trans-B (V) fragments take rows lane % 16 and
-    // chunk lane / 16; B (K) fragments take rows (lane % 8) + 8 * (lane / 16), chunk
-    // (lane / 8) % 2. The swizzle XOR with (row % 8) = lane % 8 is folded into one per-lane
-    // constant.
-    const int r7 = lane & 7;
-    const uint32_t a_row = static_cast<uint32_t>((r7 + ((lane >> 3) & 1) * 8) * D * 2);
-    const uint32_t b_row = static_cast<uint32_t>((r7 + (lane >> 4) * 8) * D * 2);
-    const int xa = (lane >> 4) ^ r7;
-    const int xb = ((lane >> 3) & 1) ^ r7;
+    const LaneRows<D> lr(lane);  // this lane's ldmatrix rows (sm80/tile.cuh)
+    const uint32_t a_row = lr.a_row, b_row = lr.b_row;
+    const int xa = lr.xa, xb = lr.xb;
     const uint32_t q_warp = q_smem + warp * MT * 16 * D * 2 + a_row;
 
     for (int stage = 0;; stage ^= 1) {

@@ -8,10 +8,13 @@
 
 namespace spaattn::cuda_detail {
 
-template <class T, int D, int MT, int N>
-__device__ __forceinline__ void attend_step(OnlineSoftmax<MT>& sm, float (&o)[MT][D / 8][4],
-                                            uint32_t q_warp, uint32_t k_rows, uint32_t v_rows,
-                                            int xa, int xb, int valid, int lane, float scale_log2) {
+// The step with the scores of the N keys rewritten by score_mod(s) before the softmax (masking
+// and additive terms; the scores are raw, before the softmax scale).
+template <class T, int D, int MT, int N, class ScoreMod>
+__device__ __forceinline__ void attend_step_with(OnlineSoftmax<MT>& sm, float (&o)[MT][D / 8][4],
+                                                 uint32_t q_warp, uint32_t k_rows, uint32_t v_rows,
+                                                 int xa, int xb, float scale_log2,
+                                                 ScoreMod&& score_mod) {
   constexpr int NT = N / 8;
   float s[MT][NT][4];
 #pragma unroll
@@ -36,7 +39,7 @@ __device__ __forceinline__ void attend_step(OnlineSoftmax<MT>& sm, float (&o)[MT
       }
     }
   }
-  if (valid < N) mask_keys<MT, NT>(s, valid, lane);
+  score_mod(s);
 
   uint32_t pa[MT][NT / 2][4];
   sm.template update<T>(s, o, pa, scale_log2);
@@ -54,6 +57,17 @@ __device__ __forceinline__ void attend_step(OnlineSoftmax<MT>& sm, float (&o)[MT
         Mma<T>::run(o[m][2 * dp + 1], pa[m][kk], vb[2], vb[3]);
       }
     }
+}
+
+// The kernel's step: keys at or beyond `valid` are masked.
+template <class T, int D, int MT, int N>
+__device__ __forceinline__ void attend_step(OnlineSoftmax<MT>& sm, float (&o)[MT][D / 8][4],
+                                            uint32_t q_warp, uint32_t k_rows, uint32_t v_rows,
+                                            int xa, int xb, int valid, int lane, float scale_log2) {
+  attend_step_with<T, D, MT, N>(sm, o, q_warp, k_rows, v_rows, xa, xb, scale_log2,
+                                [&](float (&s)[MT][N / 8][4]) {
+                                  if (valid < N) mask_keys<MT, N / 8>(s, valid, lane);
+                                });
 }
 
 }  // namespace spaattn::cuda_detail

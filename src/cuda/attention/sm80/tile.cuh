@@ -36,6 +36,23 @@ struct FwdTraits {
   static_assert(kMTiles >= 1, "block size must be at least 64");
 };
 
+// Per-lane ldmatrix rows and chunks of the mma fragments: A (Q) and trans-B (V) fragments take
+// rows lane % 16 and chunk lane / 16; B (K) fragments take rows (lane % 8) + 8 * (lane / 16),
+// chunk (lane / 8) % 2. The swizzle XOR with (row % 8) = lane % 8 is folded into one per-lane
+// constant each (xa, xb); a_row, b_row are the rows' byte offsets in a tile of D columns.
+template <int D>
+struct LaneRows {
+  uint32_t a_row, b_row;
+  int xa, xb;
+  __device__ __forceinline__ explicit LaneRows(int lane) {
+    const int r7 = lane & 7;
+    a_row = static_cast<uint32_t>((r7 + ((lane >> 3) & 1) * 8) * D * 2);
+    b_row = static_cast<uint32_t>((r7 + (lane >> 4) * 8) * D * 2);
+    xa = (lane >> 4) ^ r7;
+    xb = ((lane >> 3) & 1) ^ r7;
+  }
+};
+
 // Byte offset of (row, chunk) in a swizzled tile of D 16-bit columns.
 template <int D>
 __device__ __forceinline__ uint32_t swizzled(int row, int chunk) {
