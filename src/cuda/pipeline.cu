@@ -15,9 +15,10 @@
 //   Re-ttention sparse step: plan: CSR of the stored crit bits; run: the kernel with the
 //               row-affine epilogue (O = (rho + drift) O_spa + Delta).
 //   calibrated: plan: pool -> scores -> select (reference) or the stored crit bits, R, C (and at
-//               a reference step R, C of the previous reference's mask too); reference: the two
-//               passes above with O_spa kept in the workspace, a third over the previous mask
-//               (O_then), then the calibration pass (plan/calibrate.cu) measures every candidate
+//               a reference step R, C of the previous reference's mask too); reference: four
+//               launches over the keys split by the fresh and the previous mask (each key once:
+//               O_spa, O_then, O_full, rho, Delta; the first reference: the two passes above),
+//               then the calibration pass (plan/calibrate.cu) measures every candidate
 //               and writes the choice and drift per (b, h); sparse step: the kernel with the
 //               calibrated epilogue (each (b, h)'s candidate), then the merge pass for the
 //               heads that chose merge.
@@ -46,6 +47,7 @@ namespace st = cuda::stages;
 using cuda_detail::EpilogueKind;
 using cuda_detail::FwdEpilogue;
 using cuda_detail::FwdParams;
+using cuda_detail::MergeMode;
 
 bool uses_rettention(Method m) {
   return m == Method::rettention || m == Method::rectified_rettention;
@@ -632,44 +634,77 @@ class GpuPipeline final : public DevicePipeline {
     return c;
   }
 
-  // Method::calibrated's reference step: O_spa over the fresh mask kept in the workspace, the
-  // complement pass that merges it into O_full (out) and writes the new rho, Delta, the pass
-  // over the previous reference's mask (k > 0: at distance k), then the calibration pass.
+  // Method::calibrated's reference step. After a previous reference step (k > 0), the keys of
+  // every row are split by the fresh mask (now) and the previous one (prev) into four disjoint
+  // sets, one launch each, so that every key is still visited once (docs/gpu.md, Calibrated
+  // correction): C = prev \ now -> O_then; D = neither, merged with C -> the complement of now
+  // in out; A = now & prev -> O_spa's first part, also merged into O_then; B = now \ prev,
+  // merged with A -> O_spa, then with the complement -> O_full in out, rho and Delta. Without one,
+  // the two passes of run_reference (O_spa kept in the workspace). Then the calibration pass.
   void run_calibrated_reference(const AttentionArgs& args, const st::Dims& dims,
                                 const BlockMaskView& mask, TensorView out, LayerState& state,
                                 int k, cudaStream_t stream) {
     const int64_t B = args.batch(), S = args.seq_len(), H = args.heads(), D = args.head_dim();
     const DType dt = args.q.dtype;
-    const auto rows = [&](float* p) { return TensorView::contiguous(p, DType::f32, {B, S, H}, Device::cuda); };
+    const auto rows = [&](float* p) {
+      return TensorView::contiguous(p, DType::f32, {B, S, H}, Device::cuda);
+    };
     const TensorView o_spa = TensorView::contiguous(calib_.o_spa, dt, {B, S, H, D}, Device::cuda);
-    launch(args, mask, o_spa, rows(lse_spa_), {}, /*permute=*/true, stream);
-
-    st::launch_csr_from_critical(dims, state.critical_next.as<uint32_t>(), /*complement=*/true,
-                                 buf_, stream);
-    FwdEpilogue epi;
-    epi.kind = EpilogueKind::merge_reference;
-    epi.prev_out = o_spa.data;
-    for (int d = 0; d < 3; ++d) epi.prev_stride[d] = o_spa.stride[d];
-    epi.prev_lse = lse_spa_;
-    cache_view(epi, args, state.rho_next, state.delta_next, /*write=*/true);
-    launch(args, mask, out, rows(lse_full_), epi, /*permute=*/true, stream);
+    const TensorView o_then =
+        TensorView::contiguous(calib_.o_then, dt, {B, S, H, D}, Device::cuda);
+    const uint32_t* now = state.critical_next.as<uint32_t>();
+    const uint32_t* prev = state.critical.as<uint32_t>();
+    const auto partial = [&](MergeMode mode, const TensorView& from, float* from_lse,
+                             const TensorView& side, float* side_lse) {
+      FwdEpilogue epi;
+      epi.kind = EpilogueKind::partial_merge;
+      epi.merge_mode = mode;
+      epi.prev_out = from.data;
+      epi.prev_lse = from_lse;
+      epi.side_out = side.data;
+      epi.side_lse = side_lse;
+      for (int d = 0; d < 3; ++d) {
+        epi.prev_stride[d] = from.stride[d];
+        epi.side_stride[d] = side.stride[d];
+      }
+      return epi;
+    };
+    if (k > 0) {
+      st::launch_csr_from_masks(dims, now, true, prev, false, buf_, stream);  // C
+      launch(args, mask, o_then, rows(calib_.lse_then), {}, /*permute=*/true, stream);
+      st::launch_csr_from_masks(dims, now, true, prev, true, buf_, stream);  // D
+      launch(args, mask, out, rows(lse_full_),
+             partial(MergeMode::into, o_then, calib_.lse_then, {}, nullptr), true, stream);
+      st::launch_csr_from_masks(dims, now, false, prev, false, buf_, stream);  // A
+      launch(args, mask, o_spa, rows(lse_spa_),
+             partial(MergeMode::side, {}, nullptr, o_then, calib_.lse_then), true, stream);
+      st::launch_csr_from_masks(dims, now, false, prev, true, buf_, stream);  // B
+      FwdEpilogue epi = partial(MergeMode::finish, o_spa, lse_spa_, out, lse_full_);
+      cache_view(epi, args, state.rho_next, state.delta_next, /*write=*/true);
+      launch(args, mask, o_spa, rows(lse_spa_), epi, /*permute=*/true, stream);
+    } else {
+      launch(args, mask, o_spa, rows(lse_spa_), {}, /*permute=*/true, stream);
+      st::launch_csr_from_critical(dims, now, /*complement=*/true, buf_, stream);
+      FwdEpilogue epi;
+      epi.kind = EpilogueKind::merge_reference;
+      epi.prev_out = o_spa.data;
+      for (int d = 0; d < 3; ++d) epi.prev_stride[d] = o_spa.stride[d];
+      epi.prev_lse = lse_spa_;
+      cache_view(epi, args, state.rho_next, state.delta_next, /*write=*/true);
+      launch(args, mask, out, rows(lse_full_), epi, /*permute=*/true, stream);
+    }
 
     st::CalibrateParams c = calibrate_params(args, dims, out);
     c.lse_full = lse_full_;
-    c.critical = state.critical_next.as<uint32_t>();
+    c.critical = now;
     c.o_spa = o_spa.data;
     c.lse_spa = lse_spa_;
     c.R = buf_.R;
     c.C = buf_.C;
     if (k > 0) {
-      st::launch_csr_from_critical(dims, state.critical.as<uint32_t>(), /*complement=*/false,
-                                   buf_, stream);
-      const TensorView o_then =
-          TensorView::contiguous(calib_.o_then, dt, {B, S, H, D}, Device::cuda);
-      launch(args, mask, o_then, rows(calib_.lse_then), {}, /*permute=*/true, stream);
       c.o_then = o_then.data;
       c.lse_then = calib_.lse_then;
-      c.critical_then = state.critical.as<uint32_t>();
+      c.critical_then = prev;
       c.R_then = calib_.R_then;
       c.C_then = calib_.C_then;
       c.rho_then = state.rho.as<float>();

@@ -161,6 +161,13 @@ void launch_fwd(const FwdParams& params, DType dtype, int64_t head_dim, int bloc
       SPAATTN_CHECK_ARG(e.choice && e.head_drift && e.R && e.C && e.rho, "epilogue",
                         "calibrated needs choice, head_drift, R, C and rho");
       break;
+    case EpilogueKind::partial_merge:
+      SPAATTN_CHECK_ARG(params.lse && (e.merge_mode == MergeMode::side || (e.prev_out && e.prev_lse)) &&
+                            (e.merge_mode == MergeMode::into || (e.side_out && e.side_lse)) &&
+                            (e.merge_mode != MergeMode::finish || e.rho_out),
+                        "epilogue", "partial_merge needs lse and, by mode, prev_out and prev_lse, "
+                        "side_out and side_lse, rho_out");
+      break;
   }
   if (params.fp8.q8) {
     // FP8 operands exist only for the sm90 family at block size 128 (quant.cuh checked the

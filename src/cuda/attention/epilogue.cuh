@@ -28,6 +28,17 @@
 //                    prev_lse shares lse's strides (it must be another array); prev_out has
 //                    prev_stride and may be out itself (each row is read before the thread that
 //                    read it writes it).
+//   partial_merge:   the passes of Method::calibrated's reference step over four disjoint key
+//                    sets (pipeline.cu), each launch one partial (O, lse) of a row, merged
+//                    through the lse (1 - weight taken from the other lse, as above):
+//                    into:   O = merge(prev, this) -> out, lse;
+//                    side:   out, lse = this; side = merge(side, this) in place;
+//                    finish: O_spa = merge(prev, this) -> out, lse (prev may be out and lse
+//                            itself), then with side = (O_c, lse_c) in place: side = O_full,
+//                            side_lse = lse_full, rho -> rho_out, Delta -> delta_out as
+//                            merge_reference writes them.
+//                    prev_lse and side_lse have lse's strides; a row's lse that the epilogue
+//                    rewrites is read by the lane that writes it only.
 // Rows whose mask row is empty or holds no valid key still go through the epilogue, with
 // O_spa = 0 and lse = -inf (so block_affine gives C_i, merge_reference gives O_spa's row).
 // Padding query rows (text beyond L_t) are always written as O = 0, lse = -inf.
@@ -36,7 +47,17 @@
 
 namespace spaattn::cuda_detail {
 
-enum class EpilogueKind : uint8_t { none, block_affine, row_affine, merge_reference, calibrated };
+enum class EpilogueKind : uint8_t {
+  none,
+  block_affine,
+  row_affine,
+  merge_reference,
+  calibrated,
+  partial_merge
+};
+
+// partial_merge's modes (FwdEpilogue::merge_mode).
+enum class MergeMode : uint8_t { into = 1, side = 2, finish = 3 };
 
 struct FwdEpilogue {
   EpilogueKind kind = EpilogueKind::none;
@@ -62,6 +83,12 @@ struct FwdEpilogue {
   const float* prev_lse = nullptr;
   float* rho_out = nullptr;
   void* delta_out = nullptr;
+  // partial_merge: the mode, prev_out / prev_lse / rho_out / delta_out above, and the side
+  // partial (strides of side_out as prev_stride's)
+  MergeMode merge_mode = MergeMode::into;
+  void* side_out = nullptr;
+  int64_t side_stride[3] = {};
+  float* side_lse = nullptr;
 };
 
 }  // namespace spaattn::cuda_detail

@@ -173,6 +173,68 @@ struct EpiMergeReference {
   }
 };
 
+// The weights of two partial attentions of a row over disjoint key sets, (w_a, w_b), and the
+// lse of their union; both weights 0 and lse -inf when neither has mass.
+__device__ __forceinline__ float3 merge_partials(float lse_a, float lse_b) {
+  const float m = fmaxf(lse_a, lse_b);
+  if (m == -INFINITY) return make_float3(0.f, 0.f, -INFINITY);
+  const float ea = expf(lse_a - m), eb = expf(lse_b - m), sum = ea + eb;
+  return make_float3(ea / sum, eb / sum, m + logf(sum));
+}
+
+// A row's value of an fp32 [b, S, H] array, read by the first lane of the quad that holds the
+// row and shared with the other three: an array that the first lane then rewrites in place is
+// never read after the write. (A quad's lanes hold the same row, so they are converged here.)
+__device__ __forceinline__ float quad_load(const float* p, int lane) {
+  const float v = (lane & 3) == 0 ? *p : 0.f;
+  return __shfl_sync(0xFu << (lane & 28), v, lane & 28);
+}
+
+// Method::calibrated's reference step over four disjoint key sets (epilogue.cuh, partial_merge).
+template <class T, int D>
+struct EpiPartialMerge {
+  __device__ __forceinline__ EpiPartialMerge(const FwdParams&, const CtaShared&, int) {}
+  __device__ __forceinline__ void row(const FwdParams& p, const CtaShared& cta, int64_t seq,
+                                      bool, int col, int lane, float& lse, float (&x)[D / 8][4],
+                                      int hf) const {
+    const FwdEpilogue& e = p.epi;
+    const int64_t li = cta.b * p.lse_stride[0] + seq * p.lse_stride[1] + cta.h * p.lse_stride[2];
+    const auto row_of = [&](const void* base, const int64_t(&st)[3]) {
+      return reinterpret_cast<uint32_t*>(const_cast<T*>(static_cast<const T*>(base)) +
+                                         cta.b * st[0] + seq * st[1] + cta.h * st[2] + col);
+    };
+    if (e.merge_mode != MergeMode::side) {  // into, finish: x = merge(prev, x)
+      const float3 w = merge_partials(quad_load(e.prev_lse + li, lane), lse);
+      const uint32_t* prev = row_of(e.prev_out, e.prev_stride);
+#pragma unroll
+      for (int t = 0; t < D / 8; ++t) {
+        const float2 v = w.x > 0.f ? Mma<T>::unpack(prev[t * 4]) : make_float2(0.f, 0.f);
+        x[t][2 * hf] = fmaf(w.x, v.x, w.y * x[t][2 * hf]);
+        x[t][2 * hf + 1] = fmaf(w.x, v.y, w.y * x[t][2 * hf + 1]);
+      }
+      lse = w.z;
+      if (e.merge_mode == MergeMode::into) return;
+    }
+    // side: side = merge(side, x); finish: side = O_full = rho O_spa + Delta, Delta = w_c O_c.
+    const float3 w = merge_partials(quad_load(e.side_lse + li, lane), lse);
+    uint32_t* side = row_of(e.side_out, e.side_stride);
+    const bool finish = e.merge_mode == MergeMode::finish;
+    uint32_t* delta = finish && e.delta_out ? row_of(e.delta_out, e.delta_stride) : nullptr;
+#pragma unroll
+    for (int t = 0; t < D / 8; ++t) {
+      const float2 v = w.x > 0.f ? Mma<T>::unpack(side[t * 4]) : make_float2(0.f, 0.f);
+      const float d0 = w.x * v.x, d1 = w.x * v.y;  // the side's share
+      side[t * 4] = Mma<T>::pack(fmaf(w.y, x[t][2 * hf], d0), fmaf(w.y, x[t][2 * hf + 1], d1));
+      if (delta) delta[t * 4] = Mma<T>::pack(d0, d1);
+    }
+    if ((lane & 3) == 0) {
+      e.side_lse[li] = w.z;
+      if (finish)
+        e.rho_out[cta.b * e.rho_stride[0] + seq * e.rho_stride[1] + cta.h * e.rho_stride[2]] = w.y;
+    }
+  }
+};
+
 // Run-time kind -> functor, for the launchers: f(tag) with tag::template type<T, D>.
 template <template <class, int> class E>
 struct EpiTag {
@@ -193,6 +255,8 @@ void dispatch_epilogue(EpilogueKind kind, F&& f) {
       return f(EpiTag<EpiMergeReference>{});
     case EpilogueKind::calibrated:
       return f(EpiTag<EpiCalibrated>{});
+    case EpilogueKind::partial_merge:
+      return f(EpiTag<EpiPartialMerge>{});
   }
   throw Error(Error::Kind::invalid_argument,
               detail::concat("unsupported epilogue kind: ", static_cast<int>(kind)));

@@ -272,13 +272,25 @@ __global__ void __launch_bounds__(32) select_rows(const __grid_constant__ Select
 }
 
 // Word w of video row `vrow`'s listed blocks: its crit bits (all video blocks when critical is
-// null), or their complement over the NV video blocks.
+// null), or their complement over the NV video blocks; with a second bitmask, intersected with
+// it (or with its complement).
 __device__ __forceinline__ uint32_t listed_bits(const SelectParams& p, int64_t vrow, int w) {
   const Dims& d = p.dims;
   if (w >= d.words) return 0u;
   const uint32_t valid = w == d.words - 1 && d.nv % 32 ? (1u << (d.nv % 32)) - 1u : kFull;
   const uint32_t crit = p.critical ? p.critical[vrow * d.words + w] : kFull;
-  return (p.complement ? ~crit : crit) & valid;
+  uint32_t bits = (p.complement ? ~crit : crit) & valid;
+  if (p.other) {
+    const uint32_t other = p.other[vrow * d.words + w];
+    bits &= p.other_complement ? ~other : other;
+  }
+  return bits;
+}
+
+// Whether the lists hold the text blocks (of video rows) and text query rows at all: both masks
+// list them, their complements do not.
+__device__ __forceinline__ bool lists_text(const SelectParams& p) {
+  return !p.complement && !(p.other && p.other_complement);
 }
 
 // One warp per CSR row: its count, for CSR lists made from stored crit bits.
@@ -298,8 +310,9 @@ __global__ void __launch_bounds__(256) count_cols(const __grid_constant__ Select
       count += __popc(listed_bits(p, r / d.nb * d.nv + i, w));
     count = __reduce_add_sync(kFull, count);
   }
-  const int text_blocks = p.complement ? 0 : d.nb - d.nv;
-  if (lane == 0) p.row_counts[r] = i < d.nv ? count + text_blocks : (p.complement ? 0 : d.nb);
+  const bool text = lists_text(p);
+  const int text_blocks = text ? d.nb - d.nv : 0;
+  if (lane == 0) p.row_counts[r] = i < d.nv ? count + text_blocks : (text ? d.nb : 0);
 }
 
 // One warp per CSR row: the listed video blocks in ascending order, then (unless complement) the
@@ -312,7 +325,7 @@ __global__ void __launch_bounds__(256) write_cols(const __grid_constant__ Select
   const int i = static_cast<int>(r % d.nb);
   int32_t* out = p.col_indices + p.row_offsets[r];
   if (i >= d.nv) {
-    if (!p.complement)
+    if (lists_text(p))
       for (int j = lane; j < d.nb; j += 32) out[j] = j;
     return;
   }
@@ -335,7 +348,7 @@ __global__ void __launch_bounds__(256) write_cols(const __grid_constant__ Select
     }
     base += __shfl_sync(kFull, incl, 31);
   }
-  if (!p.complement)
+  if (lists_text(p))
     for (int t = lane; t < d.nb - d.nv; t += 32) out[base + t] = d.nv + t;
 }
 
@@ -415,12 +428,20 @@ void launch_select(const SelectParams& p, cudaStream_t stream) {
 
 void launch_csr_from_critical(const Dims& dims, const uint32_t* critical, bool complement,
                               const Buffers& out, cudaStream_t stream) {
+  launch_csr_from_masks(dims, critical, complement, nullptr, false, out, stream);
+}
+
+void launch_csr_from_masks(const Dims& dims, const uint32_t* critical, bool complement,
+                           const uint32_t* other, bool other_complement, const Buffers& out,
+                           cudaStream_t stream) {
   SPAATTN_CHECK_ARG(out.row_counts && out.scan_temp && out.row_offsets && out.col_indices, "out",
                     "expected the selection arrays (kSelection)");
   SelectParams p;
   p.dims = dims;
   p.critical = const_cast<uint32_t*>(critical);  // count_cols and write_cols only read it
   p.complement = complement;
+  p.other = other;
+  p.other_complement = other_complement;
   p.row_counts = out.row_counts;
   p.scan_temp = out.scan_temp;
   p.scan_temp_bytes = out.scan_temp_bytes;

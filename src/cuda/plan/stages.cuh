@@ -148,7 +148,9 @@ struct SelectParams {
   size_t scan_temp_bytes = 0;
   int32_t* row_offsets = nullptr;
   int32_t* col_indices = nullptr;
-  bool complement = false;  // launch_csr_from_critical only
+  bool complement = false;  // launch_csr_from_critical / _masks only
+  const uint32_t* other = nullptr;  // launch_csr_from_masks only
+  bool other_complement = false;
 };
 // neighbours: the device map, or null offsets; it is used as cpu::select_blocks uses its map
 // (always for local, with config.select.neighbours for ipar and band).
@@ -162,6 +164,14 @@ void launch_select(const SelectParams& p, cudaStream_t stream);
 // which is what a reference step's second pass over the keys needs.
 void launch_csr_from_critical(const Dims& dims, const uint32_t* critical, bool complement,
                               const Buffers& out, cudaStream_t stream);
+// The same for the intersection of two sets of video key blocks: crit (or its complement) and
+// `other` (or its complement), both [bh, NV, W]. Text key blocks (and text query rows) are
+// listed only when both sets are the masks themselves, not complements: the four calls with
+// (complement, other_complement) in {false, true}^2 split every key block of every row into
+// four disjoint lists (the calibrated reference step's passes).
+void launch_csr_from_masks(const Dims& dims, const uint32_t* critical, bool complement,
+                           const uint32_t* other, bool other_complement, const Buffers& out,
+                           cudaStream_t stream);
 
 // ---- rectification terms ----------------------------------------------------------------------
 struct RectifyParams {
