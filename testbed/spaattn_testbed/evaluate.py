@@ -18,8 +18,9 @@ SDPA, the reference) and once per (method, sparsity) with every layer switched t
 
 Files in ``--out``: ``eval.json`` (settings, rows, per-(layer, step) errors), ``eval.md`` (the
 table), ``strip.png`` (frames of the first prompts, reference and each method at
-``--strip-sparsity``), ``strip.gif``, ``error_vs_sparsity.png``, ``layer_error.png`` (per-layer
-error over steps at ``--strip-sparsity``), ``videos.npz``; with ``--capture-layers`` and
+``--strip-sparsity``), ``strip.gif``, ``error_vs_sparsity.png``, ``frontier.png`` (PSNR and SSIM
+against the attention time of each run), ``layer_error.png`` (per-layer error over steps at
+``--strip-sparsity``), ``videos.npz``; with ``--capture-layers`` and
 ``--capture-steps`` also the q/k/v of the reference run (``qkv.safetensors``, see
 ``attention.CaptureAttention``).
 """
@@ -163,6 +164,27 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def layer_table(runs: list[Run]) -> str:
+    """Per layer, the attention error of each run (relative L2 against dense attention, mean over the
+    sampler steps) as a share of plain block-sparse attention's at the same sparsity; the last
+    columns give the largest share over the layers and the mean reduction (1 - mean share)."""
+    sparse = {r.sparsity: r for r in runs if r.method == "sparse" and r.monitor.rel_l2 is not None}
+    lines = []
+    for r in runs:
+        base = sparse.get(r.sparsity)
+        if r.method in (REFERENCE, "dense", "sparse") or base is None or r.monitor.rel_l2 is None:
+            continue
+        share = np.nanmean(r.monitor.rel_l2, axis=1) / np.nanmean(base.monitor.rel_l2, axis=1)
+        if not lines:
+            cols = " | ".join(f"layer {i}" for i in range(len(share)))
+            lines = [f"| method | sparsity | {cols} | largest | mean reduction |",
+                     "| --- | ---: | " + " | ".join("---:" for _ in share) + " | ---: | ---: |"]
+        cells = " | ".join(f"{v:.3f}" for v in share)
+        lines.append(f"| {r.method} | {r.sparsity:.2f} | {cells} | {np.max(share):.3f} | "
+                     f"{1 - np.mean(share):.1%} |")
+    return "\n".join(lines)
+
+
 def _plots(out: Path, runs: list[Run], strip_sparsity: float) -> None:
     import matplotlib
 
@@ -195,6 +217,29 @@ def _plots(out: Path, runs: list[Run], strip_sparsity: float) -> None:
     axes.flat[5].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "error_vs_sparsity.png", dpi=110)
+    plt.close(fig)
+
+    # Speed and quality together: each method's runs (one per sparsity) by attention time.
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for ax, (key, title) in zip(axes, [("psnr", "PSNR vs full attention (dB)"), ("ssim", "SSIM vs full attention")]):
+        for m in methods:
+            rows = sorted((r.row() for r in runs if r.method == m), key=lambda row: row["attention_ms"])
+            xs = [row["attention_ms"] for row in rows]
+            ys = [np.nan if row[key] is None else row[key] for row in rows]
+            ax.plot(xs, ys, marker="o", label=m)
+            for x, y, row in zip(xs, ys, rows):
+                ax.annotate(f"{row['sparsity']:.2f}", (x, y), fontsize=6, textcoords="offset points",
+                            xytext=(3, 3))
+        for r in runs:
+            if r.method in (REFERENCE, "dense"):
+                ax.axvline(r.attention_ms, ls="--", lw=1, color="grey" if r.method == "dense" else "black",
+                           label=f"{r.method} (full attention)")
+        ax.set_title(f"{title} against attention time (labels: target sparsity)", fontsize=9)
+        ax.set_xlabel("attention time per sampling run (ms)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "frontier.png", dpi=110)
     plt.close(fig)
 
     chosen = [r for r in runs if r.method in methods and abs(r.sparsity - strip_sparsity) < 1e-9]
@@ -288,7 +333,9 @@ def main(argv: list[str] | None = None) -> dict:
                  for r in runs if r.monitor.rel_l2 is not None}
     (out / "eval.json").write_text(json.dumps({"settings": settings, "rows": rows, "per_layer_step": per_layer},
                                               indent=1))
-    (out / "eval.md").write_text(table + "\n")
+    layers = layer_table(runs)
+    (out / "eval.md").write_text(table + "\n\nPer-layer attention error as a share of plain sparse attention's:\n\n"
+                                 + layers + "\n")
     np.savez_compressed(out / "videos.npz", **{f"{r.method}@{r.sparsity:.2f}": to_uint8(r.videos) for r in runs})
 
     strip_runs = [reference] + [r for r in runs if r.method != REFERENCE and
@@ -304,6 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
     save_gif(out / "strip.gif", [to_uint8(r.videos[0:1])[0] for r in strip_runs], columns=len(strip_runs))
     _plots(out, runs, args.strip_sparsity)
     print(table)
+    print(layers)
     print(f"wrote {out}")
     return {"rows": rows, "settings": settings}
 

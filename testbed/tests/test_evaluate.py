@@ -166,9 +166,13 @@ def test_eval_command(tmp_path):
     assert by[("sparse", 0.5)]["full_attention_calls"] == 0.0
     data = json.loads((out / "eval.json").read_text())
     assert data["settings"]["grid"] == [4, 8, 8]
+    # The per-layer table: one row per corrected method and sparsity, a share per layer.
+    layers = (out / "eval.md").read_text().split("plain sparse attention's:")[1].strip().splitlines()
+    assert len(layers) == 2 + 3 * 2 and layers[2].startswith("| rectified | 0.50 |")
+    assert all(len(line.split("|")) == 2 + 2 + 2 + 2 for line in layers[2:])
     assert np.array(data["per_layer_step"]["rectified@0.50"]["rel_l2"]).shape == (2, 4)
-    for name in ("eval.md", "strip.png", "strip.gif", "error_vs_sparsity.png", "layer_error.png", "videos.npz",
-                 "qkv.safetensors"):
+    for name in ("eval.md", "strip.png", "strip.gif", "error_vs_sparsity.png", "frontier.png", "layer_error.png",
+                 "videos.npz", "qkv.safetensors"):
         assert (out / name).stat().st_size > 0, name
     from safetensors import safe_open
 
