@@ -503,21 +503,32 @@ class GpuPipeline final : public DevicePipeline {
     const bool rectify = config_.method == Method::rectified || calibrated;
     // Pooling and scores feed a fresh IPAR selection and, every step, Rectified SpaAttn's R, C.
     const bool pool = rectify || (plan.fresh_mask && config_.selector() == Selector::ipar);
+    // A calibrated sparse step computes the terms only for the heads whose choice reads them.
+    const int32_t* choice =
+        calibrated && plan.kind == CallStats::Kind::sparse ? state.choice : nullptr;
     if (pool) {
       st::PoolParams pp = st::make_pool_params(args, perm_device(), b);
       if (fp8_) {
         const st::Fp8PoolStats stats = st::fp8_pool_stats(args, sizes_.fp8, fp8_);
         pp.fp8_part = stats.part;
         pp.fp8_chunks = stats.chunks;
+      } else {
+        pp.calibrated_choice = choice;  // (FP8: the pass writes every head's statistics)
       }
       st::launch_pool(pp, stream);
-      st::launch_scores(st::make_score_params(args, rectify && config_.gapr, b), stream);
+      st::ScoreParams sp = st::make_score_params(args, rectify && config_.gapr, b);
+      sp.calibrated_choice = choice;
+      st::launch_scores(sp, stream);
     }
     if (plan.fresh_mask)
       st::launch_select(st::make_select_params(dims, config_, neighbour_map(), b), stream);
     else
       st::launch_csr_from_critical(dims, b.critical, /*complement=*/false, b, stream);
-    if (rectify) st::launch_rectify(st::make_rectify_params(dims, config_.gapr, b), stream);
+    if (rectify) {
+      st::RectifyParams rp = st::make_rectify_params(dims, config_.gapr, b);
+      rp.calibrated_choice = choice;
+      st::launch_rectify(rp, stream);
+    }
     if (calibrated && prev_ref) {
       st::RectifyParams rp = st::make_rectify_params(dims, config_.gapr, b);
       rp.critical = state.critical.as<uint32_t>();

@@ -41,6 +41,7 @@ __global__ void __launch_bounds__(kThreads, 2) pool_kernel(const __grid_constant
 
   const Dims& dims = p.dims;
   const int h = blockIdx.x % dims.heads, i = blockIdx.x / dims.heads, b = blockIdx.y;
+  if (p.calibrated_choice && !reads_pooling(p.calibrated_choice[b * dims.heads + h])) return;
   const int tid = threadIdx.x, chunk = tid % kChunks, group = tid / kChunks;
   const int first = i * B;
   const int n = min(B, dims.num_video - first);

@@ -37,6 +37,7 @@ __global__ void __launch_bounds__(kThreads)
   const int nv = dims.nv, words = dims.words;
   const int i0 = blockIdx.x * kRows;
   const int64_t bh = blockIdx.y;
+  if (p.calibrated_choice && !reads_scores(p.calibrated_choice[bh])) return;
   const int tid = threadIdx.x;
   // W builder: row bi of the tile, key blocks 4 * (tid % 8) .. + 3 of each step.
   const int bi = tid / 8, bj = (tid % 8) * 4, i_build = i0 + bi;

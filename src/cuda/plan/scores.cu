@@ -65,6 +65,7 @@ __global__ void __launch_bounds__(kThreads, 2) score_tiles(const __grid_constant
   const int nv = dims.nv, video_tiles = (nv + kTile - 1) / kTile;
   const int tiles = gridDim.x, jt = blockIdx.x, i0 = blockIdx.y * kTile;
   const int64_t bh = blockIdx.z;
+  if (p.calibrated_choice && !reads_scores(p.calibrated_choice[bh])) return;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const float* qm = p.q_mean + bh * nv * D;
   const float* qd = p.q_dev + bh * nv * D;
@@ -187,6 +188,7 @@ __global__ void __launch_bounds__(256) normalize_rows(const __grid_constant__ Sc
   const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= dims.video_rows()) return;
+  if (p.calibrated_choice && !reads_scores(p.calibrated_choice[row / dims.nv])) return;
   const int nv = dims.nv, video_tiles = (nv + kTile - 1) / kTile;
   const int tiles = score_tiles(dims);
   const float2* part = p.partial + row * tiles;

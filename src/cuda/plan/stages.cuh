@@ -25,6 +25,7 @@
 
 #include "spaattn/config.hpp"
 #include "spaattn/layout.hpp"
+#include "spaattn/method.hpp"
 
 namespace spaattn::cuda::stages {
 
@@ -94,6 +95,20 @@ struct NeighbourMap {
 std::pair<std::vector<int32_t>, std::vector<int32_t>> flatten_neighbours(
     const std::vector<std::vector<int32_t>>& lists);
 
+// Method::calibrated's sparse steps pool, score and rectify only for the (b, h) whose chosen
+// candidate reads the result (the choice per bh, a Candidate value): pooling for affine, scale
+// and merge, scores and R, C for affine and scale. A stage given such a choice array skips the
+// other (b, h) (their arrays keep whatever they held).
+__host__ __device__ inline bool reads_pooling(int32_t choice) {
+  return choice == static_cast<int32_t>(Candidate::affine) ||
+         choice == static_cast<int32_t>(Candidate::scale) ||
+         choice == static_cast<int32_t>(Candidate::merge);
+}
+__host__ __device__ inline bool reads_scores(int32_t choice) {
+  return choice == static_cast<int32_t>(Candidate::affine) ||
+         choice == static_cast<int32_t>(Candidate::scale);
+}
+
 // ---- pooling --------------------------------------------------------------------------------
 struct PoolParams {
   Dims dims;
@@ -107,6 +122,7 @@ struct PoolParams {
   // column maxima into partial i of fp8_chunks per (batch item, head), [.., 2, d].
   float* fp8_part = nullptr;
   int fp8_chunks = 0;
+  const int32_t* calibrated_choice = nullptr;  // or nullptr: every (b, h) (reads_pooling)
 };
 // args: device bf16/f16 q, k, v (16-byte aligned rows); perm: device int32 [N_v] or nullptr.
 PoolParams make_pool_params(const AttentionArgs& args, const int32_t* perm, const Buffers& buf);
@@ -126,6 +142,7 @@ struct ScoreParams {
   float* P = nullptr;
   float2* partial = nullptr;
   uint32_t* compensable = nullptr;
+  const int32_t* calibrated_choice = nullptr;  // or nullptr: every (b, h) (reads_scores)
 };
 // Tiles of the score grid along the key axis (video tiles, then text tiles): `partial` holds
 // this many entries per row.
@@ -183,6 +200,7 @@ struct RectifyParams {
   const float* v_mean = nullptr;
   float* R = nullptr;
   float* C = nullptr;
+  const int32_t* calibrated_choice = nullptr;  // or nullptr: every (b, h) (reads_scores)
 };
 RectifyParams make_rectify_params(const Dims& dims, bool gapr, const Buffers& buf);
 void launch_rectify(const RectifyParams& p, cudaStream_t stream);
