@@ -65,8 +65,7 @@ class SparseAttention:
     ``"rectified_rettention"`` (Rectified SpaAttn's selection with Re-ttention's correction) and
     ``"calibrated"`` (Rectified SpaAttn's selection on Re-ttention's schedule; at each reference
     step, per batch item and head, the candidate correction with the least error against full
-    attention, "no correction" included, serves until the next one; CPU tensors only for now:
-    CUDA tensors raise ValueError naming ``config.method``).
+    attention, "no correction" included, serves until the next one; CPU and CUDA tensors).
 
     Args:
         sparsity: target share of video key blocks skipped, ``0 <= sparsity < 1``.
