@@ -276,10 +276,15 @@ __device__ __forceinline__ void finish_rows(const FwdParams& p, const OnlineSoft
   for (int m = 0; m < MT; ++m)
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
+      float l = sm.row_sum[m][hf];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
       const int r = warp_row + m * 16 + hf * 8 + (lane >> 2);
       // Padding query rows (r >= valid) and rows that saw no valid key: O_spa = 0, lse = -inf.
-      float inv;
-      float lse = sm.row_lse(m, hf, p.scale_log2, r < qe.valid, inv);
+      const bool ok = r < qe.valid && l > 0.f;
+      const float inv = ok ? 1.f / l : 0.f;
+      float lse =
+          ok ? (sm.row_max[m][hf] * p.scale_log2 + log2f(l)) * 0.69314718055994531f : -INFINITY;
       float(&x)[DT][4] = o[m];
 #pragma unroll
       for (int t = 0; t < DT; ++t) {

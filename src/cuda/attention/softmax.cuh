@@ -90,18 +90,6 @@ struct OnlineSoftmax {
     return raised;
   }
 
-  // Row (m, hf) at the end: its sum over the quad's lanes; returns its natural-log lse and sets
-  // inv = 1 / sum, or -inf and 0 for a row without mass (or one that is not `valid`).
-  __device__ __forceinline__ float row_lse(int m, int hf, float scale_log2, bool valid,
-                                           float& inv) const {
-    float l = row_sum[m][hf];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const bool ok = valid && l > 0.f;
-    inv = ok ? 1.f / l : 0.f;
-    return ok ? (row_max[m][hf] * scale_log2 + log2f(l)) * 0.69314718055994531f : -INFINITY;
-  }
-
   // The output half: o scaled by the factors of scores(). Once the running maxima settle, most
   // tiles raise none of a warp's rows, so callers skip it then (a warp-uniform branch).
   template <int DT>

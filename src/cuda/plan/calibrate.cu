@@ -20,7 +20,6 @@
 #include "core/served_error.hpp"
 #include "cuda/check.cuh"
 #include "cuda/dispatch.cuh"
-#include "cuda/attention/finish.cuh"
 #include "cuda/attention/sm80/step.cuh"
 #include "cuda/attention/sm80/tile.cuh"
 #include "cuda/plan/stage_util.cuh"
@@ -47,7 +46,7 @@ constexpr int kMerge = static_cast<int>(Candidate::merge);
 // {0, 1}.
 template <int D, int B>
 struct Shape {
-  static constexpr int MT = 1;
+  static constexpr int MT = 1, DT = D / 8;
   static constexpr int kWarps = B / 16, kThreads = 32 * kWarps;
   // Dynamic shared memory: the Q tile and one k̄, v̄ tile, 16-bit, swizzled.
   static constexpr int kQBytes = B * D * 2, kTileBytes = kChunk * D * 2;
@@ -164,12 +163,18 @@ __device__ void pooled_complement(const CalibrateParams& p, Statics<B>& st, uint
           });
     }
   }
+  // The row sums are per-lane partial (softmax.cuh): add the quad's, then normalise.
 #pragma unroll
   for (int m = 0; m < MT; ++m)
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      float inv;
-      lse[m][hf] = sm.row_lse(m, hf, scale_log2, true, inv);
+      float l = sm.row_sum[m][hf];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const bool ok = l > 0.f;
+      lse[m][hf] = ok ? (sm.row_max[m][hf] * scale_log2 + log2f(l)) * 0.69314718055994531f
+                      : -INFINITY;
+      const float inv = ok ? 1.f / l : 0.f;
 #pragma unroll
       for (int t = 0; t < D / 8; ++t) {
         o[m][t][2 * hf] *= inv;
@@ -177,6 +182,14 @@ __device__ void pooled_complement(const CalibrateParams& p, Statics<B>& st, uint
       }
     }
   __syncthreads();
+}
+
+// The merge candidate's weights of O_spa and O_pool for a row: both 0 when neither has mass.
+__device__ __forceinline__ float2 merge_weights(float lse_spa, float lse_pool) {
+  const float m = fmaxf(lse_spa, lse_pool);
+  if (m == -INFINITY) return make_float2(0.f, 0.f);
+  const float ws = expf(lse_spa - m), wp = expf(lse_pool - m), inv = 1.f / (ws + wp);
+  return make_float2(ws * inv, wp * inv);
 }
 
 // Offsets of a row of the contiguous [b, S, H(, d)] arrays and of out.
@@ -188,25 +201,6 @@ __device__ __forceinline__ RowAt row_at(const CalibrateParams& p, int b, int h, 
   const int64_t S = p.dims.num_video + p.dims.num_text;
   return RowAt{(b * S + seq) * p.dims.heads + h,
                b * p.out_stride[0] + seq * p.out_stride[1] + h * p.out_stride[2]};
-}
-
-// Calls f(m, hf, at, w) for each row of the thread's fragments that lies in the block (r below
-// count): at locates the row, w = merge_partials(lse of the row's masked attention in
-// lse_spa, the row's lse_pool) weighs O_spa and O_pool in the merge candidate.
-template <int MT, int B, class F>
-__device__ __forceinline__ void for_rows(const CalibrateParams& p, const Statics<B>& st, int b,
-                                         int h, int count, const float* lse_spa,
-                                         const float (&lse_pool)[MT][2], F&& f) {
-  const int lane = threadIdx.x & 31, warp_row = (threadIdx.x >> 5) * MT * 16;
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int r = warp_row + m * 16 + hf * 8 + (lane >> 2);
-      if (r >= count) continue;
-      const RowAt at = row_at(p, b, h, st.rows[r]);
-      f(m, hf, at, cuda_detail::merge_partials(lse_spa[at.r], lse_pool[m][hf]));
-    }
 }
 
 // Two consecutive elements of a 16-bit array as floats.
@@ -238,7 +232,7 @@ __global__ void __launch_bounds__(2 * B) measure_kernel(const __grid_constant__ 
   const int64_t bh = blockIdx.y, blk = bh * nv + i;
   const int b = static_cast<int>(bh / p.dims.heads), h = static_cast<int>(bh % p.dims.heads);
   const int count = min(B, p.dims.num_video - i * B);
-  const int lane = threadIdx.x & 31;
+  const int lane = threadIdx.x & 31, warp_row = (threadIdx.x >> 5) * MT * 16;
   const int col0 = 2 * (lane & 3);
   if (threadIdx.x < Sh::kWarps * kCalibrationTerms) (&st.red[0][0])[threadIdx.x] = 0.0;
   load_q<T, D, B>(p, st, q_smem, b, h, i, count);
@@ -249,7 +243,14 @@ __global__ void __launch_bounds__(2 * B) measure_kernel(const __grid_constant__ 
     double acc[4] = {};
     const float R = p.R[blk];
     const float* C = p.C + blk * D;
-    for_rows(p, st, b, h, count, p.lse_spa, lse_pool, [&](int m, int hf, RowAt at, float3 w) {
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int r = warp_row + m * 16 + hf * 8 + (lane >> 2);
+        if (r >= count) continue;
+        const RowAt at = row_at(p, b, h, st.rows[r]);
+        const float2 w = merge_weights(p.lse_spa[at.r], lse_pool[m][hf]);
 #pragma unroll
         for (int t = 0; t < D / 8; ++t) {
           const int col = t * 8 + col0;
@@ -269,7 +270,7 @@ __global__ void __launch_bounds__(2 * B) measure_kernel(const __grid_constant__ 
             acc[3] += merge * merge;
           }
         }
-    });
+      }
     warp_terms(st, acc, 0);
   }
   if (p.o_then) {  // distance k: the previous reference step's mask
@@ -278,10 +279,17 @@ __global__ void __launch_bounds__(2 * B) measure_kernel(const __grid_constant__ 
     const float R = p.R_then[blk];
     const float* C = p.C_then + blk * D;
     const float steps = static_cast<float>(p.k - 1) * p.drift[bh];
-    for_rows(p, st, b, h, count, p.lse_then, lse_pool, [&](int m, int hf, RowAt at, float3 w) {
-        const float rho = p.rho_then[at.r];
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int r = warp_row + m * 16 + hf * 8 + (lane >> 2);
+        if (r >= count) continue;
+        const RowAt at = row_at(p, b, h, st.rows[r]);
+        const float lse_then = p.lse_then[at.r], rho = p.rho_then[at.r];
         float a = rho + steps;
         if (p.clamp) a = fminf(a, 1.f);
+        const float2 w = merge_weights(lse_then, lse_pool[m][hf]);
 #pragma unroll
         for (int t = 0; t < D / 8; ++t) {
           const int col = t * 8 + col0;
@@ -305,8 +313,8 @@ __global__ void __launch_bounds__(2 * B) measure_kernel(const __grid_constant__ 
             acc[kMerge] += merge * merge;
           }
         }
-        if ((lane & 3) == 0) acc[5] += expf(p.lse_then[at.r] - p.lse_full[at.r]) - rho;
-    });
+        if ((lane & 3) == 0) acc[5] += expf(lse_then - p.lse_full[at.r]) - rho;
+      }
     warp_terms(st, acc, 4);
   }
   __syncthreads();
@@ -365,21 +373,28 @@ __global__ void __launch_bounds__(2 * B) merge_kernel(const __grid_constant__ Ca
   const uint32_t q_smem = cuda_detail::smem_addr(smem);
   const int b = static_cast<int>(bh / p.dims.heads), h = static_cast<int>(bh % p.dims.heads);
   const int count = min(B, p.dims.num_video - i * B);
-  const int lane = threadIdx.x & 31;
+  const int lane = threadIdx.x & 31, warp_row = (threadIdx.x >> 5) * MT * 16;
   load_q<T, D, B>(p, st, q_smem, b, h, i, count);
   float o[MT][D / 8][4], lse_pool[MT][2];
   pooled_complement<T, D, B>(p, st, q_smem, bh, p.critical + (bh * nv + i) * p.dims.words, o,
                              lse_pool);
   T* out = static_cast<T*>(p.out);
-  for_rows(p, st, b, h, count, p.lse_spa, lse_pool, [&](int m, int hf, RowAt at, float3 w) {
 #pragma unroll
-    for (int t = 0; t < D / 8; ++t) {
-      uint32_t* dst = reinterpret_cast<uint32_t*>(out + at.out + t * 8 + 2 * (lane & 3));
-      const float2 x = Mma<T>::unpack(*dst);
-      *dst = Mma<T>::pack(fmaf(w.x, x.x, w.y * o[m][t][2 * hf]),
-                          fmaf(w.x, x.y, w.y * o[m][t][2 * hf + 1]));
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = warp_row + m * 16 + hf * 8 + (lane >> 2);
+      if (r >= count) continue;
+      const RowAt at = row_at(p, b, h, st.rows[r]);
+      const float2 w = merge_weights(p.lse_spa[at.r], lse_pool[m][hf]);
+#pragma unroll
+      for (int t = 0; t < D / 8; ++t) {
+        uint32_t* dst = reinterpret_cast<uint32_t*>(out + at.out + t * 8 + 2 * (lane & 3));
+        const float2 x = Mma<T>::unpack(*dst);
+        *dst = Mma<T>::pack(fmaf(w.x, x.x, w.y * o[m][t][2 * hf]),
+                            fmaf(w.x, x.y, w.y * o[m][t][2 * hf + 1]));
+      }
     }
-  });
 }
 
 // Instantiates kernel<T, D, B> for the call's dtype, head dim and block size, opts it into its
