@@ -33,7 +33,7 @@ struct EvalOptions {
   OrderKind order = OrderKind::gilbert;
   std::vector<double> sparsities = {0.75, 0.85, 0.9, 0.95};
   // The non-dense rows per sparsity; dense, the reference of every error, is always computed.
-  // calibrated is asked for by name (--methods): its GPU path is not built yet.
+  // calibrated is asked for by name (--methods).
   std::vector<std::string> methods = {"sparse", "rectified", "rectified-nogapr", "rettention",
                                       "rectified_rettention"};
   std::string json;

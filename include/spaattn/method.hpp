@@ -135,8 +135,8 @@ class DevicePipeline;  // the GPU path, src/cuda/pipeline.cu
 // Runs the configured method and keeps its state (masks reused across steps, Re-ttention caches),
 // keyed by (layer, entry). Host tensors run on the CPU reference; CUDA tensors run on the GPU on
 // `stream` without synchronising with the host. Call reset() between diffusion runs.
-// Method::calibrated has no GPU path yet: forward(), check() and workspace_size() with CUDA
-// tensors throw spaattn::Error naming config.method, before any work or state change.
+// Every method runs on both; Method::calibrated keeps its choices in device memory on the GPU
+// path, and calibration() copies them back (waiting for the queued calls).
 //
 // Threads: an object may be shared by threads. forward(), reset() and state_count() take the
 // object's own mutex, so its calls run one at a time (a GPU call holds it only while it enqueues
