@@ -332,11 +332,10 @@ class GpuPipeline final : public DevicePipeline {
     // reference's crit bits, rho and Delta (swapped in when the call is queued), and the
     // calibration (CalibrationSpace: errors, drift, choice per (b, h)).
     DeviceBuffer critical_next, rho_next, delta_next, calibration;
-    // The arrays inside `calibration`, and the (b, h) they hold.
+    // The arrays inside `calibration`, per (b, h) of summary.cache_shape.
     double* errors = nullptr;
     float* drift = nullptr;
     int32_t* choice = nullptr;
-    int64_t batch = 0, heads = 0;
   };
 
   // The call's launches. The (layer, entry) state changes all or nothing: a new state is kept
@@ -392,8 +391,6 @@ class GpuPipeline final : public DevicePipeline {
       std::swap(state.critical, state.critical_next);
       std::swap(state.rho, state.rho_next);
       std::swap(state.delta, state.delta_next);
-      state.batch = dims.batch;
-      state.heads = dims.heads;
     }
 
     if (plan.fresh_mask) {
@@ -604,25 +601,32 @@ class GpuPipeline final : public DevicePipeline {
 
   void run_reference(const AttentionArgs& args, const st::Dims& dims, const BlockMaskView& mask,
                      TensorView out, LayerState& state, cudaStream_t stream) {
+    reference_passes(args, dims, mask, out, out, state.critical.as<uint32_t>(), state.rho,
+                     state.delta, stream);
+  }
+
+  // A reference step's two passes over the keys of the mask `critical`. Pass 1: the mask's keys
+  // -> O_spa into o_spa (out itself, or a buffer of the same shape), lse_spa into the workspace.
+  // Pass 2: the complement's keys, merged with pass 1 in the epilogue into O_full (out), lse_full,
+  // and the cache rho, Delta. Its CSR lists replace the mask's, which pass 1 (earlier on the
+  // stream) no longer reads. Each row of o_spa is read and then the row of out written by the
+  // same warp.
+  void reference_passes(const AttentionArgs& args, const st::Dims& dims, const BlockMaskView& mask,
+                        TensorView out, const TensorView& o_spa, const uint32_t* critical,
+                        const DeviceBuffer& rho, const DeviceBuffer& delta, cudaStream_t stream) {
     const int64_t B = args.batch(), S = args.seq_len(), H = args.heads();
-    // Pass 1: the mask's keys -> O_spa into out, lse_spa into the workspace.
     const TensorView lse_spa =
         TensorView::contiguous(lse_spa_, DType::f32, {B, S, H}, Device::cuda);
     const TensorView lse_full =
         TensorView::contiguous(lse_full_, DType::f32, {B, S, H}, Device::cuda);
-    launch(args, mask, out, lse_spa, {}, /*permute=*/true, stream);
-
-    // Pass 2: the complement's keys, merged with pass 1 in the epilogue. Its CSR lists replace
-    // the mask's, which pass 1 (earlier on the stream) no longer reads. Each row of out is read
-    // (O_spa) and then written (O_full) by the same warp.
-    st::launch_csr_from_critical(dims, state.critical.as<uint32_t>(), /*complement=*/true, buf_,
-                                 stream);
+    launch(args, mask, o_spa, lse_spa, {}, /*permute=*/true, stream);
+    st::launch_csr_from_critical(dims, critical, /*complement=*/true, buf_, stream);
     FwdEpilogue epi;
     epi.kind = EpilogueKind::merge_reference;
-    epi.prev_out = out.data;
-    for (int d = 0; d < 3; ++d) epi.prev_stride[d] = out.stride[d];
+    epi.prev_out = o_spa.data;
+    for (int d = 0; d < 3; ++d) epi.prev_stride[d] = o_spa.stride[d];
     epi.prev_lse = lse_spa_;
-    cache_view(epi, args, state.rho, state.delta, /*write=*/true);
+    cache_view(epi, args, rho, delta, /*write=*/true);
     launch(args, mask, out, lse_full, epi, /*permute=*/true, stream);
   }
 
@@ -694,15 +698,8 @@ class GpuPipeline final : public DevicePipeline {
       cache_view(epi, args, state.rho_next, state.delta_next, /*write=*/true);
       launch(args, mask, o_spa, rows(lse_spa_), epi, /*permute=*/true, stream);
     } else {
-      launch(args, mask, o_spa, rows(lse_spa_), {}, /*permute=*/true, stream);
-      st::launch_csr_from_critical(dims, now, /*complement=*/true, buf_, stream);
-      FwdEpilogue epi;
-      epi.kind = EpilogueKind::merge_reference;
-      epi.prev_out = o_spa.data;
-      for (int d = 0; d < 3; ++d) epi.prev_stride[d] = o_spa.stride[d];
-      epi.prev_lse = lse_spa_;
-      cache_view(epi, args, state.rho_next, state.delta_next, /*write=*/true);
-      launch(args, mask, out, rows(lse_full_), epi, /*permute=*/true, stream);
+      reference_passes(args, dims, mask, out, o_spa, now, state.rho_next, state.delta_next,
+                       stream);
     }
 
     st::CalibrateParams c = calibrate_params(args, dims, out);
@@ -761,10 +758,10 @@ class GpuPipeline final : public DevicePipeline {
       return std::nullopt;
     const LayerState& state = it->second;
     order_.wait();
-    const size_t bh = static_cast<size_t>(state.batch * state.heads);
     Calibration cal;
-    cal.batch = state.batch;
-    cal.heads = state.heads;
+    cal.batch = state.summary.cache_shape.dims[0];
+    cal.heads = state.summary.cache_shape.dims[2];
+    const size_t bh = static_cast<size_t>(cal.batch * cal.heads);
     cal.ref_step = state.summary.ref_step;
     cal.errors.resize(bh * kCandidates);
     cal.drift.resize(bh);
