@@ -7,7 +7,8 @@
 // Roles (sm90/params.cuh Traits): the producer warpgroup walks each query block's CSR row; its
 // warp 0 waits for a free stage and issues the K and V copies of each key block with usable
 // keys; its warps 1-3 load the Q rows (through the token order) with cp.async. Each consumer
-// warpgroup owns 64 query rows; per key block it computes S = Q K^T, the online softmax in
+// warpgroup owns 64 query rows; per key block it computes S = Q K^T (Q from registers for short
+// items at d = 128, B = 128, else from shared memory; see consume), the online softmax in
 // registers and O += P V. The two consumer warpgroups of a CTA (B = 128), or of two CTAs (B =
 // 64), interleave on the tensor cores: one's softmax runs while the other's products do. A
 // warpgroup issues S = Q K^T of block n + 1 right behind its O += P V of block n and waits once
@@ -31,6 +32,9 @@
 // kernel's fresh accumulator per 4 key blocks help here (bf16 / f16 wgmma sums in fp32, so
 // there is no accuracy to gain): 6-8% slower at d = 128 (it spills), 1-3% at d = 64 (once 6% at
 // density 0.05) and 2-6% at B = 64 (bench/results/2026-12-01-h200-fp8-accumulation.md).
+// Measured and left out with Q in registers (bench/results/2026-12-01-h200-q-registers.md): an
+// item's epilogue run behind the next item's first S = Q K^T (ptxas serialises the wgmmas when
+// the epilogue reads O while that product is in flight), and three stages at B = 64.
 //
 // Work items (query blocks) are taken in decode_work order (text query blocks, the densest,
 // first), item blockIdx.x + k * gridDim.x by CTA blockIdx.x.
@@ -130,7 +134,8 @@ __device__ __forceinline__ void produce_kv(const Params& sp, const Smem<D, B>& s
 }
 
 // Producer warps 1-3 (t = 0 .. 95): each item's Q rows, B rows of D columns in 16-byte units,
-// rows past the valid count zero-filled, and the item's table of sequence rows (rows[it % 2]).
+// rows past the valid count zero-filled, and the item's table of sequence rows (rows[k % 2] for
+// the CTA's k-th item: the consumers write item k's O while the loaders fill item k + 1).
 template <class T, int D, int B>
 __device__ __forceinline__ void produce_q(const FwdParams& p, const Smem<D, B>& sh,
                                           int32_t (*rows)[B], int num_items, int t) {
@@ -159,19 +164,46 @@ __device__ __forceinline__ void produce_q(const FwdParams& p, const Smem<D, B>& 
   }
 }
 
-// Consumer side, per key block: S = Q K^T over the head dim (both operands in shared memory).
-template <class T, int D, int B>
-__device__ __forceinline__ void issue_qk(float (&sc)[1][B / 8][4], uint32_t q_rows,
-                                         uint32_t k_tile) {
+// Consumer side, once per item: the warp's 16 query rows of Q as wgmma A fragments (the
+// mma.sync A layout), 16 columns each, read from the Q tile (64-column chunks, 128-byte swizzle).
+// Held in registers for the whole item, they free the Q tile for the next item's rows at once.
+template <int D, int B>
+__device__ __forceinline__ void load_q(uint32_t (&qa)[D / 16][4], uint32_t q_tile, int warp_row,
+                                       int lane) {
   using Tr = Traits<D, B>;
-  wgmma_fence();
+  const int r = warp_row + (lane & 7) + ((lane >> 3) & 1) * 8;
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
-    const uint32_t off = (kk / 4) * Tr::kChunkBytes + (kk % 4) * 32;
-    Wgmma<T, B>::ss(sc[0], smem_desc(q_rows + off, 16, 1024), smem_desc(k_tile + off, 16, 1024),
-                    kk > 0);
+    const int u = 2 * kk + (lane >> 4);
+    ldmatrix_x4(qa[kk],
+                q_tile + (u / 8) * Tr::kChunkBytes + r * 128 + (((u % 8) ^ (r & 7)) << 4));
   }
-  wgmma_commit();
+}
+
+// Per key block: S = Q K^T over the head dim, K from shared memory; Q from registers (qa) when
+// q_regs, else from the Q tile (the warpgroup's rows at q_rows).
+template <class T, int D, int B>
+__device__ __forceinline__ void issue_qk(float (&sc)[1][B / 8][4], const uint32_t (&qa)[D / 16][4],
+                                         bool q_regs, uint32_t q_rows, uint32_t k_tile) {
+  using Tr = Traits<D, B>;
+  if (q_regs) {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      Wgmma<T, B>::rs_kb(sc[0], qa[kk],
+                         smem_desc(k_tile + (kk / 4) * Tr::kChunkBytes + (kk % 4) * 32, 16, 1024),
+                         kk > 0);
+    wgmma_commit();
+  } else {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t off = (kk / 4) * Tr::kChunkBytes + (kk % 4) * 32;
+      Wgmma<T, B>::ss(sc[0], smem_desc(q_rows + off, 16, 1024),
+                      smem_desc(k_tile + off, 16, 1024), kk > 0);
+    }
+    wgmma_commit();
+  }
 }
 
 // O += P V with P from registers and V transposed through its descriptor. Keys past the valid
@@ -222,7 +254,10 @@ __device__ __forceinline__ void finish_item(const FwdParams& p, const OnlineSoft
   }
 }
 
-// The consumer warpgroups: every item's key blocks, then the epilogue.
+// The consumer warpgroups: every item's key blocks, then its epilogue. At d = 128, B = 128 an
+// item with few CSR entries (Traits::kQRegsBelow) takes the warp's Q rows into registers first
+// and releases the Q tile at once, so that the loaders bring in the next item's Q while this one
+// runs; otherwise S = Q K^T reads the Q tile, which is released after the item's last S = Q K^T.
 template <class T, int D, int B, class Epi>
 __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh,
                                         const int32_t (*rows)[B], int num_items, int tid) {
@@ -243,15 +278,21 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
     OnlineSoftmax<1> sm;
     sm.init();
     mbar_wait(sh.q_full(), k & 1);
+    const bool q_regs = Tr::kQRegsBelow > 0 && it.e_end - it.e_begin < Tr::kQRegsBelow;
+    uint32_t qa[D / 16][4];
+    if (q_regs) {
+      load_q<D, B>(qa, sh.q, warp_row, lane);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(sh.q_empty());
+    }
 
-    // Q is released right after the item's last S = Q K^T, so that the next item's Q loads
-    // while the last O += P V and the epilogue run. O += P V of key block n is not waited for
-    // on its own: S = Q K^T of block n + 1 is issued behind it and one wait covers both, so
-    // the tensor cores go from one product to the next without this warpgroup's round trip;
-    // P (pa) stays untouched until then, and block n's stage is released after that wait.
+    // O += P V of key block n is not waited for on its own: S = Q K^T of block n + 1 is issued
+    // behind it and one wait covers both, so the tensor cores go from one product to the next
+    // without this warpgroup's round trip; P (pa) stays untouched until then, and block n's
+    // stage is released after that wait.
     Span cur;
     bool have = it.next_key(p, cur);
-    if (!have) {
+    if (!q_regs && !have) {
       __syncwarp();
       if (lane == 0) mbar_arrive(sh.q_empty());
     }
@@ -263,7 +304,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
       const uint32_t parity = (n / Tr::kStages) & 1;
       ++n;
       mbar_wait(sh.k_full(stage), parity);
-      issue_qk<T, D, B>(sc, q_rows, sh.k_tile(stage));
+      issue_qk<T, D, B>(sc, qa, q_regs, q_rows, sh.k_tile(stage));
       const Span s = cur;
       have = it.next_key(p, cur);
       wgmma_wait<0>();
@@ -272,7 +313,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
       fence_operands(pa[0]);
       __syncwarp();
       if (pending >= 0 && lane == 0) mbar_arrive(sh.empty(pending));
-      if (!have && lane == 0) mbar_arrive(sh.q_empty());
+      if (!q_regs && !have && lane == 0) mbar_arrive(sh.q_empty());
       float alpha[1][2];
       const bool raised = s.valid < B
                               ? sm.scores<T, true>(sc, pa, alpha, p.scale_log2, s.valid, lane)

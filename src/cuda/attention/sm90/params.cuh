@@ -31,6 +31,11 @@ struct Traits {
   static constexpr int kTileBytes = B * D * 2;     // one K or one V tile
   static constexpr int kChunkBytes = B * 128;      // one 64-column chunk of a Q / K / V tile
   static constexpr int kBarriers = 2 + 3 * kStages;  // Q full / empty; K full, V full, empty
+  // Where S = Q K^T reads Q from (sm90/kernel.cuh consume): at d = 128, B = 128 an item with
+  // fewer CSR entries than kQRegsBelow takes Q into registers, a longer one reads the Q tile;
+  // the other shapes always read the Q tile (0). Measured at S = 76,800, H = 40 on H200s
+  // (bench/results/2026-12-01-h200-q-registers.md).
+  static constexpr int kQRegsBelow = D == 128 && B == 128 ? 96 : 0;
   // Dynamic shared memory, all of the CTA's: up to 1 KB to align the tiles (128-byte swizzle),
   // Q, the K / V stages, the barriers and the two tables of the query rows' sequence indices.
   static constexpr int kSmemBytes =

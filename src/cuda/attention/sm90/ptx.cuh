@@ -174,15 +174,25 @@ __device__ __forceinline__ void fence_operands(uint32_t (&a)[N][4]) {
 // of the warp's 16, columns 8 t + 2 (lane % 4) + {0, 1}; d[t][2..3]: the row 8 below).
 // ss: A and B from shared memory, both K-major. rs: A from registers, four 32-bit registers per
 // thread, B from shared memory. 16-bit: A is the mma.sync m16n8k16 A fragment of the warp's 16
-// rows and B is MN-major. e4m3 (no transposed form for 8-bit types): B is K-major and A holds
+// rows and B is MN-major for rs, K-major for rs_kb. e4m3 (no transposed form for 8-bit types): B is K-major and A holds
 // four values per register, {row lane / 4, row lane / 4 + 8} x {columns 4 (lane % 4) .. + 3, the
 // same + 16}, in the order (row, columns) = (0, lo), (8, lo), (0, hi), (8, hi).
 // accumulate = 0 overwrites D.
 template <class T, int N>
 struct Wgmma;
 
+// One register-A form (NAME) of Wgmma<CPP_T, N>, TAIL the immediates after the predicate.
+#define SPAATTN_WGMMA_RS(NAME, PTX_T, K, N, REGS, ACC, RS_A, RS_B, RS_S, TAIL)                 \
+  static __device__ __forceinline__ void NAME(float (&d)[N / 8][4], const uint32_t (&a)[4],    \
+                                              uint64_t b, int accumulate) {                    \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" RS_S ", 0;\n"                           \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k" #K ".f32." PTX_T "." PTX_T " "     \
+                 REGS ", {%" RS_A "}, %" RS_B ", p" TAIL ";\n}\n"                              \
+                 : ACC(d)                                                                      \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));       \
+  }
 #define SPAATTN_WGMMA(CPP_T, PTX_T, K, N, REGS, ACC, SS_A, SS_B, SS_S, RS_A, RS_B, RS_S,       \
-                      SS_TAIL, RS_TAIL)                                                        \
+                      SS_TAIL, RS_TAIL, RSK_TAIL)                                              \
   template <>                                                                                  \
   struct Wgmma<CPP_T, N> {                                                                     \
     static __device__ __forceinline__ void ss(float (&d)[N / 8][4], uint64_t a, uint64_t b,    \
@@ -193,35 +203,34 @@ struct Wgmma;
                    : ACC(d)                                                                    \
                    : "l"(a), "l"(b), "r"(accumulate));                                         \
     }                                                                                          \
-    static __device__ __forceinline__ void rs(float (&d)[N / 8][4], const uint32_t (&a)[4],    \
-                                              uint64_t b, int accumulate) {                    \
-      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" RS_S ", 0;\n"                         \
-                   "wgmma.mma_async.sync.aligned.m64n" #N "k" #K ".f32." PTX_T "." PTX_T " "   \
-                   REGS ", {%" RS_A "}, %" RS_B ", p" RS_TAIL ";\n}\n"                         \
-                   : ACC(d)                                                                    \
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));     \
-    }                                                                                          \
+    SPAATTN_WGMMA_RS(rs, PTX_T, K, N, REGS, ACC, RS_A, RS_B, RS_S, RS_TAIL)                    \
+    SPAATTN_WGMMA_RS(rs_kb, PTX_T, K, N, REGS, ACC, RS_A, RS_B, RS_S, RSK_TAIL)                \
   };
 // Operand lists per N, and the immediates after the predicate: scales of A and B (1), and for
-// 16-bit types the transposition of A (0) and B (0 for ss, 1 for rs: V is MN-major).
+// 16-bit types the transposition of A (0) and B (0 for ss and rs_kb, 1 for rs: V is MN-major).
 #define SPAATTN_WGMMA_N64 SPAATTN_REGS32, SPAATTN_ACC_N64, "32", "33", "34", "32, %33, %34, %35", \
                           "36", "37"
 #define SPAATTN_WGMMA_N128 SPAATTN_REGS64, SPAATTN_ACC_N128, "64", "65", "66", \
                            "64, %65, %66, %67", "68", "69"
 #define SPAATTN_WGMMA_CALL(...) SPAATTN_WGMMA(__VA_ARGS__)
 
-SPAATTN_WGMMA_CALL(__nv_bfloat16, "bf16", 16, 64, SPAATTN_WGMMA_N64, ", 1, 1, 0, 0", ", 1, 1, 1")
-SPAATTN_WGMMA_CALL(__half, "f16", 16, 64, SPAATTN_WGMMA_N64, ", 1, 1, 0, 0", ", 1, 1, 1")
+SPAATTN_WGMMA_CALL(__nv_bfloat16, "bf16", 16, 64, SPAATTN_WGMMA_N64, ", 1, 1, 0, 0", ", 1, 1, 1",
+                   ", 1, 1, 0")
+SPAATTN_WGMMA_CALL(__half, "f16", 16, 64, SPAATTN_WGMMA_N64, ", 1, 1, 0, 0", ", 1, 1, 1",
+                   ", 1, 1, 0")
 SPAATTN_WGMMA_CALL(__nv_bfloat16, "bf16", 16, 128, SPAATTN_WGMMA_N128, ", 1, 1, 0, 0",
-                   ", 1, 1, 1")
-SPAATTN_WGMMA_CALL(__half, "f16", 16, 128, SPAATTN_WGMMA_N128, ", 1, 1, 0, 0", ", 1, 1, 1")
-SPAATTN_WGMMA_CALL(__nv_fp8_e4m3, "e4m3", 32, 64, SPAATTN_WGMMA_N64, ", 1, 1", ", 1, 1")
-SPAATTN_WGMMA_CALL(__nv_fp8_e4m3, "e4m3", 32, 128, SPAATTN_WGMMA_N128, ", 1, 1", ", 1, 1")
+                   ", 1, 1, 1", ", 1, 1, 0")
+SPAATTN_WGMMA_CALL(__half, "f16", 16, 128, SPAATTN_WGMMA_N128, ", 1, 1, 0, 0", ", 1, 1, 1",
+                   ", 1, 1, 0")
+SPAATTN_WGMMA_CALL(__nv_fp8_e4m3, "e4m3", 32, 64, SPAATTN_WGMMA_N64, ", 1, 1", ", 1, 1", ", 1, 1")
+SPAATTN_WGMMA_CALL(__nv_fp8_e4m3, "e4m3", 32, 128, SPAATTN_WGMMA_N128, ", 1, 1", ", 1, 1",
+                   ", 1, 1")
 
 #undef SPAATTN_WGMMA_CALL
 #undef SPAATTN_WGMMA_N128
 #undef SPAATTN_WGMMA_N64
 #undef SPAATTN_WGMMA
+#undef SPAATTN_WGMMA_RS
 
 // S[64 x 128] = A[64 x 32] B[32 x 128] on int8 operands, int32 accumulators (the fp32 layout),
 // both from shared memory, K-major.
