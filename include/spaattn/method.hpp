@@ -64,11 +64,13 @@ struct StepPlan {
   int k = 0;
 };
 
-// What a stored selection or Re-ttention cache was made for: the tensor shape and the layout of
-// the sequence (a selection lists logical blocks, so another split into video and text blocks
-// makes it another mask even when the tensors keep their shape).
+// What a stored selection or Re-ttention cache was made for: the tensor shape and dtype and the
+// layout of the sequence (a selection lists logical blocks, so another split into video and text
+// blocks makes it another mask even when the tensors keep their shape; the GPU path keeps Delta
+// in the inputs' dtype).
 struct CallShape {
   std::array<int64_t, 4> dims{};  // [b, S, H, d]
+  DType dtype = DType::f32;       // of q, k and v
   int64_t num_video = 0, num_text = 0, block_size = 0;
   TextPlacement text_placement = TextPlacement::suffix;
   bool operator==(const CallShape&) const = default;

@@ -69,6 +69,7 @@ void write_output(const std::vector<float>& o, const TensorView& out, const Layo
 CallShape call_shape(const AttentionArgs& args) {
   const Layout& L = args.layout;
   return CallShape{.dims = {args.batch(), args.seq_len(), args.heads(), args.head_dim()},
+                   .dtype = args.q.dtype,
                    .num_video = L.num_video,
                    .num_text = L.num_text,
                    .block_size = L.block_size,
@@ -109,6 +110,8 @@ StepPlan plan_step(const Config& config, const CallInfo& call, const AttentionAr
     const CallShape now = call_shape(args);
     SPAATTN_CHECK_ARG(c.dims == now.dims, "q", "expected the shape of the reference step [",
                       c.dims[0], ", ", c.dims[1], ", ", c.dims[2], ", ", c.dims[3], "]");
+    SPAATTN_CHECK_ARG(c.dtype == now.dtype, "q", "expected the dtype of the reference step (",
+                      to_string(c.dtype), "), got ", to_string(now.dtype));
     const auto place = [](const CallShape& x) {
       return x.text_placement == TextPlacement::prefix ? "prefix" : "suffix";
     };

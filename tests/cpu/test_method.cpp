@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <utility>
 #include <thread>
 #include <vector>
 
@@ -265,6 +267,40 @@ TEST(Method, AnotherLayoutOfTheSameShapeMakesAFreshSelection) {
   EXPECT_EQ(c.out, poison);
   run(rt, c.args, 1, &st);  // the cache of step 0 still serves its own layout
   EXPECT_EQ(st.kind, CallStats::Kind::sparse);
+}
+
+// The cache belongs to the dtype of its reference step too (the GPU path keeps Delta in it): a
+// sparse step with the same values in bfloat16 is refused before it writes anything, and the
+// cache keeps serving the dtype it was made for.
+TEST(Method, RettentionSparseStepInAnotherDtypeIsAnError) {
+  Call c(1, 200, 8, 2, 64, 7);
+  Config cfg;
+  cfg.method = Method::rettention;
+  cfg.block_size = 64;
+  cfg.select.sparsity = 0.5;
+  SparseAttention rt(cfg);
+  std::vector<float> o(c.out.size());
+  const TensorView o_view = TensorView::contiguous(o.data(), DType::f32, {c.B, c.S, c.H, c.D});
+  EXPECT_EQ(rt.forward({0, 0, 0}, c.args, o_view).kind, CallStats::Kind::reference);
+
+  const size_t n = c.q.size();
+  std::vector<uint16_t> q16(n), k16(n), v16(n);
+  AttentionArgs half = c.args;
+  const std::pair<const std::vector<float>*, std::vector<uint16_t>*> pairs[] = {
+      {&c.q, &q16}, {&c.k, &k16}, {&c.v, &v16}};
+  TensorView* views[] = {&half.q, &half.k, &half.v};
+  for (int t = 0; t < 3; ++t) {
+    for (size_t i = 0; i < n; ++i)
+      store_from_float(pairs[t].second->data(), DType::bf16, static_cast<int64_t>(i),
+                       (*pairs[t].first)[i]);
+    *views[t] = TensorView::contiguous(pairs[t].second->data(), DType::bf16,
+                                       {c.B, c.S, c.H, c.D});
+  }
+  const std::vector<float> poison = c.out;
+  expect_error([&] { rt.forward({0, 0, 1}, half, c.out_view()); }, "q",
+               "expected the dtype of the reference step (float32), got bfloat16");
+  EXPECT_EQ(c.out, poison);
+  EXPECT_EQ(rt.forward({0, 0, 1}, c.args, o_view).kind, CallStats::Kind::sparse);
 }
 
 }  // namespace
