@@ -425,9 +425,12 @@ class GpuPipeline final : public DevicePipeline {
                                            stream));
     }
     if (workspace_.get() && same_dims(dims, dims_) && dtype == dtype_) return;
-    sizes_ = sizes(config_, dims, dtype, perm_.size(), offsets.size() + cols.size());
-    const size_t bytes = sizes_.workspace();
+    // Sizes, shape and dtype change together, after the allocation: a failed one leaves them
+    // describing the workspace that is still there.
+    const Sizes next = sizes(config_, dims, dtype, perm_.size(), offsets.size() + cols.size());
+    const size_t bytes = next.workspace();
     if (workspace_.size() < bytes) workspace_ = DeviceBuffer(memory_, bytes, stream, order_);
+    sizes_ = next;
     dims_ = dims;
     dtype_ = dtype;
     char* base = workspace_.as<char>();
