@@ -64,6 +64,11 @@ std::vector<Case> cases() {
        .density = 0.3, .cpu_reference = false, .seed = 42});
   add({.name = "large_f16_d128_B64_full", .dtype = hf, .heads = 4, .layout = layout(4000, 96, 64),
        .density = 1, .empty_rows = 0, .cpu_reference = false, .seed = 43});
+  // 110 key blocks at density 0.9: rows of about 99 +- 3 entries, so the Hopper kernel's items
+  // alternate between its two forms of S = Q K^T (Q in registers below 96 entries, from the Q
+  // tile at or above), with empty rows among them.
+  add({.name = "mixed_rows_bf16_d128_B128", .heads = 3, .layout = layout(14000, 0, 128),
+       .density = 0.9, .empty_rows = 0.05, .cpu_reference = false, .seed = 44});
   return v;
 }
 
