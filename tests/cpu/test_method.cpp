@@ -277,8 +277,7 @@ TEST(Method, RettentionSparseStepInAnotherDtypeIsAnError) {
   Config cfg;
   cfg.method = Method::rettention;
   cfg.block_size = 64;
-  cfg.select.sparsity = 0.5;
-  SparseAttention rt(cfg);
+  SparseAttention rt(cfg);  // default sparsity
   std::vector<float> o(c.out.size());
   const TensorView o_view = TensorView::contiguous(o.data(), DType::f32, {c.B, c.S, c.H, c.D});
   EXPECT_EQ(rt.forward({0, 0, 0}, c.args, o_view).kind, CallStats::Kind::reference);
