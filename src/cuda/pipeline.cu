@@ -163,14 +163,30 @@ class StreamOrder {
     if (!done_) SPAATTN_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
     const bool captured = capturing(stream);
     if (recorded_ && !captured) SPAATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, done_, 0));
+    call_ = {stream, captured, true};
     return captured;
   }
   // After a call's last launch on `stream`, with what begin() returned.
   void end(cudaStream_t stream, bool captured) {
+    call_.open = false;
     if (captured) return;
     SPAATTN_CUDA_CHECK(cudaEventRecord(done_, stream));
     recorded_ = true;
     waited_ = false;
+  }
+  // When a call throws after begin(), before it gives back any memory: what it queued before the
+  // error is ordered like a finished call's launches, before later calls and before the memory
+  // goes back (never throws: the call's own error is the one reported).
+  void abandon() noexcept {
+    if (!call_.open) return;
+    call_.open = false;
+    if (call_.captured) return;
+    if (cudaEventRecord(done_, call_.stream) == cudaSuccess) {
+      recorded_ = true;
+      waited_ = false;
+    } else {
+      cudaGetLastError();
+    }
   }
   // Blocks the host until every call queued so far has finished.
   void wait() const {
@@ -199,6 +215,10 @@ class StreamOrder {
   cudaEvent_t done_ = nullptr;
   cudaStream_t stream_ = nullptr;
   bool recorded_ = false, waited_ = false;
+  struct {
+    cudaStream_t stream = nullptr;
+    bool captured = false, open = false;  // open: between begin() and end() / abandon()
+  } call_;
 };
 
 // One device allocation taken from DeviceMemory (default: stream-ordered cudaMallocAsync) and
@@ -287,7 +307,13 @@ class GpuPipeline final : public DevicePipeline {
                       dims.max_nnz(), ": split the call over batch or heads");
     const auto stream = static_cast<cudaStream_t>(stream_ptr);
     const bool captured = order_.begin(stream);
-    CallStats stats = run(call, args, out, plan, dims, stream);
+    CallStats stats;
+    try {
+      stats = run(call, args, out, plan, dims, stream);
+    } catch (...) {
+      order_.abandon();
+      throw;
+    }
     order_.end(stream, captured);
     if (config_.measure_density && plan.kind == CallStats::Kind::sparse)
       stats.density = read_density(args, dims, stream);
@@ -384,6 +410,7 @@ class GpuPipeline final : public DevicePipeline {
       else
         run_sparse(ordered, dims, mask, out, plan, state, stream);
     } catch (...) {
+      order_.abandon();  // before the dropped state's memory goes back
       if (found != states_.end()) states_.erase(found);
       throw;
     }
