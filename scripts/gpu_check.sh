@@ -7,6 +7,7 @@
 # also the Python package's tests and the testbed evaluation. Logs, the JSON results and the
 # tables go to $OUT (default ./gpu-check-out); the tables are printed last.
 # Usage: scripts/gpu_check.sh [--quick] [--shape TEXT] [--densities LIST] [--bin DIR]
+#                             [--compare-bin DIR] [--rounds N]
 #                             [--no-tests] [--no-sanitizer] [--no-bench] [--no-pipeline]
 #                             [--python] [--testbed CKPT [--testbed-args "ARGS"]]
 #   --quick: kernel benchmark and baseline on the first shape only.
@@ -15,6 +16,12 @@
 #   --bin DIR: spaattn_gpu_tests, spaattn_bench and spaattn_bench_pipeline built elsewhere for
 #              sm_90a (e.g. a machine without a GPU) instead of a build here; a build still runs
 #              if they do not start.
+#   --compare-bin DIR: spaattn_bench and spaattn_bench_pipeline of another build (e.g. the
+#              previous commit, built for sm_90a), run right after each benchmark of this one on
+#              the same machine, so that two kernels are compared within one run
+#              (bench_compare_*.json, pipeline_compare.md; their tables follow this build's).
+#   --rounds N: run the kernel benchmarks (and those of --compare-bin) N times, interleaved
+#              (default 1); the JSON and tables of round r > 1 carry _rR in their names.
 #   --profile: Nsight Compute on the Hopper kernel (d = 128, B = 128, S = 76,800, H = 40) at
 #          densities 1.0 and 0.05: throughput, memory (DRAM, L2 hit rate), warp stalls and
 #          scheduler statistics of one launch each (profile_density_*.txt), and the SASS lines
@@ -36,7 +43,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-families="portable hopper" profile=0 ulysses=0 cli=0 tools="memcheck racecheck synccheck initcheck" quick=0 tests=1 sanitizer=1 bench=1 pipeline=1 shape="" densities="" bin="" python=0 testbed=""
+compare="" rounds=1 families="portable hopper" profile=0 ulysses=0 cli=0 tools="memcheck racecheck synccheck initcheck" quick=0 tests=1 sanitizer=1 bench=1 pipeline=1 shape="" densities="" bin="" python=0 testbed=""
 testbed_args=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -45,6 +52,8 @@ while [[ $# -gt 0 ]]; do
     --shape) shape=$2; shift ;;
     --densities) densities=$2; shift ;;
     --bin) bin=$2; shift ;;
+    --compare-bin) compare=$2; shift ;;
+    --rounds) rounds=$2; shift ;;
     --no-tests) tests=0 ;;
     --no-sanitizer) sanitizer=0 ;;
     --no-bench) bench=0 ;;
@@ -60,6 +69,13 @@ while [[ $# -gt 0 ]]; do
   esac
   shift
 done
+if ! [[ $rounds =~ ^[1-9][0-9]*$ ]]; then
+  echo "gpu_check.sh: --rounds expects a positive whole number, got '$rounds'" >&2; exit 2
+fi
+if [[ -n $compare ]] && ! [[ -x $compare/spaattn_bench && -x $compare/spaattn_bench_pipeline ]]; then
+  echo "gpu_check.sh: --compare-bin: expected executables spaattn_bench and spaattn_bench_pipeline in '$compare'" >&2
+  exit 2
+fi
 OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT"
 BUILD=build-gpu-check
@@ -184,17 +200,33 @@ if [[ $bench == 1 ]]; then
   runs=()
   for fam in $families; do runs+=("$fam 128 128"); done
   [[ " $families " == *" hopper "* ]] && runs+=("hopper 128 64" "hopper 64 128")
-  for r in "${runs[@]}"; do
-    read -r fam dim blk <<<"$r"
-    "$BENCH" --kernel "$fam" --head-dim "$dim" --block "$blk" --baseline "$OUT/sdpa.json" \
-      --json "$OUT/bench_${fam}_d${dim}_b${blk}.json" "${extra[@]}" 2>>"$OUT/bench.log" |
-      tee -a "$OUT/table.md"
+  # One benchmark run: binary, label for the table (printed when there is more than one run of
+  # a configuration), JSON name.
+  kbench() {
+    [[ -n $compare || $rounds -gt 1 ]] && echo "$2" | tee -a "$OUT/table.md"
+    "$1" --kernel "$fam" --head-dim "$dim" --block "$blk" --baseline "$OUT/sdpa.json" \
+      --json "$OUT/$3.json" "${extra[@]}" 2>>"$OUT/bench.log" | tee -a "$OUT/table.md"
     [[ ${PIPESTATUS[0]} == 0 ]] || { status=1; tail -n 20 "$OUT/bench.log"; }
+  }
+  for ((round = 1; round <= rounds; ++round)); do
+    sfx=$([[ $round -gt 1 ]] && echo "_r$round")
+    for r in "${runs[@]}"; do
+      read -r fam dim blk <<<"$r"
+      kbench "$BENCH" "this build${sfx:+ (round $round)}:" "bench_${fam}_d${dim}_b${blk}$sfx"
+      [[ -n $compare ]] &&
+        kbench "$compare/spaattn_bench" "--compare-bin $compare${sfx:+ (round $round)}:" \
+          "bench_compare_${fam}_d${dim}_b${blk}$sfx"
+    done
   done
 fi
 if [[ $pipeline == 1 ]]; then
   "$PIPE" --baseline "$pbase" 2>>"$OUT/bench.log" | tee "$OUT/pipeline.md"
   [[ ${PIPESTATUS[0]} == 0 ]] || { status=1; tail -n 20 "$OUT/bench.log"; }
+  if [[ -n $compare ]]; then
+    "$compare/spaattn_bench_pipeline" --baseline "$pbase" 2>>"$OUT/bench.log" |
+      tee "$OUT/pipeline_compare.md"
+    [[ ${PIPESTATUS[0]} == 0 ]] || { status=1; tail -n 20 "$OUT/bench.log"; }
+  fi
 fi
 
 if [[ $python == 1 ]]; then
@@ -239,4 +271,5 @@ echo
 printf '%s\n' "${summary[@]}"
 [[ -f "$OUT/table.md" ]] && cat "$OUT/table.md"
 [[ -f "$OUT/pipeline.md" ]] && cat "$OUT/pipeline.md"
+[[ -f "$OUT/pipeline_compare.md" ]] && { echo "--compare-bin $compare:"; cat "$OUT/pipeline_compare.md"; }
 exit $status
