@@ -17,7 +17,8 @@ struct Params {
 // (warp 0 issues the K / V copies, warps 1-3 load Q) and B / 64 consumer warpgroups of 64 query
 // rows each. A key tile is one key block (B keys); K and V tiles have their own full barriers so
 // that S = Q K^T can start before V has landed. Q has one buffer: the loaders fill it for the
-// next query block once every consumer has issued its last S = Q K^T of the current one. A stage
+// next query block once every consumer warp has taken the current one's Q rows into registers
+// (short items at d = 128, B = 128) or issued its last S = Q K^T (the others). A stage
 // is released one key block late (a consumer waits for O += P V of block n together with
 // S = Q K^T of block n + 1), so B = 128 keeps three stages; B = 64, two CTAs to an SM, has
 // shared memory for two.

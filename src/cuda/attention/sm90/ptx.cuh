@@ -174,9 +174,10 @@ __device__ __forceinline__ void fence_operands(uint32_t (&a)[N][4]) {
 // of the warp's 16, columns 8 t + 2 (lane % 4) + {0, 1}; d[t][2..3]: the row 8 below).
 // ss: A and B from shared memory, both K-major. rs: A from registers, four 32-bit registers per
 // thread, B from shared memory. 16-bit: A is the mma.sync m16n8k16 A fragment of the warp's 16
-// rows and B is MN-major for rs, K-major for rs_kb. e4m3 (no transposed form for 8-bit types): B is K-major and A holds
-// four values per register, {row lane / 4, row lane / 4 + 8} x {columns 4 (lane % 4) .. + 3, the
-// same + 16}, in the order (row, columns) = (0, lo), (8, lo), (0, hi), (8, hi).
+// rows and B is MN-major for rs, K-major for rs_kb. e4m3 (no transposed form for 8-bit
+// types): B is K-major and A holds four values per register, {row lane / 4, row lane / 4 + 8}
+// x {columns 4 (lane % 4) .. + 3, the same + 16}, in the order (row, columns) = (0, lo),
+// (8, lo), (0, hi), (8, hi).
 // accumulate = 0 overwrites D.
 template <class T, int N>
 struct Wgmma;
