@@ -158,21 +158,17 @@ class StreamOrder {
     if (stream_) cudaStreamDestroy(stream_);  // pending frees still complete
     if (done_) cudaEventDestroy(done_);
   }
-  // Before a call's first launch on `stream`; returns whether the stream is being captured.
-  bool begin(cudaStream_t stream) {
+  // Before a call's first launch on `stream`.
+  void begin(cudaStream_t stream) {
     if (!done_) SPAATTN_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
     const bool captured = capturing(stream);
     if (recorded_ && !captured) SPAATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, done_, 0));
     call_ = {stream, captured, true};
-    return captured;
   }
-  // After a call's last launch on `stream`, with what begin() returned.
-  void end(cudaStream_t stream, bool captured) {
+  // After the call's last launch.
+  void end() {
     call_.open = false;
-    if (captured) return;
-    SPAATTN_CUDA_CHECK(cudaEventRecord(done_, stream));
-    recorded_ = true;
-    waited_ = false;
+    SPAATTN_CUDA_CHECK(record());
   }
   // When a call throws after begin(), before it gives back any memory: what it queued before the
   // error is ordered like a finished call's launches, before later calls and before the memory
@@ -180,13 +176,7 @@ class StreamOrder {
   void abandon() noexcept {
     if (!call_.open) return;
     call_.open = false;
-    if (call_.captured) return;
-    if (cudaEventRecord(done_, call_.stream) == cudaSuccess) {
-      recorded_ = true;
-      waited_ = false;
-    } else {
-      cudaGetLastError();
-    }
+    if (record() != cudaSuccess) cudaGetLastError();
   }
   // Blocks the host until every call queued so far has finished.
   void wait() const {
@@ -207,6 +197,16 @@ class StreamOrder {
   }
 
  private:
+  // `done` on the call's stream, unless that stream is being captured.
+  cudaError_t record() noexcept {
+    if (call_.captured) return cudaSuccess;
+    const cudaError_t e = cudaEventRecord(done_, call_.stream);
+    if (e == cudaSuccess) {
+      recorded_ = true;
+      waited_ = false;
+    }
+    return e;
+  }
   static bool capturing(cudaStream_t stream) {
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
     SPAATTN_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
@@ -306,7 +306,7 @@ class GpuPipeline final : public DevicePipeline {
                       "expected batch * heads * blocks^2 < 2^31 (int32 mask offsets), got ",
                       dims.max_nnz(), ": split the call over batch or heads");
     const auto stream = static_cast<cudaStream_t>(stream_ptr);
-    const bool captured = order_.begin(stream);
+    order_.begin(stream);
     CallStats stats;
     try {
       stats = run(call, args, out, plan, dims, stream);
@@ -314,7 +314,7 @@ class GpuPipeline final : public DevicePipeline {
       order_.abandon();
       throw;
     }
-    order_.end(stream, captured);
+    order_.end();
     if (config_.measure_density && plan.kind == CallStats::Kind::sparse)
       stats.density = read_density(args, dims, stream);
     return stats;

@@ -2,11 +2,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdint>
-#include <utility>
 #include <thread>
 #include <vector>
 
+#include "cpu/reference.hpp"
 #include "cpu/testing.hpp"
 
 namespace spaattn {
@@ -282,19 +281,17 @@ TEST(Method, RettentionSparseStepInAnotherDtypeIsAnError) {
   const TensorView o_view = TensorView::contiguous(o.data(), DType::f32, {c.B, c.S, c.H, c.D});
   EXPECT_EQ(rt.forward({0, 0, 0}, c.args, o_view).kind, CallStats::Kind::reference);
 
-  const size_t n = c.q.size();
-  std::vector<uint16_t> q16(n), k16(n), v16(n);
+  const auto to_bf16 = [&](const std::vector<float>& x) {
+    test::HostTensor t = test::make_tensor(DType::bf16, c.B, c.S, c.H, c.D);
+    for (size_t i = 0; i < x.size(); ++i)
+      store_from_float(t.view.data, DType::bf16, static_cast<int64_t>(i), x[i]);
+    return t;
+  };
+  const test::HostTensor q = to_bf16(c.q), k = to_bf16(c.k), v = to_bf16(c.v);
   AttentionArgs half = c.args;
-  const std::pair<const std::vector<float>*, std::vector<uint16_t>*> pairs[] = {
-      {&c.q, &q16}, {&c.k, &k16}, {&c.v, &v16}};
-  TensorView* views[] = {&half.q, &half.k, &half.v};
-  for (int t = 0; t < 3; ++t) {
-    for (size_t i = 0; i < n; ++i)
-      store_from_float(pairs[t].second->data(), DType::bf16, static_cast<int64_t>(i),
-                       (*pairs[t].first)[i]);
-    *views[t] = TensorView::contiguous(pairs[t].second->data(), DType::bf16,
-                                       {c.B, c.S, c.H, c.D});
-  }
+  half.q = q.view;
+  half.k = k.view;
+  half.v = v.view;
   const std::vector<float> poison = c.out;
   expect_error([&] { rt.forward({0, 0, 1}, half, c.out_view()); }, "q",
                "expected the dtype of the reference step (float32), got bfloat16");

@@ -181,7 +181,8 @@ __device__ __forceinline__ void load_q(uint32_t (&qa)[D / 16][4], uint32_t q_til
 }
 
 // Per key block: S = Q K^T over the head dim, K from shared memory; Q from registers (qa) when
-// q_regs, else from the Q tile (the warpgroup's rows at q_rows).
+// q_regs, else from the Q tile (the warpgroup's rows at q_rows). Each form has its own fence and
+// commit: with them outside the branch ptxas inserts arrives and serialises the wgmmas (C7520).
 template <class T, int D, int B>
 __device__ __forceinline__ void issue_qk(float (&sc)[1][B / 8][4], const uint32_t (&qa)[D / 16][4],
                                          bool q_regs, uint32_t q_rows, uint32_t k_tile) {
