@@ -29,6 +29,9 @@ struct EpiCase {
   int block = 128;
   TextPlacement placement = TextPlacement::suffix;
   bool small = false;
+  // 16 heads give more query blocks than an H100 / H200 has SMs, so CTAs of the persistent sm90
+  // kernel take several blocks, empty ones among them, one after the other.
+  int64_t heads = 2;
   // K and V handed to the kernel already in the token order (kv_ordered, as the GPU pipeline
   // does; either family, SPAATTN_KERNEL decides), or read through video_perm inside the kernel
   // (the portable family only).
@@ -75,7 +78,7 @@ class Epilogue : public ::testing::TestWithParam<EpiCase> {};
 TEST_P(Epilogue, MatchesFloat64InTheCallersOrder) {
   const EpiCase& c = GetParam();
   if (small_mode() && !c.small) GTEST_SKIP() << "large case (SPAATTN_GPU_TESTS_SMALL)";
-  const int64_t B = 2, H = 2, D = c.dim;
+  const int64_t B = 2, H = c.heads, D = c.dim;
   const Layout L{
       .num_video = 390, .num_text = 77, .text_placement = c.placement, .block_size = c.block};
   const int64_t S = L.seq_len(), NB = L.num_blocks(), NV = L.num_video_blocks();
@@ -264,6 +267,11 @@ std::vector<EpiCase> cases() {
     c.name = std::string(name) + "_d64_b128_bf16";
     c.dim = 64;
     c.block = 128;
+    out.push_back(c);
+    c.name = std::string(name) + "_d128_b128_bf16_many_blocks";
+    c.dim = 128;
+    c.heads = 16;
+    c.small = kind == EpilogueKind::block_affine;
     out.push_back(c);
   }
   const size_t n = out.size();

@@ -193,6 +193,8 @@ __device__ __forceinline__ float quad_load(const float* p, int lane) {
 // Method::calibrated's reference step over four disjoint key sets (epilogue.cuh, partial_merge).
 template <class T, int D>
 struct EpiPartialMerge {
+  // Many registers a row: the sm90 kernel does not run it while a product is in flight.
+  static constexpr bool kRegisterHeavy = true;
   __device__ __forceinline__ EpiPartialMerge(const FwdParams&, const CtaShared&, int) {}
   __device__ __forceinline__ void row(const FwdParams& p, const CtaShared& cta, int64_t seq,
                                       bool, int col, int lane, float& lse, float (&x)[D / 8][4],
@@ -264,6 +266,15 @@ void dispatch_epilogue(EpilogueKind kind, F&& f) {
 
 // Normalises the thread's rows of o by their sums, computes lse, applies the functor and writes
 // lse; rows at or beyond qe.count are left alone (nothing is stored for them).
+// Whether an epilogue functor says it needs many registers (kRegisterHeavy; false if absent).
+template <class Epi>
+constexpr bool register_heavy() {
+  if constexpr (requires { Epi::kRegisterHeavy; })
+    return Epi::kRegisterHeavy;
+  else
+    return false;
+}
+
 template <class T, int D, int MT, class Epi>
 __device__ __forceinline__ void finish_rows(const FwdParams& p, const OnlineSoftmax<MT>& sm,
                                             float (&o)[MT][D / 8][4], const CtaShared& cta,

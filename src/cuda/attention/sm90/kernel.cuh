@@ -34,7 +34,16 @@
 // density 0.05) and 2-6% at B = 64 (bench/results/2026-12-01-h200-fp8-accumulation.md).
 // Measured and left out with Q in registers (bench/results/2026-12-01-h200-q-registers.md): an
 // item's epilogue run behind the next item's first S = Q K^T (ptxas serialises the wgmmas when
-// the epilogue reads O while that product is in flight), and three stages at B = 64.
+// the epilogue reads O while that product is in flight), and three stages at B = 64. The
+// opposite order does overlap (consume): the next item's first S = Q K^T is issued behind the
+// item's last O += P V and the epilogue follows the wait for both; with 16-byte stores of O this
+// took density 0.11 from 0.93-0.95 to 0.96-0.97 of cuDNN dense and 0.05 from 0.83-0.86 to
+// 0.87-0.88 (0.82 in one round of five; bench/results/2026-12-01-h200-carry.md). In the same runs a warpgroup's softmax
+// overlapped with its own O += P V in the FlashAttention-3 order (S of block n issued before P V
+// of block n - 1, the probabilities kept in fp32 until that P V is waited for, Q from shared
+// memory; no spills, no serialised wgmma) ran at 0.82 of cuDNN dense against 0.97, 0.75 against
+// 0.86 at 0.05, and lost 13-37% at B = 64 and d = 64: the two warpgroups' own interleaving is
+// worth more here than the overlap within one.
 //
 // Work items (query blocks) are taken in decode_work order (text query blocks, the densest,
 // first), item blockIdx.x + k * gridDim.x by CTA blockIdx.x.
@@ -90,10 +99,12 @@ struct SmemLayout {
   __device__ __forceinline__ uint32_t v_full(int s) const { return bars + 8 * (2 + S + s); }
   __device__ __forceinline__ uint32_t empty(int s) const { return bars + 8 * (2 + 2 * S + s); }
   // One thread, before the CTA's first __syncthreads: Q full waits for the 96 Q-loading threads,
-  // Q empty and a stage's empty for one arrival per consumer warp, K / V full for the copies.
+  // Q empty for every consumer thread (each has read the Q tile or the rows table itself, so
+  // each orders its own reads before the loaders' next writes), a stage's empty for one arrival
+  // per consumer warp, K / V full for the copies.
   __device__ __forceinline__ void init_barriers(int consumers) const {
     mbar_init(q_full(), 96);
-    mbar_init(q_empty(), 4 * consumers);
+    mbar_init(q_empty(), 128 * consumers);
     for (int s = 0; s < S; ++s) {
       mbar_init(k_full(s), 1);
       mbar_init(v_full(s), 1);
@@ -134,8 +145,9 @@ __device__ __forceinline__ void produce_kv(const Params& sp, const Smem<D, B>& s
 }
 
 // Producer warps 1-3 (t = 0 .. 95): each item's Q rows, B rows of D columns in 16-byte units,
-// rows past the valid count zero-filled, and the item's table of sequence rows (rows[k % 2] for
-// the CTA's k-th item: the consumers write item k's O while the loaders fill item k + 1).
+// rows past the valid count zero-filled, and the item's table of sequence rows (rows[k %
+// Traits::kRowTables] for the CTA's k-th item: the consumers write item k's O while the loaders
+// fill item k + 1, or, when item k + 1 takes Q into registers, item k + 2).
 template <class T, int D, int B>
 __device__ __forceinline__ void produce_q(const FwdParams& p, const Smem<D, B>& sh,
                                           int32_t (*rows)[B], int num_items, int t) {
@@ -151,7 +163,7 @@ __device__ __forceinline__ void produce_q(const FwdParams& p, const Smem<D, B>& 
       const int seq = permuted && r < it.q.count
                           ? p.video_offset + __ldg(p.video_perm + it.w.qb * B + r)
                           : it.q.begin + r;
-      if (u == 0) rows[k & 1][r] = seq;
+      if (u == 0) rows[k % Tr::kRowTables][r] = seq;
       const bool ok = r < it.q.valid;
       const uint32_t dst =
           sh.q + (u / 8) * Tr::kChunkBytes + r * 128 + (((u % 8) ^ (r % 8)) << 4);
@@ -234,8 +246,10 @@ __device__ __forceinline__ void issue_pv(float (&o)[1][D / 8][4], const uint32_t
 }
 
 // A work item's epilogue (both sm90 kernels): normalise, correct, write lse (finish_rows), then
-// O straight from registers: each quad of lanes writes 16 contiguous bytes of a row per column
-// tile, rows through the item's table of sequence rows.
+// O straight from registers, rows through the item's table of sequence rows. A lane holds two
+// columns of a row per 8-column tile; two exchanges within its quad (lanes j ^ 1, then j ^ 2)
+// give lane j all 16 bytes of tile 4 g + j, so that each row goes out in 16-byte stores (the
+// layout checks make rows 16-byte aligned).
 template <class T, int D, int B, class Epi>
 __device__ __forceinline__ void finish_item(const FwdParams& p, const OnlineSoftmax<1>& sm,
                                             float (&o)[1][D / 8][4], const Item<B>& it,
@@ -243,15 +257,33 @@ __device__ __forceinline__ void finish_item(const FwdParams& p, const OnlineSoft
   const CtaShared cta{it.w.b, it.w.h, it.w.qb, it.text_len, it.e_end};
   finish_rows<T, D, 1, Epi>(p, sm, o, cta, seq_rows, it.q, warp_row, lane);
   T* out = static_cast<T*>(p.out) + it.w.b * p.out_stride[0] + it.w.h * p.out_stride[2];
+  const int j = lane & 3;
+  const bool odd = j & 1, upper = j & 2;
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
+    uint4 v[D / 32];  // all lanes exchange, rows past the block included
+#pragma unroll
+    for (int g = 0; g < D / 32; ++g) {
+      uint32_t half[2][2];  // 8 bytes (columns 4 (j >> 1) ..) of tiles 4 g + 2 u + (j & 1)
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int t = 4 * g + 2 * u;
+        const uint32_t w0 = Mma<T>::pack(o[0][t][2 * hf], o[0][t][2 * hf + 1]);
+        const uint32_t w1 = Mma<T>::pack(o[0][t + 1][2 * hf], o[0][t + 1][2 * hf + 1]);
+        const uint32_t got = __shfl_xor_sync(0xffffffffu, odd ? w0 : w1, 1);
+        half[u][0] = odd ? got : w0;
+        half[u][1] = odd ? w1 : got;
+      }
+      const uint32_t g0 = __shfl_xor_sync(0xffffffffu, upper ? half[0][0] : half[1][0], 2);
+      const uint32_t g1 = __shfl_xor_sync(0xffffffffu, upper ? half[0][1] : half[1][1], 2);
+      v[g] = upper ? make_uint4(g0, g1, half[1][0], half[1][1])
+                   : make_uint4(half[0][0], half[0][1], g0, g1);
+    }
     const int r = warp_row + hf * 8 + (lane >> 2);
     if (r >= it.q.count) continue;
-    uint32_t* dst = reinterpret_cast<uint32_t*>(
-        out + static_cast<int64_t>(seq_rows[r]) * p.out_stride[1] + 2 * (lane & 3));
+    T* dst = out + static_cast<int64_t>(seq_rows[r]) * p.out_stride[1] + 8 * j;
 #pragma unroll
-    for (int t = 0; t < D / 8; ++t)
-      dst[t * 4] = Mma<T>::pack(o[0][t][2 * hf], o[0][t][2 * hf + 1]);
+    for (int g = 0; g < D / 32; ++g) *reinterpret_cast<uint4*>(dst + 32 * g) = v[g];
   }
 }
 
@@ -259,6 +291,10 @@ __device__ __forceinline__ void finish_item(const FwdParams& p, const OnlineSoft
 // item with few CSR entries (Traits::kQRegsBelow) takes the warp's Q rows into registers first
 // and releases the Q tile at once, so that the loaders bring in the next item's Q while this one
 // runs; otherwise S = Q K^T reads the Q tile, which is released after the item's last S = Q K^T.
+// Such an item's last O += P V is not waited for on its own either: the next item's start (its
+// Q, its first CSR entry) and first S = Q K^T go behind it, one wait covers both as within an
+// item, and the item's epilogue runs after that wait (not for a register-heavy functor, which
+// would spill next to the next item's Q and probabilities).
 template <class T, int D, int B, class Epi>
 __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh,
                                         const int32_t (*rows)[B], int num_items, int tid) {
@@ -268,14 +304,41 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
   const int lane = tid & 31;
   const int warp_row = cw * 64 + ((tid / 32) % 4) * 16;
   const uint32_t q_rows = sh.q + cw * 64 * 128;
-  int n = 0;  // pipeline slot of the next key block
-  int k = 0;  // items done
-  for (int index = blockIdx.x; index < num_items; index += gridDim.x, ++k) {
-    Item<B> it(p, index);
-    float o[1][D / 8][4];
+  float o[1][D / 8][4];
+  const auto zero_o = [&] {
 #pragma unroll
     for (int t = 0; t < D / 8; ++t) o[0][t][0] = o[0][t][1] = o[0][t][2] = o[0][t][3] = 0.f;
     fence_operands(o[0]);
+  };
+  zero_o();
+  uint32_t pa[1][B / 16][4] = {};
+  int n = 0;         // pipeline slot of the next key block
+  int pending = -1;  // the stage whose O += P V is in flight
+  // The item whose O += P V of its last block is still in flight (carried into the next item),
+  // with its softmax state and the index of its rows table.
+  bool carried = false;
+  int owner_index = 0, owner_k = 0;
+  OnlineSoftmax<1> owner_sm;
+  const auto finish_owner = [&] {
+    const Item<B> owner(p, owner_index);  // read again rather than kept in registers
+    finish_item<T, D, B, Epi>(p, owner_sm, o, owner, rows[owner_k % Tr::kRowTables], warp_row,
+                              lane);
+    zero_o();
+    carried = false;
+  };
+  // Every product waited for: unconditional where O is touched next, so that ptxas sees O
+  // complete on every path there.
+  const auto wait_all = [&] {
+    wgmma_wait<0>();
+    fence_operands(o[0]);
+    fence_operands(pa[0]);
+    __syncwarp();
+    if (pending >= 0 && lane == 0) mbar_arrive(sh.empty(pending));
+    pending = -1;
+  };
+  int k = 0;  // items started
+  for (int index = blockIdx.x; index < num_items; index += gridDim.x, ++k) {
+    Item<B> it(p, index);
     OnlineSoftmax<1> sm;
     sm.init();
     mbar_wait(sh.q_full(), k & 1);
@@ -283,8 +346,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
     uint32_t qa[D / 16][4];
     if (q_regs) {
       load_q<D, B>(qa, sh.q, warp_row, lane);
-      __syncwarp();
-      if (lane == 0) mbar_arrive(sh.q_empty());
+      mbar_arrive(sh.q_empty());
     }
 
     // O += P V of key block n is not waited for on its own: S = Q K^T of block n + 1 is issued
@@ -293,12 +355,14 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
     // stage is released after that wait.
     Span cur;
     bool have = it.next_key(p, cur);
-    if (!q_regs && !have) {
-      __syncwarp();
-      if (lane == 0) mbar_arrive(sh.q_empty());
+    if (!q_regs && !have) mbar_arrive(sh.q_empty());
+    if (!have) {  // no usable keys: O_spa = 0 (the functor still runs, and may write O)
+      wait_all();
+      if (carried) finish_owner();
+      finish_item<T, D, B, Epi>(p, sm, o, it, rows[k % Tr::kRowTables], warp_row, lane);
+      zero_o();
+      continue;
     }
-    uint32_t pa[1][B / 16][4] = {};
-    int pending = -1;  // the stage whose O += P V is in flight
     while (have) {
       float sc[1][B / 8][4];
       const int stage = n % Tr::kStages;
@@ -308,17 +372,15 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
       issue_qk<T, D, B>(sc, qa, q_regs, q_rows, sh.k_tile(stage));
       const Span s = cur;
       have = it.next_key(p, cur);
-      wgmma_wait<0>();
+      wait_all();
       fence_operands(sc[0]);
-      fence_operands(o[0]);
-      fence_operands(pa[0]);
-      __syncwarp();
-      if (pending >= 0 && lane == 0) mbar_arrive(sh.empty(pending));
-      if (!q_regs && !have && lane == 0) mbar_arrive(sh.q_empty());
+      if (!q_regs && !have) mbar_arrive(sh.q_empty());
       float alpha[1][2];
       const bool raised = s.valid < B
                               ? sm.scores<T, true>(sc, pa, alpha, p.scale_log2, s.valid, lane)
                               : sm.scores<T, false>(sc, pa, alpha, p.scale_log2, B, lane);
+      // The previous item's O is complete; after the scores, whose registers are free then.
+      if (carried) finish_owner();
       if (__any_sync(0xffffffffu, raised)) OnlineSoftmax<1>::rescale(o, alpha);
       fence_operands(o[0]);
       fence_operands(pa[0]);
@@ -326,15 +388,19 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
       issue_pv<T, D, B>(o, pa, sh.v_tile(stage), s.valid, ctid);
       pending = stage;
     }
-    // Unconditional, so that the compiler sees every path to the epilogue wait for O += P V.
-    wgmma_wait<0>();
-    fence_operands(o[0]);
-    fence_operands(pa[0]);
-    __syncwarp();
-    if (pending >= 0 && lane == 0) mbar_arrive(sh.empty(pending));
-
-    finish_item<T, D, B, Epi>(p, sm, o, it, rows[k & 1], warp_row, lane);
+    if (!register_heavy<Epi>() && q_regs && index + static_cast<int>(gridDim.x) < num_items) {
+      carried = true;
+      owner_index = index;
+      owner_k = k;
+      owner_sm = sm;
+    } else {
+      wait_all();
+      finish_item<T, D, B, Epi>(p, sm, o, it, rows[k % Tr::kRowTables], warp_row, lane);
+      zero_o();
+    }
   }
+  // Nothing is in flight here (the last item is never carried); the wait tells ptxas so.
+  wgmma_wait<0>();
 }
 
 template <class T, int D, int B, class Epi>

@@ -315,10 +315,7 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem<D>
     Span cur;
     float c_cur = 0.f;
     bool have = next(cur, c_cur);
-    if (!have) {
-      __syncwarp();
-      if (lane == 0) mbar_arrive(sh.q_empty());
-    }
+    if (!have) mbar_arrive(sh.q_empty());
     uint32_t pa[4][4] = {};
     int done = 0;  // blocks of the item whose P V has been issued; the last one's stage is n - 1
     while (have) {
@@ -339,7 +336,7 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem<D>
       if (done > 0 && done % kFold == 0) fold();
       __syncwarp();
       if (done > 0 && lane == 0) mbar_arrive(sh.empty((n - 2) % Tr::kStages));
-      if (!have && lane == 0) mbar_arrive(sh.q_empty());
+      if (!have) mbar_arrive(sh.q_empty());
       float alpha[2];
       const bool raised = s.valid < B ? sm.scores<true>(sc, pa, alpha, c, s.valid, lane)
                                       : sm.scores<false>(sc, pa, alpha, c, B, lane);

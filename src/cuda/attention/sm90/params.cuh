@@ -17,8 +17,8 @@ struct Params {
 // (warp 0 issues the K / V copies, warps 1-3 load Q) and B / 64 consumer warpgroups of 64 query
 // rows each. A key tile is one key block (B keys); K and V tiles have their own full barriers so
 // that S = Q K^T can start before V has landed. Q has one buffer: the loaders fill it for the
-// next query block once every consumer warp has taken the current one's Q rows into registers
-// (short items at d = 128, B = 128) or issued its last S = Q K^T (the others). A stage
+// next query block once every consumer thread has taken the current one's Q rows into registers
+// (short items at d = 128, B = 128) or seen its last S = Q K^T complete (the others). A stage
 // is released one key block late (a consumer waits for O += P V of block n together with
 // S = Q K^T of block n + 1), so B = 128 keeps three stages; B = 64, two CTAs to an SM, has
 // shared memory for two.
@@ -37,10 +37,13 @@ struct Traits {
   // the other shapes always read the Q tile (0). Measured at S = 76,800, H = 40 on H200s
   // (bench/results/2026-12-01-h200-q-registers.md).
   static constexpr int kQRegsBelow = D == 128 && B == 128 ? 96 : 0;
+  // Tables of the query rows' sequence indices, one per item in use: with Q in registers the
+  // loaders fill the next-but-one item's table while an item's epilogue is still to run.
+  static constexpr int kRowTables = kQRegsBelow > 0 ? 3 : 2;
   // Dynamic shared memory, all of the CTA's: up to 1 KB to align the tiles (128-byte swizzle),
   // Q, the K / V stages, the barriers and the two tables of the query rows' sequence indices.
   static constexpr int kSmemBytes =
-      1024 + kQBytes + 2 * kStages * kTileBytes + 8 * kBarriers + 2 * B * 4;
+      1024 + kQBytes + 2 * kStages * kTileBytes + 8 * kBarriers + kRowTables * B * 4;
   // B = 128: one CTA per SM, 384 threads; B = 64: two CTAs of 256 threads. The producer gives
   // registers back to the consumers (setmaxnreg), within the SM's 64K.
   static constexpr int kMinBlocks = B == 128 ? 1 : 2;
