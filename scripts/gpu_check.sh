@@ -7,7 +7,7 @@
 # also the Python package's tests and the testbed evaluation. Logs, the JSON results and the
 # tables go to $OUT (default ./gpu-check-out); the tables are printed last.
 # Usage: scripts/gpu_check.sh [--quick] [--shape TEXT] [--densities LIST] [--bin DIR]
-#                             [--compare-bin DIR] [--rounds N]
+#                             [--compare-bin DIR] [--rounds N] [--sanitizer-filter PATTERN]
 #                             [--no-tests] [--no-sanitizer] [--no-bench] [--no-pipeline]
 #                             [--python] [--testbed CKPT [--testbed-args "ARGS"]]
 #   --quick: kernel benchmark and baseline on the first shape only.
@@ -35,6 +35,8 @@
 #          S = 76,800, H = 40, there also with --precision fp8 (bench_cli*.json).
 #   --sanitizer-tools LIST: the compute-sanitizer tools (default "memcheck racecheck synccheck
 #          initcheck").
+#   --sanitizer-filter PATTERN: the GPU tests run under the sanitizers (a --gtest_filter
+#          pattern, default all of the small set), e.g. to keep racecheck within a time limit.
 #   --python: build and install the Python package with its CUDA kernels, run its tests
 #             (python/run_gpu_tests.sh; logs python_*.log).
 #   --testbed CKPT: the testbed evaluation (spaattn_testbed.evaluate) of model CKPT into
@@ -43,7 +45,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-compare="" rounds=1 families="portable hopper" profile=0 ulysses=0 cli=0 tools="memcheck racecheck synccheck initcheck" quick=0 tests=1 sanitizer=1 bench=1 pipeline=1 shape="" densities="" bin="" python=0 testbed=""
+compare="" rounds=1 families="portable hopper" profile=0 ulysses=0 cli=0 tools="memcheck racecheck synccheck initcheck" san_filter="" quick=0 tests=1 sanitizer=1 bench=1 pipeline=1 shape="" densities="" bin="" python=0 testbed=""
 testbed_args=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -63,6 +65,7 @@ while [[ $# -gt 0 ]]; do
     --profile) profile=1 ;;
     --ulysses) ulysses=1 ;;
     --sanitizer-tools) tools=$2; shift ;;
+    --sanitizer-filter) san_filter=$2; shift ;;
     --testbed) testbed=$2; shift ;;
     --testbed-args) testbed_args=$2; shift ;;
     *) echo "gpu_check.sh: unknown argument $1" >&2; exit 2 ;;
@@ -128,11 +131,11 @@ if [[ $sanitizer == 1 ]]; then
   : >"$OUT/sanitizer.log"
   for fam in $families; do
     for tool in $tools; do
-      echo "== compute-sanitizer --tool $tool (SPAATTN_GPU_TESTS_SMALL=1, SPAATTN_KERNEL=$fam)" |
+      echo "== compute-sanitizer --tool $tool (SPAATTN_GPU_TESTS_SMALL=1, SPAATTN_KERNEL=$fam${san_filter:+, tests $san_filter})" |
         tee -a "$OUT/sanitizer.log"
       SPAATTN_KERNEL=$fam SPAATTN_GPU_TESTS_SMALL=1 timeout "${SANITIZER_TIMEOUT:-1800}" \
         compute-sanitizer --tool "$tool" \
-        --error-exitcode 3 "$TESTS" >>"$OUT/sanitizer.log" 2>&1
+        --error-exitcode 3 "$TESTS" ${san_filter:+"--gtest_filter=$san_filter"} >>"$OUT/sanitizer.log" 2>&1
       rc=$?
       note "sanitizer $tool ($fam): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK SUMMARY|INITCHECK SUMMARY' "$OUT/sanitizer.log" | tail -n 1) (exit $rc)"
       [[ $rc == 0 ]] || status=1
