@@ -264,8 +264,6 @@ void dispatch_epilogue(EpilogueKind kind, F&& f) {
               detail::concat("unsupported epilogue kind: ", static_cast<int>(kind)));
 }
 
-// Normalises the thread's rows of o by their sums, computes lse, applies the functor and writes
-// lse; rows at or beyond qe.count are left alone (nothing is stored for them).
 // Whether an epilogue functor says it needs many registers (kRegisterHeavy; false if absent).
 template <class Epi>
 constexpr bool register_heavy() {
@@ -275,6 +273,8 @@ constexpr bool register_heavy() {
     return false;
 }
 
+// Normalises the thread's rows of o by their sums, computes lse, applies the functor and writes
+// lse; rows at or beyond qe.count are left alone (nothing is stored for them).
 template <class T, int D, int MT, class Epi>
 __device__ __forceinline__ void finish_rows(const FwdParams& p, const OnlineSoftmax<MT>& sm,
                                             float (&o)[MT][D / 8][4], const CtaShared& cta,

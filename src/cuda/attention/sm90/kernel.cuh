@@ -147,7 +147,8 @@ __device__ __forceinline__ void produce_kv(const Params& sp, const Smem<D, B>& s
 // Producer warps 1-3 (t = 0 .. 95): each item's Q rows, B rows of D columns in 16-byte units,
 // rows past the valid count zero-filled, and the item's table of sequence rows (rows[k %
 // Traits::kRowTables] for the CTA's k-th item: the consumers write item k's O while the loaders
-// fill item k + 1, or, when item k + 1 takes Q into registers, item k + 2).
+// fill item k + 1, or item k + 2 when item k's epilogue was carried into item k + 1, which may
+// release Q before that epilogue runs).
 template <class T, int D, int B>
 __device__ __forceinline__ void produce_q(const FwdParams& p, const Smem<D, B>& sh,
                                           int32_t (*rows)[B], int num_items, int t) {
@@ -417,7 +418,7 @@ __global__ void __launch_bounds__(Traits<D, B>::kThreads, Traits<D, B>::kMinBloc
   sh.q = (raw + 1023u) & ~1023u;
   sh.kv = sh.q + Tr::kQBytes;
   sh.bars = sh.kv + 2 * Tr::kStages * Tr::kTileBytes;
-  // The sequence row of each query row, per item parity, after the barriers.
+  // The tables of the query rows' sequence positions (Traits::kRowTables), after the barriers.
   auto* rows = reinterpret_cast<int32_t(*)[B]>(smem_raw + (sh.bars - raw) + 8 * Tr::kBarriers);
   const int num_items = p.batch * p.heads * p.num_q_blocks;
 

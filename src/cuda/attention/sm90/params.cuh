@@ -37,11 +37,12 @@ struct Traits {
   // the other shapes always read the Q tile (0). Measured at S = 76,800, H = 40 on H200s
   // (bench/results/2026-12-01-h200-q-registers.md).
   static constexpr int kQRegsBelow = D == 128 && B == 128 ? 96 : 0;
-  // Tables of the query rows' sequence indices, one per item in use: with Q in registers the
-  // loaders fill the next-but-one item's table while an item's epilogue is still to run.
+  // Tables of the query rows' sequence indices, one per item in use: when an item's epilogue is
+  // carried into the next item (Q in registers, sm90/kernel.cuh consume), the loaders may fill
+  // the next-but-one item's table before it runs.
   static constexpr int kRowTables = kQRegsBelow > 0 ? 3 : 2;
   // Dynamic shared memory, all of the CTA's: up to 1 KB to align the tiles (128-byte swizzle),
-  // Q, the K / V stages, the barriers and the two tables of the query rows' sequence indices.
+  // Q, the K / V stages, the barriers and the tables of the query rows' sequence indices.
   static constexpr int kSmemBytes =
       1024 + kQBytes + 2 * kStages * kTileBytes + 8 * kBarriers + kRowTables * B * 4;
   // B = 128: one CTA per SM, 384 threads; B = 64: two CTAs of 256 threads. The producer gives
