@@ -98,6 +98,15 @@ struct Problem {
   Problem& operator=(const Problem&) = delete;
 };
 
+// args with q, k and v replaced by these views; layout, text lengths and the rest kept.
+inline AttentionArgs with_qkv(AttentionArgs args, const TensorView& q, const TensorView& k,
+                              const TensorView& v) {
+  args.q = q;
+  args.k = k;
+  args.v = v;
+  return args;
+}
+
 inline void make_problem(Problem& p, DType dt, int64_t batch, int64_t heads, int64_t dim,
                          const Layout& layout, uint64_t seed, std::vector<int32_t> text_len = {},
                          Strides st = Strides::bshd, double qk_scale = 1.0) {

@@ -288,10 +288,7 @@ TEST(Method, RettentionSparseStepInAnotherDtypeIsAnError) {
     return t;
   };
   const test::HostTensor q = to_bf16(c.q), k = to_bf16(c.k), v = to_bf16(c.v);
-  AttentionArgs half = c.args;
-  half.q = q.view;
-  half.k = k.view;
-  half.v = v.view;
+  const AttentionArgs half = test::with_qkv(c.args, q.view, k.view, v.view);
   const std::vector<float> poison = c.out;
   expect_error([&] { rt.forward({0, 0, 1}, half, c.out_view()); }, "q",
                "expected the dtype of the reference step (float32), got bfloat16");

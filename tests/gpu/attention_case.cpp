@@ -85,10 +85,7 @@ CaseResult run_case(const Case& c) {
 
   // Device inputs, same bytes and strides; L_t in device memory.
   DeviceTensor q(p.q), k(p.k), v(p.v);
-  AttentionArgs args = p.args;
-  args.q = q.view;
-  args.k = k.view;
-  args.v = v.view;
+  AttentionArgs args = test::with_qkv(p.args, q.view, k.view, v.view);
   args.kernel = c.kernel;
   DeviceBuffer text_len(sizeof(int32_t) * c.text_len.size());
   if (!c.text_len.empty()) {

@@ -71,10 +71,11 @@ struct DeviceProblem {
   DeviceBuffer text_len;
   AttentionArgs args;
   explicit DeviceProblem(const test::Problem& p)
-      : q(p.q), k(p.k), v(p.v), text_len(p.text_len.size() * sizeof(int32_t)), args(p.args) {
-    args.q = q.view;
-    args.k = k.view;
-    args.v = v.view;
+      : q(p.q),
+        k(p.k),
+        v(p.v),
+        text_len(p.text_len.size() * sizeof(int32_t)),
+        args(test::with_qkv(p.args, q.view, k.view, v.view)) {
     if (!p.text_len.empty()) {
       text_len.upload(p.text_len.data(), text_len.bytes());
       args.text_lengths.data = text_len.get();

@@ -98,10 +98,7 @@ TEST_P(Epilogue, MatchesFloat64InTheCallersOrder) {
     return o;
   };
   const test::HostTensor qo = ordered(p.q), ko = ordered(p.k), vo = ordered(p.v);
-  AttentionArgs args_o = p.args;
-  args_o.q = qo.view;
-  args_o.k = ko.view;
-  args_o.v = vo.view;
+  const AttentionArgs args_o = test::with_qkv(p.args, qo.view, ko.view, vo.view);
   // Caller row n -> its row in the order.
   auto ord_row = [&](int64_t n) { return n >= v0 && n < v0 + L.num_video ? v0 + inv[n - v0] : n; };
 
@@ -127,10 +124,7 @@ TEST_P(Epilogue, MatchesFloat64InTheCallersOrder) {
   const size_t rows = static_cast<size_t>(B * S * H);
   DeviceArray<float> lse(std::vector<float>(rows, NAN)), lse_full(std::vector<float>(rows, NAN));
   DeviceArray<int32_t> d_perm(perm), d_len(p.text_len);
-  AttentionArgs args = p.args;
-  args.q = q.view;
-  args.k = k.view;
-  args.v = v.view;
+  AttentionArgs args = test::with_qkv(p.args, q.view, k.view, v.view);
   args.text_lengths = TensorView::contiguous(d_len.get(), DType::i32, {B}, Device::cuda);
   const TensorView lse_v = TensorView::contiguous(lse.get(), DType::f32, {B, S, H}, Device::cuda);
   const TensorView lse_full_v =

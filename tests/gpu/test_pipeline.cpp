@@ -195,10 +195,8 @@ TEST(PipelineErrors, HostTextLengthsWithDeviceTensorsAreRejectedBeforeAnyWork) {
   DeviceTensor q(p.q), k(p.k), v(p.v);
   test::HostTensor out = test::make_tensor(DType::bf16, 1, layout.seq_len(), 1, 64);
   DeviceTensor d_out(out);
-  AttentionArgs args = p.args;  // text_lengths stays in host memory
-  args.q = q.view;
-  args.k = k.view;
-  args.v = v.view;
+  // text_lengths stays in host memory
+  const AttentionArgs args = test::with_qkv(p.args, q.view, k.view, v.view);
   Config cfg;
   cfg.method = Method::rettention;
   SparseAttention sa(cfg);

@@ -226,10 +226,7 @@ TEST_P(StagesChain, MatchCpuStages) {
     return dst;
   };
   const test::HostTensor oq = gathered(prob.q), ok = gathered(prob.k), ov = gathered(prob.v);
-  AttentionArgs cpu_args = prob.args;
-  cpu_args.q = oq.view;
-  cpu_args.k = ok.view;
-  cpu_args.v = ov.view;
+  const AttentionArgs cpu_args = test::with_qkv(prob.args, oq.view, ok.view, ov.view);
   Config cfg;
   cfg.method = Method::rectified;
   cfg.block_size = L.block_size;
@@ -255,10 +252,7 @@ TEST_P(StagesChain, MatchCpuStages) {
   put(static_cast<int32_t*>(dcols.get()), nbr_cols);
   const st::NeighbourMap map{nbrs.empty() ? nullptr : static_cast<const int32_t*>(doff.get()),
                              static_cast<const int32_t*>(dcols.get())};
-  AttentionArgs gpu_args = prob.args;
-  gpu_args.q = dq.view;
-  gpu_args.k = dk.view;
-  gpu_args.v = dv.view;
+  AttentionArgs gpu_args = test::with_qkv(prob.args, dq.view, dk.view, dv.view);
   if (!c.text_len.empty())
     gpu_args.text_lengths =
         TensorView::contiguous(dtext.get(), DType::i32, {c.batch}, Device::cuda);

@@ -320,11 +320,14 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
   bool carried = false;
   int owner_index = 0, owner_k = 0;
   OnlineSoftmax<1> owner_sm;
-  const auto finish_owner = [&] {
-    const Item<B> owner(p, owner_index);  // read again rather than kept in registers
-    finish_item<T, D, B, Epi>(p, owner_sm, o, owner, rows[owner_k % Tr::kRowTables], warp_row,
-                              lane);
+  // An item's epilogue (the k-th of the CTA), then O zeroed for the next item: the functor may
+  // have written it.
+  const auto finish = [&](const OnlineSoftmax<1>& state, const Item<B>& item, int item_k) {
+    finish_item<T, D, B, Epi>(p, state, o, item, rows[item_k % Tr::kRowTables], warp_row, lane);
     zero_o();
+  };
+  const auto finish_owner = [&] {
+    finish(owner_sm, Item<B>(p, owner_index), owner_k);  // read again, not kept in registers
     carried = false;
   };
   // Every product waited for: unconditional where O is touched next, so that ptxas sees O
@@ -360,8 +363,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
     if (!have) {  // no usable keys: O_spa = 0 (the functor still runs, and may write O)
       wait_all();
       if (carried) finish_owner();
-      finish_item<T, D, B, Epi>(p, sm, o, it, rows[k % Tr::kRowTables], warp_row, lane);
-      zero_o();
+      finish(sm, it, k);
       continue;
     }
     while (have) {
@@ -396,8 +398,7 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
       owner_sm = sm;
     } else {
       wait_all();
-      finish_item<T, D, B, Epi>(p, sm, o, it, rows[k % Tr::kRowTables], warp_row, lane);
-      zero_o();
+      finish(sm, it, k);
     }
   }
   // Nothing is in flight here (the last item is never carried); the wait tells ptxas so.
