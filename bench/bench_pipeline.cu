@@ -20,8 +20,12 @@
 // inputs the mask then keeps 30.0% of the blocks instead of 32.0% (measured; the cumulative-p
 // rule keeps about 30% of a flat pooled attention, docs/choices.md).
 #include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <queue>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -47,6 +51,39 @@ struct Options {
   bool neighbours = true;
   int iters = 20;
 };
+
+// The mask's row lengths, and how evenly the kernel's static order (item i to CTA i mod G, one
+// CTA per multiprocessor at B = 128; here item i is mask row i, as there is no text) spreads
+// them: the most loaded CTA's entries over the mean, against handing each item in the same order
+// to the least loaded CTA.
+void print_row_balance(const std::vector<int32_t>& offsets, int ctas) {
+  const size_t rows = offsets.size() - 1;
+  std::vector<double> round_robin(static_cast<size_t>(ctas), 0.0);
+  std::priority_queue<double, std::vector<double>, std::greater<>> least(round_robin.begin(),
+                                                                         round_robin.end());
+  double sum = 0, sq = 0;
+  int lo = INT32_MAX, hi = 0;
+  for (size_t r = 0; r < rows; ++r) {
+    const int n = offsets[r + 1] - offsets[r];
+    sum += n;
+    sq += static_cast<double>(n) * n;
+    lo = std::min(lo, n);
+    hi = std::max(hi, n);
+    round_robin[r % static_cast<size_t>(ctas)] += n;
+    const double next = least.top() + n;
+    least.pop();
+    least.push(next);
+  }
+  double greedy = 0;
+  for (; !least.empty(); least.pop()) greedy = least.top();
+  const double mean_row = sum / static_cast<double>(rows), mean_cta = sum / ctas;
+  std::printf(
+      "Mask rows: %zu, entries mean %.1f, sd %.1f, min %d, max %d. Most loaded of %d CTAs over "
+      "the mean: %.4f in the kernel's order, %.4f with each item to the least loaded CTA.\n\n",
+      rows, mean_row, std::sqrt(std::max(0.0, sq / static_cast<double>(rows) - mean_row * mean_row)),
+      lo, hi, ctas, *std::max_element(round_robin.begin(), round_robin.end()) / mean_cta,
+      greedy / mean_cta);
+}
 
 Options parse(int argc, char** argv) {
   Options o;
@@ -146,6 +183,10 @@ void run(const Options& o, cudaStream_t stream) {
   int32_t nnz = 0;
   cuda_ok(cudaMemcpy(&nnz, buf.row_offsets + dims.mask_rows(), 4, cudaMemcpyDeviceToHost), "nnz");
   const double density = static_cast<double>(nnz) / (static_cast<double>(H) * dims.nb * dims.nb);
+  std::vector<int32_t> row_offsets(static_cast<size_t>(dims.mask_rows()) + 1);
+  cuda_ok(cudaMemcpy(row_offsets.data(), buf.row_offsets, row_offsets.size() * 4,
+                     cudaMemcpyDeviceToHost),
+          "row offsets");
 
   cuda_detail::FwdParams plain = cuda_detail::make_fwd_params(args, mask, out_view, TensorView{});
   cuda_detail::FwdParams plain_ordered =
@@ -271,6 +312,7 @@ void run(const Options& o, cudaStream_t stream) {
       ">= %d calls (CUDA events)\n\n",
       prop.name, static_cast<long long>(S), static_cast<long long>(H), o.sparsity,
       o.neighbours ? "neighbours" : "no neighbours", density, std::max(o.iters, 10));
+  print_row_balance(row_offsets, prop.multiProcessorCount);
   auto share = [&](double ms) { return cudnn > 0 ? 100.0 * ms / cudnn : 0.0; };
   std::printf("| part | median ms | min ms | max ms | share of cuDNN dense |\n");
   std::printf("| --- | --- | --- | --- | --- |\n");

@@ -44,6 +44,13 @@
 // memory; no spills, no serialised wgmma) ran at 0.82 of cuDNN dense against 0.97, 0.75 against
 // 0.86 at 0.05, and lost 13-37% at B = 64 and d = 64: the two warpgroups' own interleaving is
 // worth more here than the overlap within one.
+// The wgmma descriptors of a tile are built once and advanced by addition (ptx.cuh desc_add):
+// 1-2% at d = 128, B = 128, up to 8% at B = 64. In the same runs, K tiles released apart from V
+// tiles (a K tile once its S = Q K^T is complete, K copied a block ahead of V) were 1-3% slower
+// alone and level with the descriptors, though at B = 64 a consumer waited for K 16% of its
+// time (Nsight Compute). During dense runs the board sits at its power limit (690 W, SM clock
+// 1.6 GHz), so work taken out of the loop also raises the clock
+// (bench/results/2026-12-01-h200-descriptors.md).
 //
 // Work items (query blocks) are taken in decode_work order (text query blocks, the densest,
 // first), item blockIdx.x + k * gridDim.x by CTA blockIdx.x.
@@ -200,12 +207,12 @@ template <class T, int D, int B>
 __device__ __forceinline__ void issue_qk(float (&sc)[1][B / 8][4], const uint32_t (&qa)[D / 16][4],
                                          bool q_regs, uint32_t q_rows, uint32_t k_tile) {
   using Tr = Traits<D, B>;
+  const uint64_t kd = smem_desc(k_tile, 16, 1024), qd = smem_desc(q_rows, 16, 1024);
   if (q_regs) {
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
-      Wgmma<T, B>::rs_kb(sc[0], qa[kk],
-                         smem_desc(k_tile + (kk / 4) * Tr::kChunkBytes + (kk % 4) * 32, 16, 1024),
+      Wgmma<T, B>::rs_kb(sc[0], qa[kk], desc_add(kd, (kk / 4) * Tr::kChunkBytes + (kk % 4) * 32),
                          kk > 0);
     wgmma_commit();
   } else {
@@ -213,8 +220,7 @@ __device__ __forceinline__ void issue_qk(float (&sc)[1][B / 8][4], const uint32_
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t off = (kk / 4) * Tr::kChunkBytes + (kk % 4) * 32;
-      Wgmma<T, B>::ss(sc[0], smem_desc(q_rows + off, 16, 1024),
-                      smem_desc(k_tile + off, 16, 1024), kk > 0);
+      Wgmma<T, B>::ss(sc[0], desc_add(qd, off), desc_add(kd, off), kk > 0);
     }
     wgmma_commit();
   }
@@ -239,10 +245,11 @@ __device__ __forceinline__ void issue_pv(float (&o)[1][D / 8][4], const uint32_t
     fence_proxy_async();
     named_barrier_sync(1, 128 * Tr::kConsumers);
   }
+  const uint64_t vd = smem_desc(v_tile, Tr::kChunkBytes, 1024);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < B / 16; ++kk)
-    Wgmma<T, D>::rs(o[0], pa[0][kk], smem_desc(v_tile + kk * 16 * 128, Tr::kChunkBytes, 1024), 1);
+    Wgmma<T, D>::rs(o[0], pa[0][kk], desc_add(vd, kk * 16 * 128), 1);
   wgmma_commit();
 }
 

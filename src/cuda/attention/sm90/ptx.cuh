@@ -103,6 +103,13 @@ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint3
          (1ull << 62);  // layout type 1: 128-byte swizzle
 }
 
+// A descriptor moved `bytes` (a multiple of 16) further into shared memory: one add instead of
+// building it again. The start address field holds bits 4-17 of the address, and shared
+// addresses stay below 2^18, so the sum never carries out of the field.
+__device__ __forceinline__ uint64_t desc_add(uint64_t desc, uint32_t bytes) {
+  return desc + (bytes >> 4);
+}
+
 // The same for a K-major operand in the 64-byte swizzle (rows of 64 bytes, 8-row groups 512
 // bytes apart), as the copy engine writes it with CU_TENSOR_MAP_SWIZZLE_64B.
 __device__ __forceinline__ uint64_t smem_desc_sw64(uint32_t addr) {
