@@ -8,11 +8,14 @@
 // Usage: spaattn_bench [--quick] [--shape S=76800] [--densities 1,0.05] [--dtype bf16|f16]
 //                      [--head-dim 64|128] [--block 128|64] [--iters N]
 //                      [--kernel auto|portable|hopper] [--precision input|fp8]
-//                      [--baseline sdpa.json] [--json out.json]
+//                      [--baseline sdpa.json] [--json out.json] [--marks FILE]
 // --precision fp8 times block_sparse_attention_fp8 on operands quantised once per shape, and
 // quantize_fp8 on its own (its time is printed with the table; d = 128, B = 128 only).
 // --shape keeps the shapes whose name contains the text; --quick keeps the first shape.
+// --marks appends "<unix seconds> begin|end <label>" around each timed kernel measurement
+// (warm-up included), for scripts/power_summary.py.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -41,7 +44,7 @@ struct Options {
   int iters = 10;
   KernelFamily kernel = KernelFamily::automatic;
   bool fp8 = false;
-  std::string shape, densities, baseline, json;
+  std::string shape, densities, baseline, json, marks;
 };
 
 struct Row {
@@ -84,12 +87,25 @@ Options parse(int argc, char** argv) {
       o.baseline = value();
     else if (a == "--json")
       o.json = value();
+    else if (a == "--marks")
+      o.marks = value();
     else
       throw std::runtime_error("unknown argument " + a);
   }
   return o;
 }
 
+// One --marks line (nothing without --marks).
+void mark(const Options& o, const char* kind, const std::string& label) {
+  if (o.marks.empty()) return;
+  std::ofstream f(o.marks, std::ios::app);
+  if (!f) throw std::runtime_error("--marks: cannot write " + o.marks);
+  const auto since = std::chrono::system_clock::now().time_since_epoch();
+  char line[64];
+  std::snprintf(line, sizeof line, "%.3f %s ",
+                std::chrono::duration<double>(since).count(), kind);
+  f << line << label << '\n';
+}
 
 void run_shape(const Options& o, const Shape& sh, const std::vector<double>& densities,
                const std::vector<BaselineEntry>& base, cudaStream_t stream,
@@ -137,6 +153,11 @@ void run_shape(const Options& o, const Shape& sh, const std::vector<double>& den
         TensorView::contiguous(dense.p, DType::u8, {1, H, nb, nb}, Device::cuda);
     const Timing csr = time_calls(
         [&](cudaStream_t s) { cuda::dense_to_csr(dense_v, mask, ws.p, s); }, stream, 2, 10, 20);
+    char label[160];
+    std::snprintf(label, sizeof label, "spaattn %s%s d=%lld B=%d %s density %.2f",
+                  to_string(o.kernel), o.fp8 ? " fp8" : "", static_cast<long long>(D), o.block,
+                  sh.name, density);
+    mark(o, "begin", label);
     const Timing t = time_calls(
         [&](cudaStream_t s) {
           if (o.fp8)
@@ -145,6 +166,7 @@ void run_shape(const Options& o, const Shape& sh, const std::vector<double>& den
             cuda::block_sparse_attention(args, mask, out_v, lse_v, s);
         },
         stream, 3, o.iters);
+    mark(o, "end", label);
     const double flop = token_density * 4.0 * double(S) * double(S) * double(D) * double(H);
     Row r{sh.name,
           S,

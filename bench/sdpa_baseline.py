@@ -8,6 +8,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,12 @@ def time_calls(fn, warmup=3, iters=10, warmup_ms=300.0):
     return statistics.median(s.elapsed_time(e) for s, e in events)
 
 
+def mark(path, kind, label):
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{time.time():.3f} {kind} {label}\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True, help="output file")
@@ -50,6 +57,9 @@ def main():
     ap.add_argument("--shape", default="", help="only the shapes whose name contains this text")
     ap.add_argument("--head-dim", default="128", help="head dims, comma-separated (e.g. 128,64)")
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--marks", default="",
+                    help="append '<unix seconds> begin|end <label>' around each timed measurement "
+                         "(warm-up included), for scripts/power_summary.py")
     args = ap.parse_args()
     shapes = [s for s in (SHAPES[:1] if args.quick else SHAPES) if args.shape in s[0]]
     results = []
@@ -59,12 +69,16 @@ def main():
         q, k, v = (torch.rand(1, h, s, d, device="cuda", generator=gen, dtype=torch.float32)
                    .mul_(2).sub_(1).to(torch.bfloat16) for _ in range(3))
         for backend, kind in BACKENDS:
+            label = f"sdpa {backend} d={d} {name}"
+            mark(args.marks, "begin", label)
             try:
                 with sdpa_kernel(kind):
                     ms = time_calls(lambda: F.scaled_dot_product_attention(q, k, v), iters=args.iters)
             except RuntimeError as e:
                 print(f"{name} {backend}: not run ({str(e).splitlines()[0]})", file=sys.stderr)
                 continue
+            finally:
+                mark(args.marks, "end", label)
             tflops = 4.0 * s * s * d * h / (ms * 1e9)
             print(f"{name} {backend}: {ms:.2f} ms, {tflops:.1f} TFLOP/s", file=sys.stderr)
             results.append({"shape": name, "S": s, "H": h, "d": d, "backend": backend,

@@ -9,7 +9,8 @@
 # Usage: scripts/gpu_check.sh [--quick] [--shape TEXT] [--densities LIST] [--bin DIR]
 #                             [--compare-bin DIR] [--rounds N] [--sanitizer-filter PATTERN]
 #                             [--no-tests] [--no-sanitizer] [--no-bench] [--no-pipeline]
-#                             [--python] [--testbed CKPT [--testbed-args "ARGS"]]
+#                             [--profile] [--power] [--python]
+#                             [--testbed CKPT [--testbed-args "ARGS"]]
 #   --quick: kernel benchmark and baseline on the first shape only.
 #   --families LIST: kernel families to test and benchmark (default "portable hopper").
 #   --shape, --densities: passed to the kernel benchmark (and --shape to the baseline).
@@ -24,9 +25,12 @@
 #              (default 1); the JSON and tables of round r > 1 carry _rR in their names.
 #   --profile: Nsight Compute on the Hopper kernel (d = 128, B = 128, S = 76,800, H = 40) at
 #          densities 1.0 and 0.05: throughput, memory (DRAM, L2 hit rate), warp stalls and
-#          scheduler statistics of one launch each (profile_density_*.txt), and the SASS lines
-#          with the most warp-stall samples (profile_density_*_lines.txt; the build gets
-#          -lineinfo).
+#          scheduler statistics of one launch each (profile_density_*.txt, read back from the
+#          report), and the SASS lines with the most warp-stall samples
+#          (profile_density_*_lines.txt; the build gets -lineinfo).
+#   --power: board power and SM clock (nvidia-smi, every 100 ms) during the benchmarks: the
+#          median of each measurement (each SDPA back-end and shape, each kernel density, the
+#          pipeline benchmark as a whole) in power.md (scripts/power_summary.py).
 #   --ulysses: with two or more GPUs, Ulysses sequence parallelism over 2 GPUs (NCCL):
 #          bench/ulysses_bench.py at S = 76,800, H = 40, d = 128, sparsity 0.9 for rectified and
 #          rettention (ulysses_*.json); needs the Python package (--python, which on a machine
@@ -45,7 +49,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-compare="" rounds=1 families="portable hopper" profile=0 ulysses=0 cli=0 tools="memcheck racecheck synccheck initcheck" san_filter="" quick=0 tests=1 sanitizer=1 bench=1 pipeline=1 shape="" densities="" bin="" python=0 testbed=""
+compare="" rounds=1 families="portable hopper" profile=0 power=0 ulysses=0 cli=0 tools="memcheck racecheck synccheck initcheck" san_filter="" quick=0 tests=1 sanitizer=1 bench=1 pipeline=1 shape="" densities="" bin="" python=0 testbed=""
 testbed_args=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -63,6 +67,7 @@ while [[ $# -gt 0 ]]; do
     --python) python=1 ;;
     --cli) cli=1 ;;
     --profile) profile=1 ;;
+    --power) power=1 ;;
     --ulysses) ulysses=1 ;;
     --sanitizer-tools) tools=$2; shift ;;
     --sanitizer-filter) san_filter=$2; shift ;;
@@ -149,11 +154,14 @@ if [[ $profile == 1 ]]; then
     ncu --clock-control none -k regex:fwd_kernel_sm90 --launch-skip 3 --launch-count 1 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
       --section WarpStateStats --section SchedulerStats --section Occupancy \
-      --section SourceCounters --import-source yes --print-details all \
+      --section SourceCounters --import-source yes \
       --export "/tmp/profile_density_$density" --force-overwrite \
       "$BENCH" --kernel hopper --head-dim 128 --block 128 --shape S=76800 --densities "$density" \
-      --iters 10 >"$OUT/profile_density_$density.txt" 2>&1
+      --iters 10 >"$OUT/profile_density_$density.log" 2>&1
     rc=$?
+    # A run that exports its report prints none of it: the sections' details are read back.
+    ncu --import "/tmp/profile_density_$density.ncu-rep" --page details --print-details all \
+      >"$OUT/profile_density_$density.txt" 2>&1
     # The source page as CSV, reduced to the 60 SASS lines with the most stall samples.
     ncu --import "/tmp/profile_density_$density.ncu-rep" --page source --csv \
       --print-source sass 2>&1 | python3 scripts/top_stalls.py 60 \
@@ -181,7 +189,15 @@ extra=()
 [[ $quick == 1 ]] && extra+=(--quick)
 [[ -n $shape ]] && extra+=(--shape "$shape")
 pbase=$OUT/sdpa.json
-sdpa() { PYTHONUNBUFFERED=1 python3 bench/sdpa_baseline.py --json "$@" 2>&1 | tee -a "$OUT/bench.log"; }
+sdpa() { PYTHONUNBUFFERED=1 python3 bench/sdpa_baseline.py "${marks[@]}" --json "$@" 2>&1 | tee -a "$OUT/bench.log"; }
+marks=() power_pid=""
+if [[ $power == 1 && ( $bench == 1 || $pipeline == 1 ) ]]; then
+  : >"$OUT/power_marks.txt"
+  nvidia-smi --query-gpu=timestamp,power.draw,clocks.sm --format=csv,noheader,nounits -lms 100 \
+    >"$OUT/power.csv" 2>&1 &
+  power_pid=$!
+  marks=(--marks "$OUT/power_marks.txt")
+fi
 if [[ $bench == 1 || $pipeline == 1 ]]; then
   : >"$OUT/bench.log"
   if [[ $bench == 1 ]]; then
@@ -208,7 +224,7 @@ if [[ $bench == 1 ]]; then
   kbench() {
     [[ -n $compare || $rounds -gt 1 ]] && echo "$2" | tee -a "$OUT/table.md"
     "$1" --kernel "$fam" --head-dim "$dim" --block "$blk" --baseline "$OUT/sdpa.json" \
-      --json "$OUT/$3.json" "${extra[@]}" 2>>"$OUT/bench.log" | tee -a "$OUT/table.md"
+      --json "$OUT/$3.json" "${extra[@]}" "${marks[@]}" 2>>"$OUT/bench.log" | tee -a "$OUT/table.md"
     [[ ${PIPESTATUS[0]} == 0 ]] || { status=1; tail -n 20 "$OUT/bench.log"; }
   }
   for ((round = 1; round <= rounds; ++round)); do
@@ -222,13 +238,29 @@ if [[ $bench == 1 ]]; then
     done
   done
 fi
+# The pipeline benchmark as one --power measurement.
+pmark() { [[ -n $power_pid ]] && echo "$(date +%s.%N) $1 $2" >>"$OUT/power_marks.txt"; }
 if [[ $pipeline == 1 ]]; then
+  pmark begin "spaattn_bench_pipeline (whole run)"
   "$PIPE" --baseline "$pbase" 2>>"$OUT/bench.log" | tee "$OUT/pipeline.md"
   [[ ${PIPESTATUS[0]} == 0 ]] || { status=1; tail -n 20 "$OUT/bench.log"; }
+  pmark end "spaattn_bench_pipeline (whole run)"
   if [[ -n $compare ]]; then
     "$compare/spaattn_bench_pipeline" --baseline "$pbase" 2>>"$OUT/bench.log" |
       tee "$OUT/pipeline_compare.md"
     [[ ${PIPESTATUS[0]} == 0 ]] || { status=1; tail -n 20 "$OUT/bench.log"; }
+  fi
+fi
+
+if [[ -n $power_pid ]]; then
+  kill "$power_pid" 2>/dev/null
+  wait "$power_pid" 2>/dev/null
+  if python3 scripts/power_summary.py "$OUT/power.csv" "$OUT/power_marks.txt" >"$OUT/power.md" 2>&1
+  then
+    note "power and SM clock during each measurement: $OUT/power.md"
+  else
+    note "power summary failed: $(tail -n 1 "$OUT/power.md")"
+    status=1
   fi
 fi
 
@@ -275,4 +307,5 @@ printf '%s\n' "${summary[@]}"
 [[ -f "$OUT/table.md" ]] && cat "$OUT/table.md"
 [[ -f "$OUT/pipeline.md" ]] && cat "$OUT/pipeline.md"
 [[ -f "$OUT/pipeline_compare.md" ]] && { echo "--compare-bin $compare:"; cat "$OUT/pipeline_compare.md"; }
+[[ -n $power_pid && -f "$OUT/power.md" ]] && cat "$OUT/power.md"
 exit $status
