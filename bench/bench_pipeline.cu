@@ -77,12 +77,12 @@ void print_row_balance(const std::vector<int32_t>& offsets, int ctas) {
   double greedy = 0;
   for (; !least.empty(); least.pop()) greedy = least.top();
   const double mean_row = sum / static_cast<double>(rows), mean_cta = sum / ctas;
+  const double sd = std::sqrt(std::max(0.0, sq / static_cast<double>(rows) - mean_row * mean_row));
   std::printf(
       "Mask rows: %zu, entries mean %.1f, sd %.1f, min %d, max %d. Most loaded of %d CTAs over "
       "the mean: %.4f in the kernel's order, %.4f with each item to the least loaded CTA.\n\n",
-      rows, mean_row, std::sqrt(std::max(0.0, sq / static_cast<double>(rows) - mean_row * mean_row)),
-      lo, hi, ctas, *std::max_element(round_robin.begin(), round_robin.end()) / mean_cta,
-      greedy / mean_cta);
+      rows, mean_row, sd, lo, hi, ctas,
+      *std::max_element(round_robin.begin(), round_robin.end()) / mean_cta, greedy / mean_cta);
 }
 
 Options parse(int argc, char** argv) {

@@ -29,8 +29,9 @@
 #          report), and the SASS lines with the most warp-stall samples
 #          (profile_density_*_lines.txt; the build gets -lineinfo).
 #   --power: board power and SM clock (nvidia-smi, every 100 ms) during the benchmarks: the
-#          median of each measurement (each SDPA back-end and shape, each kernel density, the
-#          pipeline benchmark as a whole) in power.md (scripts/power_summary.py).
+#          median of each measurement of this build (each SDPA back-end and shape, each kernel
+#          density, the pipeline benchmark as a whole; not --compare-bin's), in the order
+#          measured, in power.md (scripts/power_summary.py).
 #   --ulysses: with two or more GPUs, Ulysses sequence parallelism over 2 GPUs (NCCL):
 #          bench/ulysses_bench.py at S = 76,800, H = 40, d = 128, sparsity 0.9 for rectified and
 #          rettention (ulysses_*.json); needs the Python package (--python, which on a machine
@@ -193,8 +194,8 @@ sdpa() { PYTHONUNBUFFERED=1 python3 bench/sdpa_baseline.py "${marks[@]}" --json 
 marks=() power_pid=""
 if [[ $power == 1 && ( $bench == 1 || $pipeline == 1 ) ]]; then
   : >"$OUT/power_marks.txt"
-  nvidia-smi --query-gpu=timestamp,power.draw,clocks.sm --format=csv,noheader,nounits -lms 100 \
-    >"$OUT/power.csv" 2>&1 &
+  nvidia-smi --query-gpu=timestamp,index,power.draw,clocks.sm --format=csv,noheader,nounits \
+    -lms 100 >"$OUT/power.csv" 2>&1 &
   power_pid=$!
   marks=(--marks "$OUT/power_marks.txt")
 fi
@@ -222,9 +223,11 @@ if [[ $bench == 1 ]]; then
   # One benchmark run: binary, label for the table (printed when there is more than one run of
   # a configuration), JSON name.
   kbench() {
+    local m=()  # --power marks: this build's measurements only
+    [[ $1 == "$BENCH" ]] && m=("${marks[@]}")
     [[ -n $compare || $rounds -gt 1 ]] && echo "$2" | tee -a "$OUT/table.md"
     "$1" --kernel "$fam" --head-dim "$dim" --block "$blk" --baseline "$OUT/sdpa.json" \
-      --json "$OUT/$3.json" "${extra[@]}" "${marks[@]}" 2>>"$OUT/bench.log" | tee -a "$OUT/table.md"
+      --json "$OUT/$3.json" "${extra[@]}" "${m[@]}" 2>>"$OUT/bench.log" | tee -a "$OUT/table.md"
     [[ ${PIPESTATUS[0]} == 0 ]] || { status=1; tail -n 20 "$OUT/bench.log"; }
   }
   for ((round = 1; round <= rounds; ++round)); do
@@ -255,7 +258,12 @@ fi
 if [[ -n $power_pid ]]; then
   kill "$power_pid" 2>/dev/null
   wait "$power_pid" 2>/dev/null
-  if python3 scripts/power_summary.py "$OUT/power.csv" "$OUT/power_marks.txt" >"$OUT/power.md" 2>&1
+  # The benchmarks' GPU: the first of CUDA_VISIBLE_DEVICES when it is an index, else 0.
+  first=${CUDA_VISIBLE_DEVICES:-0}
+  first=${first%%,*}
+  [[ $first =~ ^[0-9]+$ ]] || first=0
+  if python3 scripts/power_summary.py "$OUT/power.csv" "$OUT/power_marks.txt" --gpu "$first" \
+       >"$OUT/power.md" 2>&1
   then
     note "power and SM clock during each measurement: $OUT/power.md"
   else

@@ -24,8 +24,8 @@
 // the next CSR entry loaded one step ahead, item records built by the Q loaders, the next Q
 // fetched into L2 an item early, L2 cache policies on the copies, each item's walk rotated so
 // that all CTAs sweep K and V together, and items handed out at run time (in their usual order
-// 2.5% faster on uneven masks, but the hand-out cost 4% everywhere; longest first 15% slower,
-// as it mixes heads in L2). None raised the rate; most lowered it. The FP8 kernel's softmax
+// 2.5% faster on the pipeline's mask, but the hand-out cost 4% everywhere; longest first 15%
+// slower, as it mixes heads in L2). None raised the rate; most lowered it. The FP8 kernel's softmax
 // changes (a running maximum that lags by up to 8 in log2 units, tree maxima, sums in four
 // chains; bench/results/2026-11-30-h200-3773926-fp8-softmax.md) took this kernel from 0.90 to
 // 0.82 of cuDNN dense at d = 128 in the same run, so it keeps the chains. Nor does the FP8
