@@ -207,7 +207,7 @@ template <class T, int D, int B>
 __device__ __forceinline__ void issue_qk(float (&sc)[1][B / 8][4], const uint32_t (&qa)[D / 16][4],
                                          bool q_regs, uint32_t q_rows, uint32_t k_tile) {
   using Tr = Traits<D, B>;
-  const uint64_t kd = smem_desc(k_tile, 16, 1024), qd = smem_desc(q_rows, 16, 1024);
+  const uint64_t kd = smem_desc(k_tile, 16, 1024);
   if (q_regs) {
     wgmma_fence();
 #pragma unroll
@@ -216,6 +216,7 @@ __device__ __forceinline__ void issue_qk(float (&sc)[1][B / 8][4], const uint32_
                          kk > 0);
     wgmma_commit();
   } else {
+    const uint64_t qd = smem_desc(q_rows, 16, 1024);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
