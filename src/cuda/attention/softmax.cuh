@@ -43,7 +43,10 @@ struct OnlineSoftmax {
   // a separate instance, so that full tiles pay nothing for the test). s is only
   // read: on sm90 it is a wgmma accumulator that must not be redefined while a product is in
   // flight. Returns whether any of this thread's maxima rose (else alpha is 1).
-  template <class T, bool kMasked, int NT>
+  // kSlack > 0: a row's maximum is only raised when a tile's exceeds it by more than kSlack in
+  // log2 units (the probabilities then reach up to 2^kSlack), so that o is rescaled far less
+  // often once the maxima are near their final values.
+  template <class T, bool kMasked, float kSlack = 0.f, int NT>
   __device__ __forceinline__ bool scores(const float (&s)[MT][NT][4],
                                          uint32_t (&pa)[MT][NT / 2][4], float (&alpha)[MT][2],
                                          float scale_log2, int valid, int lane) {
@@ -61,11 +64,14 @@ struct OnlineSoftmax {
             if (!kMasked || n * 8 + col + j < valid) mx = fmaxf(mx, s[m][n][2 * hf + j]);
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const bool rise = kSlack > 0.f ? (mx - row_max[m][hf]) * scale_log2 > kSlack
+                                       : mx != row_max[m][hf];
+        if (kSlack > 0.f && !rise) mx = row_max[m][hf];
         // A row that has seen only masked keys keeps max -inf: subtract 0 instead of -inf so
         // that exp2 gives 0, not NaN.
         const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
         alpha[m][hf] = exp2_approx(row_max[m][hf] * scale_log2 - m_scaled);  // 1 if unchanged
-        raised |= mx != row_max[m][hf];
+        raised |= rise;
         row_max[m][hf] = mx;
         float sum = 0.f;
 #pragma unroll

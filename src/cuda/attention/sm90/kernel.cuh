@@ -51,6 +51,12 @@
 // time (Nsight Compute). During dense runs the board sits at its power limit (690 W, SM clock
 // 1.6 GHz), so work taken out of the loop also raises the clock
 // (bench/results/2026-12-01-h200-descriptors.md).
+// The running maximum lags: a row's maximum rises only when a key block's exceeds it by more
+// than 8 (log2 units; the probabilities then stay below 2^8), so O is rescaled in far fewer
+// key blocks (at density 0.05 about 70% of them before). Taken alone, without the FP8 kernel's
+// other softmax changes: 0.5-1% faster at d = 128, B = 128 (1.00-1.01 of cuDNN dense when dense,
+// 0.92 at 0.05), level at B = 64 and d = 64. In the same runs Q in registers for every item at
+// B = 64 was 3-11% slower (bench/results/2026-12-01-h200-lagging-maximum.md).
 //
 // Work items (query blocks) are taken in decode_work order (text query blocks, the densest,
 // first), item blockIdx.x + k * gridDim.x by CTA blockIdx.x.
@@ -388,8 +394,8 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
       if (!q_regs && !have) mbar_arrive(sh.q_empty());
       float alpha[1][2];
       const bool raised = s.valid < B
-                              ? sm.scores<T, true>(sc, pa, alpha, p.scale_log2, s.valid, lane)
-                              : sm.scores<T, false>(sc, pa, alpha, p.scale_log2, B, lane);
+                              ? sm.scores<T, true, 8.f>(sc, pa, alpha, p.scale_log2, s.valid, lane)
+                              : sm.scores<T, false, 8.f>(sc, pa, alpha, p.scale_log2, B, lane);
       // The previous item's O is complete; after the scores, whose registers are free then.
       if (carried) finish_owner();
       if (__any_sync(0xffffffffu, raised)) OnlineSoftmax<1>::rescale(o, alpha);

@@ -236,19 +236,16 @@ struct Fp8Softmax {
 };
 
 // S = Q K^T over d in k32 steps (int8, exact in int32): rows of d bytes, 128-byte swizzle at
-// d = 128, 64-byte at 64.
+// d = 128, 64-byte at 64. Each operand's descriptor is built once and advanced per step.
 template <int D>
 __device__ __forceinline__ void issue_qk_fp8(int32_t (&sc)[16][4], uint32_t q_rows,
                                              uint32_t k_tile) {
+  const uint64_t qd = D == 128 ? smem_desc(q_rows, 16, 1024) : smem_desc_sw64(q_rows);
+  const uint64_t kd = D == 128 ? smem_desc(k_tile, 16, 1024) : smem_desc_sw64(k_tile);
   wgmma_fence();
 #pragma unroll
-  for (int kk = 0; kk < D / 32; ++kk) {
-    if constexpr (D == 128)
-      WgmmaS8::ss(sc, smem_desc(q_rows + kk * 32, 16, 1024), smem_desc(k_tile + kk * 32, 16, 1024),
-                  kk > 0);
-    else
-      WgmmaS8::ss(sc, smem_desc_sw64(q_rows + kk * 32), smem_desc_sw64(k_tile + kk * 32), kk > 0);
-  }
+  for (int kk = 0; kk < D / 32; ++kk)
+    WgmmaS8::ss(sc, desc_add(qd, kk * 32), desc_add(kd, kk * 32), kk > 0);
   wgmma_commit();
 }
 
@@ -257,11 +254,11 @@ __device__ __forceinline__ void issue_qk_fp8(int32_t (&sc)[16][4], uint32_t q_ro
 template <int D>
 __device__ __forceinline__ void issue_pv_fp8(float (&o)[D / 8][4], const uint32_t (&pa)[4][4],
                                              uint32_t v_tile, bool fresh) {
+  const uint64_t vd = smem_desc(v_tile, 16, 1024);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk)
-    Wgmma<__nv_fp8_e4m3, D>::rs(o, pa[kk], smem_desc(v_tile + kk * 32, 16, 1024),
-                                kk > 0 || !fresh);
+    Wgmma<__nv_fp8_e4m3, D>::rs(o, pa[kk], desc_add(vd, kk * 32), kk > 0 || !fresh);
   wgmma_commit();
 }
 
