@@ -104,18 +104,27 @@ enum class Candidate : uint8_t { none, affine, scale, rettention, merge };
 inline constexpr int kCandidates = 5;
 const char* to_string(Candidate c);
 
-// What the last reference step of one (layer, entry) of Method::calibrated decided
-// (SparseAttention::calibration). Arrays are per (b, h), index b * heads + h.
+// What the last reference step of one (layer, entry) of Method::calibrated measured
+// (SparseAttention::calibration). Arrays are per (b, h), index bh = b * heads + h.
 struct Calibration {
   int64_t batch = 0, heads = 0;
-  int ref_step = -1;               // the reference step that measured the errors
-  std::vector<Candidate> choice;   // applied at the sparse steps until the next reference step
-  std::vector<float> drift;        // lambda fitted so far (0 before two references)
-  // Squared L2 error against full attention over the video query rows of (b, h) that each
-  // candidate is expected to have over the sparse steps after ref_step (served_error of its
-  // errors measured at ref_step), per candidate: errors[(b * heads + h) * kCandidates + c];
-  // NaN where a candidate was not measured (rettention before a second reference step).
-  std::vector<double> errors;
+  int ref_step = -1;  // the reference step that measured the errors
+  // k: the distance from the previous reference step of the run (same shape) to ref_step; 0 when
+  // there was none, and then Re-ttention's correction serves every (b, h) until the next one.
+  int interval = 0;
+  std::vector<float> drift;  // lambda fitted so far (RettentionConfig::drift before two references)
+  // Squared L2 error against full attention over the video query rows of (b, h), per candidate,
+  // index bh * kCandidates + c: error_ref at distance 0 (ref_step's own mask; 0 for rettention,
+  // exact there) and error_then at distance `interval` (as the candidate would have served
+  // ref_step from the previous reference step; NaN when interval is 0).
+  std::vector<double> error_ref, error_then;
+
+  // The error expected of candidate c of (b, h) at a sparse step `distance` >= 1 steps after
+  // ref_step (expected_error of its two errors); NaN when interval is 0.
+  double expected(int64_t bh, Candidate c, int distance) const;
+  // What a sparse step `distance` >= 1 steps after ref_step applies to (b, h): the candidate with
+  // the least expected error (the lower index on a tie), Re-ttention's when interval is 0.
+  Candidate choice(int64_t bh, int distance) const;
 };
 
 // Least-squares drift of Re-ttention's rho from one reference step to a later one at distance k,
@@ -123,12 +132,11 @@ struct Calibration {
 // lambda = sum_n (now[n] - prev[n]) / (rows (k - 1)). No fit (nullopt) for k <= 1 or no rows.
 std::optional<float> fit_drift(std::span<const float> prev, std::span<const float> now, int k);
 
-// The error Method::calibrated expects of a candidate over the sparse steps a reference step's
-// choice serves, from its squared error e0 at distance 0 (the reference step's own mask) and ek
-// at distance k (as it would have served the reference step from the previous one): the error's
-// norm taken as linear in the distance, the mean of its square over the distances 1 .. k - 1
-// (over distance k alone for k < 2). e0, ek >= 0.
-double served_error(double e0, double ek, int k);
+// The error Method::calibrated expects of a candidate at distance d >= 1 from a reference step,
+// from its squared errors e0 >= 0 at distance 0 and ek >= 0 at distance k >= 1: the error's norm
+// taken as linear in the distance through sqrt(e0) and sqrt(ek) (extrapolated past k, never
+// below 0), squared.
+double expected_error(double e0, double ek, int k, int d);
 
 namespace detail {
 class DevicePipeline;  // the GPU path, src/cuda/pipeline.cu

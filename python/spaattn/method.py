@@ -35,20 +35,43 @@ CANDIDATES = ("none", "affine", "scale", "rettention", "merge")
 @dataclass(frozen=True)
 class Calibration:
     """What the last reference step of one (layer, entry) of the ``"calibrated"`` method
-    decided, per batch item b and head h.
+    measured, per batch item b and head h.
 
-    ref_step: the reference step that measured the errors. choice[b][h]: the candidate applied
-    at the sparse steps until the next reference step, one of :data:`CANDIDATES`. drift[b][h]:
-    Re-ttention's drift ``lambda`` fitted so far (0 before two reference steps). errors[b][h]:
-    the squared L2 error against full attention over the video query rows of each candidate at
-    ``ref_step`` (NaN for ``"rettention"`` before a second reference step, where it is chosen
-    without a measurement).
+    ref_step: the reference step that measured the errors. interval: the distance k from the
+    previous reference step of the run to ``ref_step`` (0 when there was none: Re-ttention's
+    correction then serves every head until the next one). drift[b][h]: Re-ttention's drift
+    ``lambda`` fitted so far (the configured ``drift`` before two reference steps).
+    errors_ref[b][h] and errors_then[b][h]: per candidate of :data:`CANDIDATES`, the squared L2
+    error against full attention over the video query rows at distance 0 (``ref_step``'s own
+    mask; 0 for ``"rettention"``, exact there) and at distance ``interval`` (as the candidate
+    would have served ``ref_step`` from the previous reference step; NaN when ``interval`` is 0).
     """
 
     ref_step: int
-    choice: list[list[str]]
+    interval: int
     drift: list[list[float]]
-    errors: list[list[dict[str, float]]]
+    errors_ref: list[list[dict[str, float]]]
+    errors_then: list[list[dict[str, float]]]
+
+    def _at(self, distance: int) -> list[list[tuple[str, list[float]]]]:
+        distance = T.integer(distance, "distance")
+        return [[_C.calibrated_choice(list(ref.values()), list(then.values()), self.interval,
+                                      distance)
+                 for ref, then in zip(refs, thens, strict=True)]
+                for refs, thens in zip(self.errors_ref, self.errors_then, strict=True)]
+
+    def choice(self, distance: int) -> list[list[str]]:
+        """The candidate a sparse step ``distance`` >= 1 steps after ``ref_step`` applies to
+        each (b, h): the least expected error (:meth:`expected`), the earlier of
+        :data:`CANDIDATES` on a tie; ``"rettention"`` when ``interval`` is 0."""
+        return [[name for name, _ in row] for row in self._at(distance)]
+
+    def expected(self, distance: int) -> list[list[dict[str, float]]]:
+        """The squared error expected of each candidate of each (b, h) ``distance`` >= 1 steps
+        after ``ref_step``: its norm taken as linear in the distance through the two measured
+        errors (extrapolated past ``interval``, never below 0); NaN when ``interval`` is 0."""
+        return [[dict(zip(CANDIDATES, e, strict=True)) for _, e in row]
+                for row in self._at(distance)]
 
 
 class SparseAttention:
@@ -182,21 +205,27 @@ class SparseAttention:
         self._impl.reset()
 
     def calibration(self, layer: int = 0, entry: int = 0) -> Calibration | None:
-        """The ``"calibrated"`` method's choices at the last reference step of ``(layer,
-        entry)``; None for other methods and before a reference step."""
+        """The ``"calibrated"`` method's measurements at the last reference step of ``(layer,
+        entry)`` (:meth:`Calibration.choice` gives the choices); None for other methods and
+        before a reference step."""
         layer = T.integer(layer, "layer")
         entry = T.integer(entry, "entry")
         found = self._impl.calibration(layer, entry)
         if found is None:
             return None
-        ref_step, batch, heads, choice, drift, errors = found
+        ref_step, interval, batch, heads, drift, error_ref, error_then = found
         n = len(CANDIDATES)
+
+        def per_head(errors: list[float]) -> list[list[dict[str, float]]]:
+            return [[dict(zip(CANDIDATES, errors[(b * heads + h) * n:(b * heads + h + 1) * n],
+                              strict=True)) for h in range(heads)] for b in range(batch)]
+
         return Calibration(
             ref_step=ref_step,
-            choice=[choice[b * heads:(b + 1) * heads] for b in range(batch)],
+            interval=interval,
             drift=[drift[b * heads:(b + 1) * heads] for b in range(batch)],
-            errors=[[dict(zip(CANDIDATES, errors[(b * heads + h) * n:(b * heads + h + 1) * n],
-                              strict=True)) for h in range(heads)] for b in range(batch)],
+            errors_ref=per_head(error_ref),
+            errors_then=per_head(error_then),
         )
 
     def forward(

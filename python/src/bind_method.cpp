@@ -121,10 +121,11 @@ void check(const Attention& self, const Meta& q, const Meta& k, const Meta& v, c
                   meta_view(out, "out"));
 }
 
-// Method::calibrated's choices of (layer, entry)'s last reference step, or None:
-// (ref_step, batch, heads, choice names per (b, h), drift per (b, h), errors per (b, h, candidate)).
-using CalibrationTuple = std::tuple<int, int64_t, int64_t, std::vector<std::string>,
-                                    std::vector<float>, std::vector<double>>;
+// Method::calibrated's measurements of (layer, entry)'s last reference step, or None:
+// (ref_step, interval, batch, heads, drift per (b, h), errors at distance 0 and at distance
+// interval per (b, h, candidate)).
+using CalibrationTuple = std::tuple<int, int, int64_t, int64_t, std::vector<float>,
+                                    std::vector<double>, std::vector<double>>;
 std::optional<CalibrationTuple> calibration(const Attention& self, int layer, int entry) {
   std::optional<Calibration> cal;
   {
@@ -132,11 +133,26 @@ std::optional<CalibrationTuple> calibration(const Attention& self, int layer, in
     cal = self.impl.calibration(layer, entry);
   }
   if (!cal) return std::nullopt;
-  std::vector<std::string> choice;
-  choice.reserve(cal->choice.size());
-  for (Candidate c : cal->choice) choice.emplace_back(to_string(c));
-  return CalibrationTuple{cal->ref_step, cal->batch, cal->heads, std::move(choice),
-                          std::move(cal->drift), std::move(cal->errors)};
+  return CalibrationTuple{cal->ref_step,          cal->interval,
+                          cal->batch,             cal->heads,
+                          std::move(cal->drift),  std::move(cal->error_ref),
+                          std::move(cal->error_then)};
+}
+
+// The candidate Calibration::choice picks for one (b, h) at `distance`, and the error it expects
+// of each candidate there (NaN where not measured), from that (b, h)'s errors.
+std::tuple<std::string, std::vector<double>> calibrated_choice(std::vector<double> error_ref,
+                                                               std::vector<double> error_then,
+                                                               int interval, int distance) {
+  Calibration cal;
+  cal.batch = cal.heads = 1;
+  cal.interval = interval;
+  cal.error_ref = std::move(error_ref);
+  cal.error_then = std::move(error_then);
+  std::vector<double> expected(kCandidates);
+  const Candidate choice = cal.choice(0, distance);
+  for (int c = 0; c < kCandidates; ++c) expected[c] = cal.expected(0, Candidate(c), distance);
+  return {to_string(choice), expected};
 }
 
 void reset(Attention& self) {
@@ -169,6 +185,8 @@ void bind_method(nb::module_& m) {
                    })
       .def_prop_ro("selector",
                    [](const Attention& self) { return to_string(self.impl.config().selector()); });
+  m.def("calibrated_choice", &calibrated_choice, "error_ref"_a, "error_then"_a, "interval"_a,
+        "distance"_a);
 }
 
 }  // namespace spaattn::python

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import spaattn
@@ -102,11 +104,13 @@ def test_failed_call_leaves_the_state_untouched():
 
 
 def test_calibration_of_the_calibrated_method():
-    """The choices of each reference step per (b, h): Re-ttention's correction after the first
-    (where it cannot be measured: its error is NaN), the least measured error after the next;
-    None for other methods and before a reference step."""
+    """The errors each reference step measures per (b, h) at distances 0 and interval, and the
+    choice at a distance: Re-ttention's correction after the first reference step (nothing
+    measured at a distance: errors_then NaN), the least expected error after the next; None for
+    other methods and before a reference step."""
     attention = spaattn.SparseAttention("calibrated", sparsity=0.75, dense_steps=1,
-                                        ref_period=2, block_size=64, grid=(2, 16, 16))
+                                        ref_period=2, block_size=64, grid=(2, 16, 16),
+                                        drift=0.03)
     rng = np.random.default_rng(3)
     q, k, v = qkv(SHAPE, seed=3)
     found = []
@@ -117,27 +121,42 @@ def test_calibration_of_the_calibrated_method():
         found.append(attention.calibration(layer=1))
     assert found[0] is None  # dense warm-up
     first, second = found[1], found[3]
-    # The sparse step keeps the reference step's choices (NaN errors: compared as equal).
-    assert (found[2].ref_step, found[2].choice, found[2].drift) == (
-        first.ref_step, first.choice, first.drift)
-    np.testing.assert_equal(found[2].errors, first.errors)
-    assert first.ref_step == 1 and second.ref_step == 3
+    # The sparse step keeps the reference step's measurements (NaN errors: compared as equal).
+    assert (found[2].ref_step, found[2].interval, found[2].drift) == (
+        first.ref_step, first.interval, first.drift)
+    np.testing.assert_equal(found[2].errors_ref, first.errors_ref)
+    np.testing.assert_equal(found[2].errors_then, first.errors_then)
+    assert (first.ref_step, first.interval) == (1, 0)
+    assert (second.ref_step, second.interval) == (3, 2)
     for calibration in (first, second):
-        assert len(calibration.choice) == 2 and all(len(row) == 2 for row in calibration.choice)
-        for b in range(2):
-            for h in range(2):
-                errors = calibration.errors[b][h]
-                assert list(errors) == list(spaattn.CANDIDATES)
-                measured = {c: e for c, e in errors.items() if c != "rettention"}
-                assert all(np.isfinite(e) and e >= 0 for e in measured.values())
-                if calibration is first:
-                    assert np.isnan(errors["rettention"])
-                    assert calibration.choice[b][h] == "rettention"
-                    assert calibration.drift[b][h] == 0.0
-                else:
-                    assert np.isfinite(errors["rettention"])
-                    best = min(errors, key=lambda c: (errors[c], spaattn.CANDIDATES.index(c)))
-                    assert calibration.choice[b][h] == best
+        for distance in (1, 2, 3):
+            choice = calibration.choice(distance)
+            expected = calibration.expected(distance)
+            assert len(choice) == 2 and all(len(row) == 2 for row in choice)
+            for b in range(2):
+                for h in range(2):
+                    ref, then = calibration.errors_ref[b][h], calibration.errors_then[b][h]
+                    assert list(ref) == list(then) == list(spaattn.CANDIDATES)
+                    assert ref["rettention"] == 0.0
+                    assert all(np.isfinite(e) and e >= 0 for e in ref.values())
+                    if calibration is first:
+                        assert all(np.isnan(e) for e in then.values())
+                        assert all(np.isnan(e) for e in expected[b][h].values())
+                        assert choice[b][h] == "rettention"
+                        assert calibration.drift[b][h] == pytest.approx(0.03)
+                        continue
+                    assert all(np.isfinite(e) and e >= 0 for e in then.values())
+                    # The norm linear in the distance through the two measured errors.
+                    want = {c: max(0.0, math.sqrt(ref[c]) + (math.sqrt(then[c]) -
+                                   math.sqrt(ref[c])) * distance / 2) ** 2 for c in ref}
+                    for c in spaattn.CANDIDATES:
+                        assert expected[b][h][c] == pytest.approx(want[c], rel=1e-12, abs=1e-15)
+                    best = min(want, key=lambda c: (want[c], spaattn.CANDIDATES.index(c)))
+                    assert want[choice[b][h]] == pytest.approx(want[best], rel=1e-12)
+    with pytest.raises(ValueError, match="distance"):
+        second.choice(0)
+    with pytest.raises(TypeError, match="distance"):
+        second.choice(1.5)  # type: ignore[arg-type]
     assert attention.calibration(layer=0) is None  # no state for that layer
     rectified = spaattn.SparseAttention("rectified", sparsity=0.75, block_size=64)
     rectified.forward(q, k, v, num_text=32)

@@ -341,12 +341,15 @@ void SparseAttention::calibrated_step(const CallInfo& call, const AttentionArgs&
   if (plan.kind == CallStats::Kind::sparse) {
     const Selection& sel = prev->selection;
     const Calibration& cal = prev->calibration;
+    // Each (b, h)'s candidate at this step's distance from the reference step.
+    std::vector<Candidate> choice(static_cast<size_t>(B * H));
+    for (int64_t bh = 0; bh < B * H; ++bh) choice[bh] = cal.choice(bh, plan.k);
     cpu::block_sparse_attention(args, sel.mask.view(), o_view, ls);
     // Pooling, P, R and C, and the pooled complement only where some head's choice reads them.
     std::vector<uint8_t> merge(static_cast<size_t>(B * H), 0);
     bool rectify = false, any_merge = false;
-    for (size_t bh = 0; bh < cal.choice.size(); ++bh) {
-      const Candidate c = cal.choice[bh];
+    for (size_t bh = 0; bh < choice.size(); ++bh) {
+      const Candidate c = choice[bh];
       rectify = rectify || c == Candidate::affine || c == Candidate::scale;
       merge[bh] = c == Candidate::merge;
       any_merge = any_merge || merge[bh];
@@ -364,7 +367,7 @@ void SparseAttention::calibrated_step(const CallInfo& call, const AttentionArgs&
     terms.k = plan.k;
     terms.o_pool = o_pool.data();
     terms.lse_pool = lse_pool.data();
-    cpu::apply_candidates(cal.choice, terms, o.data());
+    cpu::apply_candidates(choice, terms, o.data());
     return;
   }
 
@@ -380,21 +383,20 @@ void SparseAttention::calibrated_step(const CallInfo& call, const AttentionArgs&
   cpu::reference_attention(args, next.selection.mask.view(), o_view, lf, os, ls);
   next.cache = cpu::rettention_statistics(o_view, lf, os, ls, /*cache_delta=*/true);
 
-  // Each candidate's error is measured at two distances from a reference step and the choice
-  // goes by the error expected where it will serve, the distances 1 .. k - 1 after this step
-  // (k: the distance from the previous reference step, taken as the next one's):
+  // Each candidate's error is measured at two distances from a reference step; a sparse step
+  // at distance d then applies the candidate with the least error expected at d
+  // (Calibration::choice, the error's norm linear in the distance between the two):
   //  - distance 0: this step's fresh mask (O_spa, R_i and C_i, the pooled complement of that
   //    mask); Re-ttention's candidate is exact there (error 0, its rho and Delta are this step's);
   //  - distance k: as it would have served this step from the previous reference step, over
   //    that step's mask, Re-ttention with that step's rho, Delta and the drift fitted before.
-  // served_error() interpolates the error's norm linearly between the two. Without a previous
-  // reference of this run and shape only distance 0 is measured and recorded (the choice is then
-  // Re-ttention's correction, below).
+  // Without a previous reference of this run and shape only distance 0 is measured (the choice
+  // is then Re-ttention's correction with the configured drift).
   const bool has_prev = prev && prev->calibration.ref_step >= 0 &&
                         prev->summary.ref_step < call.step &&
                         prev->summary.cache_shape == call_shape(args);
   const size_t heads = static_cast<size_t>(B * H);
-  std::vector<float> prev_drift(heads, 0.f);
+  std::vector<float> prev_drift(heads, config_.rettention.drift);
   if (has_prev) prev_drift = prev->calibration.drift;
   const int k = has_prev ? call.step - prev->summary.ref_step : 0;
   rect = cpu::rectification(pooled, scores, next.selection, config_.gapr);
@@ -429,33 +431,22 @@ void SparseAttention::calibrated_step(const CallInfo& call, const AttentionArgs&
   cal.batch = B;
   cal.heads = H;
   cal.ref_step = call.step;
-  cal.choice.assign(heads, Candidate::none);
+  cal.interval = k;
   cal.drift = prev_drift;
-  cal.errors.assign(heads * kCandidates, std::numeric_limits<double>::quiet_NaN());
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  cal.error_ref.assign(heads * kCandidates, nan);
+  cal.error_then.assign(heads * kCandidates, nan);
   const int64_t v0 = layout.video_offset(), nv = layout.num_video;
   cpu::parallel_for(B * H, [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H;
-    // The least error wins; a tie keeps the lower index, so "none" wins every tie. Before the
-    // Re-ttention candidate can be measured (no previous reference step), it is the choice:
-    // until the next reference step the call is corrected as `rettention` would correct it.
-    double best = std::numeric_limits<double>::infinity();
     for (int c = 0; c < kCandidates; ++c) {
       const Candidate cand = static_cast<Candidate>(c);
-      if (cand == Candidate::rettention && !has_prev) continue;
-      const double e0 =
+      cal.error_ref[bh * kCandidates + c] =
           cand == Candidate::rettention ? 0.0 : cpu::candidate_error(cand, terms, o.data(), b, h);
-      const double e =
-          has_prev ? served_error(e0, cpu::candidate_error(cand, then, o.data(), b, h), k) : e0;
-      cal.errors[bh * kCandidates + c] = e;
-      if (e < best) {
-        best = e;
-        cal.choice[bh] = cand;
-      }
+      if (has_prev)
+        cal.error_then[bh * kCandidates + c] = cpu::candidate_error(cand, then, o.data(), b, h);
     }
-    if (!has_prev) {
-      cal.choice[bh] = Candidate::rettention;
-      return;
-    }
+    if (!has_prev) return;
     // The drift from the previous reference step to this one: rho of the previous mask then
     // against the share of the full mass the same mask holds now.
     std::vector<float> rho_then(nv), rho_now(nv);

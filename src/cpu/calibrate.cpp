@@ -7,7 +7,7 @@
 #include <cmath>
 #include <limits>
 
-#include "core/served_error.hpp"
+#include "core/expected_error.hpp"
 #include "cpu/access.hpp"
 #include "cpu/parallel.hpp"
 
@@ -35,7 +35,43 @@ std::optional<float> fit_drift(std::span<const float> prev, std::span<const floa
   return static_cast<float>(sum / (static_cast<double>(prev.size()) * (k - 1)));
 }
 
-double served_error(double e0, double ek, int k) { return detail::served_error_of(e0, ek, k); }
+double expected_error(double e0, double ek, int k, int d) {
+  SPAATTN_CHECK_ARG(e0 >= 0.0, "e0", "expected a squared error >= 0, got ", e0);
+  SPAATTN_CHECK_ARG(ek >= 0.0, "ek", "expected a squared error >= 0, got ", ek);
+  SPAATTN_CHECK_ARG(k >= 1, "k", "expected a distance >= 1, got ", k);
+  SPAATTN_CHECK_ARG(d >= 1, "d", "expected a distance >= 1, got ", d);
+  return detail::expected_error_at(e0, ek, k, d);
+}
+
+namespace {
+// The two error arrays' entries of bh, after checking bh and the distance.
+void check_query(const Calibration& cal, int64_t bh, int distance) {
+  static_assert(detail::kCandidateCount == kCandidates &&
+                detail::kRettentionCandidate == static_cast<int>(Candidate::rettention));
+  SPAATTN_CHECK_ARG(bh >= 0 && bh < cal.batch * cal.heads, "bh", "expected 0 <= bh < ",
+                    cal.batch * cal.heads, ", got ", bh);
+  SPAATTN_CHECK_ARG(distance >= 1, "distance", "expected a distance >= 1, got ", distance);
+  const size_t n = static_cast<size_t>(cal.batch * cal.heads) * kCandidates;
+  SPAATTN_CHECK_ARG(cal.error_ref.size() == n && cal.error_then.size() == n, "calibration",
+                    "expected ", n, " errors at each distance, got ", cal.error_ref.size(),
+                    " and ", cal.error_then.size());
+}
+}  // namespace
+
+double Calibration::expected(int64_t bh, Candidate c, int distance) const {
+  check_query(*this, bh, distance);
+  const size_t at = static_cast<size_t>(bh) * kCandidates + static_cast<size_t>(c);
+  if (interval < 1 || !(error_ref[at] >= 0.0) || !(error_then[at] >= 0.0))
+    return std::numeric_limits<double>::quiet_NaN();
+  return detail::expected_error_at(error_ref[at], error_then[at], interval, distance);
+}
+
+Candidate Calibration::choice(int64_t bh, int distance) const {
+  check_query(*this, bh, distance);
+  const size_t at = static_cast<size_t>(bh) * kCandidates;
+  return static_cast<Candidate>(
+      detail::choose_at(error_ref.data() + at, error_then.data() + at, interval, distance));
+}
 
 namespace cpu {
 

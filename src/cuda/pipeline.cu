@@ -18,10 +18,10 @@
 //               a reference step R, C of the previous reference's mask too); reference: four
 //               launches over the keys split by the fresh and the previous mask (each key once:
 //               O_spa, O_then, O_full, rho, Delta; the first reference: the two passes above),
-//               then the calibration pass (plan/calibrate.cu) measures every candidate
-//               and writes the choice and drift per (b, h); sparse step: the kernel with the
-//               calibrated epilogue (each (b, h)'s candidate), then the merge pass for the
-//               heads that chose merge.
+//               then the calibration pass (plan/calibrate.cu) measures every candidate at
+//               distances 0 and k and writes the errors and drift per (b, h); sparse step:
+//               each (b, h)'s choice at the step's distance, the kernel with the calibrated
+//               epilogue (that candidate), then the merge pass for the heads that chose merge.
 // Every kernel launch of a non-dense call with a token order reads the gathered K and V.
 // Memory comes from DeviceMemory: a workspace per shape (stage arrays, Re-ttention's lse_spa and
 // lse_full, the gathered K and V), constants (permutation, neighbour map) once, and per
@@ -89,13 +89,13 @@ struct Sizes {
 
 // Method::calibrated's part of the workspace, each array 256-byte aligned: O_spa and O_then
 // (q's dtype, contiguous [b, S, H, d]), lse_then, R and C of the previous mask, and the
-// calibration pass's per-block error terms; per (layer, entry): the expected errors, the drift
-// and the choice per (b, h).
+// calibration pass's per-block error terms; per (layer, entry): the errors at distances 0 and
+// k, the drift and the choice per (b, h).
 struct CalibrationSpace {
   size_t o = 0, lse = 0, R = 0, C = 0, partial = 0;
-  size_t errors = 0, drift = 0, choice = 0;
+  size_t errors = 0, drift = 0, choice = 0;  // errors: one of the two arrays
   size_t work() const { return 2 * o + lse + R + C + partial; }
-  size_t state() const { return errors + drift + choice; }
+  size_t state() const { return 2 * errors + drift + choice; }
 };
 
 CalibrationSpace calibration_space(const st::Dims& dims, DType dtype) {
@@ -356,12 +356,14 @@ class GpuPipeline final : public DevicePipeline {
     DeviceBuffer rho, delta;  // Re-ttention cache: f32 [b, S, H], q's dtype [b, S, H, d]
     // Method::calibrated: what a reference step writes while it still reads the previous
     // reference's crit bits, rho and Delta (swapped in when the call is queued), and the
-    // calibration (CalibrationSpace: errors, drift, choice per (b, h)).
+    // calibration (CalibrationSpace: errors at distances 0 and k, drift, choice per (b, h)).
     DeviceBuffer critical_next, rho_next, delta_next, calibration;
-    // The arrays inside `calibration`, per (b, h) of summary.cache_shape.
-    double* errors = nullptr;
+    // The arrays inside `calibration`, per (b, h) of summary.cache_shape; the choice is the one
+    // of the last sparse step.
+    double *error_ref = nullptr, *error_then = nullptr;
     float* drift = nullptr;
     int32_t* choice = nullptr;
+    int interval = 0;  // k of the last reference step (0: no previous one)
   };
 
   // The call's launches. The (layer, entry) state changes all or nothing: a new state is kept
@@ -415,6 +417,7 @@ class GpuPipeline final : public DevicePipeline {
       throw;
     }
     if (calibrated && plan.kind == CallStats::Kind::reference) {
+      state.interval = prev_ref >= 0 ? call.step - prev_ref : 0;
       std::swap(state.critical, state.critical_next);
       std::swap(state.rho, state.rho_next);
       std::swap(state.delta, state.delta_next);
@@ -498,9 +501,10 @@ class GpuPipeline final : public DevicePipeline {
       state.calibration = DeviceBuffer(memory_, sizes_.calib_state, stream, order_);
       const CalibrationSpace c = calibration_space(dims_, dtype_);
       char* base = state.calibration.as<char>();
-      state.errors = reinterpret_cast<double*>(base);
-      state.drift = reinterpret_cast<float*>(base + c.errors);
-      state.choice = reinterpret_cast<int32_t*>(base + c.errors + c.drift);
+      state.error_ref = reinterpret_cast<double*>(base);
+      state.error_then = reinterpret_cast<double*>(base + c.errors);
+      state.drift = reinterpret_cast<float*>(base + 2 * c.errors);
+      state.choice = reinterpret_cast<int32_t*>(base + 2 * c.errors + c.drift);
     }
   }
 
@@ -530,9 +534,20 @@ class GpuPipeline final : public DevicePipeline {
     const bool rectify = config_.method == Method::rectified || calibrated;
     // Pooling and scores feed a fresh IPAR selection and, every step, Rectified SpaAttn's R, C.
     const bool pool = rectify || (plan.fresh_mask && config_.selector() == Selector::ipar);
-    // A calibrated sparse step computes the terms only for the heads whose choice reads them.
+    // A calibrated sparse step chooses each head's candidate at its distance first, and
+    // computes the terms only for the heads whose choice reads them.
     const int32_t* choice =
         calibrated && plan.kind == CallStats::Kind::sparse ? state.choice : nullptr;
+    if (choice) {
+      st::CalibrateParams c;
+      c.dims = dims;
+      c.error_ref = state.error_ref;
+      c.error_then = state.error_then;
+      c.choice = state.choice;
+      c.k = state.interval;
+      c.distance = plan.k;
+      st::launch_calibrate_choose(c, stream);
+    }
     if (pool) {
       st::PoolParams pp = st::make_pool_params(args, perm_device(), b);
       if (fp8_) {
@@ -751,9 +766,10 @@ class GpuPipeline final : public DevicePipeline {
     }
     c.clamp = config_.rettention.clamp;
     c.partial = calib_.partial;
-    c.choice = state.choice;
     c.drift = state.drift;
-    c.errors = state.errors;
+    c.initial_drift = config_.rettention.drift;
+    c.error_ref = state.error_ref;
+    c.error_then = state.error_then;
     st::launch_calibrate_measure(c, stream);
   }
 
@@ -793,15 +809,15 @@ class GpuPipeline final : public DevicePipeline {
     cal.heads = state.summary.cache_shape.dims[2];
     const size_t bh = static_cast<size_t>(cal.batch * cal.heads);
     cal.ref_step = state.summary.ref_step;
-    cal.errors.resize(bh * kCandidates);
+    cal.interval = state.interval;
+    cal.error_ref.resize(bh * kCandidates);
+    cal.error_then.resize(bh * kCandidates);
     cal.drift.resize(bh);
-    std::vector<int32_t> choice(bh);
-    SPAATTN_CUDA_CHECK(cudaMemcpy(cal.errors.data(), state.errors, cal.errors.size() * 8,
+    SPAATTN_CUDA_CHECK(cudaMemcpy(cal.error_ref.data(), state.error_ref, bh * kCandidates * 8,
+                                  cudaMemcpyDeviceToHost));
+    SPAATTN_CUDA_CHECK(cudaMemcpy(cal.error_then.data(), state.error_then, bh * kCandidates * 8,
                                   cudaMemcpyDeviceToHost));
     SPAATTN_CUDA_CHECK(cudaMemcpy(cal.drift.data(), state.drift, bh * 4, cudaMemcpyDeviceToHost));
-    SPAATTN_CUDA_CHECK(cudaMemcpy(choice.data(), state.choice, bh * 4, cudaMemcpyDeviceToHost));
-    cal.choice.reserve(bh);
-    for (int32_t c : choice) cal.choice.push_back(static_cast<Candidate>(c));
     return cal;
   }
 

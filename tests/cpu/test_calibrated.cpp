@@ -1,8 +1,9 @@
 // Method::calibrated (docs/methods.md, Calibrated correction): reference steps are full
-// attention, the choice of each (b, h) is the candidate with the least error at the reference
-// step (Re-ttention's correction before it can be measured), sparse steps apply that candidate's
-// formula, the drift fit, the errors of invalid use,
-// and on the captured testbed workload an error never above plain block-sparse attention's.
+// attention and record each candidate's error at distances 0 and k (from the previous
+// reference), a sparse step at distance d applies, per (b, h), the candidate with the least
+// error expected at d (Re-ttention's correction before a distance can be measured), the drift
+// fit, the errors of invalid use, and on the captured testbed workload an error never above
+// plain block-sparse attention's.
 // Every candidate is recomputed here from the public CPU stages and its own formula, in double.
 #include <gtest/gtest.h>
 
@@ -104,7 +105,28 @@ struct Reference {
   Selection selection;
   std::vector<float> rho, delta;  // [b, S, H(, d)]
   std::vector<double> drift;      // per (b, h)
+  int interval = 0;               // distance from the reference before (0: none)
+  std::vector<double> e0, ek;     // each candidate's error at distances 0 and interval
 };
+
+// The candidate the test expects at distance d of a reference step: the least of the squared
+// norms linear in the distance through sqrt(e0) and sqrt(ek) (never below 0), ties to the lower
+// index; Re-ttention's without a distance measured. Also returns the least error.
+std::pair<int, double> expected_choice(const Reference& ref, int64_t bh, int d) {
+  if (ref.interval == 0) return {kRett, 0.0};
+  double best = std::numeric_limits<double>::infinity();
+  int want = kNone;
+  for (int c = 0; c < kCandidates; ++c) {
+    const double a = std::sqrt(ref.e0[bh * kCandidates + c]),
+                 b = std::sqrt(ref.ek[bh * kCandidates + c]);
+    const double norm = std::max(0.0, a + (b - a) * d / ref.interval);
+    if (norm * norm < best) {
+      best = norm * norm;
+      want = c;
+    }
+  }
+  return {want, best};
+}
 
 // Every candidate's output of every video row, [5][b, S, H, d] (other rows 0), recomputed from
 // the public stages: O_spa over `sel`, R_i, C_i from this call's pooling, the pooled complement
@@ -226,7 +248,7 @@ void run_schedule(TextPlacement placement, std::vector<int>& chosen) {
       for (size_t i = 0; i < out.size(); ++i)
         worst = std::max(worst, static_cast<double>(std::fabs(out[i] - full[i])));
       EXPECT_LT(worst, 1e-5);
-      // (3) The choice is the argmin of the errors recomputed here.
+      // (3) The errors at distances 0 and k, recomputed here.
       const Pooled pooled = cpu::pool(a);
       const BlockScores scores = cpu::implicit_full_attention(a, pooled);
       Reference now;
@@ -234,6 +256,7 @@ void run_schedule(TextPlacement placement, std::vector<int>& chosen) {
       now.selection = cpu::select_blocks(a, cfg, &scores, nullptr);
       const bool has_prev = ref.step >= 0;
       const int k = step - ref.step;
+      now.interval = has_prev ? k : 0;
       // Each candidate at distance 0 (the fresh mask; Re-ttention exact there) and, with a
       // previous reference, at distance k (as it would have served this step from it).
       const Candidates c = candidates(s, a, now.selection, cfg, nullptr, k);
@@ -242,45 +265,34 @@ void run_schedule(TextPlacement placement, std::vector<int>& chosen) {
       const std::optional<Calibration> cal = sa.calibration(0, 0);
       ASSERT_TRUE(cal.has_value());
       EXPECT_EQ(cal->ref_step, step);
-      ASSERT_EQ(cal->choice.size(), static_cast<size_t>(s.B * s.H));
-      now.drift.assign(s.B * s.H, 0.0);
+      EXPECT_EQ(cal->interval, now.interval);
+      ASSERT_EQ(cal->error_ref.size(), static_cast<size_t>(s.B * s.H * kCandidates));
+      ASSERT_EQ(cal->error_then.size(), cal->error_ref.size());
+      ASSERT_EQ(cal->drift.size(), static_cast<size_t>(s.B * s.H));
+      // Before a drift can be fitted, the configured one.
+      now.drift.assign(s.B * s.H, cfg.rettention.drift);
+      now.e0.assign(s.B * s.H * kCandidates, 0.0);
+      now.ek.assign(s.B * s.H * kCandidates, 0.0);
       for (int64_t b = 0; b < s.B; ++b)
         for (int64_t h = 0; h < s.H; ++h) {
           SCOPED_TRACE(::testing::Message() << "b " << b << ", h " << h);
           const int64_t bh = b * s.H + h;
-          double best = std::numeric_limits<double>::infinity();
-          int want = kNone;
           for (int cand = 0; cand < kCandidates; ++cand) {
-            const double got = cal->errors[bh * kCandidates + cand];
-            if (cand == kRett && !has_prev) {
-              EXPECT_TRUE(std::isnan(got));
+            const size_t at = static_cast<size_t>(bh * kCandidates + cand);
+            const double e0 = cand == kRett ? 0.0 : head_error(c.out[cand], full, s, L, b, h);
+            EXPECT_NEAR(cal->error_ref[at], e0, 1e-4 * e0 + 1e-7)
+                << to_string(static_cast<Candidate>(cand));
+            now.e0[at] = e0;
+            if (!has_prev) {
+              EXPECT_TRUE(std::isnan(cal->error_then[at]));
+              EXPECT_TRUE(std::isnan(cal->expected(bh, static_cast<Candidate>(cand), 1)));
               continue;
             }
-            const double e0 = cand == kRett ? 0.0 : head_error(c.out[cand], full, s, L, b, h);
-            double e = e0;
-            if (has_prev) {
-              // The mean square of the error's norm, linear from distance 0 to k, over the
-              // distances 1 .. k - 1 where the choice serves.
-              const double a0 = std::sqrt(e0),
-                           ak = std::sqrt(head_error(ck.out[cand], full, s, L, b, h));
-              e = k < 2 ? ak * ak : 0.0;
-              for (int d = 1; d < k; ++d) e += std::pow(a0 + (ak - a0) * d / k, 2) / (k - 1);
-            }
-            EXPECT_NEAR(got, e, 1e-4 * e + 1e-7) << to_string(static_cast<Candidate>(cand));
-            if (e < best) {
-              best = e;
-              want = cand;
-            }
+            const double ek = head_error(ck.out[cand], full, s, L, b, h);
+            EXPECT_NEAR(cal->error_then[at], ek, 1e-4 * ek + 1e-7)
+                << to_string(static_cast<Candidate>(cand));
+            now.ek[at] = ek;
           }
-          const int got_choice = static_cast<int>(cal->choice[bh]);
-          if (!has_prev) {
-            // Not measurable yet: Re-ttention's correction serves until the next reference.
-            EXPECT_EQ(got_choice, kRett);
-          } else if (got_choice != want) {
-            // Equal to the recomputed argmin unless the two are within rounding of each other.
-            EXPECT_NEAR(cal->errors[bh * kCandidates + got_choice], best, 1e-5 * best);
-          }
-          ++chosen[got_choice];
           // (4) The drift: the share the previous mask holds now against its rho then.
           if (has_prev) {
             double sum = 0;
@@ -308,8 +320,10 @@ void run_schedule(TextPlacement placement, std::vector<int>& chosen) {
       ref = std::move(now);
       continue;
     }
-    // (2) A sparse step: each head's video rows are its chosen candidate over the reference
-    // step's mask; text rows are exact attention, padding rows zero.
+    // (2) A sparse step at distance d: each head's candidate is the least error expected at d
+    // (from the errors recomputed at the reference step), and its video rows are that
+    // candidate over the reference step's mask; text rows are exact attention, padding rows
+    // zero.
     EXPECT_EQ(st.kind, CallStats::Kind::sparse);
     EXPECT_TRUE(st.mask_reused);
     EXPECT_LT(st.density, 1.0);
@@ -319,16 +333,25 @@ void run_schedule(TextPlacement placement, std::vector<int>& chosen) {
     ASSERT_TRUE(cal.has_value());
     for (int64_t b = 0; b < s.B; ++b)
       for (int64_t h = 0; h < s.H; ++h) {
-        const int cand = static_cast<int>(cal->choice[b * s.H + h]);
+        const int64_t bh = b * s.H + h;
+        const int cand = static_cast<int>(cal->choice(bh, k));
         SCOPED_TRACE(::testing::Message() << "b " << b << ", h " << h << ", candidate "
                                           << to_string(static_cast<Candidate>(cand)));
+        const auto [want, best] = expected_choice(ref, bh, k);
+        if (cand != want) {
+          // Equal to the recomputed argmin unless the two are within rounding of each other.
+          EXPECT_NEAR(cal->expected(bh, static_cast<Candidate>(cand), k), best, 1e-5 * best);
+        }
+        if (ref.interval > 0)
+          EXPECT_NEAR(cal->expected(bh, static_cast<Candidate>(cand), k), best, 1e-4 * best + 1e-7);
+        ++chosen[cand];
         double worst = 0;
         for (int64_t n = 0; n < s.S; ++n) {
           const bool video = n >= L.video_offset() && n < L.video_offset() + L.num_video;
           for (int64_t e = 0; e < s.D; ++e) {
             const size_t i = static_cast<size_t>(s.row(b, n, h) * s.D + e);
-            const double want = video ? c.out[cand][i] : full[i];
-            worst = std::max(worst, std::fabs(out[i] - want));
+            const double want_x = video ? c.out[cand][i] : full[i];
+            worst = std::max(worst, std::fabs(out[i] - want_x));
           }
         }
         EXPECT_LT(worst, 2e-5);
@@ -336,7 +359,7 @@ void run_schedule(TextPlacement placement, std::vector<int>& chosen) {
   }
 }
 
-TEST(Calibrated, ReferenceStepsChooseTheLeastErrorAndSparseStepsApplyIt) {
+TEST(Calibrated, ReferenceStepsMeasureAndSparseStepsApplyTheLeastExpectedError) {
   std::vector<int> suffix, prefix;
   run_schedule(TextPlacement::suffix, suffix);
   run_schedule(TextPlacement::prefix, prefix);
@@ -349,16 +372,44 @@ TEST(Calibrated, ReferenceStepsChooseTheLeastErrorAndSparseStepsApplyIt) {
                 to_string(static_cast<Candidate>(c)), suffix[c], prefix[c]);
 }
 
-// The expected error over the distances a choice serves (served_error).
-TEST(Calibrated, ServedErrorInterpolatesTheNorm) {
-  // Norms 0 and 3 at distances 0 and 3: 1 and 2 at distances 1 and 2, squares 1 and 4.
-  EXPECT_DOUBLE_EQ(served_error(0.0, 9.0, 3), 2.5);
+// The error expected at a distance (expected_error) and the choice that follows from it.
+TEST(Calibrated, ExpectedErrorInterpolatesTheNorm) {
+  // Norms 0 and 3 at distances 0 and 3: 1 and 2 at distances 1 and 2, 4 past the interval.
+  EXPECT_DOUBLE_EQ(expected_error(0.0, 9.0, 3, 1), 1.0);
+  EXPECT_DOUBLE_EQ(expected_error(0.0, 9.0, 3, 2), 4.0);
+  EXPECT_DOUBLE_EQ(expected_error(0.0, 9.0, 3, 4), 16.0);
   // A candidate whose error does not change with the distance.
-  EXPECT_NEAR(served_error(4.0, 4.0, 5), 4.0, 1e-12);
-  // Norms 1 and 5 at distances 0 and 4: 2, 3, 4 -> (4 + 9 + 16) / 3.
-  EXPECT_NEAR(served_error(1.0, 25.0, 4), 29.0 / 3.0, 1e-12);
-  // No distance between the two reference steps: the error at distance k.
-  EXPECT_DOUBLE_EQ(served_error(1.0, 7.0, 1), 7.0);
+  EXPECT_NEAR(expected_error(4.0, 4.0, 5, 3), 4.0, 1e-12);
+  // Norms 5 and 1 at distances 0 and 2: 3 at 1, 1 at 2, and 0 (not -1) at 3.
+  EXPECT_NEAR(expected_error(25.0, 1.0, 2, 1), 9.0, 1e-12);
+  EXPECT_NEAR(expected_error(25.0, 1.0, 2, 3), 0.0, 1e-12);
+  expect_error([] { expected_error(-1.0, 1.0, 2, 1); }, "e0", "expected a squared error >= 0");
+  expect_error([] { expected_error(1.0, std::nan(""), 2, 1); }, "ek", "expected a squared error");
+  expect_error([] { expected_error(1.0, 1.0, 0, 1); }, "k", "expected a distance >= 1, got 0");
+  expect_error([] { expected_error(1.0, 1.0, 2, 0); }, "d", "expected a distance >= 1, got 0");
+
+  // One (b, h): Re-ttention exact at distance 0 and worst at 4; none flat; affine in between.
+  Calibration cal;
+  cal.batch = cal.heads = 1;
+  cal.ref_step = 5;
+  cal.interval = 4;
+  //                none  affine scale rettention merge
+  cal.error_ref = {4.0, 1.0, 9.0, 0.0, 16.0};
+  cal.error_then = {4.0, 9.0, 9.0, 16.0, std::nan("")};
+  // Expected norms at d: none 2; affine 1 + d / 2; rettention d; merge not measured.
+  EXPECT_EQ(cal.choice(0, 1), Candidate::rettention);  // 1 < 1.5 < 2
+  EXPECT_EQ(cal.choice(0, 2), Candidate::none);        // 2 = 2 = 2: the lower index
+  EXPECT_EQ(cal.choice(0, 3), Candidate::none);        // 2 < 2.5 < 3
+  EXPECT_DOUBLE_EQ(cal.expected(0, Candidate::affine, 2), 4.0);
+  EXPECT_TRUE(std::isnan(cal.expected(0, Candidate::merge, 1)));
+  // Without a previous reference step, nothing was measured at a distance: Re-ttention's.
+  cal.interval = 0;
+  EXPECT_EQ(cal.choice(0, 1), Candidate::rettention);
+  EXPECT_TRUE(std::isnan(cal.expected(0, Candidate::none, 1)));
+  expect_error([&] { cal.choice(1, 1); }, "bh", "expected 0 <= bh < 1, got 1");
+  expect_error([&] { cal.choice(0, 0); }, "distance", "expected a distance >= 1, got 0");
+  cal.error_then.pop_back();
+  expect_error([&] { cal.choice(0, 1); }, "calibration", "expected 5 errors at each distance");
 }
 
 // (4) The drift fit: the least-squares slope of rho over (k - 1), the form rettention applies.
@@ -468,7 +519,8 @@ TEST(Calibrated, CapturedWorkloadNeverWorseThanSparse) {
         std::printf("layer %d step %d b %lld h %lld: rel_l2 sparse %.5f, calibrated %.5f (%s)\n",
                     w.calls[i].layer, w.calls[i].step, static_cast<long long>(b),
                     static_cast<long long>(h), std::sqrt(e_sparse / norm),
-                    std::sqrt(e_cal / norm), to_string(cal->choice[b * H + h]));
+                    std::sqrt(e_cal / norm),
+                    to_string(cal->choice(b * H + h, w.calls[i].step - cal->ref_step)));
         EXPECT_LE(e_cal, e_sparse) << "layer " << w.calls[i].layer << ", b " << b << ", h " << h;
       }
   }

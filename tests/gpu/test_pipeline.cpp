@@ -50,8 +50,10 @@ class Pipeline : public ::testing::TestWithParam<PipelineCase> {};
 
 // Method::calibrated: the GPU's calibration of (layer, entry) against the CPU's. The errors are
 // measured on 16-bit O_spa, O_then and Delta there and on fp32 ones here: they agree within 3%
-// of the candidate's error plus 1e-3 of the largest (FP8: 25% plus 3%). The choices must agree
-// wherever the CPU's best candidate is ahead of the next by more than that tolerance allows.
+// of the candidate's error plus 1e-3 of the largest (FP8: 25% plus 3%). The choices at
+// distances 1 .. 4 must agree wherever the CPU's best candidate there is ahead of the next by
+// more than that tolerance allows. (The sparse steps' outputs, which apply the GPU's choice,
+// are compared with the CPU's by the caller.)
 void expect_same_calibration(const SparseAttention& cpu, const SparseAttention& gpu,
                              const CallInfo& info, Precision precision) {
   const std::optional<Calibration> want = cpu.calibration(info.layer, info.entry);
@@ -59,30 +61,41 @@ void expect_same_calibration(const SparseAttention& cpu, const SparseAttention& 
   ASSERT_EQ(got.has_value(), want.has_value()) << "step " << info.step;
   if (!want) return;
   ASSERT_EQ(got->ref_step, want->ref_step);
+  ASSERT_EQ(got->interval, want->interval);
   ASSERT_EQ(got->batch, want->batch);
   ASSERT_EQ(got->heads, want->heads);
   const double rel = precision == Precision::fp8 ? 0.25 : 0.03;
   const double floor = precision == Precision::fp8 ? 0.03 : 1e-3;
-  for (size_t bh = 0; bh < want->choice.size(); ++bh) {
+  const int64_t heads = want->batch * want->heads;
+  for (int64_t bh = 0; bh < heads; ++bh) {
     double top = 0;
-    for (int c = 0; c < kCandidates; ++c) {
-      const double e = want->errors[bh * kCandidates + c];
-      if (std::isfinite(e)) top = std::max(top, e);
+    for (const auto* errors : {&want->error_ref, &want->error_then})
+      for (int c = 0; c < kCandidates; ++c) {
+        const double e = (*errors)[bh * kCandidates + c];
+        if (std::isfinite(e)) top = std::max(top, e);
+      }
+    for (const auto& [w_all, g_all] : {std::pair{&want->error_ref, &got->error_ref},
+                                       std::pair{&want->error_then, &got->error_then}})
+      for (int c = 0; c < kCandidates; ++c) {
+        const double w = (*w_all)[bh * kCandidates + c], g = (*g_all)[bh * kCandidates + c];
+        EXPECT_EQ(std::isnan(g), std::isnan(w)) << "bh " << bh << " candidate " << c;
+        if (!std::isnan(w))
+          EXPECT_NEAR(g, w, rel * w + floor * top)
+              << "step " << info.step << " bh " << bh << " candidate " << to_string(Candidate(c));
+      }
+    for (int d = 1; d <= 4; ++d) {
+      std::vector<std::pair<double, int>> ranked;
+      for (int c = 0; c < kCandidates; ++c) {
+        const double e = want->expected(bh, Candidate(c), d);
+        if (std::isfinite(e)) ranked.emplace_back(e, c);
+      }
+      std::sort(ranked.begin(), ranked.end());
+      const bool clear = ranked.size() < 2 || ranked[1].first - ranked[0].first >
+                                                  2 * (rel * ranked[1].first + floor * top);
+      if (clear)
+        EXPECT_EQ(got->choice(bh, d), want->choice(bh, d))
+            << "step " << info.step << " bh " << bh << " distance " << d;
     }
-    std::vector<std::pair<double, int>> ranked;
-    for (int c = 0; c < kCandidates; ++c) {
-      const double w = want->errors[bh * kCandidates + c], g = got->errors[bh * kCandidates + c];
-      EXPECT_EQ(std::isnan(g), std::isnan(w)) << "bh " << bh << " candidate " << c;
-      if (std::isnan(w)) continue;
-      EXPECT_NEAR(g, w, rel * w + floor * top)
-          << "step " << info.step << " bh " << bh << " candidate " << to_string(Candidate(c));
-      ranked.emplace_back(w, c);
-    }
-    std::sort(ranked.begin(), ranked.end());
-    const bool clear = ranked.size() < 2 ||
-                       ranked[1].first - ranked[0].first > 2 * (rel * ranked[1].first + floor * top);
-    if (clear)
-      EXPECT_EQ(got->choice[bh], want->choice[bh]) << "step " << info.step << " bh " << bh;
     EXPECT_NEAR(got->drift[bh], want->drift[bh], precision == Precision::fp8 ? 5e-3 : 1e-3)
         << "step " << info.step << " bh " << bh;
   }

@@ -1,7 +1,7 @@
 // Method::calibrated on the GPU (docs/methods.md, Calibrated correction; docs/gpu.md,
 // Calibrated correction): the pooled attention of a query block's non-critical video blocks
-// (the merge candidate), the error terms of every candidate at a reference step, and the choice
-// and drift that follow from them.
+// (the merge candidate), the error terms of every candidate at a reference step, the errors and
+// drift that follow from them, and each sparse step's choice.
 //
 // One CTA of B / 16 warps per (video query block i, bh), with the portable attention kernel's
 // fragments and tiles (sm80/tile.cuh): the block's Q rows (through the token order) in a swizzled shared tile, the
@@ -10,14 +10,15 @@
 // (-inf for the critical blocks): the pooled attention is block-sparse attention over NV pooled
 // keys. The error terms are then computed from the output fragments in registers, reduced over
 // the block (shuffles, then the warps in order) and written per block; a second launch sums them
-// per bh in block order and chooses, so the results are deterministic and no atomics or host
-// synchronisation are involved.
+// per bh in block order, so the results are deterministic and no atomics or host
+// synchronisation are involved. A sparse step's choice is one more small launch, before its
+// stages read it.
 //
 // Measured on an H200 at S = 76,800, H = 40, d = 128, NV = 600 (docs/gpu.md, Calibrated
 // correction): see there for the cost of the pass against the attention kernel.
 #include <cmath>
 
-#include "core/served_error.hpp"
+#include "core/expected_error.hpp"
 #include "cuda/check.cuh"
 #include "cuda/dispatch.cuh"
 #include "cuda/attention/sm80/step.cuh"
@@ -325,10 +326,9 @@ __global__ void __launch_bounds__(2 * B) measure_kernel(const __grid_constant__ 
   }
 }
 
-// Per bh: the terms summed over the video blocks in order, each candidate's expected error, the
-// least one (the lower index on a tie) and the drift (methods.md; the host's calibrated_step
-// decides the same way).
-__global__ void choose_kernel(const __grid_constant__ CalibrateParams p) {
+// Per bh: the terms summed over the video blocks in order, each candidate's error at distances
+// 0 and k, and the drift (methods.md; the host's calibrated_step records the same).
+__global__ void errors_kernel(const __grid_constant__ CalibrateParams p) {
   const int64_t bh = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (bh >= p.dims.bh()) return;
   double t[kCalibrationTerms] = {};
@@ -336,29 +336,26 @@ __global__ void choose_kernel(const __grid_constant__ CalibrateParams p) {
     for (int x = 0; x < kCalibrationTerms; ++x)
       t[x] += p.partial[(bh * p.dims.nv + i) * kCalibrationTerms + x];
   const bool has_prev = p.o_then != nullptr;
-  double best = INFINITY;
-  int choice = kNone;
   for (int c = 0; c < kCandidates; ++c) {
-    double e = NAN;
-    if (c != kRettention || has_prev) {
-      const double e0 = c == kRettention ? 0.0 : t[c == kMerge ? 3 : c];
-      e = has_prev ? detail::served_error_of(e0, t[4 + c], p.k) : e0;
-    }
-    p.errors[bh * kCandidates + c] = e;
-    if (e < best) {
-      best = e;
-      choice = c;
-    }
+    p.error_ref[bh * kCandidates + c] = c == kRettention ? 0.0 : t[c == kMerge ? 3 : c];
+    p.error_then[bh * kCandidates + c] = has_prev ? t[4 + c] : NAN;
   }
   if (!has_prev) {
-    // No previous reference step: Re-ttention's correction serves until the next one.
-    p.choice[bh] = kRettention;
-    p.drift[bh] = 0.f;
+    // No previous reference step: Re-ttention's correction with the configured drift serves
+    // until the next one.
+    p.drift[bh] = p.initial_drift;
     return;
   }
-  p.choice[bh] = choice;
   if (p.k > 1 && p.dims.num_video > 0)
     p.drift[bh] = static_cast<float>(t[9] / (static_cast<double>(p.dims.num_video) * (p.k - 1)));
+}
+
+// Per bh: the candidate a sparse step at p.distance from the reference step applies.
+__global__ void choose_kernel(const __grid_constant__ CalibrateParams p) {
+  const int64_t bh = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (bh >= p.dims.bh()) return;
+  p.choice[bh] = detail::choose_at(p.error_ref + bh * kCandidates,
+                                   p.error_then + bh * kCandidates, p.k, p.distance);
 }
 
 template <class T, int D, int B>
@@ -433,8 +430,8 @@ void check_common(const CalibrateParams& p) {
 
 void launch_calibrate_measure(const CalibrateParams& p, cudaStream_t stream) {
   check_common(p);
-  SPAATTN_CHECK_ARG(p.o_spa && p.lse_full && p.R && p.C && p.partial && p.choice && p.drift &&
-                        p.errors,
+  SPAATTN_CHECK_ARG(p.o_spa && p.lse_full && p.R && p.C && p.partial && p.drift && p.error_ref &&
+                        p.error_then,
                     "calibrate", "expected O_spa, lse_full, R, C and the calibration arrays");
   SPAATTN_CHECK_ARG(!p.o_then || (p.lse_then && p.critical_then && p.R_then && p.C_then &&
                                   p.rho_then && p.delta_then && p.k >= 1),
@@ -450,6 +447,18 @@ void launch_calibrate_measure(const CalibrateParams& p, cudaStream_t stream) {
     });
     cuda_detail::check_launch("calibrate measure_kernel");
   }
+  const int threads = 128;
+  const auto blocks = static_cast<unsigned>((p.dims.bh() + threads - 1) / threads);
+  errors_kernel<<<blocks, threads, 0, stream>>>(p);
+  cuda_detail::check_launch("calibrate errors_kernel");
+}
+
+void launch_calibrate_choose(const CalibrateParams& p, cudaStream_t stream) {
+  SPAATTN_CHECK_ARG(p.error_ref && p.error_then && p.choice, "calibrate",
+                    "expected the errors and the choices");
+  SPAATTN_CHECK_ARG(p.k >= 0 && p.distance >= 1, "calibrate",
+                    "expected k >= 0 and a distance >= 1, got ", p.k, " and ", p.distance);
+  if (p.dims.bh() == 0) return;
   const int threads = 128;
   const auto blocks = static_cast<unsigned>((p.dims.bh() + threads - 1) / threads);
   choose_kernel<<<blocks, threads, 0, stream>>>(p);

@@ -245,16 +245,22 @@ struct CalibrateParams {
   int k = 0;
   bool clamp = false;
   double* partial = nullptr;  // [bh, NV, kCalibrationTerms]
-  // The calibration of the (layer, entry), per bh: the choice (a Candidate value; merge reads
-  // it), the drift (read as the previous one, then refitted in place) and the expected errors
-  // [bh, kCandidates] (NaN where not measured).
-  int32_t* choice = nullptr;
+  // The calibration of the (layer, entry), per bh: the drift (read as the previous one, then
+  // refitted in place; initial_drift without a previous reference step), the errors at
+  // distances 0 and k [bh, kCandidates] (error_then NaN without a previous reference step), and
+  // the choice (a Candidate value) of the sparse step at `distance`, which merge reads.
   float* drift = nullptr;
-  double* errors = nullptr;
+  float initial_drift = 0.f;
+  double *error_ref = nullptr, *error_then = nullptr;
+  int32_t* choice = nullptr;
+  int distance = 0;
 };
 // Reference step, after both passes over the keys (and the pass over the previous mask): the
-// error terms into partial, then the choice, drift and errors from them (two launches).
+// error terms into partial, then the errors and drift from them (two launches).
 void launch_calibrate_measure(const CalibrateParams& p, cudaStream_t stream);
+// Sparse step, first: each bh's choice at p.distance from the errors and p.k (the interval of
+// the reference step that measured them; 0: none).
+void launch_calibrate_choose(const CalibrateParams& p, cudaStream_t stream);
 // Sparse step, after the attention launch: the video query rows of every bh whose choice is
 // merge, merged in place with the pooled attention of their block's non-critical video blocks.
 void launch_calibrate_merge(const CalibrateParams& p, cudaStream_t stream);

@@ -1,0 +1,48 @@
+// The error Method::calibrated expects of a candidate at a sparse step, and the choice that
+// follows (docs/methods.md, Calibrated correction), shared by the host (Calibration, the CPU
+// path) and the GPU's choice kernel (src/cuda/plan/calibrate.cu), so that both choose by the
+// same numbers.
+#pragma once
+#include <math.h>
+
+#ifdef __CUDACC__
+#define SPAATTN_HOST_DEVICE __host__ __device__
+#else
+#define SPAATTN_HOST_DEVICE
+#endif
+
+namespace spaattn::detail {
+
+inline constexpr int kCandidateCount = 5;     // Candidate's values 0 .. 4
+inline constexpr int kRettentionCandidate = 3;  // Candidate::rettention
+
+// Squared errors e0 at distance 0 and ek at distance k >= 1 from a reference step; the norm is
+// taken as linear in the distance through sqrt(e0) and sqrt(ek), extrapolated past k and never
+// below 0, and its square returned at distance d.
+SPAATTN_HOST_DEVICE inline double expected_error_at(double e0, double ek, int k, int d) {
+  const double a = sqrt(e0 > 0.0 ? e0 : 0.0), b = sqrt(ek > 0.0 ? ek : 0.0);
+  double n = a + (b - a) * (static_cast<double>(d) / static_cast<double>(k));
+  n = n > 0.0 ? n : 0.0;
+  return n * n;
+}
+
+// The candidate a sparse step at distance d >= 1 applies, from the errors of one (b, h) at
+// distances 0 (e0) and k (ek), kCandidateCount each: the least expected error, the lower index
+// on a tie (so "none" wins every tie), candidates whose errors are not numbers skipped. Without
+// a previous reference step (k < 1) nothing was measured at a distance: Re-ttention's correction.
+SPAATTN_HOST_DEVICE inline int choose_at(const double* e0, const double* ek, int k, int d) {
+  if (k < 1) return kRettentionCandidate;
+  double best = INFINITY;
+  int choice = 0;
+  for (int c = 0; c < kCandidateCount; ++c) {
+    if (!(e0[c] >= 0.0) || !(ek[c] >= 0.0)) continue;
+    const double e = expected_error_at(e0[c], ek[c], k, d);
+    if (e < best) {
+      best = e;
+      choice = c;
+    }
+  }
+  return choice;
+}
+
+}  // namespace spaattn::detail
