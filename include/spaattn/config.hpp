@@ -15,9 +15,9 @@ enum class Method : uint8_t {
   rectified,             // Rectified SpaAttn: IPAR selection, GAPR, O = R O_spa + C
   rettention,            // Re-ttention: cached rho and Delta from reference steps
   rectified_rettention,  // IPAR selection with Re-ttention's cached correction
-  calibrated,            // IPAR selection; at Re-ttention reference steps, per (b, head), the
-                         // candidate correction with the least error against full attention
-                         // (none included); host tensors only for now
+  calibrated,            // IPAR selection; Re-ttention reference steps measure, per (b, head),
+                         // every candidate correction (none included) against full attention;
+                         // each sparse step applies the one expected to be best at its distance
 };
 const char* to_string(Method m);
 // Parses "dense", "sparse", "rectified", "rettention", "rectified_rettention", "calibrated";
@@ -51,8 +51,8 @@ struct SelectConfig {
   int64_t first_frame_blocks = 0;  // F: dense square of the first F video blocks in token order
 };
 
-// Re-ttention's schedule and correction; `calibrated` uses ref_period and clamp, fits its own
-// drift per head (ignoring `drift`) and needs cache_delta.
+// Re-ttention's schedule and correction; `calibrated` uses ref_period and clamp, `drift` until
+// it can fit its own per head (from its second reference step), and needs cache_delta.
 struct RettentionConfig {
   int ref_period = 5;          // r: a reference step every r steps after the dense warm-up
   float drift = 0.04f;         // lambda: rho' = rho + (k - 1) lambda at the k-th sparse step

@@ -145,8 +145,8 @@ class DevicePipeline;  // the GPU path, src/cuda/pipeline.cu
 // Runs the configured method and keeps its state (masks reused across steps, Re-ttention caches),
 // keyed by (layer, entry). Host tensors run on the CPU reference; CUDA tensors run on the GPU on
 // `stream` without synchronising with the host. Call reset() between diffusion runs.
-// Every method runs on both; Method::calibrated keeps its choices in device memory on the GPU
-// path, and calibration() copies them back (waiting for the queued calls).
+// Every method runs on both; Method::calibrated keeps its measured errors and drifts in device
+// memory on the GPU path, and calibration() copies them back (waiting for the queued calls).
 //
 // Threads: an object may be shared by threads. forward(), reset() and state_count() take the
 // object's own mutex, so its calls run one at a time (a GPU call holds it only while it enqueues
@@ -180,8 +180,9 @@ class SparseAttention {
   // arithmetic only, nothing is allocated or launched; throws spaattn::Error for arguments the
   // GPU path cannot serve, or in a build without CUDA.
   WorkspaceSize workspace_size(const AttentionArgs& args) const;
-  // Method::calibrated: the choices of (layer, entry)'s last reference step; nullopt when it has
-  // none (no reference step yet, or another method).
+  // Method::calibrated: what (layer, entry)'s last reference step measured (Calibration::choice
+  // gives each sparse step's choices from it); nullopt when it has none (no reference step yet,
+  // or another method).
   std::optional<Calibration> calibration(int layer, int entry) const;
 
  private:

@@ -54,9 +54,10 @@ class Calibration:
     errors_then: list[list[dict[str, float]]]
 
     def _at(self, distance: int) -> list[list[tuple[str, list[float]]]]:
-        distance = T.integer(distance, "distance")
-        return [[_C.calibrated_choice(list(ref.values()), list(then.values()), self.interval,
-                                      distance)
+        distance = T.integer(distance, "distance", low=1)
+        interval = T.integer(self.interval, "interval", low=0)
+        return [[_C.calibrated_choice([ref[c] for c in CANDIDATES], [then[c] for c in CANDIDATES],
+                                      interval, distance)
                  for ref, then in zip(refs, thens, strict=True)]
                 for refs, thens in zip(self.errors_ref, self.errors_then, strict=True)]
 

@@ -18,24 +18,35 @@ inline constexpr int kRettentionCandidate = 3;  // Candidate::rettention
 
 // Squared errors e0 at distance 0 and ek at distance k >= 1 from a reference step; the norm is
 // taken as linear in the distance through sqrt(e0) and sqrt(ek), extrapolated past k and never
-// below 0, and its square returned at distance d.
+// below 0, and its square returned at distance d. An infinite error (an overflow) stays
+// infinite. The device rounds each operation as the host does (no fused multiply-add), so that
+// both choose alike on near-ties.
 SPAATTN_HOST_DEVICE inline double expected_error_at(double e0, double ek, int k, int d) {
+  if (isinf(e0) || isinf(ek)) return INFINITY;
   const double a = sqrt(e0 > 0.0 ? e0 : 0.0), b = sqrt(ek > 0.0 ? ek : 0.0);
-  double n = a + (b - a) * (static_cast<double>(d) / static_cast<double>(k));
+  const double t = static_cast<double>(d) / static_cast<double>(k);
+#ifdef __CUDA_ARCH__
+  double n = __dadd_rn(a, __dmul_rn(__dsub_rn(b, a), t));
+  n = n > 0.0 ? n : 0.0;
+  return __dmul_rn(n, n);
+#else
+  double n = a + (b - a) * t;
   n = n > 0.0 ? n : 0.0;
   return n * n;
+#endif
 }
 
 // The candidate a sparse step at distance d >= 1 applies, from the errors of one (b, h) at
 // distances 0 (e0) and k (ek), kCandidateCount each: the least expected error, the lower index
-// on a tie (so "none" wins every tie), candidates whose errors are not numbers skipped. Without
-// a previous reference step (k < 1) nothing was measured at a distance: Re-ttention's correction.
+// on a tie (so "none" wins every tie), candidates whose errors are not numbers or infinite
+// skipped ("none" when every one is). Without a previous reference step (k < 1) nothing was
+// measured at a distance: Re-ttention's correction.
 SPAATTN_HOST_DEVICE inline int choose_at(const double* e0, const double* ek, int k, int d) {
   if (k < 1) return kRettentionCandidate;
   double best = INFINITY;
   int choice = 0;
   for (int c = 0; c < kCandidateCount; ++c) {
-    if (!(e0[c] >= 0.0) || !(ek[c] >= 0.0)) continue;
+    if (!(e0[c] >= 0.0) || !(ek[c] >= 0.0) || isinf(e0[c]) || isinf(ek[c])) continue;
     const double e = expected_error_at(e0[c], ek[c], k, d);
     if (e < best) {
       best = e;

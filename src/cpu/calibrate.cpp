@@ -36,8 +36,10 @@ std::optional<float> fit_drift(std::span<const float> prev, std::span<const floa
 }
 
 double expected_error(double e0, double ek, int k, int d) {
-  SPAATTN_CHECK_ARG(e0 >= 0.0, "e0", "expected a squared error >= 0, got ", e0);
-  SPAATTN_CHECK_ARG(ek >= 0.0, "ek", "expected a squared error >= 0, got ", ek);
+  SPAATTN_CHECK_ARG(e0 >= 0.0 && std::isfinite(e0), "e0",
+                    "expected a finite squared error >= 0, got ", e0);
+  SPAATTN_CHECK_ARG(ek >= 0.0 && std::isfinite(ek), "ek",
+                    "expected a finite squared error >= 0, got ", ek);
   SPAATTN_CHECK_ARG(k >= 1, "k", "expected a distance >= 1, got ", k);
   SPAATTN_CHECK_ARG(d >= 1, "d", "expected a distance >= 1, got ", d);
   return detail::expected_error_at(e0, ek, k, d);
@@ -51,6 +53,7 @@ void check_query(const Calibration& cal, int64_t bh, int distance) {
   SPAATTN_CHECK_ARG(bh >= 0 && bh < cal.batch * cal.heads, "bh", "expected 0 <= bh < ",
                     cal.batch * cal.heads, ", got ", bh);
   SPAATTN_CHECK_ARG(distance >= 1, "distance", "expected a distance >= 1, got ", distance);
+  SPAATTN_CHECK_ARG(cal.interval >= 0, "calibration", "expected interval >= 0, got ", cal.interval);
   const size_t n = static_cast<size_t>(cal.batch * cal.heads) * kCandidates;
   SPAATTN_CHECK_ARG(cal.error_ref.size() == n && cal.error_then.size() == n, "calibration",
                     "expected ", n, " errors at each distance, got ", cal.error_ref.size(),
@@ -60,6 +63,8 @@ void check_query(const Calibration& cal, int64_t bh, int distance) {
 
 double Calibration::expected(int64_t bh, Candidate c, int distance) const {
   check_query(*this, bh, distance);
+  SPAATTN_CHECK_ARG(static_cast<int>(c) < kCandidates, "c", "expected a Candidate, got ",
+                    static_cast<int>(c));
   const size_t at = static_cast<size_t>(bh) * kCandidates + static_cast<size_t>(c);
   if (interval < 1 || !(error_ref[at] >= 0.0) || !(error_then[at] >= 0.0))
     return std::numeric_limits<double>::quiet_NaN();

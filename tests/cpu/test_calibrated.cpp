@@ -383,8 +383,10 @@ TEST(Calibrated, ExpectedErrorInterpolatesTheNorm) {
   // Norms 5 and 1 at distances 0 and 2: 3 at 1, 1 at 2, and 0 (not -1) at 3.
   EXPECT_NEAR(expected_error(25.0, 1.0, 2, 1), 9.0, 1e-12);
   EXPECT_NEAR(expected_error(25.0, 1.0, 2, 3), 0.0, 1e-12);
-  expect_error([] { expected_error(-1.0, 1.0, 2, 1); }, "e0", "expected a squared error >= 0");
-  expect_error([] { expected_error(1.0, std::nan(""), 2, 1); }, "ek", "expected a squared error");
+  expect_error([] { expected_error(-1.0, 1.0, 2, 1); }, "e0", "expected a finite squared error");
+  expect_error([] { expected_error(1.0, std::nan(""), 2, 1); }, "ek", "expected a finite squared");
+  const double inf = std::numeric_limits<double>::infinity();
+  expect_error([&] { expected_error(inf, 1.0, 2, 1); }, "e0", "expected a finite squared error");
   expect_error([] { expected_error(1.0, 1.0, 0, 1); }, "k", "expected a distance >= 1, got 0");
   expect_error([] { expected_error(1.0, 1.0, 2, 0); }, "d", "expected a distance >= 1, got 0");
 
@@ -402,12 +404,28 @@ TEST(Calibrated, ExpectedErrorInterpolatesTheNorm) {
   EXPECT_EQ(cal.choice(0, 3), Candidate::none);        // 2 < 2.5 < 3
   EXPECT_DOUBLE_EQ(cal.expected(0, Candidate::affine, 2), 4.0);
   EXPECT_TRUE(std::isnan(cal.expected(0, Candidate::merge, 1)));
+  // An overflowed candidate (infinite error) is expected infinite and never chosen, even where
+  // the line through its norms would cross 0.
+  Calibration over = cal;
+  over.error_ref[static_cast<int>(Candidate::scale)] = inf;
+  over.error_then[static_cast<int>(Candidate::scale)] = inf;
+  EXPECT_EQ(over.expected(0, Candidate::scale, 1), inf);
+  over.error_ref = {inf, inf, inf, inf, inf};
+  over.error_then = {inf, 1.0, inf, inf, inf};
+  EXPECT_EQ(over.choice(0, 1), Candidate::none);  // every candidate skipped: no correction
+  over.error_ref[1] = 4.0;
+  EXPECT_EQ(over.choice(0, 1), Candidate::affine);
+  expect_error([&] { cal.expected(0, static_cast<Candidate>(5), 1); }, "c",
+               "expected a Candidate, got 5");
   // Without a previous reference step, nothing was measured at a distance: Re-ttention's.
   cal.interval = 0;
   EXPECT_EQ(cal.choice(0, 1), Candidate::rettention);
   EXPECT_TRUE(std::isnan(cal.expected(0, Candidate::none, 1)));
   expect_error([&] { cal.choice(1, 1); }, "bh", "expected 0 <= bh < 1, got 1");
   expect_error([&] { cal.choice(0, 0); }, "distance", "expected a distance >= 1, got 0");
+  Calibration negative = cal;
+  negative.interval = -1;
+  expect_error([&] { negative.choice(0, 1); }, "calibration", "expected interval >= 0, got -1");
   cal.error_then.pop_back();
   expect_error([&] { cal.choice(0, 1); }, "calibration", "expected 5 errors at each distance");
 }
