@@ -6,8 +6,10 @@
 //     and V into the token order, the kernel as the pipeline runs it (gathered K, V; Q and O
 //     permuted inside; block-affine epilogue) and without the epilogue;
 //   - the kernel alone (no permutation, no epilogue) on the same mask, the reference point, on
-//     the caller's K, V and on the gathered ones; and the kernel gathering K, V itself through
-//     the permutation (the design gather.cuh replaces);
+//     the caller's K, V and on the gathered ones; the same on a random mask of the same density
+//     drawn as the kernel benchmark draws its masks (so that a difference between the two
+//     benchmarks can be told apart: the mask, or everything else); and the kernel gathering K, V
+//     itself through the permutation (the design gather.cuh replaces);
 //   - SparseAttention::forward as a caller runs it (a fresh selection every call);
 //   - Re-ttention (rectified_rettention: the same IPAR mask) reference and sparse steps;
 //   - on a Hopper device, the same three with Config::precision fp8, and the FP8 quantisation
@@ -189,6 +191,26 @@ void run(const Options& o, cudaStream_t stream) {
           "row offsets");
 
   cuda_detail::FwdParams plain = cuda_detail::make_fwd_params(args, mask, out_view, TensorView{});
+  // A random mask of the same density, drawn as spaattn_bench draws its masks, in CSR.
+  const std::vector<uint8_t> dense_random =
+      random_block_mask(H, dims.nb, density, 7, /*text_dense=*/false, dims.nv);
+  std::vector<int32_t> random_offsets(1, 0), random_cols;
+  for (int64_t r = 0; r < dims.mask_rows(); ++r) {
+    for (int64_t j = 0; j < dims.nb; ++j)
+      if (dense_random[static_cast<size_t>(r * dims.nb + j)])
+        random_cols.push_back(static_cast<int32_t>(j));
+    random_offsets.push_back(static_cast<int32_t>(random_cols.size()));
+  }
+  DeviceMem d_random_offsets(random_offsets.size() * 4), d_random_cols(random_cols.size() * 4);
+  upload(d_random_offsets, random_offsets);
+  upload(d_random_cols, random_cols);
+  BlockMaskView random_mask = mask;
+  random_mask.row_offsets = TensorView::contiguous(
+      d_random_offsets.p, DType::i32, {dims.mask_rows() + 1}, Device::cuda);
+  random_mask.col_indices = TensorView::contiguous(
+      d_random_cols.p, DType::i32, {static_cast<int64_t>(random_cols.size())}, Device::cuda);
+  const cuda_detail::FwdParams plain_random =
+      cuda_detail::make_fwd_params(args, random_mask, out_view, TensorView{});
   cuda_detail::FwdParams plain_ordered =
       cuda_detail::make_fwd_params(ordered, mask, out_view, TensorView{});
   cuda_detail::FwdParams in_kernel = plain;  // K, V through the permutation in every tile
@@ -243,6 +265,8 @@ void run(const Options& o, cudaStream_t stream) {
   const double k_alone_ord =
       measure("kernel alone on the gathered K, V (no permutation, no epilogue)",
               kernel(plain_ordered), false);
+  measure("kernel alone on a random mask of the same density (as spaattn_bench draws it)",
+          kernel(plain_random), false);
   measure("kernel permuting K, V itself in every tile (not used)", kernel(in_kernel), false);
   const double whole =
       measure("SparseAttention::forward (rectified, whole call)", forward(sa, 1), false);
