@@ -182,33 +182,28 @@ void run(const Options& o, cudaStream_t stream) {
       TensorView::contiguous(buf.row_offsets, DType::i32, {dims.mask_rows() + 1}, Device::cuda);
   mask.col_indices =
       TensorView::contiguous(buf.col_indices, DType::i32, {dims.max_nnz()}, Device::cuda);
-  int32_t nnz = 0;
-  cuda_ok(cudaMemcpy(&nnz, buf.row_offsets + dims.mask_rows(), 4, cudaMemcpyDeviceToHost), "nnz");
-  const double density = static_cast<double>(nnz) / (static_cast<double>(H) * dims.nb * dims.nb);
   std::vector<int32_t> row_offsets(static_cast<size_t>(dims.mask_rows()) + 1);
   cuda_ok(cudaMemcpy(row_offsets.data(), buf.row_offsets, row_offsets.size() * 4,
                      cudaMemcpyDeviceToHost),
           "row offsets");
+  const double density =
+      static_cast<double>(row_offsets.back()) / (static_cast<double>(H) * dims.nb * dims.nb);
 
   cuda_detail::FwdParams plain = cuda_detail::make_fwd_params(args, mask, out_view, TensorView{});
   // A random mask of the same density, drawn as spaattn_bench draws its masks, in CSR.
-  const std::vector<uint8_t> dense_random =
-      random_block_mask(H, dims.nb, density, 7, /*text_dense=*/false, dims.nv);
-  std::vector<int32_t> random_offsets(1, 0), random_cols;
-  for (int64_t r = 0; r < dims.mask_rows(); ++r) {
-    for (int64_t j = 0; j < dims.nb; ++j)
-      if (dense_random[static_cast<size_t>(r * dims.nb + j)])
-        random_cols.push_back(static_cast<int32_t>(j));
-    random_offsets.push_back(static_cast<int32_t>(random_cols.size()));
-  }
-  DeviceMem d_random_offsets(random_offsets.size() * 4), d_random_cols(random_cols.size() * 4);
-  upload(d_random_offsets, random_offsets);
-  upload(d_random_cols, random_cols);
+  const BlockMask random_csr = BlockMask::from_dense(
+      random_block_mask(H, dims.nb, density, 7, /*text_dense=*/false, dims.nv).data(), 1, H,
+      dims.nb, dims.nb);
+  DeviceMem d_random_offsets(random_csr.row_offsets.size() * 4),
+      d_random_cols(random_csr.col_indices.size() * 4);
+  upload(d_random_offsets, random_csr.row_offsets);
+  upload(d_random_cols, random_csr.col_indices);
   BlockMaskView random_mask = mask;
   random_mask.row_offsets = TensorView::contiguous(
       d_random_offsets.p, DType::i32, {dims.mask_rows() + 1}, Device::cuda);
-  random_mask.col_indices = TensorView::contiguous(
-      d_random_cols.p, DType::i32, {static_cast<int64_t>(random_cols.size())}, Device::cuda);
+  random_mask.col_indices =
+      TensorView::contiguous(d_random_cols.p, DType::i32,
+                             {static_cast<int64_t>(random_csr.col_indices.size())}, Device::cuda);
   const cuda_detail::FwdParams plain_random =
       cuda_detail::make_fwd_params(args, random_mask, out_view, TensorView{});
   cuda_detail::FwdParams plain_ordered =

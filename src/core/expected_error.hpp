@@ -5,6 +5,8 @@
 #pragma once
 #include <math.h>
 
+#include "spaattn/method.hpp"
+
 #ifdef __CUDACC__
 #define SPAATTN_HOST_DEVICE __host__ __device__
 #else
@@ -13,8 +15,11 @@
 
 namespace spaattn::detail {
 
-inline constexpr int kCandidateCount = 5;     // Candidate's values 0 .. 4
-inline constexpr int kRettentionCandidate = 3;  // Candidate::rettention
+// Whether a candidate's errors at both distances were measured and are finite (an overflow
+// leaves an infinite error: such a candidate is never chosen).
+SPAATTN_HOST_DEVICE inline bool measured(double e0, double ek) {
+  return e0 >= 0.0 && ek >= 0.0 && !isinf(e0) && !isinf(ek);
+}
 
 // Squared errors e0 at distance 0 and ek at distance k >= 1 from a reference step; the norm is
 // taken as linear in the distance through sqrt(e0) and sqrt(ek), extrapolated past k and never
@@ -37,16 +42,16 @@ SPAATTN_HOST_DEVICE inline double expected_error_at(double e0, double ek, int k,
 }
 
 // The candidate a sparse step at distance d >= 1 applies, from the errors of one (b, h) at
-// distances 0 (e0) and k (ek), kCandidateCount each: the least expected error, the lower index
+// distances 0 (e0) and k (ek), kCandidates each: the least expected error, the lower index
 // on a tie (so "none" wins every tie), candidates whose errors are not numbers or infinite
 // skipped ("none" when every one is). Without a previous reference step (k < 1) nothing was
 // measured at a distance: Re-ttention's correction.
 SPAATTN_HOST_DEVICE inline int choose_at(const double* e0, const double* ek, int k, int d) {
-  if (k < 1) return kRettentionCandidate;
+  if (k < 1) return static_cast<int>(Candidate::rettention);
   double best = INFINITY;
   int choice = 0;
-  for (int c = 0; c < kCandidateCount; ++c) {
-    if (!(e0[c] >= 0.0) || !(ek[c] >= 0.0) || isinf(e0[c]) || isinf(ek[c])) continue;
+  for (int c = 0; c < kCandidates; ++c) {
+    if (!measured(e0[c], ek[c])) continue;
     const double e = expected_error_at(e0[c], ek[c], k, d);
     if (e < best) {
       best = e;

@@ -48,8 +48,6 @@ double expected_error(double e0, double ek, int k, int d) {
 namespace {
 // The two error arrays' entries of bh, after checking bh and the distance.
 void check_query(const Calibration& cal, int64_t bh, int distance) {
-  static_assert(detail::kCandidateCount == kCandidates &&
-                detail::kRettentionCandidate == static_cast<int>(Candidate::rettention));
   SPAATTN_CHECK_ARG(bh >= 0 && bh < cal.batch * cal.heads, "bh", "expected 0 <= bh < ",
                     cal.batch * cal.heads, ", got ", bh);
   SPAATTN_CHECK_ARG(distance >= 1, "distance", "expected a distance >= 1, got ", distance);
