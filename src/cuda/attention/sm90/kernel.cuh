@@ -59,7 +59,12 @@
 // B = 64 was 3-11% slower (bench/results/2026-12-01-h200-lagging-maximum.md).
 //
 // Work items (query blocks) are taken in decode_work order (text query blocks, the densest,
-// first), item blockIdx.x + k * gridDim.x by CTA blockIdx.x.
+// first), item blockIdx.x + k * gridDim.x by CTA blockIdx.x. Each item's walk over its row
+// starts at a share of the row set by the CTA's pipeline slot (Item::start_walk), so that CTAs
+// stay at the same key blocks when rows differ in length: on the pipeline's IPAR mask (rows of
+// 192 +- 3.8 entries) this took the kernel from 67.3-67.6 ms to 64.5-64.9 ms at S = 76,800,
+// H = 40, d = 128, level with a random mask of the same density and equal rows (64.4-64.8 ms),
+// and left random masks level (bench/results/2026-12-01-h200-phase-aligned-walks.md).
 #pragma once
 #include <cmath>
 
@@ -71,6 +76,17 @@
 
 namespace spaattn::cuda_detail::sm90 {
 
+// The mean length of the mask's rows (CSR entries per row, rounded; 0 for a dense call, which
+// has no lists): the period of the walks' phase (Item::start_walk). One thread computes it
+// before the roles start and keeps it in shared memory (registers are the consumers' scarce
+// resource); fp32 arithmetic without a 64-bit division, the same value for every role.
+__device__ __forceinline__ int mean_row_length(const FwdParams& p) {
+  if (!p.row_offsets) return 0;
+  const int rows = p.batch * p.heads * p.num_q_blocks;
+  const float entries = static_cast<float>(p.row_offsets[rows] - p.row_offsets[0]);
+  return __float2int_rn(__fdividef(entries, static_cast<float>(rows)));
+}
+
 // One work item as every role sees it: the query block's span and its CSR entries (none when
 // the block holds only padding rows).
 template <int B>
@@ -78,24 +94,54 @@ struct Item {
   Work w;
   int text_len;
   Span q;
-  int e_begin, e_end;
+  int e_begin, e_end;  // the row's entries; while walking, what is left of the walk's segment
+  int e_wrap = -1;     // >= 0: the walk goes on from the row's first entry up to e_wrap
   __device__ __forceinline__ Item(const FwdParams& p, int index) {
     w = decode_work(p, index);
     text_len = p.text_lengths ? min(max(p.text_lengths[w.b], 0), p.num_text) : p.num_text;
     q = block_span<B>(p, w.qb, text_len);
-    const int64_t row = (static_cast<int64_t>(w.b) * p.heads + w.h) * p.num_q_blocks + w.qb;
-    const int2 entries = row_entries(p, row);
+    const int2 entries = row_entries(p, row(p));
     e_begin = entries.x;
     e_end = q.valid > 0 ? entries.y : e_begin;
   }
-  // The next key block with usable keys; producer and consumers walk the same sequence, so the
-  // n-th block of either side is the n-th pipeline slot.
-  __device__ __forceinline__ bool next_key(const FwdParams& p, Span& s) {
-    while (e_begin < e_end) {
-      s = block_span<B>(p, key_block(p, e_begin++), text_len);
-      if (s.valid > 0) return true;
+  __device__ __forceinline__ int64_t row(const FwdParams& p) const {
+    return (static_cast<int64_t>(w.b) * p.heads + w.h) * p.num_q_blocks + w.qb;
+  }
+  // The walk over the row's entries starts where the CTA's pipeline slot `slot` puts it in the
+  // period `period` (mean_row_length): at entry about len * (slot mod period) / period, and
+  // wraps at the end. Every CTA fetches key blocks at the same pace, so all of them are at about
+  // the same share of their rows at any moment, hence, with columns spread over a row, at about
+  // the same key blocks of their heads, whose K and V then stay in L2 between them. Starting
+  // every row at its first entry keeps them together only while all rows are equally long (rows
+  // exactly `period` long do start there). Producer and consumers start every walk at the same
+  // slot, so the n-th block of either side is still the n-th pipeline slot.
+  __device__ __forceinline__ void start_walk(int slot, int period) {
+    const int len = e_end - e_begin;
+    if (period <= 0 || len <= 1) return;
+    const int skip = min(len - 1, __float2int_rz(__fdividef(static_cast<float>(slot % period),
+                                                           static_cast<float>(period)) *
+                                                static_cast<float>(len)));
+    if (skip == 0) return;
+    e_wrap = e_begin + skip;
+    e_begin = e_wrap;
+  }
+  // The next key block with usable keys (index j, span s) of the walk.
+  __device__ __forceinline__ bool next_block(const FwdParams& p, int& j, Span& s) {
+    for (;;) {
+      while (e_begin < e_end) {
+        j = key_block(p, e_begin++);
+        s = block_span<B>(p, j, text_len);
+        if (s.valid > 0) return true;
+      }
+      if (e_wrap < 0) return false;
+      e_begin = row_entries(p, row(p)).x;  // the second segment: read again, not kept
+      e_end = e_wrap;
+      e_wrap = -1;
     }
-    return false;
+  }
+  __device__ __forceinline__ bool next_key(const FwdParams& p, Span& s) {
+    int j;
+    return next_block(p, j, s);
   }
 };
 
@@ -131,7 +177,8 @@ using Smem = SmemLayout<Traits<D, B>::kStages, Traits<D, B>::kTileBytes>;
 
 // Producer warp 0, one lane: the K and V copies of every key block of every item.
 template <int D, int B>
-__device__ __forceinline__ void produce_kv(const Params& sp, const Smem<D, B>& sh, int num_items) {
+__device__ __forceinline__ void produce_kv(const Params& sp, const Smem<D, B>& sh, int num_items,
+                                           const int& period) {
   using Tr = Traits<D, B>;
   const FwdParams& p = sp.base;
   prefetch_tensor_map(&sp.k_map);
@@ -139,6 +186,7 @@ __device__ __forceinline__ void produce_kv(const Params& sp, const Smem<D, B>& s
   int n = 0;
   for (int index = blockIdx.x; index < num_items; index += gridDim.x) {
     Item<B> it(p, index);
+    it.start_walk(n, period);
     Span s;
     for (; it.next_key(p, s); ++n) {
       const int stage = n % Tr::kStages;
@@ -312,7 +360,8 @@ __device__ __forceinline__ void finish_item(const FwdParams& p, const OnlineSoft
 // would spill next to the next item's Q and probabilities).
 template <class T, int D, int B, class Epi>
 __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh,
-                                        const int32_t (*rows)[B], int num_items, int tid) {
+                                        const int32_t (*rows)[B], int num_items, const int& period,
+                                        int tid) {
   using Tr = Traits<D, B>;
   const int ctid = tid - 128;
   const int cw = ctid / 128;  // consumer warpgroup: query rows 64 cw .. 64 cw + 63
@@ -357,10 +406,12 @@ __device__ __forceinline__ void consume(const FwdParams& p, const Smem<D, B>& sh
   int k = 0;  // items started
   for (int index = blockIdx.x; index < num_items; index += gridDim.x, ++k) {
     Item<B> it(p, index);
+    const int entries = it.e_end - it.e_begin;
+    it.start_walk(n, period);
     OnlineSoftmax<1> sm;
     sm.init();
     mbar_wait(sh.q_full(), k & 1);
-    const bool q_regs = Tr::kQRegsBelow > 0 && it.e_end - it.e_begin < Tr::kQRegsBelow;
+    const bool q_regs = Tr::kQRegsBelow > 0 && entries < Tr::kQRegsBelow;
     uint32_t qa[D / 16][4];
     if (q_regs) {
       load_q<D, B>(qa, sh.q, warp_row, lane);
@@ -437,18 +488,22 @@ __global__ void __launch_bounds__(Traits<D, B>::kThreads, Traits<D, B>::kMinBloc
   auto* rows = reinterpret_cast<int32_t(*)[B]>(smem_raw + (sh.bars - raw) + 8 * Tr::kBarriers);
   const int num_items = p.batch * p.heads * p.num_q_blocks;
 
-  if (tid == 0) sh.init_barriers(Tr::kConsumers);
+  int& period = rows[Tr::kRowTables][0];  // of the walks (Item::start_walk), after the tables
+  if (tid == 0) {
+    sh.init_barriers(Tr::kConsumers);
+    period = mean_row_length(p);
+  }
   __syncthreads();
 
   if (tid < 128) {  // ---------------------------------------------------------------- producer
     reg_dealloc<Tr::kProducerRegs>();
     if (tid == 0)
-      produce_kv<D, B>(sp, sh, num_items);
+      produce_kv<D, B>(sp, sh, num_items, period);
     else if (tid >= 32)
       produce_q<T, D, B>(p, sh, rows, num_items, tid - 32);
   } else {  // ----------------------------------------------------------------------- consumers
     reg_alloc<Tr::kConsumerRegs>();
-    consume<T, D, B, Epi>(p, sh, rows, num_items, tid);
+    consume<T, D, B, Epi>(p, sh, rows, num_items, period, tid);
   }
 #else
   __trap();  // built for another architecture: the launcher never selects this instance there

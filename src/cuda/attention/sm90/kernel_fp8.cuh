@@ -52,7 +52,7 @@ struct Fp8Traits {
   static constexpr int kTileBytes = B * D;  // one Q, K or V^T tile
   static constexpr int kBarriers = 2 + 3 * kStages;
   static constexpr int kSmemBytes = 1024 + kTileBytes + 2 * kStages * kTileBytes + 8 * kBarriers +
-                                    2 * B * 4;
+                                    2 * B * 4 + 16;  // ... the rows tables, the walks' period
   static constexpr int kProducerRegs = 40;
   static constexpr int kConsumerRegs = 232;
   // Key blocks whose P V the tensor cores add up in one accumulator before it is added to O in
@@ -75,7 +75,7 @@ using Fp8Smem = SmemLayout<Fp8Traits<D>::kStages, Fp8Traits<D>::kTileBytes>;
 // Producer warp 0, one lane: the K and V^T copies of every key block of every item.
 template <int D>
 __device__ __forceinline__ void produce_kv_fp8(const Fp8Params& sp, const Fp8Smem<D>& sh,
-                                               int num_items) {
+                                               int num_items, const int& period) {
   using Tr = Fp8Traits<D>;
   const FwdParams& p = sp.base;
   prefetch_tensor_map(&sp.k_map);
@@ -83,11 +83,11 @@ __device__ __forceinline__ void produce_kv_fp8(const Fp8Params& sp, const Fp8Sme
   int n = 0;
   for (int index = blockIdx.x; index < num_items; index += gridDim.x) {
     Item<Tr::B> it(p, index);
+    it.start_walk(n, period);
     const int bh = it.w.b * p.heads + it.w.h;
-    while (it.e_begin < it.e_end) {
-      // Item::next_key, keeping the block index: the same walk as the consumers'.
-      const int j = key_block(p, it.e_begin++);
-      if (block_span<Tr::B>(p, j, it.text_len).valid <= 0) continue;
+    int j;
+    Span s;
+    while (it.next_block(p, j, s)) {
       const int stage = n % Tr::kStages;
       mbar_wait(sh.empty(stage), ((n / Tr::kStages) & 1) ^ 1);
       mbar_arrive_expect_tx(sh.k_full(stage), Tr::kTileBytes);
@@ -264,7 +264,8 @@ __device__ __forceinline__ void issue_pv_fp8(float (&o)[D / 8][4], const uint32_
 
 template <class T, int D, class Epi>
 __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem<D>& sh,
-                                            const int32_t (*rows)[128], int num_items, int tid) {
+                                            const int32_t (*rows)[128], int num_items,
+                                            const int& period, int tid) {
   using Tr = Fp8Traits<D>;
   constexpr int B = Tr::B, kFold = Tr::kFold;
   const Fp8Operands& f8 = p.fp8;
@@ -276,6 +277,7 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem<D>
   int k = 0;
   for (int index = blockIdx.x; index < num_items; index += gridDim.x, ++k) {
     Item<B> it(p, index);
+    it.start_walk(n, period);
     const int64_t bh = static_cast<int64_t>(it.w.b) * p.heads + it.w.h;
     const float cq = p.scale_log2 * __ldg(f8.q_scale + bh * p.num_q_blocks + it.w.qb);
     const float* k_scale = f8.k_scale + bh * p.num_q_blocks;
@@ -297,17 +299,12 @@ __device__ __forceinline__ void consume_fp8(const FwdParams& p, const Fp8Smem<D>
     sm.l[0] = sm.l[1] = 0.f;
     mbar_wait(sh.q_full(), k & 1);
 
-    // The walk of Item::next_key, keeping the block index for its scale.
+    // The item's walk, with the scale of each block.
     auto next = [&](Span& s, float& c) {
-      while (it.e_begin < it.e_end) {
-        const int j = key_block(p, it.e_begin++);
-        s = block_span<B>(p, j, it.text_len);
-        if (s.valid > 0) {
-          c = cq * __ldg(k_scale + j);
-          return true;
-        }
-      }
-      return false;
+      int j;
+      if (!it.next_block(p, j, s)) return false;
+      c = cq * __ldg(k_scale + j);
+      return true;
     };
     Span cur;
     float c_cur = 0.f;
@@ -409,18 +406,22 @@ __global__ void __launch_bounds__(Fp8Traits<D>::kThreads, 1)
       reinterpret_cast<int32_t(*)[Tr::B]>(smem_raw + (sh.bars - raw) + 8 * Tr::kBarriers);
   const int num_items = p.batch * p.heads * p.num_q_blocks;
 
-  if (tid == 0) sh.init_barriers(Tr::kConsumers);
+  int& period = rows[2][0];  // of the walks (Item::start_walk), after the rows tables
+  if (tid == 0) {
+    sh.init_barriers(Tr::kConsumers);
+    period = mean_row_length(p);
+  }
   __syncthreads();
 
   if (tid < 128) {
     reg_dealloc<Tr::kProducerRegs>();
     if (tid == 0)
-      produce_kv_fp8<D>(sp, sh, num_items);
+      produce_kv_fp8<D>(sp, sh, num_items, period);
     else if (tid >= 32)
       produce_q_fp8<D>(sp, sh, rows, num_items, tid - 32);
   } else {
     reg_alloc<Tr::kConsumerRegs>();
-    consume_fp8<T, D, Epi>(p, sh, rows, num_items, tid);
+    consume_fp8<T, D, Epi>(p, sh, rows, num_items, period, tid);
   }
 #else
   __trap();

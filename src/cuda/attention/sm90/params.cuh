@@ -42,9 +42,11 @@ struct Traits {
   // the next-but-one item's table before it runs.
   static constexpr int kRowTables = kQRegsBelow > 0 ? 3 : 2;
   // Dynamic shared memory, all of the CTA's: up to 1 KB to align the tiles (128-byte swizzle),
-  // Q, the K / V stages, the barriers and the tables of the query rows' sequence indices.
+  // Q, the K / V stages, the barriers, the tables of the query rows' sequence indices and the
+  // walks' period (kernel.cuh mean_row_length; no static shared memory: at d = 128, B = 128
+  // even 4 bytes of it leave the launch without room).
   static constexpr int kSmemBytes =
-      1024 + kQBytes + 2 * kStages * kTileBytes + 8 * kBarriers + kRowTables * B * 4;
+      1024 + kQBytes + 2 * kStages * kTileBytes + 8 * kBarriers + kRowTables * B * 4 + 16;
   // B = 128: one CTA per SM, 384 threads; B = 64: two CTAs of 256 threads. The producer gives
   // registers back to the consumers (setmaxnreg), within the SM's 64K.
   static constexpr int kMinBlocks = B == 128 ? 1 : 2;
