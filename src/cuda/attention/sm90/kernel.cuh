@@ -94,7 +94,7 @@ struct Item {
   Work w;
   int text_len;
   Span q;
-  int e_begin, e_end;  // the row's entries; while walking, what is left of the walk's segment
+  int e_begin, e_end;  // the row's entries; once walking, what is left of the walk's segment
   int e_wrap = -1;     // >= 0: the walk goes on from the row's first entry up to e_wrap
   __device__ __forceinline__ Item(const FwdParams& p, int index) {
     w = decode_work(p, index);
@@ -317,7 +317,8 @@ template <class T, int D, int B, class Epi>
 __device__ __forceinline__ void finish_item(const FwdParams& p, const OnlineSoftmax<1>& sm,
                                             float (&o)[1][D / 8][4], const Item<B>& it,
                                             const int32_t* seq_rows, int warp_row, int lane) {
-  const CtaShared cta{it.w.b, it.w.h, it.w.qb, it.text_len, it.e_end};
+  // The row's end read again: a walk that wrapped (Item::next_block) has moved it.e_end.
+  const CtaShared cta{it.w.b, it.w.h, it.w.qb, it.text_len, row_entries(p, it.row(p)).y};
   finish_rows<T, D, 1, Epi>(p, sm, o, cta, seq_rows, it.q, warp_row, lane);
   T* out = static_cast<T*>(p.out) + it.w.b * p.out_stride[0] + it.w.h * p.out_stride[2];
   const int j = lane & 3;

@@ -43,8 +43,9 @@ struct Traits {
   static constexpr int kRowTables = kQRegsBelow > 0 ? 3 : 2;
   // Dynamic shared memory, all of the CTA's: up to 1 KB to align the tiles (128-byte swizzle),
   // Q, the K / V stages, the barriers, the tables of the query rows' sequence indices and the
-  // walks' period (kernel.cuh mean_row_length; no static shared memory: at d = 128, B = 128
-  // even 4 bytes of it leave the launch without room).
+  // walks' period (kernel.cuh mean_row_length). Not in static shared memory: with 4 static
+  // bytes next to this, the d = 128, B = 128 kernel failed to launch on an H200 (the opt-in to
+  // this much dynamic shared memory was refused as an invalid argument).
   static constexpr int kSmemBytes =
       1024 + kQBytes + 2 * kStages * kTileBytes + 8 * kBarriers + kRowTables * B * 4 + 16;
   // B = 128: one CTA per SM, 384 threads; B = 64: two CTAs of 256 threads. The producer gives
