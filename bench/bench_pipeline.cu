@@ -2,9 +2,10 @@
 // Re-ttention's two kinds of steps, at S = 76,800 (gilbert order on a 20 x 60 x 64 latent grid),
 // H = 40, d = 128, bf16, batch 1, B = 128, IPAR selection at sparsity 0.9 with p = 0.3 and the
 // block neighbours. Every figure is a median of time_calls() (CUDA events, warm-up):
-//   - the stages of one call on their own: pool, scores, select, rectify (R, C), the gather of K
-//     and V into the token order, the kernel as the pipeline runs it (gathered K, V; Q and O
-//     permuted inside; block-affine epilogue) and without the epilogue;
+//   - the stages of one call on their own: pool (which also writes the video rows of K and V in
+//     the token order), scores, select, rectify (R, C), the gather of K and V's text rows, the
+//     kernel as the pipeline runs it (gathered K, V; Q and O permuted inside; block-affine
+//     epilogue) and without the epilogue;
 //   - the kernel alone (no permutation, no epilogue) on the same mask, the reference point, on
 //     the caller's K, V and on the gathered ones; the same on a random mask of the same density
 //     drawn as the kernel benchmark draws its masks (so that a difference between the two
@@ -155,7 +156,15 @@ void run(const Options& o, cudaStream_t stream) {
   const st::Dims dims = st::make_dims(L, 1, H, D);
   DeviceMem ws(st::workspace_size(dims));
   const st::Buffers buf = st::carve_workspace(dims, ws.p);
-  const st::PoolParams pool = st::make_pool_params(args, perm_d, buf);
+  // As the pipeline runs them: the pooling pass also writes the video rows of the ordered K, V,
+  // the gather copies the text rows.
+  DeviceMem k_ord(n * 2), v_ord(n * 2);
+  st::PoolParams pool = st::make_pool_params(args, perm_d, buf);
+  pool.k_out = k_ord.p;
+  pool.v_out = v_ord.p;
+  pool.seq = static_cast<int>(S);
+  st::GatherParams gather = st::make_gather_params(args, perm_d, k_ord.p, v_ord.p);
+  gather.text_only = true;
   const st::ScoreParams scores = st::make_score_params(args, cfg.gapr, buf);
   const st::SelectParams select = st::make_select_params(dims, cfg, map, buf);
   const st::RectifyParams rectify = st::make_rectify_params(dims, cfg.gapr, buf);
@@ -165,8 +174,6 @@ void run(const Options& o, cudaStream_t stream) {
     st::launch_select(select, s);
     st::launch_rectify(rectify, s);
   };
-  DeviceMem k_ord(n * 2), v_ord(n * 2);
-  const st::GatherParams gather = st::make_gather_params(args, perm_d, k_ord.p, v_ord.p);
   AttentionArgs ordered = args;
   ordered.k = st::gathered_view(args, k_ord.p);
   ordered.v = st::gathered_view(args, v_ord.p);
@@ -238,7 +245,7 @@ void run(const Options& o, cudaStream_t stream) {
     return lines.back().t.median_ms;
   };
   measure(
-      "pool (Q, K, V through the permutation, GAPR deviations)",
+      "pool (Q, K, V through the permutation, GAPR deviations; video rows of the ordered K, V)",
       [&](cudaStream_t s) { st::launch_pool(pool, s); }, true);
   measure(
       "scores (IPAR P, isolated text keys, GAPR bits)",
@@ -249,7 +256,8 @@ void run(const Options& o, cudaStream_t stream) {
   measure(
       "rectify (R_i, C_i)", [&](cudaStream_t s) { st::launch_rectify(rectify, s); }, true);
   measure(
-      "gather K, V into the token order", [&](cudaStream_t s) { st::launch_gather_kv(gather, s); },
+      "gather the text rows of K, V into the token order",
+      [&](cudaStream_t s) { st::launch_gather_kv(gather, s); },
       true);
   const double k_rect =
       measure("kernel as run: gathered K, V; Q, O permuted; block-affine epilogue",
@@ -292,6 +300,7 @@ void run(const Options& o, cudaStream_t stream) {
         "FP8: quantise Q, K, V in the token order (stats + quantise)",
         [&](cudaStream_t s) { st::launch_quantize_fp8(args, layout8, perm_d, q8.p, s); }, false);
     st::PoolParams pool8 = pool;
+    pool8.k_out = pool8.v_out = nullptr;  // the FP8 pipeline gathers K, V while quantising
     const st::Fp8PoolStats partials = st::fp8_pool_stats(args, layout8, q8.p);
     pool8.fp8_part = partials.part;
     pool8.fp8_chunks = partials.chunks;

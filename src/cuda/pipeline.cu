@@ -556,6 +556,11 @@ class GpuPipeline final : public DevicePipeline {
         pp.fp8_chunks = stats.chunks;
       } else {
         pp.calibrated_choice = choice;  // (FP8: the pass writes every head's statistics)
+        // The video rows of K and V into the kernel's copies in the token order, from the
+        // rows the pass reads anyway; gather() then copies the text rows.
+        pp.k_out = k_ordered_;
+        pp.v_out = v_ordered_;
+        pp.seq = dims.num_video + dims.num_text;
       }
       st::launch_pool(pp, stream);
       st::ScoreParams sp = st::make_score_params(args, rectify && config_.gapr, b);
@@ -595,8 +600,9 @@ class GpuPipeline final : public DevicePipeline {
   AttentionArgs gather(const AttentionArgs& args, bool pooled, cudaStream_t stream) const {
     if (fp8_) quantize(args, /*permute=*/true, pooled, stream);
     if (!k_ordered_) return args;
-    st::launch_gather_kv(st::make_gather_params(args, perm_device(), k_ordered_, v_ordered_),
-                         stream);
+    st::GatherParams gp = st::make_gather_params(args, perm_device(), k_ordered_, v_ordered_);
+    gp.text_only = pooled && !fp8_;  // plan_masks' 16-bit pooling pass wrote the video rows
+    st::launch_gather_kv(gp, stream);
     AttentionArgs a = args;
     a.k = st::gathered_view(args, k_ordered_);
     a.v = st::gathered_view(args, v_ordered_);

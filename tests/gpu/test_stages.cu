@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <random>
 
+#include "cuda/plan/gather.cuh"
 #include "cuda/plan/quant.cuh"
 #include "cuda/plan/stages.cuh"
 #include "gpu_testing.hpp"
@@ -603,6 +604,68 @@ std::vector<StageCase> fp8_stage_cases() {
   return v;
 }
 INSTANTIATE_TEST_SUITE_P(Stages, StagesFp8, ::testing::ValuesIn(fp8_stage_cases()),
+                         [](const ::testing::TestParamInfo<StageCase>& i) {
+                           return std::string(i.param.name);
+                         });
+
+// The pipeline's gathered K, V (16-bit, after pooling): the pooling pass writes the video rows
+// from the tiles it reads, the gather then copies only the text rows; the copies must equal the
+// gather's own over the whole sequence bit for bit, also when a calibrated choice leaves some
+// (b, h) unpooled (their K, V rows are still written, their pooled statistics are not). Copies
+// poisoned with 0xff bytes first, so that a row nobody wrote fails.
+class StagesGather : public ::testing::TestWithParam<StageCase> {};
+
+TEST_P(StagesGather, PoolingWritesTheVideoRows) {
+  const StageCase& c = GetParam();
+  if (small_mode() && !c.small) GTEST_SKIP() << "large case";
+  test::Problem prob;
+  make_inputs(c, prob);
+  const std::vector<int32_t> perm =
+      c.grid.empty() ? std::vector<int32_t>{} : token_permutation(token_order(c));
+  DeviceProblem dp(prob);
+  DeviceBuffer dperm(perm.size() * 4);
+  put(static_cast<int32_t*>(dperm.get()), perm);
+  const auto* perm_d = perm.empty() ? nullptr : static_cast<const int32_t*>(dperm.get());
+  const size_t bytes = st::gathered_bytes(dp.args);
+  const size_t count = bytes / 2;
+
+  DeviceBuffer k_whole(bytes), v_whole(bytes);
+  cuda_ok(cudaMemset(k_whole.get(), 0xff, bytes), "poison");
+  cuda_ok(cudaMemset(v_whole.get(), 0xff, bytes), "poison");
+  st::launch_gather_kv(st::make_gather_params(dp.args, perm_d, k_whole.get(), v_whole.get()),
+                       nullptr);
+  const std::vector<uint16_t> k_want = fetch(static_cast<const uint16_t*>(k_whole.get()), count);
+  const std::vector<uint16_t> v_want = fetch(static_cast<const uint16_t*>(v_whole.get()), count);
+
+  // Every (b, h) pooled; then a choice that pools only every other (b, h).
+  const int64_t bh = c.batch * c.heads;
+  std::vector<int32_t> choice(static_cast<size_t>(bh));
+  for (int64_t n = 0; n < bh; ++n)
+    choice[n] = static_cast<int32_t>(n % 2 ? Candidate::rettention : Candidate::merge);
+  DeviceBuffer dchoice(choice.size() * 4);
+  put(static_cast<int32_t*>(dchoice.get()), choice);
+  for (const bool chosen : {false, true}) {
+    SCOPED_TRACE(chosen ? "calibrated choice" : "every (b, h)");
+    Workspace ws(st::make_dims(c.layout, c.batch, c.heads, c.dim));
+    DeviceBuffer k_out(bytes), v_out(bytes);
+    cuda_ok(cudaMemset(k_out.get(), 0xff, bytes), "poison");
+    cuda_ok(cudaMemset(v_out.get(), 0xff, bytes), "poison");
+    st::PoolParams pool = st::make_pool_params(dp.args, perm_d, ws.buf);
+    pool.k_out = k_out.get();
+    pool.v_out = v_out.get();
+    pool.seq = static_cast<int>(c.layout.seq_len());
+    if (chosen) pool.calibrated_choice = static_cast<const int32_t*>(dchoice.get());
+    st::launch_pool(pool, nullptr);
+    st::GatherParams gather = st::make_gather_params(dp.args, perm_d, k_out.get(), v_out.get());
+    gather.text_only = true;
+    st::launch_gather_kv(gather, nullptr);
+    cuda_ok(cudaDeviceSynchronize(), "pool and gather");
+    EXPECT_TRUE(same(fetch(static_cast<const uint16_t*>(k_out.get()), count), k_want)) << "k";
+    EXPECT_TRUE(same(fetch(static_cast<const uint16_t*>(v_out.get()), count), v_want)) << "v";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Stages, StagesGather, ::testing::ValuesIn(stage_cases()),
                          [](const ::testing::TestParamInfo<StageCase>& i) {
                            return std::string(i.param.name);
                          });

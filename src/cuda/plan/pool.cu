@@ -11,6 +11,9 @@
 // result is deterministic. Means and deviations divide by the block's true count n_i (a partial
 // last block divides by its count, not by B) with the CPU's arithmetic: sum * (1 / n).
 //
+// With k_out / v_out the same pass writes the video rows of K and V in the token order into the
+// kernel's gathered copies (gather.cuh), which then copies only the text rows.
+//
 // With FP8 operands the same pass also writes each video block's partial statistics for the
 // quantisation (quant.cuh): K's column sums and |V|'s column maxima, so that the quantisation's
 // statistics pass reads only the text rows.
@@ -41,7 +44,8 @@ __global__ void __launch_bounds__(kThreads, 2) pool_kernel(const __grid_constant
 
   const Dims& dims = p.dims;
   const int h = blockIdx.x % dims.heads, i = blockIdx.x / dims.heads, b = blockIdx.y;
-  if (p.calibrated_choice && !reads_pooling(p.calibrated_choice[b * dims.heads + h])) return;
+  const bool stats = !p.calibrated_choice || reads_pooling(p.calibrated_choice[b * dims.heads + h]);
+  if (!stats && !p.k_out) return;
   const int tid = threadIdx.x, chunk = tid % kChunks, group = tid / kChunks;
   const int first = i * B;
   const int n = min(B, dims.num_video - first);
@@ -61,10 +65,29 @@ __global__ void __launch_bounds__(kThreads, 2) pool_kernel(const __grid_constant
       const int64_t row = dims.video_offset + (p.perm ? p.perm[first + r] : first + r);
 #pragma unroll
       for (int t = 0; t < 3; ++t)
-        cp_async16(&tile[(t * B + r) * kChunks + chunk], src[t] + row * row_stride[t]);
+        if (t > 0 || stats)  // an unpooled (b, h) is here for K and V only
+          cp_async16(&tile[(t * B + r) * kChunks + chunk], src[t] + row * row_stride[t]);
     }
   }
   cp_async_wait_all();
+
+  // The gathered copies of K and V: each thread stores the chunks it copied in (16 bytes, a
+  // warp's stores two runs of d contiguous elements).
+  if (p.k_out) {
+    const int64_t base =
+        (static_cast<int64_t>(b) * dims.heads + h) * p.seq + dims.video_offset + first;
+#pragma unroll
+    for (int m = 0; m < kRows; ++m) {
+      const int r = group + m * kRowGroups;
+      if (r < n) {
+        const int64_t at = (base + r) * D + chunk * 8;
+        *reinterpret_cast<uint4*>(static_cast<T*>(p.k_out) + at) = tile[(B + r) * kChunks + chunk];
+        *reinterpret_cast<uint4*>(static_cast<T*>(p.v_out) + at) =
+            tile[(2 * B + r) * kChunks + chunk];
+      }
+    }
+  }
+  if (!stats) return;  // the whole CTA: a (b, h) that the calibrated choice leaves unpooled
 
   // Sums over this thread's rows, then over the lanes that own the same chunk, then over warps.
   float sum[3][8] = {};
