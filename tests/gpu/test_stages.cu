@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <random>
 
 #include "cuda/plan/gather.cuh"
@@ -202,6 +203,23 @@ TokenOrder token_order(const StageCase& c) {
   }
   return order;
 }
+
+// A case's inputs on the device, with its token permutation (perm_d: nullptr without a grid).
+struct DeviceCase {
+  test::Problem prob;
+  std::vector<int32_t> perm;
+  std::optional<DeviceProblem> dp;
+  std::optional<DeviceBuffer> dperm;
+  const int32_t* perm_d = nullptr;
+  explicit DeviceCase(const StageCase& c) {
+    make_inputs(c, prob);
+    if (!c.grid.empty()) perm = token_permutation(token_order(c));
+    dp.emplace(prob);
+    dperm.emplace(perm.size() * 4);
+    put(static_cast<int32_t*>(dperm->get()), perm);
+    if (!perm.empty()) perm_d = static_cast<const int32_t*>(dperm->get());
+  }
+};
 
 class StagesChain : public ::testing::TestWithParam<StageCase> {};
 
@@ -531,14 +549,9 @@ TEST_P(StagesFp8, PooledStatisticsGiveTheSameOperands) {
   const StageCase& c = GetParam();
   if (small_mode() && !c.small) GTEST_SKIP() << "large case";
   const Layout& L = c.layout;
-  test::Problem prob;
-  make_inputs(c, prob);
-  const std::vector<int32_t> perm =
-      c.grid.empty() ? std::vector<int32_t>{} : token_permutation(token_order(c));
-  DeviceProblem dp(prob);
-  DeviceBuffer dperm(perm.size() * 4);
-  put(static_cast<int32_t*>(dperm.get()), perm);
-  const auto* perm_d = perm.empty() ? nullptr : static_cast<const int32_t*>(dperm.get());
+  const DeviceCase dc(c);
+  const DeviceProblem& dp = *dc.dp;
+  const int32_t* perm_d = dc.perm_d;
 
   const st::Fp8Layout fl = st::fp8_layout(dp.args);
   DeviceBuffer whole(fl.total), fused(fl.total);
@@ -618,14 +631,9 @@ class StagesGather : public ::testing::TestWithParam<StageCase> {};
 TEST_P(StagesGather, PoolingWritesTheVideoRows) {
   const StageCase& c = GetParam();
   if (small_mode() && !c.small) GTEST_SKIP() << "large case";
-  test::Problem prob;
-  make_inputs(c, prob);
-  const std::vector<int32_t> perm =
-      c.grid.empty() ? std::vector<int32_t>{} : token_permutation(token_order(c));
-  DeviceProblem dp(prob);
-  DeviceBuffer dperm(perm.size() * 4);
-  put(static_cast<int32_t*>(dperm.get()), perm);
-  const auto* perm_d = perm.empty() ? nullptr : static_cast<const int32_t*>(dperm.get());
+  const DeviceCase dc(c);
+  const DeviceProblem& dp = *dc.dp;
+  const int32_t* perm_d = dc.perm_d;
   const size_t bytes = st::gathered_bytes(dp.args);
   const size_t count = bytes / 2;
 
