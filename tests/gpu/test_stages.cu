@@ -699,6 +699,17 @@ TEST(StagesErrors, NameTheArgument) {
   Config ipar;
   ipar.select.selector = Selector::ipar;
   expect([&] { st::make_select_params(dims, ipar, st::NeighbourMap{}, st::Buffers{}); }, "buffers");
+  // The pooling pass's gathered copies: both or neither, of the call's sequence length; refused
+  // before any launch (no device memory is touched: the pointers are never dereferenced).
+  st::PoolParams pool;
+  pool.dims = dims;
+  int dummy = 0;
+  pool.k_out = &dummy;
+  pool.seq = 640;
+  expect([&] { st::launch_pool(pool, nullptr); }, "pool");
+  pool.v_out = &dummy;
+  pool.seq = 641;
+  expect([&] { st::launch_pool(pool, nullptr); }, "pool");
 }
 
 }  // namespace

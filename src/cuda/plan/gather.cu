@@ -1,7 +1,7 @@
 // gather.cuh: one warp per (batch item, ordered row; text rows only when the pooling pass wrote
-// the video rows) moves that row of every head of K and V in
-// 16-byte chunks: the reads of a warp are one contiguous token row of the caller's [b, S, H, d]
-// tensor (when the heads are packed), the writes go to H runs of d contiguous elements.
+// the video rows) moves that row of every head of K and V in 16-byte chunks: the reads of a
+// warp are one contiguous token row of the caller's [b, S, H, d] tensor (when the heads are
+// packed), the writes go to H runs of d contiguous elements.
 #include "cuda/check.cuh"
 #include "cuda/plan/gather.cuh"
 

@@ -212,6 +212,10 @@ PoolParams make_pool_params(const AttentionArgs& args, const int32_t* perm, cons
 }
 
 void launch_pool(const PoolParams& p, cudaStream_t stream) {
+  SPAATTN_CHECK_ARG(!p.k_out == !p.v_out, "pool", "expected both gathered copies or neither");
+  SPAATTN_CHECK_ARG(!p.k_out || p.seq == p.dims.num_video + p.dims.num_text, "pool",
+                    "expected the gathered copies' sequence length ",
+                    p.dims.num_video + p.dims.num_text, ", got ", p.seq);
   if (p.dims.nv == 0) return;
   const dim3 grid(static_cast<unsigned>(p.dims.nv) * p.dims.heads, p.dims.batch);
   cuda_detail::dispatch_dtype(p.dtype, [&](auto t) {
