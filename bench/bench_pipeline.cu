@@ -162,7 +162,6 @@ void run(const Options& o, cudaStream_t stream) {
   st::PoolParams pool = st::make_pool_params(args, perm_d, buf);
   pool.k_out = k_ord.p;
   pool.v_out = v_ord.p;
-  pool.seq = static_cast<int>(S);
   st::GatherParams gather = st::make_gather_params(args, perm_d, k_ord.p, v_ord.p);
   gather.text_only = true;
   const st::ScoreParams scores = st::make_score_params(args, cfg.gapr, buf);

@@ -560,7 +560,6 @@ class GpuPipeline final : public DevicePipeline {
         // rows the pass reads anyway; gather() then copies the text rows.
         pp.k_out = k_ordered_;
         pp.v_out = v_ordered_;
-        pp.seq = dims.num_video + dims.num_text;
       }
       st::launch_pool(pp, stream);
       st::ScoreParams sp = st::make_score_params(args, rectify && config_.gapr, b);

@@ -661,7 +661,6 @@ TEST_P(StagesGather, PoolingWritesTheVideoRows) {
     st::PoolParams pool = st::make_pool_params(dp.args, perm_d, ws.buf);
     pool.k_out = k_out.get();
     pool.v_out = v_out.get();
-    pool.seq = static_cast<int>(c.layout.seq_len());
     if (chosen) pool.calibrated_choice = static_cast<const int32_t*>(dchoice.get());
     st::launch_pool(pool, nullptr);
     st::GatherParams gather = st::make_gather_params(dp.args, perm_d, k_out.get(), v_out.get());
@@ -699,16 +698,12 @@ TEST(StagesErrors, NameTheArgument) {
   Config ipar;
   ipar.select.selector = Selector::ipar;
   expect([&] { st::make_select_params(dims, ipar, st::NeighbourMap{}, st::Buffers{}); }, "buffers");
-  // The pooling pass's gathered copies: both or neither, of the call's sequence length; refused
-  // before any launch (no device memory is touched: the pointers are never dereferenced).
+  // The pooling pass's gathered copies: both or neither; refused before any launch (no device
+  // memory is touched: the pointer is never dereferenced).
   st::PoolParams pool;
   pool.dims = dims;
   int dummy = 0;
   pool.k_out = &dummy;
-  pool.seq = 640;
-  expect([&] { st::launch_pool(pool, nullptr); }, "pool");
-  pool.v_out = &dummy;
-  pool.seq = 641;
   expect([&] { st::launch_pool(pool, nullptr); }, "pool");
 }
 

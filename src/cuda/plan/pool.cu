@@ -74,8 +74,9 @@ __global__ void __launch_bounds__(kThreads, 2) pool_kernel(const __grid_constant
   // The gathered copies of K and V: each thread stores the chunks it copied in (16 bytes, a
   // warp's stores two runs of d contiguous elements).
   if (p.k_out) {
-    const int64_t base =
-        (static_cast<int64_t>(b) * dims.heads + h) * p.seq + dims.video_offset + first;
+    const int64_t base = (static_cast<int64_t>(b) * dims.heads + h) *
+                             (dims.num_video + dims.num_text) +
+                         dims.video_offset + first;
 #pragma unroll
     for (int m = 0; m < kRows; ++m) {
       const int r = group + m * kRowGroups;
@@ -213,9 +214,6 @@ PoolParams make_pool_params(const AttentionArgs& args, const int32_t* perm, cons
 
 void launch_pool(const PoolParams& p, cudaStream_t stream) {
   SPAATTN_CHECK_ARG(!p.k_out == !p.v_out, "pool", "expected both gathered copies or neither");
-  SPAATTN_CHECK_ARG(!p.k_out || p.seq == p.dims.num_video + p.dims.num_text, "pool",
-                    "expected the gathered copies' sequence length ",
-                    p.dims.num_video + p.dims.num_text, ", got ", p.seq);
   if (p.dims.nv == 0) return;
   const dim3 grid(static_cast<unsigned>(p.dims.nv) * p.dims.heads, p.dims.batch);
   cuda_detail::dispatch_dtype(p.dtype, [&](auto t) {

@@ -124,10 +124,9 @@ struct PoolParams {
   int fp8_chunks = 0;
   const int32_t* calibrated_choice = nullptr;  // or nullptr: every (b, h) (reads_pooling)
   // Or nullptr: the video rows of K and V, in the token order, into the gathered copies
-  // (gather.cuh's [b, H, S, d] layout, S = seq), from the tile the pass holds anyway; every
-  // (b, h), including those calibrated_choice leaves unpooled.
+  // (gather.cuh's [b, H, S, d] layout, S = num_video + num_text), from the tile the pass holds
+  // anyway; every (b, h), including those calibrated_choice leaves unpooled.
   void *k_out = nullptr, *v_out = nullptr;
-  int seq = 0;
 };
 // args: device bf16/f16 q, k, v (16-byte aligned rows); perm: device int32 [N_v] or nullptr.
 PoolParams make_pool_params(const AttentionArgs& args, const int32_t* perm, const Buffers& buf);
