@@ -50,7 +50,9 @@
 // alone and level with the descriptors, though at B = 64 a consumer waited for K 16% of its
 // time (Nsight Compute). During dense runs the board sits at its power limit (690 W, SM clock
 // 1.6 GHz), so work taken out of the loop also raises the clock
-// (bench/results/2026-12-01-h200-descriptors.md).
+// (bench/results/2026-12-01-h200-descriptors.md). K and V prefetched into L2 by the producer,
+// 2-8 key blocks ahead of the copies, were slower everywhere: 1-10% at B = 128, 28-35% at B = 64
+// (bench/results/2026-12-01-h200-low-density-power.md).
 // The running maximum lags: a row's maximum rises only when a key block's exceeds it by more
 // than 8 (log2 units; the probabilities then stay below 2^8), so O is rescaled in far fewer
 // key blocks (at density 0.05 about 70% of them before). Taken alone, without the FP8 kernel's
