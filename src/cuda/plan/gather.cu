@@ -10,14 +10,20 @@ namespace {
 
 constexpr int kWarps = 8;
 
+// Rows copied per batch item: all of them, or the text rows only.
+__host__ __device__ inline int rows_per_item(const GatherParams& p) {
+  return p.text_only ? p.seq - p.num_video : p.seq;
+}
+
 __global__ void __launch_bounds__(kWarps * 32)
     gather_kv_kernel(const __grid_constant__ GatherParams p) {
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  const int per_item = p.text_only ? p.num_text : p.seq;
+  const int per_item = rows_per_item(p);
   if (row >= static_cast<int64_t>(p.batch) * per_item) return;
   const int b = static_cast<int>(row / per_item);
-  const int n = static_cast<int>(row % per_item) + (p.text_only ? p.text_offset : 0);
+  int n = static_cast<int>(row % per_item);
+  if (p.text_only && n >= p.video_offset) n += p.num_video;  // text after the video
   const int vn = n - p.video_offset;
   const int src = p.perm && vn >= 0 && vn < p.num_video ? p.video_offset + __ldg(p.perm + vn) : n;
   const int chunks = p.dim / 8;  // 16-byte chunks of one head's row
@@ -64,13 +70,11 @@ GatherParams make_gather_params(const AttentionArgs& args, const int32_t* perm, 
   p.perm = perm;
   p.k_out = k_out;
   p.v_out = v_out;
-  p.text_offset = static_cast<int>(args.layout.text_offset());
-  p.num_text = static_cast<int>(args.layout.num_text);
   return p;
 }
 
 void launch_gather_kv(const GatherParams& p, cudaStream_t stream) {
-  const int64_t rows = static_cast<int64_t>(p.batch) * (p.text_only ? p.num_text : p.seq);
+  const int64_t rows = static_cast<int64_t>(p.batch) * rows_per_item(p);
   if (rows == 0) return;
   gather_kv_kernel<<<static_cast<unsigned>((rows + kWarps - 1) / kWarps), kWarps * 32, 0, stream>>>(
       p);

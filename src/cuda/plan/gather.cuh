@@ -24,10 +24,9 @@ struct GatherParams {
   int64_t k_stride[3] = {}, v_stride[3] = {};  // elements, dims b, S, H (unit stride on d)
   const int32_t* perm = nullptr;            // ordered video token k is row video_offset + perm[k]
   void *k_out = nullptr, *v_out = nullptr;  // [b, H, S, d] contiguous, q's dtype
-  // Only the text rows [text_offset, text_offset + num_text) of every batch item: the pooling
-  // pass wrote the video rows (stages.cuh PoolParams::k_out).
+  // Only the text rows of every batch item (those outside [video_offset, video_offset +
+  // num_video)): the pooling pass wrote the video rows (stages.cuh PoolParams::k_out).
   bool text_only = false;
-  int text_offset = 0, num_text = 0;
 };
 
 // Bytes of one gathered copy (k_out or v_out) for the call's shape.
