@@ -32,6 +32,12 @@ std::vector<Case> cases() {
   add({.name = "S300_bhsd_f16_d64_B64", .dtype = hf, .batch = 2, .heads = 2, .dim = 64,
        .layout = layout(250, 50, 64), .text_len = {50, 7}, .strides = Strides::bhsd,
        .small = true, .seed = 14});
+  // Item counts at B = 64: odd (15 items: three heads of four video blocks and a text block
+  // with L_t < N_t), and a call of a single item.
+  add({.name = "S263_odd_items_bf16_d128_B64", .heads = 3, .layout = layout(250, 13, 64),
+       .text_len = {9}, .small = true, .seed = 16});
+  add({.name = "S40_one_item_f16_d64_B64", .dtype = hf, .dim = 64, .layout = layout(40, 0, 64),
+       .density = 1, .empty_rows = 0, .small = true, .seed = 17});
   add({.name = "S200_bf16_d128_B128_gapped", .heads = 2, .layout = layout(200, 0, 128),
        .gapped_out = true, .density = 0.7, .small = true, .seed = 15});
   add({.name = "S1023_bf16_d128", .batch = 2, .heads = 3, .layout = layout(1023, 0, 128),
