@@ -54,7 +54,7 @@
 // 2-8 key blocks ahead of the copies, were slower everywhere: 1-10% at B = 128, 28-35% at B = 64
 // (bench/results/2026-12-01-h200-low-density-power.md). At B = 64, query blocks taken in pairs
 // by one CTA (two consumer warpgroups over one ring holding the union of the two rows, shared
-// key blocks copied once) were 20-55% slower than two CTAs to an SM
+// key blocks copied once) were 20-51% slower than two CTAs to an SM
 // (bench/results/2026-12-02-h200-b64-pairs.md).
 // The running maximum lags: a row's maximum rises only when a key block's exceeds it by more
 // than 8 (log2 units; the probabilities then stay below 2^8), so O is rescaled in far fewer
