@@ -59,8 +59,8 @@
 // copies are much of the energy: half of each K / V tile copied ran at 1.13 of cuDNN dense at B =
 // 128 and 0.84 at B = 64 (which copies twice the bytes per flop), and a third stage at B = 64 did
 // the same work at a 10% lower clock; walks that go down their rows every other period were 2%
-// faster at density 0.05 on rows of equal length but broke the phase on uneven rows (the
-// pipeline's call 4% slower) (bench/results/2026-12-02-h200-copy-bytes.md).
+// faster at density 0.05 on rows of equal length but broke the phase on uneven rows, the
+// pipeline's call 4% slower (bench/results/2026-12-02-h200-copy-bytes.md).
 // The running maximum lags: a row's maximum rises only when a key block's exceeds it by more
 // than 8 (log2 units; the probabilities then stay below 2^8), so O is rescaled in far fewer
 // key blocks (at density 0.05 about 70% of them before). Taken alone, without the FP8 kernel's
