@@ -52,15 +52,9 @@
 // 1.6 GHz), so work taken out of the loop also raises the clock
 // (bench/results/2026-12-01-h200-descriptors.md). K and V prefetched into L2 by the producer,
 // 2-8 key blocks ahead of the copies, were slower everywhere: 1-10% at B = 128, 28-35% at B = 64
-// (bench/results/2026-12-01-h200-low-density-power.md). At B = 64, query blocks taken in pairs
-// by one CTA (two consumer warpgroups over one ring holding the union of the two rows, shared
-// key blocks copied once) were 20-51% slower than two CTAs to an SM
-// (bench/results/2026-12-02-h200-b64-pairs.md). Dense, the board is at its power limit and the
-// copies are much of the energy: half of each K / V tile copied ran at 1.13 of cuDNN dense at B =
-// 128 and 0.84 at B = 64 (which copies twice the bytes per flop), and a third stage at B = 64 did
-// the same work at a 10% lower clock; walks that go down their rows every other period were 2%
-// faster at density 0.05 on rows of equal length but broke the phase on uneven rows, the
-// pipeline's call 4% slower (bench/results/2026-12-02-h200-copy-bytes.md).
+// (bench/results/2026-12-01-h200-low-density-power.md). Query blocks in pairs at B = 64, what
+// the K / V copies cost at the power limit, sweeps that turn around and L2 priorities on the
+// copies: docs/gpu.md ("Measured and left out", "What the copies cost").
 // The running maximum lags: a row's maximum rises only when a key block's exceeds it by more
 // than 8 (log2 units; the probabilities then stay below 2^8), so O is rescaled in far fewer
 // key blocks (at density 0.05 about 70% of them before). Taken alone, without the FP8 kernel's
